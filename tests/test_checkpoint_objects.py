@@ -101,18 +101,10 @@ def test_a_checkpoint_killed_while_it_looks_at_what_it_staged_leaves_the_index_w
     (worktree / "env.txt").write_text(f"KEY={KEY}\n")
     (worktree / "work.txt").write_text("work\n")
     (worktree / "README.md").write_text("edited\n")
-    hung = hang_git_at(tmp_path, monkeypatch, "diff")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)  # the children's: each reads its own
-    proc = subprocess.Popen(_checkpoint_argv(worktree), start_new_session=True)
-    try:
-        wait_for(hung.exists, timeout=60, what="the checkpoint's look at what it staged")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    _kill_in_staging(worktree, tmp_path, monkeypatch)
     assert _left_behind(repo)  # killed inside its staging
     assert _index_objects_exist(worktree)
     assert git(worktree, "diff", "--cached", "--name-only") == ""  # nothing staged yet
-    (tmp_path / "gitbin" / "git").unlink()  # the real git from now on
     again = subprocess.run(_checkpoint_argv(worktree), capture_output=True, text=True, check=False)
     assert again.stdout == "SecretLeftOutError\n", again.stderr
     assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
@@ -189,6 +181,20 @@ def test_a_checkpoint_that_stages_nothing_leaves_the_index_unlocked(repo: Path) 
     (worktree / "work.txt").write_text("work\n")
     assert checkpoints.checkpoint(worktree, message="m", author="a <a@example.com>")
     assert git(repo, "show", "swarm/t:work.txt") == "work"
+
+
+def _kill_in_staging(worktree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL a checkpoint of *worktree* after its `add`, as it reads what it staged for the
+    value of ANTHROPIC_API_KEY (set to KEY from now on); the real git from then on."""
+    hung = hang_git_at(tmp_path, monkeypatch, "diff")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)  # the children's: each reads its own
+    proc = subprocess.Popen(_checkpoint_argv(worktree), start_new_session=True)
+    try:
+        wait_for(hung.exists, timeout=60, what="the checkpoint's look at what it staged")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    (tmp_path / "gitbin" / "git").unlink()
 
 
 def _checkpoint_argv(worktree: Path) -> list[str]:
@@ -404,15 +410,7 @@ def test_what_a_checkpoint_killed_half_way_left_is_found_and_removed_by_doctor(
     worktree = tmp_path / "wt"
     git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
     (worktree / "env.txt").write_text(f"KEY={KEY}\n")
-    hung = hang_git_at(tmp_path, monkeypatch, "diff")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    proc = subprocess.Popen(_checkpoint_argv(worktree), start_new_session=True)
-    try:
-        wait_for(hung.exists, timeout=60, what="the checkpoint's look at what it staged")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    (tmp_path / "gitbin" / "git").unlink()  # the real git from now on
+    _kill_in_staging(worktree, tmp_path, monkeypatch)
     (left,) = _stores_in(worktree)
     hashed = subprocess.run(
         ["git", "cat-file", "--batch-all-objects", "--batch"], cwd=repo, capture_output=True,
