@@ -78,16 +78,22 @@ def record_run(
     resolve_timeout: float | None = None,
     profile: str = "command",
     titles: Mapping[str, str] | None = None,
+    max_file: int | None = None,
 ) -> str:
     """Record a finished run whose tasks ``(id, base commit)`` have branches ``swarm/<id>``.
 
-    Their agent runs *agent* with the adapter of *profile*; *titles* are their titles.
+    Their agent runs *agent* with the adapter of *profile*; *titles* are their titles;
+    *max_file*: the run's cap on one file (None: the default).
     """
     depends = depends or {}
     titles = titles or {}
     checks = checks or {}
     root = repo.parent / f"{repo.name}.swarm"
-    settings = {"worktree_root": str(root), "commit_author": "swarm test <swarm@test>"}
+    settings: dict[str, object] = {
+        "worktree_root": str(root), "commit_author": "swarm test <swarm@test>",
+    }  # fmt: skip
+    if max_file is not None:
+        settings["max_file"] = max_file
     with Store(store_path(open_repo(repo))) as store:
         store.create_run(
             run_id=RUN_ID,
@@ -128,11 +134,13 @@ def conflicting(
     second: Mapping[str, str] | None = None,
     resolve_timeout: float | None = None,
     profile: str = "command",
+    max_file: int | None = None,
 ) -> str:
     """Tasks first and second of a recorded run, which conflict on line 5 of f.txt; the base.
 
     Their agent is the Python program *resolver*, given the prompt file (as `--resolve` runs
-    it), run as *profile*'s; *second* adds files to task second's commit.
+    it), run as *profile*'s; *second* adds files to task second's commit; *max_file*: the
+    run's cap on one file.
     """
     base = git(repo, "rev-parse", "HEAD")
     brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
@@ -144,6 +152,7 @@ def conflicting(
         agent=[*agent_python(), str(resolver), "{prompt_file}"],
         resolve_timeout=resolve_timeout,
         profile=profile,
+        max_file=max_file,
     )
     return base
 

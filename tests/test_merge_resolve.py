@@ -313,3 +313,20 @@ def test_a_resolution_holding_a_secrets_value_lands_nothing_and_is_in_no_object(
     assert "wrote the value of a secret into env.txt" in report["results"][1]["reason"]
     assert key not in out.stdout
     assert key.encode() not in stored_bytes(repo)
+
+
+def test_a_resolution_holding_a_file_over_max_file_lands_nothing_and_is_in_no_object(
+    repo: Path, brancher: Brancher
+) -> None:
+    # The resolver's files were merged whatever their size: one past the run's max_file (a
+    # GitHub push refuses one over 100 MiB) went onto the integration branch.
+    agent = repo.parent / "resolver.py"
+    agent.write_text(KEEP_BOTH + "pathlib.Path('big.bin').write_bytes(b'BigOne' * 1000)\n")
+    conflicting(repo, brancher, agent, max_file=4096)
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["first"], out.stdout + out.stderr
+    assert "wrote files over max_file (big.bin (5.9K))" in report["results"][1]["reason"]
+    assert b"BigOne" * 1000 not in stored_bytes(repo)

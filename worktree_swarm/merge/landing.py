@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
@@ -211,6 +212,7 @@ def _resolve(s: Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Task
                 logs=s.log.parent,
                 env=task_env(s, c),
                 on_start=started,
+                max_file=_max_file(s),
             )
     except BaseException:
         _back_on(s, on, pre)
@@ -441,3 +443,9 @@ def record(s: Session, c: Candidate, result: TaskResult) -> None:
             "files": list(result.files),
         },
     )
+
+
+def _max_file(s: Session) -> int | None:
+    """The cap on one file of the run whose tasks *s* merges (the default when not known)."""
+    run = s.store.get_run(s.run_id)
+    return run.settings.max_file if run is not None else DEFAULT_MAX_FILE

@@ -13,6 +13,7 @@ from pathlib import Path
 from worktree_swarm.agents import adapter_for, claude_auth
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
 from worktree_swarm.core.task import STEP_TIMEOUT, Task
 from worktree_swarm.core.text import path_text, paths_text
 from worktree_swarm.git import quarantine, runner, staged
@@ -66,12 +67,14 @@ def run_resolver(
     logs: Path,
     env: dict[str, str],
     on_start: Callable[[ProcessIdentity], None] | None = None,
+    max_file: int | None = DEFAULT_MAX_FILE,
 ) -> Resolution:
     """Run the task's agent on the conflicts and stage its result.
 
     When it is not resolved the :class:`Resolution` says why (the caller undoes the merge):
-    the agent failed, left conflict markers, or left a conflicted path as the merge stopped
-    (unmerged, unchanged). Waits at most the task's ``resolve_timeout`` (else its
+    the agent failed, left conflict markers, left a conflicted path as the merge stopped
+    (unmerged, unchanged), or wrote a file holding a secret's value or over *max_file* (the
+    run's; None: no cap). Waits at most the task's ``resolve_timeout`` (else its
     ``timeout``, else 30 minutes). *on_start* is handed the agent's process identity as it
     starts.
     """
@@ -115,7 +118,7 @@ def run_resolver(
         return Resolution(why=f"the agent did not finish resolving within {limit:.0f}s")
     if ended.code != 0:
         return Resolution(why=f"the agent exited {ended.code} while resolving (log {log_path})")
-    return stopped.staged(worktree)
+    return stopped.staged(worktree, max_file)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,8 +140,11 @@ class _Stopped:
             marker_sizes=_marker_sizes(worktree, files),
         )
 
-    def staged(self, worktree: Path) -> Resolution:
-        """Check what the resolver left, stage it all, and name what it changed besides."""
+    def staged(self, worktree: Path, max_file: int | None = DEFAULT_MAX_FILE) -> Resolution:
+        """Check what the resolver left, stage it all, and name what it changed besides.
+
+        Nothing lands of one holding a secret's value or a file over *max_file*.
+        """
         marked = [
             name
             for name in self.files
@@ -160,12 +166,18 @@ class _Stopped:
             )
         # Staged apart: a file holding a secret's value is in no object of yours, nor merged.
         with quarantine.staging(worktree) as staging:
-            runner.run(worktree, "add", "--all", env=staging.env)
+            added = runner.run_names(worktree, "add", "--all", "--verbose", env=staging.env)
             secret = staged.holding_secrets(worktree, env=staging.env)
             if secret:
                 return Resolution(
                     why=f"its agent wrote the value of a secret into {paths_text(secret)}; "
                     "nothing of its resolution lands"
+                )
+            big = staged.unstage_over(worktree, added.stdout, max_file, env=staging.env)
+            if big:
+                return Resolution(
+                    why=f"its agent wrote files over max_file ({', '.join(big)}); nothing of "
+                    "its resolution lands"
                 )
             staging.settle()
         now = _index(worktree)
