@@ -207,18 +207,13 @@ def staging(worktree: Path) -> Iterator[Staging]:
 def _copy_index(index: Path, copy: Path) -> None:
     """Make *copy* the index file *index* as it is (none when there is none).
 
-    A hard link where it can: git never writes an index in place (it writes ``index.lock``
-    and renames it over), so the copy's writes replace the link, never the index, and a big
-    repository's index costs nothing to copy. Its times are the index's either way: git's
-    check for a file changed within the index's own second reads them.
+    A copy, never a hard link: a checkpoint killed half-way would leave the worktree's index
+    with a second name, which the look for links an agent planted where git writes takes for
+    one. Its times are the index's: git's check for a file changed within the index's own
+    second reads them.
     """
-    try:
-        os.link(index, copy)
-    except FileNotFoundError:
-        return
-    except OSError:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.copy2(index, copy)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.copy2(index, copy)
 
 
 @contextlib.contextmanager
