@@ -503,3 +503,24 @@ def test_doctor_removes_a_link_or_file_by_a_stores_name_as_itself(
     assert not planted.exists()
     assert (yours / "keep.txt").read_text() == "keep\n"
     assert (yours / "objects").is_dir()
+
+
+def test_a_checkpoint_killed_before_its_add_leaves_the_index_under_one_name(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its staging's index was a hard link to the worktree's until `add` wrote it anew: killed
+    # in between, the index had a second name, which the resumed run took for a link an
+    # agent planted where git writes (the task failed).
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    (worktree / "work.txt").write_text("work\n")
+    hung = hang_git_at(tmp_path, monkeypatch, "add")
+    proc = subprocess.Popen(_checkpoint_argv(worktree), start_new_session=True)
+    try:
+        wait_for(hung.exists, timeout=60, what="the checkpoint's add")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert _left_behind(repo)  # killed inside its staging
+    admin = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
+    assert (admin / "index").stat().st_nlink == 1
