@@ -175,9 +175,6 @@ class Staging(Apart):
         if not self.index.exists():
             return  # nothing staged and no index before: none to put in place
         index = self.admin / "index"
-        with contextlib.suppress(OSError):
-            if self.index.samefile(index):
-                return  # the link to it, which git did not write anew: the index as it was
         lock = self.admin / "index.lock"
         _take(lock)
         try:
