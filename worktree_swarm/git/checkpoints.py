@@ -25,7 +25,7 @@ from worktree_swarm.git.index import populated_gitlinks, stage_gitlinks, unhide_
 from worktree_swarm.git.repo import in_batches, run
 from worktree_swarm.git.staged import (
     filtered_on_disk,
-    staged_entries,
+    named_blobs,
     unstage_filtered,
     unstage_over,
     unstage_secrets,
@@ -114,12 +114,7 @@ def checkpoint(
         secret = unstage_secrets(worktree, env=apart)
         big = unstage_over(worktree, added, max_file, env=apart)
         # What the index still names, when it left out something `add` hashed.
-        kept = (
-            {blob for *_, blob in staged_entries(worktree, env=apart)}
-            if secret or big or filtered
-            else None
-        )
-        staging.settle(kept)
+        staging.settle(named_blobs(worktree, env=apart) if secret or big or filtered else None)
     embedded = [*unborn, *linked]
     head = _commit(worktree, message, env, added=added.strip() != "")
     if embedded:

@@ -23,7 +23,7 @@ from worktree_swarm.core.text import path_text
 from worktree_swarm.git import quarantine, runner
 from worktree_swarm.git.checkpoints import embedded_repos
 from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
-from worktree_swarm.git.staged import filtered_on_disk, holding_secrets, staged_entries
+from worktree_swarm.git.staged import filtered_on_disk, holding_secrets, named_blobs
 from worktree_swarm.git.worktrees import REGISTRATIONS, linked_admin
 from worktree_swarm.infra import fs
 
@@ -242,8 +242,7 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
         if not runner.run(root, *base, "ls-files", "-z", env=env).stdout:
             return left
         # What the index still names, when it left out something `add` hashed.
-        entries = staged_entries(root, env=env, base=base, against=parent) if secret else None
-        store.move_in(None if entries is None else {blob for *_, blob in entries})
+        store.move_in(named_blobs(root, env=env, base=base, against=parent) if secret else None)
         # Into the repository's store, now holding every object the index names.
         tree = runner.run(root, *base, "write-tree", env=committing).stdout.strip()
         parents = ["-p", parent] if parent else []

@@ -159,6 +159,20 @@ def staged_entries(
     return entries
 
 
+def named_blobs(
+    worktree: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    base: Sequence[str] = (),
+    against: str | None = None,
+) -> set[str]:
+    """The blobs of :func:`staged_entries`: what a commit of the index takes that may be new.
+
+    What moves in from a store of its own (``quarantine``) once something was left out.
+    """
+    return {blob for *_, blob in staged_entries(worktree, env=env, base=base, against=against)}
+
+
 def _has_blob(mode: str, blob: str) -> bool:
     """Whether an index entry holds a blob: not a gitlink (a commit id), nor unmerged (zeros)."""
     return mode != "160000" and bool(blob.strip("0"))

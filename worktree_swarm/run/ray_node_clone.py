@@ -304,10 +304,8 @@ class NodeClone:
             # task saying so.
             secret = staged.unstage_secrets(self.work, env=env)
             big = staged.unstage_over(self.work, added, self.a.max_file, env=env)
-            if secret or big:  # only what the index still names moves in
-                apart.move_in({blob for *_, blob in staged.staged_entries(self.work, env=env)})
-            else:
-                apart.move_in()
+            # Only what the index still names moves in, once something was left out.
+            apart.move_in(staged.named_blobs(self.work, env=env) if secret or big else None)
             tree = runner.run(self.work, "write-tree", env=index).stdout.strip()
             head = git.rev_parse_in(self.work, "HEAD")
             if head is None or tree == git.rev_parse_in(self.work, "HEAD^{tree}"):
