@@ -24,7 +24,8 @@ import pytest
 from tests.conftest import git, hang_git_at
 from tests.test_filtered_objects import stored_bytes
 from tests.test_run import status_json, swarm, wait_for
-from worktree_swarm.git import checkpoints, quarantine
+from worktree_swarm.git import checkpoints, index_copy, quarantine, removal
+from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra import redact
 
 AgentFactory = Callable[[str], list[str]]
@@ -104,10 +105,6 @@ def test_a_checkpoint_killed_while_it_looks_at_what_it_staged_leaves_the_index_w
     _kill_in_staging(worktree, tmp_path, monkeypatch)
     assert _left_behind(repo)  # killed inside its staging
     assert _index_objects_exist(worktree)
-    # Under one name: a second (a hard link left in the staging) reads as a link planted
-    # where git writes, failing the task once its run resumes.
-    admin = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
-    assert (admin / "index").stat().st_nlink == 1
     assert git(worktree, "diff", "--cached", "--name-only") == ""  # nothing staged yet
     again = subprocess.run(_checkpoint_argv(worktree), capture_output=True, text=True, check=False)
     assert again.stdout == "SecretLeftOutError\n", again.stderr
@@ -158,7 +155,7 @@ def test_a_store_swept_as_it_is_made_before_it_is_held_is_made_again(
         return path
 
     monkeypatch.setattr(quarantine.tempfile, "mkdtemp", swept_once)
-    with quarantine.staging(repo) as staging:
+    with index_copy.staging(repo) as staging:
         own = staging.index.parent
         assert len(made) == 2
         assert not made[0].exists()
@@ -319,16 +316,35 @@ def test_a_checkpoint_cut_short_leaves_a_split_index_readable(
     for number in range(20):  # enough for `add` to write a shared index of its own
         (worktree / f"new{number}.txt").write_text(f"{number}\n")
 
-    def full(self: quarantine.Staging, keep: object = None) -> None:
+    def full(self: index_copy.Staging, keep: object = None) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with monkeypatch.context() as patched:
-        patched.setattr(quarantine.Staging, "settle", full)
+        patched.setattr(index_copy.Staging, "settle", full)
         with pytest.raises(OSError, match="No space left"):
             checkpoints.checkpoint(worktree, message="m", author=AUTHOR)
     assert git(worktree, "status", "--porcelain").count("?? new") == 20
     assert checkpoints.checkpoint(worktree, message="m", author=AUTHOR) is not None
     assert len(git(repo, "ls-tree", "--name-only", "swarm/t").split()) == 21
+
+
+def test_a_rescue_leaves_your_split_index_readable(repo: Path, tmp_path: Path) -> None:
+    # The rescue's `write-tree` rewrote its own index, writing a new shared index (at once,
+    # with splitIndex.maxPercentChange 0) and deleting those older than
+    # splitIndex.sharedIndexExpire (`now`): the one your checkout's index names among them.
+    # Every git in your checkout then failed: "index file open failed".
+    for key, value in [("core.splitIndex", "true"), ("splitIndex.maxPercentChange", "0")]:
+        git(repo, "config", key, value)
+    git(repo, "config", "splitIndex.sharedIndexExpire", "now")
+    (repo / "mine.txt").write_text("mine\n")
+    git(repo, "add", "mine.txt")  # your index, split: its shared index in .git
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "saved.txt").write_text("saved\n")
+    saved = removal.snapshot_files(open_repo(repo), stray, message="rescued")
+    assert saved.sha is not None
+    assert git(repo, "show", f"{saved.sha}:saved.txt") == "saved"
+    assert git(repo, "status", "--porcelain") == "A  mine.txt"
 
 
 def test_objects_move_into_a_store_on_another_file_system_as_copies(tmp_path: Path) -> None:
@@ -343,7 +359,7 @@ def test_objects_move_into_a_store_on_another_file_system_as_copies(tmp_path: Pa
         shutil.move(repo / ".git" / "objects", store)
         (repo / ".git" / "objects").symlink_to(store)
         (repo / "f.txt").write_text("far away\n")
-        with quarantine.staging(repo) as staging:
+        with index_copy.staging(repo) as staging:
             git_env = {**os.environ, **staging.env}
             subprocess.run(["git", "add", "f.txt"], cwd=repo, env=git_env, check=True)
             staging.settle()
@@ -524,3 +540,31 @@ def test_a_checkpoint_killed_before_its_add_leaves_the_index_under_one_name(
     assert _left_behind(repo)  # killed inside its staging
     admin = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
     assert (admin / "index").stat().st_nlink == 1
+
+
+def test_what_another_git_staged_while_a_checkpoint_ran_is_kept_and_committed(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpoint stages into a copy of the index and puts it in place at the end: your
+    # `git add -f` in the task's worktree meanwhile (an ignored file you want kept) was
+    # replaced by the copy from before it, and the file went unstaged and uncommitted.
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    (worktree / ".gitignore").write_text("*.log\n")
+    (worktree / "work.txt").write_text("work\n")
+    (worktree / "keep.log").write_text("wanted\n")
+    real = shutil.which("git")
+    assert real is not None
+    users_add = (
+        "env -u GIT_INDEX_FILE -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES"
+        f" {real} -C {worktree} add -f keep.log; exit 0"
+    )
+    # Your git runs once the checkpoint's `add` staged into its copy, before it is settled.
+    hung = hang_git_at(tmp_path, monkeypatch, "add", after=True, then=users_add)
+    out = subprocess.run(_checkpoint_argv(worktree), capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert hung.exists()  # your git ran in the middle of it
+    assert git(repo, "show", "swarm/t:keep.log") == "wanted"
+    assert git(repo, "show", "swarm/t:work.txt") == "work"
+    assert "keep.log" in git(worktree, "ls-files")
+    assert not _left_behind(repo)

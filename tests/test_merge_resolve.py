@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import agent_python, git, make_repo
 from tests.mergekit import LINES, RUN_ID, Brancher, conflicting, merge_results, record_run
-from tests.test_filtered_objects import stored_bytes
+from tests.test_filtered_objects import PLAIN, ROT13, stored_bytes
 from tests.test_run import status_json, swarm
 
 BRANCH = "swarm/integration-" + RUN_ID
@@ -330,3 +330,31 @@ def test_a_resolution_holding_a_file_over_max_file_lands_nothing_and_is_in_no_ob
     assert report["merged"] == ["first"], out.stdout + out.stderr
     assert "wrote files over max_file (big.bin (5.9K))" in report["results"][1]["reason"]
     assert b"BigOne" * 1000 not in stored_bytes(repo)
+
+
+def test_a_resolution_of_a_file_under_a_filter_swarm_does_not_run_lands_nothing(
+    repo: Path, brancher: Brancher
+) -> None:
+    # swarm's git switches off the filters your repository's config defines (git-crypt's):
+    # the resolver's file written in the clear was staged as it was and merged unencrypted.
+    git(repo, "config", "filter.crypt.clean", ROT13)
+    git(repo, "config", "filter.crypt.smudge", ROT13)
+    (repo / ".gitattributes").write_text("secret.txt filter=crypt\n")
+    (repo / "secret.txt").write_text("old\n")
+    git(repo, "add", ".gitattributes", "secret.txt")
+    git(repo, "commit", "-q", "-m", "encrypted")
+    agent = repo.parent / "resolver.py"
+    agent.write_text(KEEP_BOTH + f"pathlib.Path('secret.txt').write_text('{PLAIN}\\n')\n")
+    conflicting(repo, brancher, agent)
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["first"], out.stdout + out.stderr
+    reason = report["results"][1]["reason"]
+    assert "changed files under a filter swarm's git does not run" in reason
+    assert "(secret.txt (filter crypt))" in reason
+    assert PLAIN.encode() not in stored_bytes(repo)
+    assert git(repo, "rev-parse", f"{BRANCH}:secret.txt") == git(
+        repo, "rev-parse", "HEAD:secret.txt"
+    )

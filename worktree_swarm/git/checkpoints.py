@@ -6,13 +6,13 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from worktree_swarm.core.errors import CommandError, GitError
 from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
 from worktree_swarm.core.text import path_text
 from worktree_swarm.core.units import format_size
-from worktree_swarm.git import quarantine, runner
+from worktree_swarm.git import index_copy, runner
 from worktree_swarm.git.gitconfig import identity_env
 from worktree_swarm.git.gitfiles import (
     head_in,
@@ -100,8 +100,10 @@ def checkpoint(
     # Never hashed: a decrypted git-crypt file would be a loose object in the clear.
     kept_out = filtered_on_disk(worktree, worktree)
     skip = [*exclude, *links, *(path for path, _ in kept_out)]
-    # Staged apart (quarantine): what is left out is never an object of the repository's.
-    with quarantine.staging(worktree) as staging:
+    told = [f"{path_text(path)} (filter {driver})" for path, driver in kept_out]
+
+    def stage(staging: index_copy.Staging) -> _Staged:
+        # Staged apart (quarantine): what is left out is never an object of the repository's.
         apart = staging.env
         added, unborn, refused = _add(worktree, skip, droppings, apart)
         linked = [*embedded_repos(worktree, added), *(p for p in links if p not in declared)]
@@ -109,25 +111,37 @@ def checkpoint(
             # A commit would hold a commit id nobody else has, not their files.
             rm = ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal]
             run(worktree, rm, env=apart)
-        told = [f"{path_text(path)} (filter {driver})" for path, driver in kept_out]
         filtered = list(dict.fromkeys([*told, *unstage_filtered(worktree, env=apart)]))
         secret = unstage_secrets(worktree, env=apart)
         big = unstage_over(worktree, added, max_file, env=apart)
         # What the index still names, when it left out something `add` hashed.
         staging.settle(named_blobs(worktree, env=apart) if secret or big or filtered else None)
-    embedded = [*unborn, *linked]
-    head = _commit(worktree, message, env, added=added.strip() != "")
-    if embedded:
-        raise EmbeddedRepositoryError(worktree, [path_text(p) for p in embedded], head)
-    if refused:
-        raise RefusedPathsError(worktree, [path_text(p) for p in refused], head)
-    if filtered:
-        raise FilteredError(worktree, filtered, head)
-    if secret and report_secrets:
-        raise SecretLeftOutError(worktree, [path_text(p) for p in secret], head)
-    if big and max_file is not None:
-        raise TooBigError(worktree, big, head, max_file)
+        return _Staged(added, [*unborn, *linked], refused, filtered, secret, big)
+
+    done = index_copy.staged_afresh(worktree, stage)
+    head = _commit(worktree, message, env, added=done.added.strip() != "")
+    if done.embedded:
+        raise EmbeddedRepositoryError(worktree, [path_text(p) for p in done.embedded], head)
+    if done.refused:
+        raise RefusedPathsError(worktree, [path_text(p) for p in done.refused], head)
+    if done.filtered:
+        raise FilteredError(worktree, done.filtered, head)
+    if done.secret and report_secrets:
+        raise SecretLeftOutError(worktree, [path_text(p) for p in done.secret], head)
+    if done.big and max_file is not None:
+        raise TooBigError(worktree, done.big, head, max_file)
     return head
+
+
+class _Staged(NamedTuple):
+    """What a checkpoint's staging did: `add`'s output, and what it left out, by why."""
+
+    added: str
+    embedded: list[str]  # repositories of their own, made or checked out (gitlinks)
+    refused: list[str]
+    filtered: list[str]  # each with its filter
+    secret: list[str]
+    big: list[str]  # each with its size
 
 
 class LeftOutError(GitError):

@@ -7,14 +7,13 @@ finds on disk stage into a store of their own in the git dir (the repository's s
 alternate: nothing already there is written again); once the files left out are unstaged,
 the objects the index still names move into the repository's store (:class:`Apart`).
 
-A checkpoint (:func:`staging`) stages into a copy of the worktree's index, its store beside it
-in the worktree's git dir; the copy replaces the index once settled, under git's own lock. A
-checkpoint killed before that leaves the worktree's index as it was (it never names an object
-the store lacks). A rescue (:func:`apart`), whose index is a file of its own, gets the store
-alone, in the repository's git dir. Either directory is held (``flock``) while it is in use:
-what one killed half-way left, none holding it, goes with the next checkpoint of that
-worktree or the next rescue (:func:`sweep`), or with `swarm doctor --yes` (:func:`leftovers`,
-:func:`remove_unheld`); a live one is never removed.
+A checkpoint stages into a copy of the worktree's index, its store beside it in the
+worktree's git dir (:mod:`worktree_swarm.git.index_copy`). A rescue (:func:`apart`), whose
+index is a file of its own, gets the store alone, in the repository's git dir. Either
+directory is held (``flock``) while it is in use: what one killed half-way left, none holding
+it, goes with the next checkpoint of that worktree or the next rescue (:func:`sweep`), or
+with `swarm doctor --yes` (:func:`leftovers`, :func:`remove_unheld`); a live one is never
+removed.
 """
 
 from __future__ import annotations
@@ -34,8 +33,6 @@ from typing import NoReturn
 
 from worktree_swarm.core.errors import GitError
 from worktree_swarm.git import runner
-from worktree_swarm.git.config_files import common_dir, git_dir
-from worktree_swarm.git.gitfiles import STALE_LOCK_SECONDS
 from worktree_swarm.infra.faults import is_full
 
 PREFIX = "swarm-staging-"  # in the worktree's git dir, one per checkpoint under way
@@ -145,74 +142,6 @@ class Apart:
         )  # fmt: skip
 
 
-class Staging(Apart):
-    """One checkpoint's index copy and object store (:func:`staging`), and their settling."""
-
-    def __init__(self, worktree: Path, admin: Path, own: Path) -> None:
-        """*own*: the checkpoint's directory in *admin*, the git dir of *worktree*."""
-        super().__init__(worktree, own / "objects", common_dir(admin) / "objects")
-        self.worktree = worktree
-        self.admin = admin
-        self.index = own / "index"
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The environment of a git that stages: the index copy, hashing into the own store."""
-        return {"GIT_INDEX_FILE": str(self.index), **super().env}
-
-    def settle(self, keep: Collection[str] | None = None) -> None:
-        """Move the objects to keep into the repository's store, then put the index copy in place.
-
-        *keep*: the object ids the index copy still names that its staging wrote (None: all
-        it wrote). The rest, never in the repository's store, goes with the checkpoint's
-        directory.
-        """
-        self.move_in(keep)
-        self._install()
-
-    def _install(self) -> None:
-        """Replace the worktree's index with the copy, holding ``index.lock`` as git does."""
-        if not self.index.exists():
-            return  # nothing staged and no index before: none to put in place
-        index = self.admin / "index"
-        lock = self.admin / "index.lock"
-        _take(lock)
-        try:
-            self.index.replace(lock)  # the lock's content is the new index, as git's is
-            lock.replace(index)
-        except BaseException:
-            lock.unlink(missing_ok=True)
-            raise
-
-
-@contextlib.contextmanager
-def staging(worktree: Path) -> Iterator[Staging]:
-    """A :class:`Staging` for *worktree*, its directory removed when it ends, settled or not.
-
-    Held (``flock``) while it is in use; what a checkpoint killed half-way left in the
-    worktree's git dir, none holding it, is removed first.
-    """
-    try:
-        admin = git_dir(worktree)
-    except OSError as exc:
-        _refuse(exc, worktree, "stage a checkpoint")
-    with _own(admin, PREFIX, worktree, "stage a checkpoint") as own:
-        _copy_index(admin / "index", own / "index")
-        yield Staging(worktree, admin, own)
-
-
-def _copy_index(index: Path, copy: Path) -> None:
-    """Make *copy* the index file *index* as it is (none when there is none).
-
-    A copy, never a hard link: a checkpoint killed half-way would leave the worktree's index
-    with a second name, which the look for links an agent planted where git writes takes for
-    one. Its times are the index's: git's check for a file changed within the index's own
-    second reads them.
-    """
-    with contextlib.suppress(FileNotFoundError):
-        shutil.copy2(index, copy)
-
-
 @contextlib.contextmanager
 def apart(cwd: Path, common: Path) -> Iterator[Apart]:
     """An :class:`Apart` in the git dir *common* of the checkout *cwd*, removed when it ends.
@@ -220,12 +149,12 @@ def apart(cwd: Path, common: Path) -> Iterator[Apart]:
     Held (``flock``) while it is in use; what a rescue killed half-way left, none holding it,
     is removed first.
     """
-    with _own(common, APART_PREFIX, cwd, "save files") as own:
+    with owned(common, APART_PREFIX, cwd, "save files") as own:
         yield Apart(cwd, own / "objects", common / "objects")
 
 
 @contextlib.contextmanager
-def _own(where: Path, prefix: str, cwd: Path, doing: str) -> Iterator[Path]:
+def owned(where: Path, prefix: str, cwd: Path, doing: str) -> Iterator[Path]:
     """A directory *prefix*``*`` of its own in the git dir *where*, with an empty object store.
 
     Held (``flock``) from before it is filled until it is removed, when it ends. What earlier
@@ -236,7 +165,7 @@ def _own(where: Path, prefix: str, cwd: Path, doing: str) -> Iterator[Path]:
         sweep(where, prefix)
         own, fd = _made_held(where, prefix)
     except OSError as exc:
-        _refuse(exc, cwd, doing)
+        refuse(exc, cwd, doing)
     try:
         yield own
     finally:
@@ -290,7 +219,7 @@ def _locked(fd: int) -> bool:
     return False
 
 
-def _refuse(exc: OSError, cwd: Path, doing: str) -> NoReturn:
+def refuse(exc: OSError, cwd: Path, doing: str) -> NoReturn:
     """Raise *exc* for a full disk (waited out, as every write of swarm's), else a GitError."""
     if is_full(exc):
         raise exc
@@ -445,21 +374,3 @@ def _copy(source: Path, target: Path) -> None:
         if copied is not None:
             copied.unlink(missing_ok=True)
         raise
-
-
-def _take(lock: Path) -> None:
-    """Create *lock*, past a stale one; GitError while another git holds it."""
-    for _ in range(2):
-        try:
-            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            try:
-                stale = time.time() - lock.lstat().st_mtime > STALE_LOCK_SECONDS
-            except FileNotFoundError:
-                continue
-            if not stale:
-                break
-            lock.unlink(missing_ok=True)
-        else:
-            return
-    raise GitError(f"Unable to create '{lock}': File exists (another git is using the index)")

@@ -221,6 +221,8 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
             "GIT_INDEX_FILE": str(Path(tmp) / "index"),
             "GIT_AUTHOR_NAME": "worktree-swarm", "GIT_AUTHOR_EMAIL": "swarm@localhost",
             "GIT_COMMITTER_NAME": "worktree-swarm", "GIT_COMMITTER_EMAIL": "swarm@localhost",
+            # `write-tree` rewrites the index: none of your split index's shared ones deleted.
+            **quarantine.keeping_shared_indexes(),
         }  # fmt: skip
         env = {**committing, **store.env}  # staging: hashed apart
         # Git reads the config of *repo* (--git-dir), so the runner's overrides are computed

@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +16,14 @@ from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
 from worktree_swarm.core.task import STEP_TIMEOUT, Task
 from worktree_swarm.core.text import path_text, paths_text
-from worktree_swarm.git import quarantine, runner, staged
+from worktree_swarm.git import index_copy, runner, staged
 from worktree_swarm.git import repo as git
+from worktree_swarm.git.config_overrides import neutral_filters
 from worktree_swarm.infra import fs, scrub, supervisor
 
 KILL_GRACE = 5.0
 DEFAULT_MARKER_SIZE = 7  # git's, unless a file's `conflict-marker-size` attribute says otherwise
+Index = dict[str, bytes]  # path -> its `git ls-files --stage` entry (mode, object, stage)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,10 +75,10 @@ def run_resolver(
 
     When it is not resolved the :class:`Resolution` says why (the caller undoes the merge):
     the agent failed, left conflict markers, left a conflicted path as the merge stopped
-    (unmerged, unchanged), or wrote a file holding a secret's value or over *max_file* (the
-    run's; None: no cap). Waits at most the task's ``resolve_timeout`` (else its
-    ``timeout``, else 30 minutes). *on_start* is handed the agent's process identity as it
-    starts.
+    (unmerged, unchanged), changed a file under a filter swarm's git does not run, or wrote a
+    file holding a secret's value or over *max_file* (the run's; None: no cap). Waits at most
+    the task's ``resolve_timeout`` (else its ``timeout``, else 30 minutes). *on_start* is
+    handed the agent's process identity as it starts.
     """
     if not task.agent_argv:
         return Resolution(why=f"task {task.id} has no agent command recorded; resolve it by hand")
@@ -127,7 +129,7 @@ class _Stopped:
 
     files: tuple[str, ...]
     unmerged: dict[str, tuple[object, ...]]  # index path -> its working tree state then
-    index: dict[str, bytes]  # path -> its `git ls-files --stage` entry then
+    index: Index  # as the merge stopped
     marker_sizes: dict[str, int]
 
     @classmethod
@@ -143,7 +145,8 @@ class _Stopped:
     def staged(self, worktree: Path, max_file: int | None = DEFAULT_MAX_FILE) -> Resolution:
         """Check what the resolver left, stage it all, and name what it changed besides.
 
-        Nothing lands of one holding a secret's value or a file over *max_file*.
+        Nothing lands of one that changed a file under a filter swarm's git does not run, or
+        wrote one holding a secret's value or over *max_file*.
         """
         marked = [
             name
@@ -165,21 +168,11 @@ class _Stopped:
                 " nor staged)"
             )
         # Staged apart: a file holding a secret's value is in no object of yours, nor merged.
-        with quarantine.staging(worktree) as staging:
-            added = runner.run_names(worktree, "add", "--all", "--verbose", env=staging.env)
-            secret = staged.holding_secrets(worktree, env=staging.env)
-            if secret:
-                return Resolution(
-                    why=f"its agent wrote the value of a secret into {paths_text(secret)}; "
-                    "nothing of its resolution lands"
-                )
-            big = staged.unstage_over(worktree, added.stdout, max_file, env=staging.env)
-            if big:
-                return Resolution(
-                    why=f"its agent wrote files over max_file ({', '.join(big)}); nothing of "
-                    "its resolution lands"
-                )
-            staging.settle()
+        why = index_copy.staged_afresh(
+            worktree, lambda made: _stage(worktree, made, max_file, before=self.index)
+        )
+        if why is not None:
+            return Resolution(why=why)
         now = _index(worktree)
         conflicted = {*self.unmerged, *self.files}
         also = sorted(
@@ -192,15 +185,61 @@ class _Stopped:
         return next((f for f in self.files if path.startswith(f"{f}~")), path)
 
 
+def _stage(
+    worktree: Path, staging: index_copy.Staging, max_file: int | None, *, before: Index
+) -> str | None:
+    """Stage what the resolver left into *staging* and settle it; else why nothing lands.
+
+    *before*: the index as the merge stopped.
+    """
+    added = runner.run_names(worktree, "add", "--all", "--verbose", env=staging.env)
+    filtered = _filtered(worktree, staging.env, before)
+    if filtered:
+        return (
+            f"its agent changed files under a filter swarm's git does not run"
+            f" ({', '.join(filtered)}): staged without it, they would land in the clear;"
+            " nothing of its resolution lands"
+        )
+    secret = staged.holding_secrets(worktree, env=staging.env)
+    if secret:
+        return (
+            f"its agent wrote the value of a secret into {paths_text(secret)}; nothing of its"
+            " resolution lands"
+        )
+    big = staged.unstage_over(worktree, added.stdout, max_file, env=staging.env)
+    if big:
+        return (
+            f"its agent wrote files over max_file ({', '.join(big)}); nothing of its resolution"
+            " lands"
+        )
+    staging.settle()
+    return None
+
+
+def _filtered(worktree: Path, env: Mapping[str, str], before: Index) -> list[str]:
+    """The files staged (index *env*) unlike *before* under a filter swarm's git never runs.
+
+    Each named with its filter: a git-crypt file written in the clear would be merged so (a
+    branch's own change of one, in the index as the merge stopped, is not the resolver's). No
+    git runs unless the repository's config defines a filter.
+    """
+    drivers = neutral_filters(worktree)
+    if not drivers:
+        return []
+    changed = sorted(p for p, entry in _index(worktree, env=env).items() if before.get(p) != entry)
+    over = staged.filtered(worktree, changed, drivers, env=env)
+    return [f"{path_text(path)} (filter {driver})" for path, driver in over]
+
+
 def _unmerged(worktree: Path) -> set[str]:
     """The paths *worktree*'s index holds in a conflict stage (unmerged)."""
     out = runner.run_bytes(worktree, "ls-files", "--unmerged", "-z").stdout
     return {os.fsdecode(line.partition(b"\t")[2]) for line in out.split(b"\0") if line}
 
 
-def _index(worktree: Path) -> dict[str, bytes]:
-    """Path -> its index entry (mode, object, stage) in *worktree*."""
-    out = runner.run_bytes(worktree, "ls-files", "--stage", "-z").stdout
+def _index(worktree: Path, *, env: Mapping[str, str] | None = None) -> Index:
+    """Path -> its index entry (mode, object, stage) in *worktree* (*env*: another index)."""
+    out = runner.run_bytes(worktree, "ls-files", "--stage", "-z", env=env).stdout
     return {
         os.fsdecode(name): entry
         for entry, _, name in (line.partition(b"\t") for line in out.split(b"\0") if line)

@@ -295,7 +295,11 @@ class NodeClone:
             # Hashed apart: what it leaves out is in no object of the clone's either.
             quarantine.apart(self.work, self.work / ".git") as apart,
         ):
-            index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            # `write-tree` rewrites the index: none of the clone's shared ones deleted.
+            index = {
+                "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+                **quarantine.keeping_shared_indexes(),
+            }
             env = {**index, **apart.env}
             runner.run(self.work, "read-tree", "HEAD", env=env)
             added = runner.run_names(self.work, "add", "--all", "--verbose", env=env).stdout
