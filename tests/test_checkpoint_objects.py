@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, hang_git_at
+from tests.conftest import git, git_first_on_path, hang_git_at
 from tests.test_filtered_objects import stored_bytes
 from tests.test_run import status_json, swarm, wait_for
 from worktree_swarm.git import checkpoints, index_copy, quarantine, removal
@@ -567,4 +567,42 @@ def test_what_another_git_staged_while_a_checkpoint_ran_is_kept_and_committed(
     assert git(repo, "show", "swarm/t:keep.log") == "wanted"
     assert git(repo, "show", "swarm/t:work.txt") == "work"
     assert "keep.log" in git(worktree, "ls-files")
+    assert not _left_behind(repo)
+
+
+def test_a_checkpoint_whose_index_another_git_keeps_writing_gives_up_keeping_its_writes(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Staged again after each write of the other git's, three times: then the checkpoint
+    # fails saying why, and the index is as that git left it, nothing of the copies put back.
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    (worktree / ".gitignore").write_text("*.log\n")
+    (worktree / "work.txt").write_text("work\n")
+    for number in range(3):
+        (worktree / f"mine{number}.log").write_text(f"{number}\n")
+    writes = tmp_path / "writes"
+    writes.mkdir()
+    apart = "-u GIT_INDEX_FILE -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES"
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        "#!/bin/sh\n"
+        'sub=""; skip=0\n'
+        'for a in "$@"; do\n'
+        "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
+        '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
+        "done\n"
+        'if [ "$sub" = add ] && [ -n "$GIT_INDEX_FILE" ]; then\n'
+        f'  {real} "$@" || exit $?\n'
+        f"  n=$(ls {writes} | wc -l); touch {writes}/$n\n"
+        f"  env {apart} {real} -C {worktree} add -f mine$n.log; exit 0\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    out = subprocess.run(_checkpoint_argv(worktree), capture_output=True, text=True, check=False)
+    assert out.returncode != 0, out.stdout
+    assert "another git wrote the index while swarm staged a checkpoint there" in out.stderr
+    assert len(list(writes.iterdir())) == 3
+    staged = git(worktree, "ls-files").split()
+    assert {f"mine{n}.log" for n in range(3)} <= set(staged)  # each of its writes kept
+    assert "work.txt" not in staged  # no copy of the checkpoint's put in place
     assert not _left_behind(repo)

@@ -91,14 +91,11 @@ def staged_afresh(worktree: Path, stage: Callable[[Staging], T], *, tries: int =
     git in the task's worktree), at most *tries* times in all: what that git wrote is never
     replaced by a copy of the index from before it.
     """
-    for attempt in range(1, tries + 1):
-        try:
-            with staging(worktree) as made:
-                return stage(made)
-        except IndexChangedError:
-            if attempt == tries:
-                raise
-    raise AssertionError("unreachable")
+    for _ in range(tries - 1):
+        with contextlib.suppress(IndexChangedError), staging(worktree) as made:
+            return stage(made)
+    with staging(worktree) as made:
+        return stage(made)
 
 
 @contextlib.contextmanager
