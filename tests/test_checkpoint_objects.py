@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import git, git_first_on_path, hang_git_at
 from tests.test_filtered_objects import stored_bytes
 from tests.test_run import status_json, swarm, wait_for
+from worktree_swarm.core.errors import GitError
 from worktree_swarm.git import checkpoints, index_copy, quarantine, removal
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra import redact
@@ -605,4 +606,90 @@ def test_a_checkpoint_whose_index_another_git_keeps_writing_gives_up_keeping_its
     staged = git(worktree, "ls-files").split()
     assert {f"mine{n}.log" for n in range(3)} <= set(staged)  # each of its writes kept
     assert "work.txt" not in staged  # no copy of the checkpoint's put in place
+    assert not _left_behind(repo)
+
+
+def _after_each_staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str) -> Path:
+    """A `git` first on PATH that runs the shell *then* after each `add` into an index copy.
+
+    Returns the directory counting them (a file each, named 0, 1, ...; ``$n`` in *then*).
+    """
+    writes = tmp_path / "writes"
+    writes.mkdir()
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        "#!/bin/sh\n"
+        'sub=""; skip=0\n'
+        'for a in "$@"; do\n'
+        "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
+        '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
+        "done\n"
+        'if [ "$sub" = add ] && [ -n "$GIT_INDEX_FILE" ]; then\n'
+        f'  {real} "$@" || exit $?\n'
+        f"  n=$(ls {writes} | wc -l); touch {writes}/$n\n"
+        f"  REAL={real}; {then}; exit 0\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    return writes
+
+
+def test_an_index_rewritten_with_the_same_entries_meanwhile_takes_the_checkpoint_at_once(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An editor's or shell prompt's `git status` rewrites the index to refresh the times it
+    # caches, again and again: taken for another git's write, it failed every staging.
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    (worktree / "work.txt").write_text("work\n")
+    index = Path(git(worktree, "rev-parse", "--absolute-git-dir")) / "index"
+    rewrite = f"cp -p {index} {index}.new && mv {index}.new {index}"  # the same entries
+    writes = _after_each_staging(tmp_path, monkeypatch, rewrite)
+    out = subprocess.run(_checkpoint_argv(worktree), capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(list(writes.iterdir())) == 1  # staged once
+    assert git(repo, "show", "swarm/t:work.txt") == "work"
+
+
+def test_a_checkpoint_staged_again_leaves_out_what_it_leaves_out_each_time(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Staged again after another git wrote the index, the checkpoint started from that
+    # index without taking the paths it excludes (a `link` to your node_modules) out of it
+    # again: staged by that git, the link was committed.
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    (tmp_path / "deps").mkdir()
+    (worktree / "node_modules").symlink_to(tmp_path / "deps")
+    (worktree / "work.txt").write_text("work\n")
+    apart = "-u GIT_INDEX_FILE -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES"
+    users_add = f'[ "$n" = 0 ] && env {apart} "$REAL" -C {worktree} add node_modules'
+    writes = _after_each_staging(tmp_path, monkeypatch, users_add)
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from worktree_swarm.git import checkpoints\n"
+        "checkpoints.checkpoint(Path(sys.argv[1]), message='m', author='a <a@example.com>',"
+        " exclude=['node_modules'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(worktree)], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(list(writes.iterdir())) == 2  # staged again once
+    assert git(repo, "ls-tree", "--name-only", "swarm/t").split().count("node_modules") == 0
+    assert git(repo, "show", "swarm/t:work.txt") == "work"
+
+
+def test_a_checkpoint_never_takes_an_index_lock_another_git_holds(repo: Path) -> None:
+    # A live git's lock (not stale) is waited for, then the checkpoint fails saying why,
+    # the lock and the index left to that git.
+    worktree = repo.parent / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    admin = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
+    before = (admin / "index").read_bytes()
+    (worktree / "work.txt").write_text("work\n")
+    (admin / "index.lock").write_bytes(b"another git's")
+    with pytest.raises(GitError, match="another git is using the index"):
+        checkpoints.checkpoint(worktree, message="m", author=AUTHOR)
+    assert (admin / "index.lock").read_bytes() == b"another git's"
+    assert (admin / "index").read_bytes() == before
     assert not _left_behind(repo)

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import agent_python, git, make_repo
-from tests.mergekit import LINES, RUN_ID, Brancher, conflicting, merge_results, record_run
+from tests.mergekit import (
+    LINES,
+    RUN_ID,
+    Brancher,
+    conflicting,
+    edit,
+    merge_results,
+    record_run,
+)
 from tests.test_filtered_objects import PLAIN, ROT13, stored_bytes
 from tests.test_run import status_json, swarm
 
@@ -358,3 +366,36 @@ def test_a_resolution_of_a_file_under_a_filter_swarm_does_not_run_lands_nothing(
     assert git(repo, "rev-parse", f"{BRANCH}:secret.txt") == git(
         repo, "rev-parse", "HEAD:secret.txt"
     )
+
+
+def test_a_resolver_keeping_one_side_of_a_file_under_a_filter_lands_it(
+    repo: Path, brancher: Brancher
+) -> None:
+    # Both tasks changed your encrypted file: keeping one side's version (as your git wrote
+    # it through the filter) is no file in the clear, and the merge lands.
+    git(repo, "config", "filter.crypt.clean", ROT13)
+    git(repo, "config", "filter.crypt.smudge", ROT13)
+    (repo / ".gitattributes").write_text("secret.txt filter=crypt\n")
+    (repo / "secret.txt").write_text("old\n")
+    git(repo, "add", ".gitattributes", "secret.txt")
+    git(repo, "commit", "-q", "-m", "encrypted")
+    base = git(repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first"), "secret.txt": "one\n"})
+    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second"), "secret.txt": "two\n"})
+    agent = repo.parent / "resolver.py"
+    agent.write_text(
+        KEEP_BOTH
+        + "subprocess.run(['git', 'checkout', '--theirs', '--', 'secret.txt'], check=True)\n"
+        "subprocess.run(['git', 'add', '--', 'secret.txt'], check=True)\n"
+    )
+    record_run(
+        repo, [("first", base), ("second", base)], base=base,
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
+    )  # fmt: skip
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["first", "second"], out.stdout + out.stderr
+    theirs = git(repo, "rev-parse", "swarm/second:secret.txt")
+    assert git(repo, "rev-parse", f"{BRANCH}:secret.txt") == theirs

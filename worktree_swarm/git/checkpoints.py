@@ -90,35 +90,8 @@ def checkpoint(
             f"{worktree}: a merge with unresolved conflicts is in progress; resolve it or abort "
             "it (`git merge --abort`) there first"
         )
-    exclude = _unstaged(worktree, exclude)
-    unhide_edits(worktree)
-    # A gitlink checked out here is not looked into: a submodule's new HEAD is staged, one an
-    # agent made and committed itself is an embedded repository like one it only made.
-    links = populated_gitlinks(worktree)
-    declared = submodule_paths(worktree) if links else set()
-    stage_gitlinks(worktree, [link for link in links if link in declared])
-    # Never hashed: a decrypted git-crypt file would be a loose object in the clear.
-    kept_out = filtered_on_disk(worktree, worktree)
-    skip = [*exclude, *links, *(path for path, _ in kept_out)]
-    told = [f"{path_text(path)} (filter {driver})" for path, driver in kept_out]
-
-    def stage(staging: index_copy.Staging) -> _Staged:
-        # Staged apart (quarantine): what is left out is never an object of the repository's.
-        apart = staging.env
-        added, unborn, refused = _add(worktree, skip, droppings, apart)
-        linked = [*embedded_repos(worktree, added), *(p for p in links if p not in declared)]
-        for literal in in_batches(f":(literal,top){path}" for path in linked):
-            # A commit would hold a commit id nobody else has, not their files.
-            rm = ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal]
-            run(worktree, rm, env=apart)
-        filtered = list(dict.fromkeys([*told, *unstage_filtered(worktree, env=apart)]))
-        secret = unstage_secrets(worktree, env=apart)
-        big = unstage_over(worktree, added, max_file, env=apart)
-        # What the index still names, when it left out something `add` hashed.
-        staging.settle(named_blobs(worktree, env=apart) if secret or big or filtered else None)
-        return _Staged(added, [*unborn, *linked], refused, filtered, secret, big)
-
-    done = index_copy.staged_afresh(worktree, stage)
+    # Made again from the index as it is now where another git wrote it meanwhile.
+    done = index_copy.afresh(lambda: _stage(worktree, exclude, droppings, max_file))
     head = _commit(worktree, message, env, added=done.added.strip() != "")
     if done.embedded:
         raise EmbeddedRepositoryError(worktree, [path_text(p) for p in done.embedded], head)
@@ -131,6 +104,38 @@ def checkpoint(
     if done.big and max_file is not None:
         raise TooBigError(worktree, done.big, head, max_file)
     return head
+
+
+def _stage(
+    worktree: Path, exclude: Sequence[str], droppings: Sequence[str], max_file: int | None
+) -> _Staged:
+    """Stage what *worktree* holds into its index, but what a commit must not hold."""
+    skip = _unstaged(worktree, exclude)
+    unhide_edits(worktree)
+    # A gitlink checked out here is not looked into: a submodule's new HEAD is staged, one an
+    # agent made and committed itself is an embedded repository like one it only made.
+    links = populated_gitlinks(worktree)
+    declared = submodule_paths(worktree) if links else set()
+    stage_gitlinks(worktree, [link for link in links if link in declared])
+    # Never hashed: a decrypted git-crypt file would be a loose object in the clear.
+    kept_out = filtered_on_disk(worktree, worktree)
+    told = [f"{path_text(path)} (filter {driver})" for path, driver in kept_out]
+    # Staged apart (quarantine): what is left out is never an object of the repository's.
+    with index_copy.staging(worktree) as staging:
+        apart = staging.env
+        skipped = [*skip, *links, *(path for path, _ in kept_out)]
+        added, unborn, refused = _add(worktree, skipped, droppings, apart)
+        linked = [*embedded_repos(worktree, added), *(p for p in links if p not in declared)]
+        for literal in in_batches(f":(literal,top){path}" for path in linked):
+            # A commit would hold a commit id nobody else has, not their files.
+            rm = ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal]
+            run(worktree, rm, env=apart)
+        filtered = list(dict.fromkeys([*told, *unstage_filtered(worktree, env=apart)]))
+        secret = unstage_secrets(worktree, env=apart)
+        big = unstage_over(worktree, added, max_file, env=apart)
+        # What the index still names, when it left out something `add` hashed.
+        staging.settle(named_blobs(worktree, env=apart) if secret or big or filtered else None)
+    return _Staged(added, [*unborn, *linked], refused, filtered, secret, big)
 
 
 class _Staged(NamedTuple):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -20,11 +19,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from worktree_swarm.core.errors import GitError
-from worktree_swarm.git import quarantine
+from worktree_swarm.git import quarantine, runner
 from worktree_swarm.git.config_files import common_dir, git_dir
 from worktree_swarm.git.gitfiles import STALE_LOCK_SECONDS
 
 T = TypeVar("T")
+_LOCK_WAIT = 1.0  # seconds another git's `index.lock` is waited out
+_ENTRIES = ("ls-files", "--stage", "-v", "-z")  # each entry's flag, mode, object, stage, path
 # An index file's identity: git writes a new file and renames it over the index each time.
 _Identity = tuple[int, int, int, int, int]
 
@@ -33,12 +34,16 @@ class Staging(quarantine.Apart):
     """One checkpoint's index copy and object store (:func:`staging`), and their settling."""
 
     def __init__(self, worktree: Path, admin: Path, own: Path) -> None:
-        """*own*: the checkpoint's directory in *admin*, the git dir of *worktree*."""
+        """*own*: the checkpoint's directory in *admin*, the git dir of *worktree*.
+
+        The worktree's index is copied into it as it is now.
+        """
         super().__init__(worktree, own / "objects", common_dir(admin) / "objects")
         self.worktree = worktree
         self.admin = admin
         self.index = own / "index"
-        self.copied: _Identity | None = None  # the worktree's index the copy was made of
+        # The worktree's index the copy was made of: its identity, and what it held.
+        self.copied, self.before = _copy_index(admin / "index", self.index)
 
     @property
     def env(self) -> dict[str, str]:
@@ -66,7 +71,7 @@ class Staging(quarantine.Apart):
         index = self.admin / "index"
         lock = self.admin / "index.lock"
         _take(lock)
-        if _identity(index) != self.copied:
+        if _identity(index) != self.copied and not self._holds_as_before(index):
             lock.unlink(missing_ok=True)
             raise IndexChangedError(
                 f"{self.worktree}: another git wrote the index while swarm staged a checkpoint"
@@ -79,23 +84,43 @@ class Staging(quarantine.Apart):
             lock.unlink(missing_ok=True)
             raise
 
+    def _holds_as_before(self, index: Path) -> bool:
+        """Whether *index*, written anew since it was copied, holds the same entries still.
+
+        Each path's mode, object, stage and flags: a `git status` (an editor's, a shell
+        prompt's) rewrites the index to refresh the files' times and sizes it caches, which
+        the copy put in place loses nothing of.
+        """
+        if self.before is None or self.copied is None:
+            return False
+        before = self.index.with_name("index.before")
+        before.write_bytes(self.before)
+        keep = quarantine.keeping_shared_indexes()
+        listed = [
+            runner.run_bytes(
+                self.worktree, *_ENTRIES, check=False, env={"GIT_INDEX_FILE": str(path), **keep}
+            )
+            for path in (before, index)
+        ]
+        return all(r.returncode == 0 for r in listed) and listed[0].stdout == listed[1].stdout
+
 
 class IndexChangedError(GitError):
     """Another git wrote a worktree's index while a checkpoint staged into its copy."""
 
 
-def staged_afresh(worktree: Path, stage: Callable[[Staging], T], *, tries: int = 3) -> T:
-    """*stage* (which settles) in a :func:`staging` of *worktree*; what it returned.
+def afresh(attempt: Callable[[], T], *, tries: int = 3) -> T:
+    """What *attempt* (a :func:`staging`, settled) returned, made again on IndexChangedError.
 
-    Staged again from the index as it is now where another git wrote it meanwhile (a user's
-    git in the task's worktree), at most *tries* times in all: what that git wrote is never
-    replaced by a copy of the index from before it.
+    At most *tries* times in all. Another git wrote the index meanwhile (a user's in the
+    task's worktree): what it wrote is never replaced by a copy of the index from before it;
+    the attempt starts over from the index as it is now, each of its own writes to it done
+    again.
     """
     for _ in range(tries - 1):
-        with contextlib.suppress(IndexChangedError), staging(worktree) as made:
-            return stage(made)
-    with staging(worktree) as made:
-        return stage(made)
+        with contextlib.suppress(IndexChangedError):
+            return attempt()
+    return attempt()
 
 
 @contextlib.contextmanager
@@ -110,13 +135,11 @@ def staging(worktree: Path) -> Iterator[Staging]:
     except OSError as exc:
         quarantine.refuse(exc, worktree, "stage a checkpoint")
     with quarantine.owned(admin, quarantine.PREFIX, worktree, "stage a checkpoint") as own:
-        made = Staging(worktree, admin, own)
-        made.copied = _copy_index(admin / "index", made.index)
-        yield made
+        yield Staging(worktree, admin, own)
 
 
-def _copy_index(index: Path, copy: Path) -> _Identity | None:
-    """Make *copy* the index file *index* as it is; the identity of what was copied.
+def _copy_index(index: Path, copy: Path) -> tuple[_Identity | None, bytes | None]:
+    """Make *copy* the index file *index* as it is; the identity and bytes of what was copied.
 
     None, and no copy, when there is no index. A copy, never a hard link: a checkpoint killed
     half-way would leave the worktree's index with a second name, which the look for links
@@ -126,14 +149,15 @@ def _copy_index(index: Path, copy: Path) -> _Identity | None:
     try:
         src = index.open("rb")
     except FileNotFoundError:
-        return None
+        return None, None
     with src:
         info = os.fstat(src.fileno())  # what is read, though git replaces the index meanwhile
-        with copy.open("xb") as out:
-            shutil.copyfileobj(src, out)
+        data = src.read()
+    with copy.open("xb") as out:
+        out.write(data)
     copy.chmod(stat.S_IMODE(info.st_mode))
     os.utime(copy, ns=(info.st_atime_ns, info.st_mtime_ns))
-    return _identity_of(info)
+    return _identity_of(info), data
 
 
 def _identity_of(info: os.stat_result) -> _Identity:
@@ -150,8 +174,13 @@ def _identity(path: Path) -> _Identity | None:
 
 
 def _take(lock: Path) -> None:
-    """Create *lock*, past a stale one; GitError while another git holds it."""
-    for _ in range(2):
+    """Create *lock*, past a stale one; GitError while another git holds it for a second.
+
+    A `git status` (an editor's) holds it for the milliseconds it writes the index: waited
+    out.
+    """
+    deadline = time.monotonic() + _LOCK_WAIT
+    while True:
         try:
             os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
@@ -159,9 +188,12 @@ def _take(lock: Path) -> None:
                 stale = time.time() - lock.lstat().st_mtime > STALE_LOCK_SECONDS
             except FileNotFoundError:
                 continue
-            if not stale:
+            if stale:
+                lock.unlink(missing_ok=True)
+            elif time.monotonic() < deadline:
+                time.sleep(0.02)
+            else:
                 break
-            lock.unlink(missing_ok=True)
         else:
             return
     raise GitError(f"Unable to create '{lock}': File exists (another git is using the index)")

@@ -68,7 +68,12 @@ def unstage_filtered(worktree: Path, *, env: Mapping[str, str] | None = None) ->
 
 
 def filtered_on_disk(
-    cwd: Path, work_tree: Path, *, base: Sequence[str] = (), env: Mapping[str, str] | None = None
+    cwd: Path,
+    work_tree: Path,
+    *,
+    base: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    drivers: AbstractSet[str] | None = None,
 ) -> list[tuple[str, str]]:
     """The files an ``add --all`` would hash whose filter swarm's git never runs; each with it.
 
@@ -76,9 +81,10 @@ def filtered_on_disk(
     out of the `add` itself (``:(exclude)``), a decrypted git-crypt file is hashed into no
     object of the repository's, not even one no commit holds (until `git gc`). No git runs
     unless the repository's config defines a filter. *base*: git's arguments before the
-    command (a rescue's ``--git-dir``), *env*: its environment (another index file).
+    command (a rescue's ``--git-dir``), *env*: its environment (another index file);
+    *drivers*: the filters looked for (None: those the repository's config defines now).
     """
-    drivers = neutral_filters(cwd)
+    drivers = neutral_filters(cwd) if drivers is None else drivers
     if not drivers:
         return []
     args = ("ls-files", "-z", "--modified", "--others", "--exclude-standard")

@@ -130,16 +130,25 @@ class _Stopped:
     files: tuple[str, ...]
     unmerged: dict[str, tuple[object, ...]]  # index path -> its working tree state then
     index: Index  # as the merge stopped
+    blobs: dict[str, frozenset[str]]  # path -> the objects of its entries then (each stage's)
     marker_sizes: dict[str, int]
+    drivers: frozenset[str]  # the filters the repository's config defined then
 
     @classmethod
     def of(cls, worktree: Path, files: Sequence[str]) -> _Stopped:
-        # Read before the agent runs: its edits to `.gitattributes` change no marker size.
+        # Read before the agent runs: its edits to `.gitattributes` change no marker size, its
+        # edits to the config drop no filter.
+        listed = _listing(worktree)
+        blobs: dict[str, set[str]] = {}
+        for path, entry in listed:
+            blobs.setdefault(path, set()).add(entry.split()[1].decode("ascii"))
         return cls(
             files=tuple(files),
             unmerged={p: _state(worktree / p) for p in _unmerged(worktree)},
-            index=_index(worktree),
+            index=dict(listed),
+            blobs={path: frozenset(oids) for path, oids in blobs.items()},
             marker_sizes=_marker_sizes(worktree, files),
+            drivers=neutral_filters(worktree),
         )
 
     def staged(self, worktree: Path, max_file: int | None = DEFAULT_MAX_FILE) -> Resolution:
@@ -167,10 +176,18 @@ class _Stopped:
                 why=f"the agent left {paths_text(left)} as the merge stopped (neither changed"
                 " nor staged)"
             )
+        drivers = self.drivers | neutral_filters(worktree)
+        # Never hashed by swarm: a file under such a filter as the resolver's own git left it
+        # on disk (smudged: in the clear) is not staged; only what that git staged counts.
+        on_disk = staged.filtered_on_disk(worktree, worktree, drivers=drivers)
+        hashed = _hashed(worktree, on_disk)
+        unsure = [(p, d) for p, d in on_disk if hashed.get(p) not in self.blobs.get(p, frozenset())]
+        # Written but not staged by the resolver's git: the change would be in the clear or lost.
+        entries = _index(worktree) if unsure else {}
+        why = self._in_the_clear([(p, d) for p, d in unsure if entries.get(p) == self.index.get(p)])
+        skip = [p for p, _ in unsure]
         # Staged apart: a file holding a secret's value is in no object of yours, nor merged.
-        why = index_copy.staged_afresh(
-            worktree, lambda made: _stage(worktree, made, max_file, before=self.index)
-        )
+        why = why or index_copy.afresh(lambda: self._stage(worktree, max_file, drivers, skip))
         if why is not None:
             return Resolution(why=why)
         now = _index(worktree)
@@ -180,70 +197,103 @@ class _Stopped:
         )
         return Resolution(why=None, also=tuple(also))
 
+    def _stage(
+        self, worktree: Path, max_file: int | None, drivers: frozenset[str], skip: Sequence[str]
+    ) -> str | None:
+        """Stage what the resolver left apart and settle it; else why nothing lands.
+
+        *skip*: files under a filter swarm's git does not run, left out of its `add`.
+        """
+        with index_copy.staging(worktree) as staging:
+            env = staging.env
+            specs = [".", *(f":(exclude,literal,top){path}" for path in skip)]
+            args = ("add", "--all", "--verbose", "--pathspec-from-file=-", "--pathspec-file-nul")
+            added = runner.run_names(worktree, *args, env=env, input_text="\0".join(specs) + "\0")
+            unresolved = sorted({self._conflict(p) for p in _unmerged(worktree, env=env)})
+            if unresolved:
+                return (
+                    f"its agent left {paths_text(unresolved)} unresolved: under a filter swarm's"
+                    " git does not run, such a file counts as resolved once your git stages it"
+                    " (`git add`); nothing of its resolution lands"
+                )
+            # Staged unlike the merge left it (by the resolver itself, or by this `add`).
+            now = _index(worktree, env=env)
+            changed = sorted(p for p, entry in now.items() if self.index.get(p) != entry)
+            over = staged.filtered(worktree, changed, drivers, env=env) if drivers else []
+            why = self._in_the_clear(over, {p: now[p].split()[1].decode() for p, _ in over})
+            if why:
+                return why
+            secret = staged.holding_secrets(worktree, env=env)
+            if secret:
+                return (
+                    f"its agent wrote the value of a secret into {paths_text(secret)}; nothing"
+                    " of its resolution lands"
+                )
+            big = staged.unstage_over(worktree, added.stdout, max_file, env=env)
+            if big:
+                return (
+                    f"its agent wrote files over max_file ({', '.join(big)}); nothing of its"
+                    " resolution lands"
+                )
+            staging.settle()
+        return None
+
+    def _in_the_clear(
+        self, found: Sequence[tuple[str, str]], oids: Mapping[str, str] | None = None
+    ) -> str | None:
+        """Why nothing lands where a file of *found* (path, filter) is not as a side had it.
+
+        *oids*: each one's object id staged now (None: none). One of the merge's sides (an
+        entry of the index as the merge stopped: `git checkout --ours`) is as your git wrote
+        it through the filter; anything else was written without it, in the clear.
+        """
+        oids = oids or {}
+        new = [
+            f"{path_text(path)} (filter {driver})"
+            for path, driver in found
+            if oids.get(path) not in self.blobs.get(path, frozenset())
+        ]
+        if not new:
+            return None
+        return (
+            f"its agent changed files under a filter swarm's git does not run ({', '.join(new)}):"
+            " staged without it, they would land in the clear; nothing of its resolution lands"
+        )
+
     def _conflict(self, path: str) -> str:
         """The conflicted file *path* is about (a file/directory clash parks one at ``f~HEAD``)."""
         return next((f for f in self.files if path.startswith(f"{f}~")), path)
 
 
-def _stage(
-    worktree: Path, staging: index_copy.Staging, max_file: int | None, *, before: Index
-) -> str | None:
-    """Stage what the resolver left into *staging* and settle it; else why nothing lands.
-
-    *before*: the index as the merge stopped.
-    """
-    added = runner.run_names(worktree, "add", "--all", "--verbose", env=staging.env)
-    filtered = _filtered(worktree, staging.env, before)
-    if filtered:
-        return (
-            f"its agent changed files under a filter swarm's git does not run"
-            f" ({', '.join(filtered)}): staged without it, they would land in the clear;"
-            " nothing of its resolution lands"
-        )
-    secret = staged.holding_secrets(worktree, env=staging.env)
-    if secret:
-        return (
-            f"its agent wrote the value of a secret into {paths_text(secret)}; nothing of its"
-            " resolution lands"
-        )
-    big = staged.unstage_over(worktree, added.stdout, max_file, env=staging.env)
-    if big:
-        return (
-            f"its agent wrote files over max_file ({', '.join(big)}); nothing of its resolution"
-            " lands"
-        )
-    staging.settle()
-    return None
-
-
-def _filtered(worktree: Path, env: Mapping[str, str], before: Index) -> list[str]:
-    """The files staged (index *env*) unlike *before* under a filter swarm's git never runs.
-
-    Each named with its filter: a git-crypt file written in the clear would be merged so (a
-    branch's own change of one, in the index as the merge stopped, is not the resolver's). No
-    git runs unless the repository's config defines a filter.
-    """
-    drivers = neutral_filters(worktree)
-    if not drivers:
-        return []
-    changed = sorted(p for p, entry in _index(worktree, env=env).items() if before.get(p) != entry)
-    over = staged.filtered(worktree, changed, drivers, env=env)
-    return [f"{path_text(path)} (filter {driver})" for path, driver in over]
-
-
-def _unmerged(worktree: Path) -> set[str]:
-    """The paths *worktree*'s index holds in a conflict stage (unmerged)."""
-    out = runner.run_bytes(worktree, "ls-files", "--unmerged", "-z").stdout
+def _unmerged(worktree: Path, *, env: Mapping[str, str] | None = None) -> set[str]:
+    """The paths *worktree*'s index (*env*: another one) holds in a conflict stage."""
+    out = runner.run_bytes(worktree, "ls-files", "--unmerged", "-z", env=env).stdout
     return {os.fsdecode(line.partition(b"\t")[2]) for line in out.split(b"\0") if line}
 
 
 def _index(worktree: Path, *, env: Mapping[str, str] | None = None) -> Index:
     """Path -> its index entry (mode, object, stage) in *worktree* (*env*: another index)."""
+    return dict(_listing(worktree, env=env))
+
+
+def _listing(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[tuple[str, bytes]]:
+    """Each entry of *worktree*'s index (*env*: another index): path, (mode, object, stage)."""
     out = runner.run_bytes(worktree, "ls-files", "--stage", "-z", env=env).stdout
-    return {
-        os.fsdecode(name): entry
+    return [
+        (os.fsdecode(name), entry)
         for entry, _, name in (line.partition(b"\t") for line in out.split(b"\0") if line)
-    }
+    ]
+
+
+def _hashed(worktree: Path, found: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Each path of *found*'s object id as its file is on disk, written nowhere (no ``-w``)."""
+    if not found:
+        return {}
+    names = "".join(f"{path}\n" for path, _ in found)
+    out = runner.run(
+        worktree, "hash-object", "--no-filters", "--stdin-paths", input_text=names
+    ).stdout.split()
+    return dict(zip((path for path, _ in found), out, strict=False))
 
 
 def _state(path: Path) -> tuple[object, ...]:
