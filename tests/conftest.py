@@ -211,6 +211,18 @@ def agent_python() -> list[str]:
     return ["env", *unset, sys.executable] if unset else [sys.executable]
 
 
+# The start of a `git` wrapper's script: $sub, the subcommand, the first argument after
+# swarm's `-c key=value` overrides.
+GIT_SUBCOMMAND = (
+    "#!/bin/sh\n"
+    'sub=""; skip=0\n'
+    'for a in "$@"; do\n'
+    "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
+    '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
+    "done\n"
+)
+
+
 def git_first_on_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: Callable[[str], str]
 ) -> None:
@@ -237,15 +249,9 @@ def hang_git_at(
     the real git. *then*: the shell it runs instead of git's step (by default, it sleeps)."""
     flag = tmp_path / "hung"
     run_first = '{real} "$@"; ' if after else ""
-    # The subcommand is the first argument after swarm's `-c key=value` overrides.
     git_first_on_path(tmp_path, monkeypatch, lambda real: (
-        "#!/bin/sh\n"
-        'sub=""; skip=0\n'
-        'for a in "$@"; do\n'
-        "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
-        '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
-        "done\n"
-        f'if [ "$sub" = {shlex.quote(step)} ] && mkdir {shlex.quote(str(tmp_path / "taken"))}'
+        GIT_SUBCOMMAND
+        + f'if [ "$sub" = {shlex.quote(step)} ] && mkdir {shlex.quote(str(tmp_path / "taken"))}'
         " 2>/dev/null; then\n"
         f"  {run_first.format(real=real)}touch {shlex.quote(str(flag))}; {then}\nfi\n"
         f'exec {real} "$@"\n'

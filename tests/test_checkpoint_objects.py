@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, git_first_on_path, hang_git_at
+from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, hang_git_at
 from tests.test_filtered_objects import stored_bytes
 from tests.test_run import status_json, swarm, wait_for
 from worktree_swarm.core.errors import GitError
@@ -33,6 +33,8 @@ AgentFactory = Callable[[str], list[str]]
 KEY = "sk-ant-api03-" + "q" * 30
 BIG = b"BigFileMarker" * 400  # 5,200 bytes: past a max_file of 4K
 AUTHOR = "a <a@example.com>"
+# `env` options that give a git run inside a checkpoint's staging the worktree's own index.
+_YOURS = "-u GIT_INDEX_FILE -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES"
 
 
 def _left_behind(repo: Path) -> list[Path]:
@@ -556,10 +558,7 @@ def test_what_another_git_staged_while_a_checkpoint_ran_is_kept_and_committed(
     (worktree / "keep.log").write_text("wanted\n")
     real = shutil.which("git")
     assert real is not None
-    users_add = (
-        "env -u GIT_INDEX_FILE -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES"
-        f" {real} -C {worktree} add -f keep.log; exit 0"
-    )
+    users_add = f"env {_YOURS} {real} -C {worktree} add -f keep.log; exit 0"
     # Your git runs once the checkpoint's `add` staged into its copy, before it is settled.
     hung = hang_git_at(tmp_path, monkeypatch, "add", after=True, then=users_add)
     out = subprocess.run(_checkpoint_argv(worktree), capture_output=True, text=True, check=False)
@@ -582,23 +581,8 @@ def test_a_checkpoint_whose_index_another_git_keeps_writing_gives_up_keeping_its
     (worktree / "work.txt").write_text("work\n")
     for number in range(3):
         (worktree / f"mine{number}.log").write_text(f"{number}\n")
-    writes = tmp_path / "writes"
-    writes.mkdir()
-    apart = "-u GIT_INDEX_FILE -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES"
-    git_first_on_path(tmp_path, monkeypatch, lambda real: (
-        "#!/bin/sh\n"
-        'sub=""; skip=0\n'
-        'for a in "$@"; do\n'
-        "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
-        '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
-        "done\n"
-        'if [ "$sub" = add ] && [ -n "$GIT_INDEX_FILE" ]; then\n'
-        f'  {real} "$@" || exit $?\n'
-        f"  n=$(ls {writes} | wc -l); touch {writes}/$n\n"
-        f"  env {apart} {real} -C {worktree} add -f mine$n.log; exit 0\n"
-        "fi\n"
-        f'exec {real} "$@"\n'
-    ))  # fmt: skip
+    users_add = f'env {_YOURS} "$REAL" -C {worktree} add -f mine$n.log'
+    writes = _after_each_staging(tmp_path, monkeypatch, users_add)
     out = subprocess.run(_checkpoint_argv(worktree), capture_output=True, text=True, check=False)
     assert out.returncode != 0, out.stdout
     assert "another git wrote the index while swarm staged a checkpoint there" in out.stderr
@@ -617,13 +601,8 @@ def _after_each_staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: s
     writes = tmp_path / "writes"
     writes.mkdir()
     git_first_on_path(tmp_path, monkeypatch, lambda real: (
-        "#!/bin/sh\n"
-        'sub=""; skip=0\n'
-        'for a in "$@"; do\n'
-        "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
-        '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
-        "done\n"
-        'if [ "$sub" = add ] && [ -n "$GIT_INDEX_FILE" ]; then\n'
+        GIT_SUBCOMMAND
+        + 'if [ "$sub" = add ] && [ -n "$GIT_INDEX_FILE" ]; then\n'
         f'  {real} "$@" || exit $?\n'
         f"  n=$(ls {writes} | wc -l); touch {writes}/$n\n"
         f"  REAL={real}; {then}; exit 0\n"
@@ -661,8 +640,7 @@ def test_a_checkpoint_staged_again_leaves_out_what_it_leaves_out_each_time(
     (tmp_path / "deps").mkdir()
     (worktree / "node_modules").symlink_to(tmp_path / "deps")
     (worktree / "work.txt").write_text("work\n")
-    apart = "-u GIT_INDEX_FILE -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES"
-    users_add = f'[ "$n" = 0 ] && env {apart} "$REAL" -C {worktree} add node_modules'
+    users_add = f'[ "$n" = 0 ] && env {_YOURS} "$REAL" -C {worktree} add node_modules'
     writes = _after_each_staging(tmp_path, monkeypatch, users_add)
     script = (
         "import sys\nfrom pathlib import Path\n"

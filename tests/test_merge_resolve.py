@@ -340,17 +340,22 @@ def test_a_resolution_holding_a_file_over_max_file_lands_nothing_and_is_in_no_ob
     assert b"BigOne" * 1000 not in stored_bytes(repo)
 
 
-def test_a_resolution_of_a_file_under_a_filter_swarm_does_not_run_lands_nothing(
-    repo: Path, brancher: Brancher
-) -> None:
-    # swarm's git switches off the filters your repository's config defines (git-crypt's):
-    # the resolver's file written in the clear was staged as it was and merged unencrypted.
+def _encrypted(repo: Path) -> None:
+    """Commit secret.txt through a rot13 filter *repo*'s config defines (swarm never runs it)."""
     git(repo, "config", "filter.crypt.clean", ROT13)
     git(repo, "config", "filter.crypt.smudge", ROT13)
     (repo / ".gitattributes").write_text("secret.txt filter=crypt\n")
     (repo / "secret.txt").write_text("old\n")
     git(repo, "add", ".gitattributes", "secret.txt")
     git(repo, "commit", "-q", "-m", "encrypted")
+
+
+def test_a_resolution_of_a_file_under_a_filter_swarm_does_not_run_lands_nothing(
+    repo: Path, brancher: Brancher
+) -> None:
+    # swarm's git switches off the filters your repository's config defines (git-crypt's):
+    # the resolver's file written in the clear was staged as it was and merged unencrypted.
+    _encrypted(repo)
     agent = repo.parent / "resolver.py"
     agent.write_text(KEEP_BOTH + f"pathlib.Path('secret.txt').write_text('{PLAIN}\\n')\n")
     conflicting(repo, brancher, agent)
@@ -373,12 +378,7 @@ def test_a_resolver_keeping_one_side_of_a_file_under_a_filter_lands_it(
 ) -> None:
     # Both tasks changed your encrypted file: keeping one side's version (as your git wrote
     # it through the filter) is no file in the clear, and the merge lands.
-    git(repo, "config", "filter.crypt.clean", ROT13)
-    git(repo, "config", "filter.crypt.smudge", ROT13)
-    (repo / ".gitattributes").write_text("secret.txt filter=crypt\n")
-    (repo / "secret.txt").write_text("old\n")
-    git(repo, "add", ".gitattributes", "secret.txt")
-    git(repo, "commit", "-q", "-m", "encrypted")
+    _encrypted(repo)
     base = git(repo, "rev-parse", "HEAD")
     brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first"), "secret.txt": "one\n"})
     brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second"), "secret.txt": "two\n"})
