@@ -545,16 +545,22 @@ def test_a_checkpoint_killed_before_its_add_leaves_the_index_under_one_name(
     assert (admin / "index").stat().st_nlink == 1
 
 
+def _logs_ignored(repo: Path, tmp_path: Path) -> Path:
+    """Task t's worktree, where `*.log` is ignored and work.txt is the agent's work."""
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    (worktree / ".gitignore").write_text("*.log\n")
+    (worktree / "work.txt").write_text("work\n")
+    return worktree
+
+
 def test_what_another_git_staged_while_a_checkpoint_ran_is_kept_and_committed(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The checkpoint stages into a copy of the index and puts it in place at the end: your
     # `git add -f` in the task's worktree meanwhile (an ignored file you want kept) was
     # replaced by the copy from before it, and the file went unstaged and uncommitted.
-    worktree = tmp_path / "wt"
-    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
-    (worktree / ".gitignore").write_text("*.log\n")
-    (worktree / "work.txt").write_text("work\n")
+    worktree = _logs_ignored(repo, tmp_path)
     (worktree / "keep.log").write_text("wanted\n")
     real = shutil.which("git")
     assert real is not None
@@ -575,10 +581,7 @@ def test_a_checkpoint_whose_index_another_git_keeps_writing_gives_up_keeping_its
 ) -> None:
     # Staged again after each write of the other git's, three times: then the checkpoint
     # fails saying why, and the index is as that git left it, nothing of the copies put back.
-    worktree = tmp_path / "wt"
-    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
-    (worktree / ".gitignore").write_text("*.log\n")
-    (worktree / "work.txt").write_text("work\n")
+    worktree = _logs_ignored(repo, tmp_path)
     for number in range(3):
         (worktree / f"mine{number}.log").write_text(f"{number}\n")
     users_add = f'env {_YOURS} "$REAL" -C {worktree} add -f mine$n.log'
