@@ -399,3 +399,23 @@ def test_a_resolver_keeping_one_side_of_a_file_under_a_filter_lands_it(
     assert report["merged"] == ["first", "second"], out.stdout + out.stderr
     theirs = git(repo, "rev-parse", "swarm/second:secret.txt")
     assert git(repo, "rev-parse", f"{BRANCH}:secret.txt") == theirs
+
+
+def test_a_resolver_leaving_a_link_where_a_filtered_file_was_lands_nothing(
+    repo: Path, brancher: Brancher
+) -> None:
+    # The file was hashed to be compared with the sides': a link to a directory there made
+    # `git hash-object` fail, and `swarm merge` ended on an internal error.
+    _encrypted(repo)
+    agent = repo.parent / "resolver.py"
+    agent.write_text(
+        KEEP_BOTH + "pathlib.Path('secret.txt').unlink()\n"
+        "pathlib.Path('secret.txt').symlink_to(pathlib.Path('/').resolve())\n"
+    )
+    conflicting(repo, brancher, agent)
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["first"], out.stdout + out.stderr
+    assert "(secret.txt (filter crypt))" in report["results"][1]["reason"]

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from worktree_swarm.core.text import path_text
 from worktree_swarm.git import quarantine, runner
 from worktree_swarm.git.checkpoints import embedded_repos
 from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
-from worktree_swarm.git.staged import filtered_on_disk, holding_secrets, named_blobs
+from worktree_swarm.git.staged import disk_blobs, filtered_on_disk, holding_secrets, named_blobs
 from worktree_swarm.git.worktrees import REGISTRATIONS, linked_admin
 from worktree_swarm.infra import fs
 
@@ -288,11 +287,8 @@ def _put_filtered(
     against = parent or head.strip()
     held = _blobs(root, base, against, [name for name, _ in filtered])
     # A file hashed as `add` would (a name with a newline, or not a file: taken for changed).
-    regular = [n for n, _ in filtered if n in held and "\n" not in n and _regular(path / n)]
-    names = "".join(f"{name}\n" for name in regular)
-    hashed = runner.run(root, *base, "hash-object", "--stdin-paths", env=env,
-                        input_text=names).stdout.split() if regular else []  # fmt: skip
-    same = {name for name, sha in zip(regular, hashed, strict=True) if held[name] == sha}
+    hashed = disk_blobs(root, path, [n for n, _ in filtered if n in held], base=base, env=env)
+    same = {name for name, sha in hashed.items() if held[name] == sha}
     put = [name for name, _ in filtered] if parent else sorted(same)
     for literal in in_batches(f":(literal,top){name}" for name in put):
         runner.run(root, *base, "reset", "-q", against, "--", *literal, env=env)
@@ -313,10 +309,3 @@ def _blobs(root: Path, base: list[str], commit: str, names: Sequence[str]) -> di
             if len(fields) == 3 and fields[1] == b"blob":  # noqa: PLR2004
                 found[os.fsdecode(name)] = fields[2].decode()
     return found
-
-
-def _regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(path.lstat().st_mode)
-    except OSError:
-        return False

@@ -94,6 +94,36 @@ def filtered_on_disk(
     return filtered(cwd, [n for n in names if _on_disk(work_tree / n)], drivers, base=base, env=env)
 
 
+def disk_blobs(
+    cwd: Path,
+    work_tree: Path,
+    names: Sequence[str],
+    *,
+    base: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The object id each of *names* under *work_tree* is as it is on disk, written nowhere.
+
+    Regular files only, whose name holds no newline (`hash-object` reads a name a line): any
+    other is left out, for the caller to take as changed. *base*, *env*: as for
+    :func:`filtered_on_disk`.
+    """
+    regular = [name for name in names if "\n" not in name and _regular(work_tree / name)]
+    if not regular:
+        return {}
+    listed = "".join(f"{name}\n" for name in regular)
+    out = runner.run(cwd, *base, "hash-object", "--stdin-paths", env=env, input_text=listed)
+    return dict(zip(regular, out.stdout.split(), strict=True))
+
+
+def _regular(path: Path) -> bool:
+    """Whether *path* is a regular file (not followed, were it a link)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 def _on_disk(path: Path) -> bool:
     """Whether *path* is there, and not a directory."""
     try:

@@ -180,7 +180,7 @@ class _Stopped:
         # Never hashed by swarm: a file under such a filter as the resolver's own git left it
         # on disk (smudged: in the clear) is not staged; only what that git staged counts.
         on_disk = staged.filtered_on_disk(worktree, worktree, drivers=drivers)
-        hashed = _hashed(worktree, on_disk)
+        hashed = staged.disk_blobs(worktree, worktree, [p for p, _ in on_disk])
         unsure = [(p, d) for p, d in on_disk if hashed.get(p) not in self.blobs.get(p, frozenset())]
         # Written but not staged by the resolver's git: the change would be in the clear or lost.
         entries = _index(worktree) if unsure else {}
@@ -209,7 +209,9 @@ class _Stopped:
             specs = [".", *(f":(exclude,literal,top){path}" for path in skip)]
             args = ("add", "--all", "--verbose", "--pathspec-from-file=-", "--pathspec-file-nul")
             added = runner.run_names(worktree, *args, env=env, input_text="\0".join(specs) + "\0")
-            unresolved = sorted({self._conflict(p) for p in _unmerged(worktree, env=env)})
+            # Only a file left out of `add --all` can still be unmerged.
+            unmerged = _unmerged(worktree, env=env) if skip else set()
+            unresolved = sorted({self._conflict(p) for p in unmerged})
             if unresolved:
                 return (
                     f"its agent left {paths_text(unresolved)} unresolved: under a filter swarm's"
@@ -283,17 +285,6 @@ def _listing(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[tu
         (os.fsdecode(name), entry)
         for entry, _, name in (line.partition(b"\t") for line in out.split(b"\0") if line)
     ]
-
-
-def _hashed(worktree: Path, found: Sequence[tuple[str, str]]) -> dict[str, str]:
-    """Each path of *found*'s object id as its file is on disk, written nowhere (no ``-w``)."""
-    if not found:
-        return {}
-    names = "".join(f"{path}\n" for path, _ in found)
-    out = runner.run(
-        worktree, "hash-object", "--no-filters", "--stdin-paths", input_text=names
-    ).stdout.split()
-    return dict(zip((path for path, _ in found), out, strict=False))
 
 
 def _state(path: Path) -> tuple[object, ...]:
