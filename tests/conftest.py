@@ -212,13 +212,13 @@ def agent_python() -> list[str]:
 
 
 # The start of a `git` wrapper's script: $sub, the subcommand, the first argument after
-# swarm's `-c key=value` overrides.
+# swarm's `-c key=value` overrides (and a `-C dir`).
 GIT_SUBCOMMAND = (
     "#!/bin/sh\n"
     'sub=""; skip=0\n'
     'for a in "$@"; do\n'
     "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
-    '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
+    '  case "$a" in -c|-C) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
     "done\n"
 )
 

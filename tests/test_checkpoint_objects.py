@@ -142,6 +142,38 @@ def test_a_rescues_store_killed_half_way_goes_with_the_next_rescue_a_live_ones_n
     assert not held.exists()
 
 
+def test_a_rescue_killed_in_its_add_leaves_nothing_outside_the_repository(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its index was in a directory of /tmp, left there by a rescue killed half-way (`swarm
+    # doctor` killed with its machine); now it is in the rescue's store, gone with the next.
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "saved.txt").write_text("saved\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    hung = hang_git_at(tmp_path, monkeypatch, "add")
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from worktree_swarm.git import removal\nfrom worktree_swarm.git.repo import open_repo\n"
+        "removal.snapshot_files(open_repo(Path(sys.argv[1])), Path(sys.argv[2]), message='m')\n"
+    )
+    argv = [sys.executable, "-c", script, str(repo), str(stray)]
+    proc = subprocess.Popen(argv, start_new_session=True)
+    try:
+        wait_for(hung.exists, timeout=60, what="the rescue's add")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    (tmp_path / "gitbin" / "git").unlink()
+    assert list(scratch.iterdir()) == []
+    saved = removal.snapshot_files(open_repo(repo), stray, message="rescued")
+    assert saved.sha is not None
+    assert git(repo, "show", f"{saved.sha}:saved.txt") == "saved"
+    assert list((repo / ".git").glob(f"{quarantine.APART_PREFIX}*")) == []
+
+
 def test_a_store_swept_as_it_is_made_before_it_is_held_is_made_again(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

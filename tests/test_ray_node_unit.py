@@ -5,6 +5,9 @@ the coordinator is redacted with the node's own secrets (the head does not know 
 from __future__ import annotations
 
 import dataclasses
+import os
+import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -14,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests import git_http
-from tests.conftest import git, make_repo
+from tests.conftest import git, hang_git_at, make_repo
 from worktree_swarm.core.errors import GitError
 from worktree_swarm.core.task import Task
+from worktree_swarm.git import quarantine
+from worktree_swarm.guard import surface
 from worktree_swarm.infra import redact
 from worktree_swarm.run.ray_node import NodeAgent
 from worktree_swarm.run.ray_node_clone import Assignment
@@ -319,3 +324,63 @@ def test_a_remote_s_credentials_are_kept_in_no_file_of_the_node(
     assert git(tmp_path / "remote.git", "show", "swarm/t:work.txt") == "work"
     mirrors = list((tmp_path / "node" / "mirrors").glob("*.git"))
     assert [git(m, "config", "remote.origin.url") for m in mirrors] == [f"{server}/remote.git"]
+
+
+def test_a_node_snapshot_leaves_the_clones_split_index_readable(node: NodeAgent) -> None:
+    # The snapshot's `write-tree` rewrote its own index, writing a new shared index (at once,
+    # with splitIndex.maxPercentChange 0) and deleting those older than
+    # splitIndex.sharedIndexExpire (`now`): the one the clone's index names among them. Every
+    # git in the clone (the agent's, the attempt's last checkpoint) then failed.
+    ended = _ended_writing_work(node)
+    settings = {"splitIndex.maxPercentChange": "0", "splitIndex.sharedIndexExpire": "now"}
+    for key, value in {"core.splitIndex": "true", **settings}.items():
+        git(ended.work, "config", key, value)
+    (ended.work / "mine.txt").write_text("mine\n")
+    git(ended.work, "add", "mine.txt")  # the clone's index, split: its shared index in .git
+    ended._surface = surface.read(ended.work / ".git", None)  # that config is the user's
+    assert ended._snapshot()
+    assert git(ended.work, "status", "--porcelain") == "A  mine.txt\n?? work.txt"
+
+
+def test_a_node_snapshot_killed_half_way_leaves_nothing_outside_the_clone(
+    node: NodeAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its index was in a directory of the node's /tmp, left there by a snapshot killed in its
+    # `add` (the actor killed with its node); now it is in the clone, gone with the next one.
+    ended = _ended_writing_work(node)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    hung = hang_git_at(tmp_path, monkeypatch, "add")
+    script = (
+        "import pickle, sys\n"
+        "from worktree_swarm.run.ray_node_clone import NodeClone\n"
+        "assignment, surface = pickle.loads(bytes.fromhex(sys.argv[1]))\n"
+        "clone = NodeClone(assignment)\n"
+        "clone._surface = surface\n"
+        "clone._snapshot()\n"
+    )
+    state = pickle.dumps((ended.a, ended._surface)).hex()
+    proc = subprocess.Popen([sys.executable, "-c", script, state], start_new_session=True)
+    try:
+        until("the snapshot's add", ready=hung)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    (tmp_path / "gitbin" / "git").unlink()
+    assert list(scratch.iterdir()) == []
+    assert ended._snapshot()  # the next one, every checkpoint_interval
+    assert git(tmp_path / "remote.git", "show", "swarm/t:work.txt") == "work"
+    assert list((ended.work / ".git").glob(f"{quarantine.APART_PREFIX}*")) == []
+    assert git(ended.work, "status", "--porcelain") == "?? work.txt"
+
+
+def _ended_writing_work(node: NodeAgent) -> NodeAgent:
+    """An attempt of *node*'s task whose agent wrote `work.txt` and ended."""
+    writes = "import pathlib; pathlib.Path('work.txt').write_text('work')"
+    task = dataclasses.replace(node.a.task, agent_argv=(sys.executable, "-c", writes))
+    ended = NodeAgent(dataclasses.replace(node.a, task=task))
+    ended.prepare()
+    ended.start(prompt="p", session=None, resume_prompt=None)
+    until("the agent's end", node=ended)
+    return ended

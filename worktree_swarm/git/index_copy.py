@@ -41,7 +41,6 @@ class Staging(quarantine.Apart):
         super().__init__(worktree, own / "objects", common_dir(admin) / "objects")
         self.worktree = worktree
         self.admin = admin
-        self.index = own / "index"
         # The worktree's index the copy was made of: its identity, and what it held.
         self.copied, self.before = _copy_index(admin / "index", self.index)
 

@@ -9,7 +9,7 @@ the objects the index still names move into the repository's store (:class:`Apar
 
 A checkpoint stages into a copy of the worktree's index, its store beside it in the
 worktree's git dir (:mod:`worktree_swarm.git.index_copy`). A rescue (:func:`apart`), whose
-index is a file of its own, gets the store alone, in the repository's git dir. Either
+index is a file of its own, gets the store in the repository's git dir, that index in it. Either
 directory is held (``flock``) while it is in use: what one killed half-way left, none holding
 it, goes with the next checkpoint of that worktree or the next rescue (:func:`sweep`), or
 with `swarm doctor --yes` (:func:`leftovers`, :func:`remove_unheld`); a live one is never
@@ -71,12 +71,15 @@ class Apart:
     """An object store of its own (*objects*), and moving what it wrote into the repository's.
 
     *store*: the repository's ``objects``; *cwd*: a checkout of the repository, where git runs.
+    Beside the own store, the path of an index of its own (:attr:`index`): gone with it, and
+    with what a sweep removes of one killed half-way.
     """
 
     def __init__(self, cwd: Path, objects: Path, store: Path) -> None:
         self.cwd = cwd
         self.objects = objects
         self.store = store
+        self.index = objects.parent / "index"
 
     @property
     def env(self) -> dict[str, str]:

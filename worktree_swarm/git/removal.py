@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,12 +211,9 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
     an object store of its own (:func:`quarantine.apart`): only what the commit holds moves
     into the repository's, a file left out is in no object of yours.
     """
-    with (
-        tempfile.TemporaryDirectory(prefix="swarm-rescue-") as tmp,
-        quarantine.apart(repo.root, repo.common_dir) as store,
-    ):
+    with quarantine.apart(repo.root, repo.common_dir) as store:
         committing = {
-            "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+            "GIT_INDEX_FILE": str(store.index),  # gone with the store, even killed half-way
             "GIT_AUTHOR_NAME": "worktree-swarm", "GIT_AUTHOR_EMAIL": "swarm@localhost",
             "GIT_COMMITTER_NAME": "worktree-swarm", "GIT_COMMITTER_EMAIL": "swarm@localhost",
             # `write-tree` rewrites the index: none of your split index's shared ones deleted.

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -290,14 +289,12 @@ class NodeClone:
         Whether there was anything to push.
         """
         self._settle_git_files()
-        with (
-            tempfile.TemporaryDirectory(prefix="swarm-index-") as tmp,
-            # Hashed apart: what it leaves out is in no object of the clone's either.
-            quarantine.apart(self.work, self.work / ".git") as apart,
-        ):
+        # Hashed apart: what it leaves out is in no object of the clone's either. Its index is
+        # in that store too: killed half-way, it goes with the next snapshot's sweep.
+        with quarantine.apart(self.work, self.work / ".git") as apart:
             # `write-tree` rewrites the index: none of the clone's shared ones deleted.
             index = {
-                "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+                "GIT_INDEX_FILE": str(apart.index),
                 **quarantine.keeping_shared_indexes(),
             }
             env = {**index, **apart.env}
