@@ -10,6 +10,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from tests import git_http
 from tests.conftest import git, hang_git_at, make_repo
-from worktree_swarm.core.errors import GitError
+from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import quarantine
 from worktree_swarm.guard import surface
@@ -373,6 +374,46 @@ def test_a_node_snapshot_killed_half_way_leaves_nothing_outside_the_clone(
     assert git(tmp_path / "remote.git", "show", "swarm/t:work.txt") == "work"
     assert list((ended.work / ".git").glob(f"{quarantine.APART_PREFIX}*")) == []
     assert git(ended.work, "status", "--porcelain") == "?? work.txt"
+
+
+def test_a_clone_discarded_while_it_is_made_is_stopped_and_leaves_nothing_on_the_node(
+    node: NodeAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `swarm stop` with no manager discards an attempt whose actor still clones its branch.
+    warm = NodeAgent(dataclasses.replace(node.a, attempt=0))
+    warm.prepare()  # the node's mirror: the next `clone` is the task's own
+    warm.discard()
+    go = tmp_path / "go"
+    hung = hang_git_at(
+        tmp_path, monkeypatch, "clone", then=f"while [ ! -e {go} ]; do sleep 0.05; done"
+    )
+    failed: list[BaseException] = []
+
+    def prepare() -> None:
+        try:
+            node.prepare()
+        except Exception as exc:  # what the coordinator would be handed
+            failed.append(exc)
+
+    preparing = threading.Thread(target=prepare)
+    preparing.start()
+    until("the clone", ready=hung)
+    discarding = threading.Thread(target=node.discard)
+    discarding.start()
+    discarding.join(timeout=60)  # a discard that waits for the clone for ever: let it go on
+    go.touch()
+    preparing.join()
+    discarding.join()
+    assert [type(exc) for exc in failed] == [SwarmError]
+    assert str(failed[0]) == "stopped on node n1 while its clone of swarm/t was made"
+    assert list((tmp_path / "node").glob("runs/*")) == []  # no clone, no logs, no task dir
+
+
+def test_an_attempt_discarded_before_its_clone_makes_none(node: NodeAgent, tmp_path: Path) -> None:
+    node.discard()
+    with pytest.raises(SwarmError, match=r"^stopped on node n1 while its clone"):
+        node.prepare()
+    assert list((tmp_path / "node").glob("runs/*")) == []
 
 
 def _ended_writing_work(node: NodeAgent) -> NodeAgent:

@@ -13,6 +13,7 @@ import functools
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,8 +51,9 @@ def execute(
     env: Mapping[str, str] | None = None,
     input_bytes: bytes | None = None,
     shown_from: int = 0,
+    stop: threading.Event | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the git command line *args* in *cwd*: its output as text."""
+    """Run the git command line *args* in *cwd*: its output as text (*stop*: see below)."""
     raw = execute_bytes(
         cwd,
         args,
@@ -59,6 +61,7 @@ def execute(
         env=env,
         input_bytes=input_bytes,
         shown_from=shown_from,
+        stop=stop,
     )
     return subprocess.CompletedProcess(
         raw.args,
@@ -77,8 +80,13 @@ def execute_bytes(
     input_bytes: bytes | None = None,
     shown_from: int = 0,
     stdout: IO[bytes] | None = None,
+    stop: threading.Event | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run the git command line *args* in *cwd*: its output as bytes (or into *stdout*)."""
+    """Run the git command line *args* in *cwd*: its output as bytes (or into *stdout*).
+
+    Once *stop* is set the command is ended (StoppedError): SIGTERM, on which git removes
+    what it was making (a clone's directory), then SIGKILL after a grace.
+    """
     shown = ["git", *args[shown_from:]]
     stdin = subprocess.DEVNULL if input_bytes is None else subprocess.PIPE
     proc = start(cwd, args, env=env, stdin=stdin, stderr=subprocess.PIPE, stdout=stdout)
@@ -87,17 +95,48 @@ def execute_bytes(
     # for ever. The watch stops it; the command fails and says where the pipe is.
     with proc, pipes.watching(proc) as watched:
         try:
-            out, err = proc.communicate(input_bytes)
+            out, err, stopped = _communicate(proc, input_bytes, stop)
         except BaseException:
             proc.kill()
             raise
     if watched.pipe is not None:
         raise StuckOnPipeError(shown, watched.pipe)
+    if stopped:
+        raise StoppedError(shown)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out or b"", err)
     if check and done.returncode != 0:
         text = (done.stdout + done.stderr).decode("utf-8", errors="replace")
         raise CommandError(shown, done.returncode, text, full=_out_of_space(cwd, text))
     return done
+
+
+# How often a command given a stop looks at it, and how long it has to end on SIGTERM.
+_STOP_POLL = 0.2
+_STOP_GRACE = 5.0
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes], input_bytes: bytes | None, stop: threading.Event | None
+) -> tuple[bytes | None, bytes | None, bool]:
+    """What *proc* wrote to its pipes, once it ended; whether *stop* ended it."""
+    if stop is None:
+        out, err = proc.communicate(input_bytes)
+        return out, err, False
+    data, ending = input_bytes, None
+    while True:
+        try:
+            out, err = proc.communicate(data, timeout=_STOP_POLL)
+        except subprocess.TimeoutExpired:
+            data = None  # being sent: given once
+            if not stop.is_set():
+                continue
+            if ending is None:
+                proc.terminate()
+                ending = time.monotonic() + _STOP_GRACE
+            elif time.monotonic() > ending:
+                proc.kill()
+        else:
+            return out, err, ending is not None
 
 
 # Waits between starts of git refused for want of a process (EAGAIN): 1.5 s in all.
@@ -165,6 +204,15 @@ class StuckOnPipeError(GitError):
             f"`{command}` was stopped: it waited on {what}, where git reads a file "
             "(remove it, then try again)"
         )
+
+
+class StoppedError(GitError):
+    """A git command ended because its caller was stopped meanwhile."""
+
+    def __init__(self, shown: Sequence[str]) -> None:
+        """*shown*: the command as asked."""
+        at = subcommand(shown[1:])
+        super().__init__(f"`{'git' if at is None else f'git {shown[1 + at]}'}` was stopped")
 
 
 # What git says when a write fails; of a full disk it says so only sometimes (a checkout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -63,11 +64,12 @@ def run(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
+    stop: threading.Event | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``git *args`` in *cwd*, hardened, with stdout/stderr as text.
 
     Raises CommandError when *check* and git exits non-zero, GitError when *cwd* is unusable,
-    BadInputError when git is missing.
+    BadInputError when git is missing, StoppedError when *stop* is set before git ends.
     """
     data = None if input_text is None else as_bytes(input_text)
     argv, shown_from, full_env = hardened(cwd, args, env)
@@ -78,6 +80,7 @@ def run(
         env=full_env,
         input_bytes=data,
         shown_from=shown_from,
+        stop=stop,
     )
 
 

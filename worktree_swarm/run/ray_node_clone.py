@@ -27,6 +27,7 @@ from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import checkpoints, gitconfig, quarantine, runner, staged, status
 from worktree_swarm.git import repo as git
+from worktree_swarm.git.process import StoppedError
 from worktree_swarm.git.remote_login import login_for
 from worktree_swarm.guard import surface, surface_diff, surface_restore
 from worktree_swarm.infra import disk, redact, starts, supervisor
@@ -75,7 +76,7 @@ class NodeClone:
         self._planted: list[str] = []
         self._ended = threading.Event()
         self._stopping = threading.Event()
-        self._step = threading.Lock()  # held while a setup or check step runs
+        self._step = threading.Lock()  # held while the clone is made, or a setup or check step runs
         self._pusher: threading.Thread | None = None
         # Streaks of failed running checkpoints so far, and why the current one fails ("" when
         # the last one pushed): one tuple, read whole by another thread.
@@ -90,33 +91,53 @@ class NodeClone:
         return node_name()
 
     def prepare(self) -> str:
-        """Clone the task's branch from the remote (by way of the mirror); its tip."""
-        if self.a.sandbox:
-            problem = sandbox_problem()
-            if problem:
-                raise SwarmError(f"node {self.node()}: {problem}")
-        # Who this actor is on its node: what ends the attempt there if it stops answering.
-        make_dirs(self.logs)
-        me = psutil.Process()
-        identity = {"pid": me.pid, "create_time": starts.of(me)}
-        (self.logs / ACTOR_FILE).write_text(json.dumps(identity), encoding="utf-8")
-        mirror = self._mirror()
-        shutil.rmtree(self.work, ignore_errors=True)  # an earlier attempt here: the remote wins
-        self.work.parent.mkdir(parents=True, exist_ok=True)
-        runner.run(
-            self.work.parent,
-            *self._remote.args,
-            # --no-local: from a path too, objects come from the mirror, not a copy per clone.
-            "clone", "--quiet", "--no-tags", "--no-local", "--reference", str(mirror),
-            "--branch", self.a.task.branch, "--", self._remote.url, str(self.work),
-            env=self._remote.env,
-        )  # fmt: skip
-        self.logs.mkdir(parents=True, exist_ok=True)
-        gitconfig.write_config_file(self.logs / "gitconfig", dict(self.a.identity))
-        tip = git.rev_parse_in(self.work, "HEAD")
-        if tip is None:
-            raise GitError(f"the clone of {self.a.task.branch} has no HEAD")
-        return tip
+        """Clone the task's branch from the remote (by way of the mirror); its tip.
+
+        A stop or discard meanwhile ends the clone (its git stopped, its directory removed)
+        and fails this: a discard waits for that, so nothing made here outlives it.
+        """
+        with self._step:
+            self._unless_stopped()
+            if self.a.sandbox:
+                problem = sandbox_problem()
+                if problem:
+                    raise SwarmError(f"node {self.node()}: {problem}")
+            # Who this actor is on its node: what ends the attempt there if it stops answering.
+            make_dirs(self.logs)
+            me = psutil.Process()
+            identity = {"pid": me.pid, "create_time": starts.of(me)}
+            (self.logs / ACTOR_FILE).write_text(json.dumps(identity), encoding="utf-8")
+            mirror = self._mirror()  # shared by the node's attempts: never stopped half-way
+            self._unless_stopped()
+            shutil.rmtree(self.work, ignore_errors=True)  # an earlier attempt: the remote wins
+            self.work.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                runner.run(
+                    self.work.parent,
+                    *self._remote.args,
+                    # --no-local: from a path too, objects come from the mirror, not a copy.
+                    "clone", "--quiet", "--no-tags", "--no-local", "--reference", str(mirror),
+                    "--branch", self.a.task.branch, "--", self._remote.url, str(self.work),
+                    env=self._remote.env,
+                    stop=self._stopping,
+                )  # fmt: skip
+            except StoppedError:
+                shutil.rmtree(self.work, ignore_errors=True)  # what a SIGKILL left of it
+                self._unless_stopped()
+                raise
+            self.logs.mkdir(parents=True, exist_ok=True)
+            gitconfig.write_config_file(self.logs / "gitconfig", dict(self.a.identity))
+            tip = git.rev_parse_in(self.work, "HEAD")
+            if tip is None:
+                raise GitError(f"the clone of {self.a.task.branch} has no HEAD")
+            return tip
+
+    def _unless_stopped(self) -> None:
+        """Fail :meth:`prepare` once the attempt was stopped or discarded."""
+        if self._stopping.is_set():
+            raise SwarmError(
+                f"stopped on node {self.node()} while its clone of {self.a.task.branch} was made"
+            )
 
     def _mirror(self) -> Path:
         """The node's mirror of the remote, made or brought up to date under its lock."""
@@ -208,8 +229,8 @@ class NodeClone:
     def discard(self) -> None:
         """Remove this attempt's clone and logs from the node (its work is on the remote).
 
-        A setup or check step still running (its coordinator died meanwhile) is stopped, its
-        whole tree, first.
+        A clone still being made, or a setup or check step still running (its coordinator
+        died meanwhile), is stopped first (a step's whole tree) and waited for.
         """
         self._ended.set()
         self._stopping.set()
