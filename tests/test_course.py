@@ -159,6 +159,48 @@ def test_a_ray_coordinator_resumed_recalls_a_replayed_window_without_a_second_th
     assert course.not_before == reset
 
 
+def test_a_ray_coordinator_spends_a_retry_on_a_replayed_limit_its_killed_manager_left_undecided(
+    tmp_path: Path,
+) -> None:
+    # The manager recorded the attempt's end and was killed before its wait: no retry of it
+    # is counted in the store, so the one that replays it counts it, as a local resume does.
+    # Counted as already spent, a task with no retries left was resumed all the same.
+    import threading  # noqa: PLC0415
+
+    from tests.conftest import git, make_repo  # noqa: PLC0415
+    from worktree_swarm.git.repo import open_repo  # noqa: PLC0415
+    from worktree_swarm.run.ray_attempt import Throttled  # noqa: PLC0415
+    from worktree_swarm.run.ray_exec import RayTaskWorker  # noqa: PLC0415
+    from worktree_swarm.run.run_worker import Live  # noqa: PLC0415
+
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "swarm/a", "main")
+    base = git(repo, "rev-parse", "main")
+    worker = object.__new__(RayTaskWorker)
+    worker.repo, worker.url, worker._git_lock = open_repo(repo), str(repo), threading.Lock()
+    worker.gate = Gates(4)
+    worker._resting = lambda *_: None  # type: ignore[method-assign]
+    log = tmp_path / "attempt-1.log"
+    log.write_text("")  # no reset stated
+    outcomes = []
+    for retries, decided in ((0, False), (1, True)):
+        task = Task(id="a", prompt="do a", retries=retries)
+        with Store(tmp_path / f"state-{retries}.db") as store:
+            add_run(store, task)
+            attempt = store.start_attempt("r1", "a", number=1, identity=MANAGER, log_path=str(log))
+            store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
+            if decided:  # its wait on record: its retry was spent by its manager
+                store.set_retry_at("r1", "a", 1, time.time() - 1, window=False)
+            (row,) = store.attempts("r1", "a")
+        course = Course.resumed(task, [row])
+        ended = worker._replay(Live(task=task, port_slot=None), course, base, row)
+        assert isinstance(ended, Throttled)
+        outcomes.append(worker._rate_limited(task, 1, ended, course))
+    assert outcomes[0] is not None
+    assert outcomes[0].startswith("rate limited and out of retries")
+    assert outcomes[1] is None  # its one retry, spent before: not spent twice
+
+
 def test_attempts_on_a_full_disk_are_tried_again_a_few_times_and_since_a_retry_only(
     tmp_path: Path,
 ) -> None:

@@ -108,7 +108,8 @@ class Throttled:
 
     result: AgentResult
     progressed: bool
-    replayed: bool = False  # a previous coordinator's attempt, already counted
+    replayed: bool = False  # a previous coordinator's attempt
+    counted: bool = False  # replayed, its wait decided: its retry is counted in the course
     window: bool | None = None  # replayed: whether its limit was a usage window, as recorded
     told: bool = False  # its stream told the gate of a throttle while it ran
 

@@ -217,7 +217,7 @@ class RayTaskWorker(RayAttemptRun):
             result,
             self.gate,
             provider=provider,
-            replayed=throttled.replayed,
+            replayed=throttled.counted,
             progressed=throttled.progressed,
             window=window,
         )

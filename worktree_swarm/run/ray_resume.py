@@ -149,7 +149,14 @@ class RayResume(RayAttempts):
                 session_id=attempt.session_id,
                 retry_at=retry_at,  # the wait it was in: resuming does not restart it
             )
-            return Throttled(result=result, progressed=progressed, replayed=True, window=window)
+            return Throttled(
+                result=result,
+                progressed=progressed,
+                replayed=True,
+                # Undecided, it is in no count of the store's: it uses its retry now.
+                counted=decided(attempt),
+                window=window,
+            )
         if outcome is not AttemptOutcome.SUCCEEDED:
             state = {
                 AttemptOutcome.STOPPED: TaskState.STOPPED,
