@@ -233,6 +233,66 @@ def test_a_manager_killed_once_the_guard_holds_the_objects_before_its_first_scan
     assert git(repo, "fsck", "--no-dangling") == ""
 
 
+def _gated_run(repo: Path, tmp_path: Path, write_agent: object) -> Path:
+    """`swarm run` of t1 whose agent waits for the returned gate; killed once it holds objects.
+
+    Killed with its agent, once the agent runs (the guard's hold is made before any agent).
+    """
+    gate, started = tmp_path / "go", tmp_path / "started"
+    agent = write_agent(  # type: ignore[operator]
+        "import pathlib, time\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        f"while not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\n"
+        "pathlib.Path('t1.txt').write_text('work\\n')\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t1"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(started.exists, timeout=120, what="the agent")
+    _kill_group(proc)
+    gate.touch()
+    return gate
+
+
+@pytest.mark.long
+def test_an_object_you_prune_while_no_manager_runs_stays_gone_after_the_resumed_run(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # The killed manager's guard held every object file of the store, this unreachable blob
+    # of the user's too. Pruned by the user while no manager ran, it must not come back when
+    # the resumed run ends: the resumed guard holds the store as it finds it.
+    (tmp_path / "secret.txt").write_text("a secret the user purges\n")
+    blob = git(repo, "hash-object", "-w", str(tmp_path / "secret.txt"))
+    _gated_run(repo, tmp_path, write_agent)
+    runs = repo / ".git" / "swarm" / "runs"
+    assert list(runs.glob(f"*/guard/held/{blob[:2]}/{blob[2:]}"))  # the dead manager's hold
+    git(repo, "prune", "--expire=now")
+    assert blob not in _objects(repo)
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert blob not in _objects(repo)
+    assert not (repo / ".git" / "objects" / blob[:2] / blob[2:]).exists()
+
+
+@pytest.mark.long
+def test_your_tip_deleted_while_no_manager_runs_is_put_back_by_the_resumed_run(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # The resumed guard lets the dead manager's hold go, but first puts back from it what a
+    # ref broken while no manager watched misses (an agent of the run outliving it, say).
+    tip = git(repo, "rev-parse", "main")
+    loose = repo / ".git" / "objects" / tip[:2] / tip[2:]
+    assert loose.is_file()
+    _gated_run(repo, tmp_path, write_agent)
+    loose.unlink()
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert git(repo, "rev-parse", "main") == tip
+    assert git(repo, "cat-file", "-t", tip) == "commit"
+    assert git(repo, "fsck", "--no-dangling") == ""
+
+
 @pytest.mark.long
 def test_resume_clears_the_locks_a_killed_git_leaves(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object

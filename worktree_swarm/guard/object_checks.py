@@ -78,6 +78,25 @@ class ObjectChecks(PackChecks):
             self._keep_task_work(good_now, pack_dir)
         return found
 
+    def _hold_afresh(self) -> None:
+        """Hold every object file of the store as it is now (:func:`.held_files.hold`).
+
+        A resumed run's dead manager held the store as it was then: kept, an object you
+        pruned since would be linked back at this run's end (a pack your `git gc` replaced
+        stay on disk till then). It is let go first, once it has put back what a ref broken
+        meanwhile misses (a tip or root tree deleted while no manager watched), as a scan would.
+        """
+        if self._held.is_dir():
+            with self._job("objects"):
+                root = self.repo.root
+                refs = {r: t for r, t in read_refs(root).items() if not t.startswith(SYMBOLIC)}
+                broken = integrity.broken_refs(root, refs, deep=False)
+                if broken:
+                    integrity.recover(self.repo.common_dir, self._dir / "keep", self._held)
+                    self._log(f"put back from the last manager's hold: {', '.join(broken)}")
+        held_files.let_go(self._held)
+        held_files.hold(self.repo.common_dir, self._held)
+
     def _forged_loose(self, window: tuple[float, float]) -> list[Violation]:
         """Loose objects made since the baseline that are not what they are named: removed."""
         common = self.repo.common_dir

@@ -110,7 +110,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
             self._store = store_dir.store_id(self.repo.common_dir)
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
-                held_files.hold(self.repo.common_dir, self._held)
+                self._hold_afresh()  # a resumed run's old hold let go
                 self._held_seen = (-1, time.time_ns())  # linking them changed their time
                 self._packs = packfiles.packs(self.repo.common_dir)
                 self._midx = packfiles.midx_print(self.repo.common_dir)
