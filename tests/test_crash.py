@@ -294,6 +294,29 @@ def test_your_tip_deleted_while_no_manager_runs_is_put_back_by_the_resumed_run(
 
 
 @pytest.mark.long
+def test_a_file_deep_in_your_history_deleted_while_no_manager_runs_is_put_back_on_resume(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # Neither a tip nor a root tree, nor in any checkout: only a walk of the whole history
+    # finds it missing, and the dead manager's hold is its only copy.
+    (repo / "old.txt").write_text("as it was\n")
+    git(repo, "add", "old.txt")
+    git(repo, "commit", "-q", "-m", "old")
+    blob = git(repo, "rev-parse", "main:old.txt")
+    (repo / "old.txt").write_text("as it is\n")
+    git(repo, "commit", "-q", "-am", "new")
+    loose = repo / ".git" / "objects" / blob[:2] / blob[2:]
+    assert loose.is_file()
+    _gated_run(repo, tmp_path, write_agent)
+    loose.unlink()
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert git(repo, "cat-file", "-t", blob) == "blob"
+    assert git(repo, "fsck", "--no-dangling") == ""
+
+
+@pytest.mark.long
 def test_resume_clears_the_locks_a_killed_git_leaves(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:

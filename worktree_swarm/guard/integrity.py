@@ -205,6 +205,11 @@ def _batch_check(root: Path, names: Sequence[str]) -> dict[str, str]:
     return found
 
 
+def whole(root: Path, tips: Collection[str]) -> bool:
+    """Whether every object *tips* reach is present: a walk of their whole history."""
+    return _complete(root, sorted(set(tips)), ())
+
+
 def _complete(root: Path, tips: Sequence[str], exclude: Sequence[str]) -> bool:
     """Whether every object reachable from *tips* but not from *exclude* is present.
 

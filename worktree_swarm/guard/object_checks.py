@@ -83,19 +83,21 @@ class ObjectChecks(PackChecks):
 
         A resumed run's dead manager held the store as it was then: kept, an object you
         pruned since would be linked back at this run's end (a pack your `git gc` replaced
-        stay on disk till then). It is let go first, once it has put back what a ref broken
-        meanwhile misses (a tip or root tree deleted while no manager watched), as a scan would.
+        stay on disk till then). It is let go first; where a held file is gone and the refs
+        miss an object (deleted while no manager watched: a tip, a blob deep in a branch's
+        history), once it has put back what it holds, as a scan would.
         """
+        common = self.repo.common_dir
         if self._held.is_dir():
             with self._job("objects"):
                 root = self.repo.root
-                refs = {r: t for r, t in read_refs(root).items() if not t.startswith(SYMBOLIC)}
-                broken = integrity.broken_refs(root, refs, deep=False)
-                if broken:
-                    integrity.recover(self.repo.common_dir, self._dir / "keep", self._held)
-                    self._log(f"put back from the last manager's hold: {', '.join(broken)}")
+                tips = [tip for tip in read_refs(root).values() if not tip.startswith(SYMBOLIC)]
+                # A walk of the whole history, only once something held is gone.
+                if held_files.missing_held(common, self._held) and not integrity.whole(root, tips):
+                    integrity.recover(common, self._dir / "keep", self._held)
+                    self._log("put back from the last manager's hold: objects your refs reach")
         held_files.let_go(self._held)
-        held_files.hold(self.repo.common_dir, self._held)
+        held_files.hold(common, self._held)
 
     def _forged_loose(self, window: tuple[float, float]) -> list[Violation]:
         """Loose objects made since the baseline that are not what they are named: removed."""
