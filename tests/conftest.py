@@ -13,7 +13,8 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -257,6 +258,27 @@ def hang_git_at(
         f'exec {real} "$@"\n'
     ))  # fmt: skip
     return flag
+
+
+def killed_at_git(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, argv: Sequence[str]
+) -> None:
+    """Run *argv* in a session of its own and SIGKILL it all once its first git *step* starts.
+
+    The real git from then on (:func:`hang_git_at`).
+    """
+    hung = hang_git_at(tmp_path, monkeypatch, step)
+    proc = subprocess.Popen(argv, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not hung.exists():
+            assert proc.poll() is None, f"{argv} ended before its git {step}"
+            assert time.monotonic() < deadline, f"timed out waiting for {argv}'s git {step}"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    (tmp_path / "gitbin" / "git").unlink()
 
 
 def agent_command() -> str:

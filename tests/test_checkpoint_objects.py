@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, hang_git_at
+from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, hang_git_at, killed_at_git
 from tests.test_filtered_objects import stored_bytes
 from tests.test_run import status_json, swarm, wait_for
 from worktree_swarm.core.errors import GitError
@@ -153,20 +153,14 @@ def test_a_rescue_killed_in_its_add_leaves_nothing_outside_the_repository(
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
-    hung = hang_git_at(tmp_path, monkeypatch, "add")
     script = (
         "import sys\nfrom pathlib import Path\n"
         "from worktree_swarm.git import removal\nfrom worktree_swarm.git.repo import open_repo\n"
         "removal.snapshot_files(open_repo(Path(sys.argv[1])), Path(sys.argv[2]), message='m')\n"
     )
-    argv = [sys.executable, "-c", script, str(repo), str(stray)]
-    proc = subprocess.Popen(argv, start_new_session=True)
-    try:
-        wait_for(hung.exists, timeout=60, what="the rescue's add")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    (tmp_path / "gitbin" / "git").unlink()
+    killed_at_git(
+        tmp_path, monkeypatch, "add", [sys.executable, "-c", script, str(repo), str(stray)]
+    )
     assert list(scratch.iterdir()) == []
     saved = removal.snapshot_files(open_repo(repo), stray, message="rescued")
     assert saved.sha is not None
@@ -220,15 +214,8 @@ def test_a_checkpoint_that_stages_nothing_leaves_the_index_unlocked(repo: Path) 
 def _kill_in_staging(worktree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGKILL a checkpoint of *worktree* after its `add`, as it reads what it staged for the
     value of ANTHROPIC_API_KEY (set to KEY from now on); the real git from then on."""
-    hung = hang_git_at(tmp_path, monkeypatch, "diff")
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)  # the children's: each reads its own
-    proc = subprocess.Popen(_checkpoint_argv(worktree), start_new_session=True)
-    try:
-        wait_for(hung.exists, timeout=60, what="the checkpoint's look at what it staged")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    (tmp_path / "gitbin" / "git").unlink()
+    killed_at_git(tmp_path, monkeypatch, "diff", _checkpoint_argv(worktree))
 
 
 def _checkpoint_argv(worktree: Path) -> list[str]:

@@ -5,9 +5,7 @@ the coordinator is redacted with the node's own secrets (the head does not know 
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import git_http
-from tests.conftest import git, hang_git_at, make_repo
+from tests.conftest import git, hang_git_at, killed_at_git, make_repo
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import quarantine
@@ -352,7 +350,6 @@ def test_a_node_snapshot_killed_half_way_leaves_nothing_outside_the_clone(
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
-    hung = hang_git_at(tmp_path, monkeypatch, "add")
     script = (
         "import pickle, sys\n"
         "from worktree_swarm.run.ray_node_clone import NodeClone\n"
@@ -362,13 +359,7 @@ def test_a_node_snapshot_killed_half_way_leaves_nothing_outside_the_clone(
         "clone._snapshot()\n"
     )
     state = pickle.dumps((ended.a, ended._surface)).hex()
-    proc = subprocess.Popen([sys.executable, "-c", script, state], start_new_session=True)
-    try:
-        until("the snapshot's add", ready=hung)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    (tmp_path / "gitbin" / "git").unlink()
+    killed_at_git(tmp_path, monkeypatch, "add", [sys.executable, "-c", script, state])
     assert list(scratch.iterdir()) == []
     assert ended._snapshot()  # the next one, every checkpoint_interval
     assert git(tmp_path / "remote.git", "show", "swarm/t:work.txt") == "work"
