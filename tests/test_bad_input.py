@@ -6,11 +6,14 @@ import os
 import pty
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git
+from tests.test_run import swarm
+from tests.test_runs import finished_run
 from worktree_swarm.core.paths import Repo, store_path
 from worktree_swarm.infra.store import Store
 
@@ -214,7 +217,7 @@ def test_a_repository_without_a_commit_but_with_runs_recorded_is_refused(tmp_pat
 
 def _swarm_with_a_terminal(repo: Path, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
     """Run swarm in *repo*, stdin and stdout a terminal for `swarm watch` (it needs one)."""
-    if args != ("watch",):
+    if args[:1] != ("watch",):
         return subprocess.run(
             [sys.executable, "-m", "worktree_swarm.cli", *args],
             cwd=repo,
@@ -271,3 +274,96 @@ def test_a_core_worktree_naming_another_repositorys_checkout_is_bad_input(
     assert_refused(out, f"{other}, the working tree core.worktree names")
     assert "config --unset core.worktree" in out.stderr
     assert (snapshot(repo), snapshot(other)) == before
+
+
+def _switch_to_bad(repo: Path) -> None:
+    """Task bad's worktree removed, its branch checked out in your checkout (to fix by hand)."""
+    git(repo, "worktree", "remove", "--force", str(repo.parent / "repo.swarm" / "bad"))
+    git(repo, "switch", "-q", "swarm/bad")
+
+
+def _stray_at_bad(repo: Path) -> None:
+    """Task bad's worktree removed; at its path what a worktree creation cut short leaves."""
+    stray = repo.parent / "repo.swarm" / "bad"
+    git(repo, "worktree", "remove", "--force", str(stray))
+    (stray / "src").mkdir(parents=True)
+    (stray / "src" / "f.txt").write_text("x\n")
+
+
+def _as_left(repo: Path) -> None:
+    """The finished run as it is."""
+
+
+def _row(args: tuple[str, ...], setup: object, said: str, *marks: pytest.MarkDecorator) -> object:
+    return pytest.param(args, setup, said, marks=marks, id=" ".join(args))
+
+
+# Refused after a run (task ok done, bad failed): (args, what is done first, what is said).
+AFTER_A_RUN = [
+    _row(("retry", "ok"), _as_left, "task ok of run {run} is done; its work is on swarm/ok"),
+    _row(("retry", "nosuch"), _as_left, "no task 'nosuch' in run {run}"),
+    _row(("retry", "--run", "nosuch"), _as_left, "unknown run 'nosuch'"),
+    _row(("retry", "bad"), _stray_at_bad, "{wt} is in the way of task bad's worktree"),
+    _row(
+        ("retry", "bad", "--fresh"), _switch_to_bad, "branch swarm/bad of task bad is checked out"
+    ),
+    # The other commands, each with an unknown run or task or a bad value: seconds each.
+    *(
+        _row(args, _as_left, said, pytest.mark.long)
+        for args, said in [
+            (("status", "--run", "nosuch"), "unknown run 'nosuch'"),
+            (("watch", "--run", "nosuch"), "unknown run 'nosuch'"),
+            (("report", "--run", "nosuch"), "unknown run 'nosuch'"),
+            (("notes", "--run", "nosuch"), "unknown run 'nosuch'"),
+            (("clean", "--run", "nosuch", "--yes"), "unknown run 'nosuch'"),
+            (("resume", "--run", "nosuch"), "unknown run 'nosuch'"),
+            (("logs", "nosuch"), "no task 'nosuch' in run {run}"),
+            (("stop", "nosuch"), "no task 'nosuch' in run {run}"),
+            (("diff", "nosuch"), "no task 'nosuch' in run {run}"),
+            (("pr", "nosuch"), "no task 'nosuch' in run {run}"),
+            (("merge", "--into", "nosuch"), "--into branch nosuch does not exist"),
+            (("clean", "--orphans", "--all"), "--orphans and --all exclude each other"),
+            (("run", "--agent", "scripted", "-t", "ok=again"), "branch swarm/ok already exists"),
+            (("run", "--agent", "scripted", "-t", "c=x", "-j", "0"), "0 is not in the range"),
+        ]
+    ),
+]
+
+
+def _tree(repo: Path) -> dict[str, object]:
+    """Every file of .git and of the task worktrees (size, mtime), each ref and worktree.
+
+    Indexes are left out, git refreshes its own cache of file stats when it likes; and the
+    times of directories, where the store's log comes and goes while it is open.
+    """
+    found: dict[str, object] = {
+        str(p.relative_to(repo.parent)): "dir" if p.is_dir() else (info.st_size, info.st_mtime_ns)
+        for top in (repo / ".git", repo.parent / "repo.swarm")
+        for p in top.rglob("*")
+        if p.name != "index" and (info := p.lstat())
+    }
+    found["refs"] = git(repo, "for-each-ref")
+    found["worktrees"] = git(repo, "worktree", "list", "--porcelain")
+    return found
+
+
+@pytest.mark.parametrize(("args", "setup", "said"), AFTER_A_RUN)
+def test_a_refusal_after_a_run_changes_nothing(
+    repo: Path,
+    write_agent: Callable[[str], list[str]],
+    args: tuple[str, ...],
+    setup: Callable[[Path], None],
+    said: str,
+) -> None:
+    # A refused `swarm retry` took the manager lock first, naming itself in manager.json, and
+    # one refused for a path in the way of a worktree left an empty merge.lock too.
+    run_id, _ = finished_run(repo, write_agent)
+    setup(repo)
+    before = _tree(repo)
+    out = _swarm_with_a_terminal(repo, args) if args[0] == "watch" else swarm(repo, *args)
+    wt = repo.parent / "repo.swarm" / "bad"
+    assert_refused(out, said.format(run=run_id, wt=wt))
+    after = _tree(repo)
+    assert {
+        k: after.get(k) for k in before.keys() | after.keys() if before.get(k) != after.get(k)
+    } == {}

@@ -130,19 +130,22 @@ def clean(
         if run_id is not None:
             raise BadInputError(f"unknown run {run_id!r}: no swarm runs in {repo.root} yet")
         return Report(mode="clean", findings=(), notes=("no swarm runs here yet",))
-    # A dry run only looks: it works on a full disk too (the store as last written).
-    with (
-        Store(store_path(repo)) if yes else Store.to_read(store_path(repo)) as store,
-        # A `swarm merge` works in the integration worktree: not removed under it, and no
-        # merge starts while this removes it.
-        lock.merge_lock_if_free(repo.state_dir)
-        if yes
-        else contextlib.nullcontext(not lock.merge_running(repo.state_dir)) as free,
-    ):
+    with contextlib.ExitStack() as stack:
+        # A dry run only looks: it works on a full disk too (the store as last written).
+        store = stack.enter_context(
+            Store(store_path(repo)) if yes else Store.to_read(store_path(repo))
+        )
         if all_runs:
             run_ids = [run.run_id for run in store.runs()]
-        else:
+        else:  # an unknown run refused before the merge lock: it leaves no lock file
             run_ids = [run_info.resolve_run(store, run_id)]
+        # A `swarm merge` works in the integration worktree: not removed under it, and no
+        # merge starts while this removes it.
+        free = stack.enter_context(
+            lock.merge_lock_if_free(repo.state_dir)
+            if yes
+            else contextlib.nullcontext(not lock.merge_running(repo.state_dir))
+        )
         if yes and free:  # a killed merge's checks would keep its worktree: "in use"
             for rid in run_ids:
                 proc_scan.kill_merge_programs(paths.run_dir(repo, rid) / "merge", grace=0.5)

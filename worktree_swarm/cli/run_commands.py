@@ -250,7 +250,12 @@ def retry_cmd(
     ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, fresh: bool, as_json: bool
 ) -> int:
     """Run a run's failed, stopped or timed-out tasks again, in their kept worktrees."""
-    from worktree_swarm.infra.lock import ManagerLock, merge_lock_if_free, merge_running
+    from worktree_swarm.infra.lock import (
+        ManagerLock,
+        manager_alive,
+        merge_lock_if_free,
+        merge_running,
+    )
     from worktree_swarm.run import retry
     from worktree_swarm.run.runner import Runner
 
@@ -259,6 +264,10 @@ def retry_cmd(
     with run_info.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = run_info.resolve_run(store, run_id)
         retry.check_known(store, run_id, task_ids)  # before the lock writes its record
+        # Refused before the lock too (its record rewritten, nor a merge lock file left) while
+        # no manager or merge can change what is decided; under it again, as they may start.
+        if not manager_alive(repo.state_dir) and not merge_running(repo.state_dir):
+            retry.check_retryable(repo, store, run_id, task_ids)
         lock.acquire(run_id=run_id)
         if not merge_running(repo.state_dir):  # refused here, no merge lock file is left
             retry.check_retryable(repo, store, run_id, task_ids)

@@ -55,9 +55,7 @@ def prepare(
     check_known(store, run_id, task_ids)
     settle_guard(repo, store, run_id)
     rows = {row.task_id: row for row in store.tasks(run_id)}
-    picked = _retryable(repo, store, run_id, task_ids, rows)
-    _check_in_the_way([rows[task_id] for task_id in picked])  # before any is reset
-    _check_not_checked_out(repo, [rows[task_id] for task_id in picked])
+    picked = _checked(repo, store, run_id, task_ids, rows)  # before any is reset
     for task_id in picked:
         _reset(repo, store, rows[task_id], fresh=fresh)
     store.reopen_run(run_id)
@@ -65,14 +63,24 @@ def prepare(
 
 
 def check_retryable(repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str]) -> None:
-    """:func:`prepare`'s refusal of a task that cannot be retried, or of nothing to retry.
+    """:func:`prepare`'s refusal of a task that cannot be retried now, or of nothing to retry.
 
     Decided ahead (before the merge lock, whose file a refused retry would leave behind)
     only while the killed manager's guard left nothing to settle: a verdict it reached fails
     a task once settled, which may make it retryable.
     """
     if not unsettled(guard_dir(repo, run_id)):
-        _retryable(repo, store, run_id, task_ids, {r.task_id: r for r in store.tasks(run_id)})
+        _checked(repo, store, run_id, task_ids, {r.task_id: r for r in store.tasks(run_id)})
+
+
+def _checked(
+    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str], rows: dict[str, TaskRow]
+) -> list[str]:
+    """The tasks to retry; BadInputError for one that cannot be, or with a path in its way."""
+    picked = _retryable(repo, store, run_id, task_ids, rows)
+    _check_in_the_way([rows[task_id] for task_id in picked])
+    _check_not_checked_out(repo, [rows[task_id] for task_id in picked])
+    return picked
 
 
 def _retryable(
