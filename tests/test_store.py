@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.test_run import swarm
+from tests.test_runs import finished_run
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, RunStatus, TaskState
 from worktree_swarm.core.run_settings import CopyMode, RunSettings
@@ -30,7 +31,7 @@ from worktree_swarm.infra.store_rows import (
 from worktree_swarm.infra.store_schema import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 MANAGER = ProcessIdentity(pid=4242, create_time=1700000000.25, pgid=4242)
 
@@ -122,6 +123,37 @@ def test_a_store_damaged_past_its_first_pages_is_one_clear_line(repo: Path) -> N
             f"swarm: {db} is not a usable worktree-swarm state database"
             " (database disk image is malformed); move it aside and run again\n"
         )
+
+
+@pytest.mark.parametrize(
+    ("sql", "what"),
+    [
+        ("UPDATE tasks SET state = 'exploded' WHERE task_id = 'ok'", "task"),
+        ("UPDATE runs SET status = 'exploded'", "run"),
+    ],
+    ids=["task state", "run state"],
+)
+def test_a_state_this_swarm_does_not_know_is_one_clear_line(
+    repo: Path, write_agent: Callable[[str], list[str]], sql: str, what: str
+) -> None:
+    # Written by a newer worktree-swarm (or by hand): every command that read it ended with an
+    # internal error and its traceback file.
+    run_id, _ = finished_run(repo, write_agent)
+    db = repo / ".git" / "swarm" / "state.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(sql)
+    # A retry reads its run's tasks, never the run's row: it reopens the run, whatever it was.
+    for command in ("status", "runs", "report", "clean", *(["retry"] if what == "task" else [])):
+        out = swarm(repo, command)
+        assert (out.returncode, out.stdout, out.stderr.count("\n")) == (1, "", 1), out.stderr
+        assert out.stderr.startswith(f"swarm: the state database {db} holds "), out.stderr
+        assert out.stderr.endswith(
+            f"run {run_id} in state 'exploded', which this worktree-swarm does not know (did a"
+            " newer one write it?); upgrade worktree-swarm\n"
+        )
+        if command != "runs":  # which task, where it has read the task's row
+            named = f"task ok of run {run_id}" if what == "task" else f"holds run {run_id}"
+            assert named in out.stderr
 
 
 # --- runs --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sqlite3
@@ -23,15 +24,17 @@ from worktree_swarm.infra.store_rows import (
     RunRow,
     TaskRow,
     TaskUpdate,
+    UnknownValueError,
     attempt_row,
     event_row,
+    known,
     run_row,
     task_row,
     task_to_json,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from worktree_swarm.core.models import ProcessIdentity
 
@@ -157,11 +160,14 @@ class Store(StoreFile):
     def get_run(self, run_id: str) -> RunRow | None:
         """Return one run, or None."""
         rows = self._read("SELECT * FROM runs WHERE run_id = ?", (run_id,))
-        return run_row(rows[0]) if rows else None
+        with self._understood():
+            return run_row(rows[0]) if rows else None
 
     def runs(self) -> list[RunRow]:
         """Return every run, oldest first."""
-        return [run_row(r) for r in self._read("SELECT * FROM runs ORDER BY created_at, rowid")]
+        rows = self._read("SELECT * FROM runs ORDER BY created_at, rowid")
+        with self._understood():
+            return [run_row(r) for r in rows]
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -198,13 +204,16 @@ class Store(StoreFile):
     def tasks(self, run_id: str) -> list[TaskRow]:
         """Return the run's tasks in manifest order."""
         rows = self._read("SELECT * FROM tasks WHERE run_id = ? ORDER BY position", (run_id,))
-        return [task_row(r) for r in rows]
+        with self._understood():
+            return [task_row(r) for r in rows]
 
     def state_counts(self) -> dict[str, dict[TaskState, int]]:
         """How many tasks of each run are in each state, for every run (one query)."""
         counts: dict[str, dict[TaskState, int]] = {}
         for row in self._read("SELECT run_id, state, COUNT(*) AS n FROM tasks GROUP BY 1, 2"):
-            counts.setdefault(str(row["run_id"]), {})[TaskState(row["state"])] = int(row["n"])
+            with self._understood():
+                state = known(TaskState, row["state"], f"a task of run {row['run_id']} in state")
+            counts.setdefault(str(row["run_id"]), {})[state] = int(row["n"])
         return counts
 
     def owners(self) -> tuple[dict[str, str], dict[str, str]]:
@@ -258,7 +267,19 @@ class Store(StoreFile):
     def task(self, run_id: str, task_id: str) -> TaskRow | None:
         """Return one task, or None."""
         rows = self._read("SELECT * FROM tasks WHERE run_id = ? AND task_id = ?", (run_id, task_id))
-        return task_row(rows[0]) if rows else None
+        with self._understood():
+            return task_row(rows[0]) if rows else None
+
+    @contextlib.contextmanager
+    def _understood(self) -> Iterator[None]:
+        """A value read that this worktree-swarm does not know: one line naming the database."""
+        try:
+            yield
+        except UnknownValueError as exc:
+            raise SwarmError(
+                f"the state database {self.path} holds {exc}, which this worktree-swarm does"
+                " not know (did a newer one write it?); upgrade worktree-swarm"
+            ) from exc
 
     # -- attempts --------------------------------------------------------------------------
 

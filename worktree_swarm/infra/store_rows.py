@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from worktree_swarm.core.models import RunStatus, TaskState
 from worktree_swarm.core.run_settings import RunSettings
@@ -206,18 +207,34 @@ def _tuples(value: object) -> object:
     return value
 
 
+class UnknownValueError(ValueError):
+    """A stored value this worktree-swarm has no meaning for (a newer one may have written it)."""
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def known(kind: type[_E], value: object, what: str) -> _E:
+    """*value* as one of *kind*; else UnknownValueError saying *what* holds it and the value."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise UnknownValueError(f"{what} {value!r}") from None
+
+
 # Column names equal field names, so rows convert by keyword; only non-SQL types need care.
 def run_row(r: sqlite3.Row) -> RunRow:
     """A RunRow from its database row."""
     values = dict(r)
-    values["status"] = RunStatus(values["status"])
+    values["status"] = known(RunStatus, values["status"], f"run {values['run_id']} in state")
     return RunRow(**values)
 
 
 def task_row(r: sqlite3.Row) -> TaskRow:
     """A TaskRow from its database row."""
     values = dict(r)
-    values["state"] = TaskState(values["state"])
+    what = f"task {values['task_id']} of run {values['run_id']} in state"
+    values["state"] = known(TaskState, values["state"], what)
     values["stop_requested"] = bool(values["stop_requested"])
     values["retry_fresh"] = bool(values["retry_fresh"])
     return TaskRow(**values)
