@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -9,6 +10,8 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -469,3 +472,48 @@ def test_git_refused_a_process_every_time_says_so(
         f" ({proc.system_limit(errno.EAGAIN)})"
     )
     assert len(refused) == 5  # tried again 4 times
+
+
+def test_a_stopped_git_command_ends_what_it_started_that_holds_its_pipes(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Git ends on SIGTERM; what it started (a transport, a helper: here an alias's program)
+    # may not, and holds git's output pipes: the stop waited on it for as long as it ran.
+    pid_file = tmp_path / "held.pid"
+    # Git kills its alias's shell on SIGTERM; the program that shell started lives on.
+    alias = f"alias.hold=!sleep 600 & echo $! > {pid_file}; wait"
+    stop = threading.Event()
+    ended: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            process.execute_bytes(repo, ["-c", alias, "hold"], check=False, stop=stop)
+        except BaseException as exc:  # what the call ended with, for the test
+            ended.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert thread.is_alive(), f"ended before its alias's program started: {ended}"
+        assert time.monotonic() < deadline, "timed out waiting for the alias's program"
+        time.sleep(0.02)
+    held = psutil.Process(int(pid_file.read_text()))
+    try:
+        stop.set()
+        thread.join(timeout=120)  # a bound on a hang, not a timing: it ends in seconds
+        assert not thread.is_alive(), "the stopped command still waits for what git started"
+        assert [type(exc) for exc in ended] == [process.StoppedError]
+        assert not held.is_running() or held.status() == psutil.STATUS_ZOMBIE
+    finally:
+        with contextlib.suppress(psutil.Error):
+            held.kill()
+
+
+def test_a_git_command_given_input_is_not_stopped_half_way(repo: Path) -> None:
+    # `communicate` sends its input on its first call only: one looked at between polls
+    # would never get the rest of it, and wait until stopped.
+    with pytest.raises(ValueError, match="given input cannot be stopped"):
+        process.execute_bytes(
+            repo, ["hash-object", "--stdin"], check=True, input_bytes=b"x", stop=threading.Event()
+        )

@@ -94,7 +94,9 @@ class NodeClone:
         """Clone the task's branch from the remote (by way of the mirror); its tip.
 
         A stop or discard meanwhile ends the clone (its git stopped, its directory removed)
-        and fails this: a discard waits for that, so nothing made here outlives it.
+        and fails this: a discard waits for that, so nothing made here outlives it. The
+        node's mirror, shared by its attempts, is brought up to date whole first (a discard
+        then waits for that too, past the head's wait for it at worst).
         """
         with self._step:
             self._unless_stopped()
