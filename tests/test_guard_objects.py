@@ -355,6 +355,27 @@ def test_the_guards_own_held_files_are_kept_when_a_symlink_also_names_its_run(
     assert git(repo, "log", "--format=%s", "main") == "initial"
 
 
+def test_a_file_written_over_while_no_manager_ran_is_put_back_after_a_resume(
+    tmp_path: Path,
+) -> None:
+    """The resumed guard let go of its dead manager's hold: the only copy of the real file.
+
+    Another file under your commit's name, not a gone one: the hold is still needed.
+    """
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    work = tmp_path / "runs" / "r1" / "guard"
+    Guard(open_repo(repo), work_dir=work, restore=True).start()  # its manager then killed
+    _rename_over(repo)  # while no manager ran
+    resumed = Guard(open_repo(repo), work_dir=work, restore=True)
+    resumed.start()
+    try:
+        resumed.after_attempt()
+        assert git(repo, "log", "--format=%s", "main") == "initial"
+        assert git(repo, "fsck", "--no-dangling") == ""
+    finally:
+        resumed.close()
+
+
 def test_a_pack_git_writes_again_under_its_name_is_held_in_place_of_the_old_one(
     tmp_path: Path,
 ) -> None:

@@ -203,17 +203,23 @@ def _same_object(held: Path, now: Path, pack: bool) -> bool:
         return False
 
 
-def missing_held(common: Path, held: Path) -> list[tuple[Path, Path]]:
+def missing_held(
+    common: Path, held: Path, *, objects_only: bool = False
+) -> list[tuple[Path, Path]]:
     """(held file, where it was) for each held object file missing from the store.
 
-    A pack's index comes after its pack, as git writes them.
+    A pack's index comes after its pack, as git writes them. *objects_only*: loose objects,
+    packs and their indexes, not what git makes of them (a multi-pack index, a bitmap).
     """
     if not held.is_dir():
         return []
     objects = common / "objects"
     found = []
     for directory in os.scandir(held):
+        pack = objects_only and directory.name == "pack"
         for entry in os.scandir(directory.path):
+            if pack and not entry.name.endswith((".pack", ".idx")):
+                continue
             dest = objects / directory.name / entry.name
             if not os.path.lexists(dest):
                 found.append((Path(entry.path), dest))

@@ -13,7 +13,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from worktree_swarm.core.errors import CommandError
+from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import held_files, integrity, loose_objects, store_dir
 from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation, short_ref
@@ -83,21 +83,32 @@ class ObjectChecks(PackChecks):
 
         A resumed run's dead manager held the store as it was then: kept, an object you
         pruned since would be linked back at this run's end (a pack your `git gc` replaced
-        stay on disk till then). It is let go first; where a held file is gone and the refs
-        miss an object (deleted while no manager watched: a tip, a blob deep in a branch's
-        history), once it has put back what it holds, as a scan would.
+        stays on disk till then). It is let go where nothing is lost with it; else kept, and
+        this run's scans put back from it what is missing or written over, as they would
+        have before the kill.
         """
-        common = self.repo.common_dir
-        if self._held.is_dir():
-            with self._job("objects"):
-                root = self.repo.root
-                tips = [tip for tip in read_refs(root).values() if not tip.startswith(SYMBOLIC)]
-                # A walk of the whole history, only once something held is gone.
-                if held_files.missing_held(common, self._held) and not integrity.whole(root, tips):
-                    integrity.recover(common, self._dir / "keep", self._held)
-                    self._log("put back from the last manager's hold: objects your refs reach")
-        held_files.let_go(self._held)
-        held_files.hold(common, self._held)
+        if self._held.is_dir() and self._old_hold_unneeded():
+            held_files.let_go(self._held)
+        held_files.hold(self.repo.common_dir, self._held)
+
+    def _old_hold_unneeded(self) -> bool:
+        """Whether the dead manager's hold keeps nothing the refs need.
+
+        None of its files written over, and where one is gone, every object the refs reach
+        still there (a walk of their whole history, only then: deleted while no manager
+        watched, by an agent outliving it, a tip or a file deep in a branch's history is in
+        that hold only). Not known (a failing read): needed.
+        """
+        common, root = self.repo.common_dir, self.repo.root
+        try:
+            if held_files.written_over(common, self._held):
+                return False
+            if not held_files.missing_held(common, self._held, objects_only=True):
+                return True
+            tips = [tip for tip in read_refs(root).values() if not tip.startswith(SYMBOLIC)]
+            return integrity.whole(root, tips)
+        except (OSError, SwarmError):
+            return False
 
     def _forged_loose(self, window: tuple[float, float]) -> list[Violation]:
         """Loose objects made since the baseline that are not what they are named: removed."""
