@@ -71,6 +71,7 @@ def main() -> int:
 
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
+        started_wall = time.time()
         proc = subprocess.Popen(
             [sys.executable, "-m", "worktree_swarm.cli", "run", str(base / "tasks.toml")],
             cwd=repo,
@@ -115,6 +116,16 @@ def main() -> int:
         f"-> ratio {makespan / ideal_measured:.3f}"
     )
     print(f"manager peak RSS {peak_rss / 2**20:.1f} MB (target < 150 MB)")
+    if spans:
+        # Where the wall time goes around the agents: before the first, after the last, and
+        # how many of the jobs ran at once on average in between.
+        first = min(begin for begin, _ in spans) - started_wall
+        last = max(end for _, end in spans) - started_wall
+        print(
+            f"first agent at {first:.2f}s, last agent's end at {last:.2f}s, then "
+            f"{makespan - last:.2f}s to the end; agents running at once between them "
+            f"{agent_time / max(last - first, 1e-9):.1f} on average (jobs {args.jobs})"
+        )
     # On 2 cores the makespan cannot be under the CPU the run used over the cores.
     cores = psutil.cpu_count() or 1
     print(
