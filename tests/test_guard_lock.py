@@ -55,6 +55,43 @@ def test_first_goes_ahead_of_waiting_workers_and_the_lock_is_reentrant() -> None
     lock.release()
 
 
+class _SignalOnceTaken(threading.Condition):
+    """The lock's condition, whose first exit once the lock has an owner raises, as a stop
+    signal's handler does in the main thread wherever it is."""
+
+    def __init__(self, turn: TurnLock) -> None:
+        super().__init__(threading.Lock())
+        self.turn = turn
+        self.fired = False
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if not self.fired and exc[0] is None and self.turn._owner is not None:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("way", ["with", "first"])
+def test_a_stop_signal_as_the_lock_is_taken_leaves_it_to_the_other_threads(way: str) -> None:
+    # Taken, then interrupted before the block held it: its release never ran, and every
+    # other thread (a task's end, the run's stop waiting for it) waited for ever.
+    lock = TurnLock()
+    lock._cond = _SignalOnceTaken(lock)
+    with pytest.raises(KeyboardInterrupt), lock if way == "with" else lock.first():
+        pass
+    assert lock._cond.fired
+    taken = threading.Event()
+
+    def take() -> None:
+        with lock:
+            taken.set()
+
+    other = threading.Thread(target=take, daemon=True)
+    other.start()
+    other.join(timeout=60)  # a bound on a hang: it takes the lock at once
+    assert taken.is_set()
+
+
 def test_hand_overs_racing_scans_and_checks_blame_nobody_and_miss_nothing(
     tmp_path: Path,
 ) -> None:

@@ -51,7 +51,7 @@ class TurnLock:
                 self._cond.notify_all()
 
     def __enter__(self) -> None:
-        self.acquire()
+        self._take(first=False)
 
     def __exit__(self, *_exc: object) -> None:
         self.release()
@@ -59,8 +59,29 @@ class TurnLock:
     @contextlib.contextmanager
     def first(self) -> Iterator[None]:
         """Hold the lock, taken ahead of every thread waiting by ``with``."""
-        self.acquire(first=True)
+        self._take(first=True)
         try:
             yield
         finally:
             self.release()
+
+    def _take(self, *, first: bool) -> None:
+        """:meth:`acquire` for a block, given back if it ends in an exception once taken.
+
+        A stop signal's KeyboardInterrupt (Ctrl-C, SIGTERM, SIGHUP: raised in the main thread
+        wherever it is) landing just after the lock was taken, before the block holds it,
+        would leave it held by nobody's block: every other thread waiting for ever, the
+        run's stop among them.
+        """
+        me = threading.get_ident()
+        held = self._depth if self._owner == me else 0  # only this thread makes itself owner
+        try:
+            self.acquire(first=first)
+        except BaseException:
+            with self._cond:
+                if self._owner == me and self._depth > held:
+                    self._depth = held
+                    if not held:
+                        self._owner = None
+                        self._cond.notify_all()
+            raise
