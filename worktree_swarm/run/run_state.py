@@ -67,7 +67,11 @@ class RunState:
         self._live: dict[str, Live] = {}
         self._adopt: dict[str, Live] = {}
         self._ports = PortClaims()  # blocks of SWARM_PORT, apart from other managers' too
-        self._done: queue.Queue[tuple[str, TaskOutcome]] = queue.Queue()
+        # Taken off in C, no Python run in between: a stop signal's KeyboardInterrupt lands
+        # before a task's outcome is taken or after it is the caller's (a Queue's `get` runs
+        # Python once the item is off it: interrupted there, the outcome was lost and the
+        # stop waited for it for ever).
+        self._done: queue.SimpleQueue[tuple[str, TaskOutcome]] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._starved = False  # a launch of this pass of the run loop found no thread
         self._wake_at: float | None = None  # when a hold that keeps a pending task back ends

@@ -56,6 +56,8 @@ class Live:
     # While it waits out a rate limit of its provider: it takes no place of a task in flight,
     # so other providers' tasks start meanwhile.
     waiting: bool = False
+    # What its worker came to, set before it is handed over (the run loop's queue).
+    outcome: TaskOutcome | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

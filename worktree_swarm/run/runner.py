@@ -221,7 +221,7 @@ class Runner(TaskLaunch):
         for live in self._live.values():
             live.stop.set()
         while self._live:
-            task_id, outcome = self._done.get()
+            task_id, outcome = self._next_done()
             if outcome.state is TaskState.STOPPED:  # cut short by the stop above
                 outcome = TaskOutcome(state=TaskState.PENDING, reason="")
             self._finish(task_id, outcome)

@@ -9,6 +9,7 @@ database written back first if it was deleted under the run).
 
 from __future__ import annotations
 
+import queue
 import time
 
 from worktree_swarm.core.models import TaskState
@@ -24,7 +25,9 @@ class TaskEnds(RunState):
     """Outcomes taken, the guard's verdicts applied, `swarm stop` requests passed on."""
 
     def _finish(self, task_id: str, outcome: TaskOutcome) -> None:
-        live = self._live.pop(task_id)
+        live = self._live.pop(task_id, None)
+        if live is None:
+            return  # finished already, from what its Live said (:meth:`_next_done`)
         self._ports.give_back(*self._ports_of(live.port_slot))
         if live.thread is not None:
             live.thread.join()
@@ -36,10 +39,26 @@ class TaskEnds(RunState):
             self._set_state(task_id, outcome.state, reason=outcome.reason, ended_at=time.time())
         self.disk.finished(task_id)
 
+    def _next_done(self) -> tuple[str, TaskOutcome]:
+        """The next task's end, waited for.
+
+        Off the queue; or, where the queue is empty and a task's worker has ended, from its
+        Live: a stop signal's KeyboardInterrupt, raised in the main thread wherever it is,
+        may have cut short the loop that had just taken that outcome off the queue, and the
+        stop would wait for it for ever.
+        """
+        while True:
+            try:
+                return self._done.get(timeout=0.25)
+            except queue.Empty:
+                for task_id, live in list(self._live.items()):
+                    ended = live.thread is None or not live.thread.is_alive()
+                    if live.outcome is not None and ended:
+                        return task_id, live.outcome
+
     def _drain(self) -> None:
         while self._live:
-            task_id, outcome = self._done.get()
-            self._finish(task_id, outcome)
+            self._finish(*self._next_done())
         self._stop_pending("run stopped before it started")
 
     def _final_scan(self) -> None:

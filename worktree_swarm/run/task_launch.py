@@ -137,6 +137,7 @@ class TaskLaunch(TaskEnds):
                     self.guard.look_now()
             finally:
                 live.adopted.set()  # whichever way it went
+                live.outcome = outcome
                 self._done.put((live.task.id, outcome))
 
     def _outcome(self, live: Live) -> TaskOutcome:
