@@ -1027,6 +1027,53 @@ def test_sigterm_interrupts_a_stop_as_ctrl_c_does_and_exits_130(
     assert status_json(repo)["t"]["state"] == "stopped"
 
 
+# `swarm run` whose run loop is interrupted (as by Ctrl-C) just after it took the first
+# task's outcome off its queue: where a stop signal's KeyboardInterrupt may land.
+_CUT_OFF_RUN = """
+import queue, sys, types
+from worktree_swarm.cli import main
+from worktree_swarm.run import run_state
+
+taken = []
+
+class CutOff:
+    def get(self, block=True, timeout=None):
+        item = super().get(block, timeout)
+        if not taken:
+            taken.append(item)
+            raise KeyboardInterrupt
+        return item
+
+class Simple(CutOff, queue.SimpleQueue): pass
+class Plain(CutOff, queue.Queue): pass
+
+run_state.queue = types.SimpleNamespace(SimpleQueue=Simple, Queue=Plain)
+sys.argv = ["swarm", "run", sys.argv[1]]
+sys.exit(main())
+"""
+
+
+def test_a_stop_signal_as_the_run_loop_takes_an_outcome_neither_loses_it_nor_hangs(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The outcome was off the queue and in no variable: the stop waited for it for ever.
+    agent = write_agent(
+        "import os, pathlib, sys, time\n"
+        "pathlib.Path('work.txt').write_text(os.environ['SWARM_TASK_ID'])\n"
+        "while os.environ['SWARM_TASK_ID'] == 'slow':\n    time.sleep(0.05)\n"
+    )
+    tasks = "".join(f'[[task]]\nid = "{t}"\nprompt = "p"\n' for t in ("quick", "slow"))
+    path = manifest(repo, f"[defaults]\nagent = {argv_toml(agent)}\njobs = 2\n{tasks}")
+    proc = subprocess.run(
+        [sys.executable, "-c", _CUT_OFF_RUN, path], cwd=repo, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    states = {task: row["state"] for task, row in status_json(repo).items()}
+    assert states == {"quick": "done", "slow": "stopped"}
+    assert git(repo, "show", "swarm/quick:work.txt") == "quick"
+
+
 def test_a_closed_terminal_stops_the_run_as_ctrl_c_does(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
