@@ -2145,6 +2145,21 @@ def test_checks_failing_on_the_target_before_any_merge_merge_nothing(
     assert "before any merge" in text.stdout
 
 
+def test_checks_failing_on_an_into_branch_before_any_merge_say_nothing_merged(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    # Two tasks were there to merge: the summary said "nothing to merge" of them.
+    two_tasks_and_dev(base_repo, brancher)
+
+    out = swarm(base_repo, "merge", "--into", "dev", "--check", "false")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "checks fail on dev before any merge" in out.stdout
+    assert (
+        out.stdout.splitlines()[-1] == "0 merged, 0 conflicted, 0 failed, 0 skipped; nothing merged"
+    )
+
+
 @pytest.mark.parametrize("strategy", ["merge", "squash"])
 def test_merges_are_made_as_the_runs_author_past_your_hooks_and_signing(
     base_repo: Path, brancher: Brancher, tmp_path: Path, strategy: str

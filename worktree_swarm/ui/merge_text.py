@@ -67,8 +67,8 @@ def merge_summary(report: MergeReport) -> list[str]:
         moved = f"{report.target_branch} now at {report.target_commit[:12]}"
     elif report.worktree or report.by_outcome(MergeOutcome.MERGED):
         moved = f"{report.target_branch} unchanged at {report.target_commit[:12]}"
-    else:  # no branch made for nothing: it may not be there
-        moved = "nothing merged" if report.results else "nothing to merge"
+    else:  # no branch made for nothing: it may not be there; an order is what checks held up
+        moved = "nothing merged" if report.results or report.order else "nothing to merge"
     where = f" (worktree {report.worktree})" if report.worktree else ""
     return [f"{counts}; {moved}{where}", *review_lines(report)]
 
