@@ -302,7 +302,7 @@ def _row(args: tuple[str, ...], setup: object, said: str, *marks: pytest.MarkDec
 AFTER_A_RUN = [
     _row(("retry", "ok"), _as_left, "task ok of run {run} is done; its work is on swarm/ok"),
     _row(("retry", "nosuch"), _as_left, "no task 'nosuch' in run {run}"),
-    _row(("retry", "--run", "nosuch"), _as_left, "unknown run 'nosuch'"),
+    _row(("retry", "--run", "nosuch"), _as_left, "unknown run 'nosuch'; `swarm runs` lists the"),
     _row(("retry", "bad"), _stray_at_bad, "{wt} is in the way of task bad's worktree"),
     _row(
         ("retry", "bad", "--fresh"), _switch_to_bad, "branch swarm/bad of task bad is checked out"

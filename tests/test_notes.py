@@ -304,7 +304,7 @@ def test_unknown_run_is_bad_input(repo: Path) -> None:
     result = swarm(repo, "notes", "--run", "nope")
 
     assert result.returncode == 2
-    assert result.stderr == "swarm: unknown run 'nope'; `swarm status` shows the latest run\n"
+    assert result.stderr == "swarm: unknown run 'nope'; `swarm runs` lists the recorded runs\n"
 
 
 def test_empty_note_and_bad_task_id_are_bad_input(tmp_path: Path) -> None:

@@ -323,7 +323,7 @@ def test_unknown_run_is_bad_input_and_writes_nothing(finished_run: Path, tmp_pat
     target = tmp_path / "never.html"
     out = swarm(finished_run, "report", "--run", "nope", "--html", str(target))
     assert out.returncode == 2
-    assert out.stderr == "swarm: unknown run 'nope'; `swarm status` shows the latest run\n"
+    assert out.stderr == "swarm: unknown run 'nope'; `swarm runs` lists the recorded runs\n"
     assert not target.exists()
 
 

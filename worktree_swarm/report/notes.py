@@ -107,7 +107,7 @@ def latest_findings(repo_dir: Path, run_id: str | None = None) -> Path:
             if run_id is None:
                 raise BadInputError("no swarm runs recorded yet; start one with `swarm run`")
         elif store.get_run(run_id) is None:
-            raise BadInputError(f"unknown run {run_id!r}; `swarm status` shows the latest run")
+            raise BadInputError(f"unknown run {run_id!r}; `swarm runs` lists the recorded runs")
     return findings_path(repo, run_id)
 
 

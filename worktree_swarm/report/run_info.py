@@ -95,7 +95,7 @@ def resolve_run(store: Store, run_id: str | None) -> str:
             raise BadInputError("no swarm runs recorded yet; start one with `swarm run`")
         return latest
     if store.get_run(run_id) is None:
-        raise BadInputError(f"unknown run {run_id!r}; `swarm status` shows the latest run")
+        raise BadInputError(f"unknown run {run_id!r}; `swarm runs` lists the recorded runs")
     return run_id
 
 

@@ -92,7 +92,7 @@ class Runner(TaskLaunch):
         """
         run = store.get_run(run_id)
         if run is None:
-            raise BadInputError(f"unknown run {run_id!r}; `swarm status` shows the latest run")
+            raise BadInputError(f"unknown run {run_id!r}; `swarm runs` lists the recorded runs")
         rows = store.tasks(run_id)
         tasks = tuple(task_from_json(row.spec_json) for row in rows)
         spec = RunSpec.of(RunSettings.from_json(run.spec_json), tasks)
