@@ -301,7 +301,9 @@ def _row(args: tuple[str, ...], setup: object, said: str, *marks: pytest.MarkDec
 # Refused after a run (task ok done, bad failed): (args, what is done first, what is said).
 AFTER_A_RUN = [
     _row(("retry", "ok"), _as_left, "task ok of run {run} is done; its work is on swarm/ok"),
-    _row(("retry", "nosuch"), _as_left, "no task 'nosuch' in run {run}"),
+    _row(
+        ("retry", "nosuch"), _as_left, "no task 'nosuch' in run {run}; `swarm status --run {run}`"
+    ),
     _row(("retry", "--run", "nosuch"), _as_left, "unknown run 'nosuch'; `swarm runs` lists the"),
     _row(("retry", "bad"), _stray_at_bad, "{wt} is in the way of task bad's worktree"),
     _row(
@@ -317,10 +319,10 @@ AFTER_A_RUN = [
             (("notes", "--run", "nosuch"), "unknown run 'nosuch'"),
             (("clean", "--run", "nosuch", "--yes"), "unknown run 'nosuch'"),
             (("resume", "--run", "nosuch"), "unknown run 'nosuch'"),
-            (("logs", "nosuch"), "no task 'nosuch' in run {run}"),
-            (("stop", "nosuch"), "no task 'nosuch' in run {run}"),
-            (("diff", "nosuch"), "no task 'nosuch' in run {run}"),
-            (("pr", "nosuch"), "no task 'nosuch' in run {run}"),
+            (("logs", "nosuch"), "no task 'nosuch' in run {run}; `swarm status --run {run}`"),
+            (("stop", "nosuch"), "no task 'nosuch' in run {run}; `swarm status --run {run}`"),
+            (("diff", "nosuch"), "no task 'nosuch' in run {run}; `swarm status --run {run}`"),
+            (("pr", "nosuch"), "no task 'nosuch' in run {run}; `swarm status --run {run}`"),
             (("merge", "--into", "nosuch"), "--into branch nosuch does not exist"),
             (("clean", "--orphans", "--all"), "--orphans and --all exclude each other"),
             (("run", "--agent", "scripted", "-t", "ok=again"), "branch swarm/ok already exists"),

@@ -221,7 +221,10 @@ def test_diff_unknown_task_is_bad_input(tmp_path: Path) -> None:
     out = swarm(repo, "diff", "nope")
     assert (out.returncode, out.stderr) == (
         2,
-        "swarm: no task 'nope' in run 20240101-000000-abcd; `swarm status` lists them\n",
+        (
+            "swarm: no task 'nope' in run 20240101-000000-abcd;"
+            " `swarm status --run 20240101-000000-abcd` lists them\n"
+        ),
     )
 
 

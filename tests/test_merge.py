@@ -1376,7 +1376,10 @@ def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Branche
     [
         (
             ["nope"],
-            "swarm: no task 'nope' in run 20240101-000000-abcd; `swarm status` lists them\n",
+            (
+                "swarm: no task 'nope' in run 20240101-000000-abcd;"
+                " `swarm status --run 20240101-000000-abcd` lists them\n"
+            ),
         ),
         (
             ["--check", "pytest 'unclosed"],

@@ -735,7 +735,8 @@ def test_actions_that_cannot_be_done_say_why_and_change_nothing(
     git(repo, "config", "remote.origin.pushurl", str(tmp_path / "missing.git"))
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     app, store = open_app(repo)
-    with pytest.raises(BadInputError, match=r"^no task 'zz' in run .*; `swarm status` lists them$"):
+    said = r"^no task 'zz' in run (.*); `swarm status --run \1` lists them$"
+    with pytest.raises(BadInputError, match=said):
         watch_actions.retry(app.repo, store, app.run_id, "zz")
     gate = repo.parent / "gate"
 

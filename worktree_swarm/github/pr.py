@@ -58,7 +58,9 @@ def select_tasks(store: Store, run_id: str, task_ids: Sequence[str] = ()) -> lis
     for task_id in dict.fromkeys(task_ids):
         row = by_id.get(task_id)
         if row is None:
-            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+            raise BadInputError(
+                f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
+            )
         if row.state is not TaskState.DONE:
             raise BadInputError(
                 f"task {task_id!r} is {row.state.value}, not done; only done tasks get a pull"

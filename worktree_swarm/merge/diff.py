@@ -139,7 +139,9 @@ def named_rows(store: Store, run_id: str, task_ids: Sequence[str]) -> list[TaskR
     for task_id in dict.fromkeys(task_ids):
         row = by_id.get(task_id)
         if row is None:
-            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+            raise BadInputError(
+                f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
+            )
         rows.append(row)
     return rows
 

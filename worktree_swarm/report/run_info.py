@@ -124,7 +124,9 @@ def log_path(store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]
     """The newest attempt's log of *task_id*."""
     row = store.task(run_id, task_id)
     if row is None:
-        raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+        raise BadInputError(
+            f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
+        )
     attempts = store.attempts(run_id, task_id)
     if not attempts and row.state.is_final:  # it never will: no log, not a wrong question
         why = f": {printable(row.reason)}" if row.reason else ""

@@ -49,7 +49,9 @@ def stop(
     rows = {row.task_id: row for row in store.tasks(run_id)}
     for task_id in task_ids:
         if task_id not in rows:
-            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+            raise BadInputError(
+                f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
+            )
     run = store.get_run(run_id)
     if grace is None:
         grace = run.settings.kill_grace if run is not None else DEFAULT_GRACE

@@ -38,7 +38,9 @@ def check_known(store: Store, run_id: str, task_ids: Sequence[str]) -> None:
     known = {row.task_id for row in store.tasks(run_id)}
     for task_id in task_ids:
         if task_id not in known:
-            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+            raise BadInputError(
+                f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
+            )
 
 
 def prepare(

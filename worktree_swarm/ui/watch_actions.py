@@ -47,7 +47,9 @@ def retry(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResu
     """
     row = store.task(run_id, task_id)
     if row is None:
-        raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+        raise BadInputError(
+            f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
+        )
     if not row.state.is_final:
         return ActionResult(ok=False, message=f"{task_id} is {row.state.value}; stop it first")
     if row.state is TaskState.DONE:
