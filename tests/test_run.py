@@ -1728,6 +1728,38 @@ def test_logs_show_agent_output(repo: Path, write_agent: AgentFactory) -> None:
     assert "to stderr" in out.stdout
 
 
+def test_logs_print_what_a_tasks_checks_and_setup_printed(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A failed check's reason shows its first line; the rest was in `status --json` and the
+    # HTML report only. A task whose setup failed had no log to show at all.
+    agent = write_agent("open('f', 'w').write('x')")
+    check = f"{sys.executable} -c \"print('first'); print('second detail'); raise SystemExit(1)\""
+    setup = f"{sys.executable} -c \"print('npm ERR! boom'); raise SystemExit(4)\""
+    text = (
+        f"[defaults]\nagent = {argv_toml(agent)}\n"
+        f'[[task]]\nid = "checked"\nprompt = "p"\nchecks = [{json.dumps(check)}]\n'
+        f'[[task]]\nid = "set"\nprompt = "p"\nsetup = [{json.dumps(setup)}]\n'
+        f'[[task]]\nid = "plain"\nprompt = "p"\n'
+    )
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    out = swarm(repo, "logs", "checked", "--checks")
+    assert out.returncode == 0, out.stderr
+    assert "second detail" in out.stdout
+    assert swarm(repo, "logs", "checked", "--checks", "-f").stdout == out.stdout  # task ended
+    out = swarm(repo, "logs", "set")
+    assert out.returncode == 1
+    assert "`swarm logs set --setup` shows what its setup printed" in out.stderr
+    out = swarm(repo, "logs", "set", "--setup")
+    assert out.returncode == 0, out.stderr
+    assert "npm ERR! boom" in out.stdout
+    out = swarm(repo, "logs", "plain", "--checks")
+    assert (out.returncode, out.stderr) == (
+        1,
+        "swarm: task 'plain' has no checks output: none ran (done)\n",
+    )
+
+
 def test_logs_reach_your_terminal_without_an_agents_escapes(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -25,6 +25,8 @@ from worktree_swarm.report import run_info, status
 from worktree_swarm.ui import status_text
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from worktree_swarm.infra.store import Store
 
 
@@ -87,21 +89,34 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     return ExitCode.OK
 
 
-@click.command(epilog=example("swarm logs fix-login -f"))
+@click.command(epilog=example("swarm logs fix-login -f", "swarm logs fix-login --checks"))
 @click.argument("task_id", metavar="TASK")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing while the agent runs.")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option(
+    "--checks", "step", flag_value="checks", help="Print what its checks printed instead."
+)
+@click.option(
+    "--setup", "step", flag_value="setup", help="Print what its setup commands printed instead."
+)
 @click.pass_context
-def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> int:
-    """Print the agent's output (newest attempt)."""
+def logs(
+    ctx: click.Context, task_id: str, follow: bool, run_id: str | None, step: str | None
+) -> int:
+    """Print the agent's output (newest attempt), or its checks' or setup's."""
     repo = context_repo(ctx, empty_ok=True)
     with store_to_read(repo) as store:
         run_id = run_info.resolve_run(store, run_id)
-        path, attempt = run_info.log_path(store, run_id, task_id)
+        ended: Callable[[], bool] | None
+        if step is None:
+            path, attempt = run_info.log_path(repo, store, run_id, task_id)
+            ended = functools.partial(_ended, store, run_id, attempt.id) if follow else None
+        else:
+            path = run_info.step_log_path(repo, store, run_id, task_id, step)
+            ended = functools.partial(_task_ended, store, run_id, task_id) if follow else None
         run_info.know_task_secrets(repo, store, run_id, task_id)  # while it runs the log is raw
         # Whole lines through the redactor, so a secret is never split across two writes.
         out = RedactingWriter(sys.stdout.buffer)
-        ended = functools.partial(_ended, store, run_id, attempt.id) if follow else None
         try:
             logtail.copy_log(path, out, ended=ended)
         except OSError as exc:  # a pipe or a link an agent left in its place
@@ -112,6 +127,18 @@ def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> 
 def _ended(store: Store, run_id: str, attempt_id: int) -> bool:
     """Whether a follower is done: its reader went away (``| head -1``), or the attempt ended."""
     return streams.reader_gone() or _attempt_ended(store, run_id, attempt_id)
+
+
+def _task_ended(store: Store, run_id: str, task_id: str) -> bool:
+    """Whether a follower of a task's checks or setup is done.
+
+    Its reader went away, the task is in a final state, or no manager runs its run.
+    """
+    if streams.reader_gone():
+        return True
+    row = store.task(run_id, task_id)
+    run = store.get_run(run_id)
+    return row is None or row.state.is_final or run is None or not run_info.manager_running(run)
 
 
 def _attempt_ended(store: Store, run_id: str, attempt_id: int) -> bool:

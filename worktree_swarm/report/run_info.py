@@ -120,7 +120,7 @@ def manager_running(run: RunRow) -> bool:
     return proctree.is_alive(ident)
 
 
-def log_path(store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]:
+def log_path(repo: git.Repo, store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]:
     """The newest attempt's log of *task_id*."""
     row = store.task(run_id, task_id)
     if row is None:
@@ -130,10 +130,30 @@ def log_path(store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]
     attempts = store.attempts(run_id, task_id)
     if not attempts and row.state.is_final:  # it never will: no log, not a wrong question
         why = f": {printable(row.reason)}" if row.reason else ""
-        raise SwarmError(f"task {task_id!r} never started an agent ({row.state.value}{why})")
+        ran = (run_dir(repo, run_id) / task_id / "setup.log").is_file()
+        see = f"; `swarm logs {task_id} --setup` shows what its setup printed" if ran else ""
+        raise SwarmError(f"task {task_id!r} never started an agent ({row.state.value}{why}){see}")
     if not attempts:
         raise BadInputError(f"task {task_id!r} has not started an agent yet")
     return Path(attempts[-1].log_path), attempts[-1]
+
+
+def step_log_path(repo: git.Repo, store: Store, run_id: str, task_id: str, step: str) -> Path:
+    """The output of *task_id*'s *step* (``setup``, ``checks``) in its latest attempt: its log.
+
+    SwarmError where none ran yet (a task that never got that far says how it ended).
+    """
+    row = store.task(run_id, task_id)
+    if row is None:
+        raise BadInputError(
+            f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
+        )
+    path = run_dir(repo, run_id) / task_id / f"{step}.log"
+    if not path.is_file():
+        why = f": {printable(row.reason)}" if row.reason else ""
+        how = f" ({row.state.value}{why})" if row.state.is_final else ""
+        raise SwarmError(f"task {task_id!r} has no {step} output: none ran{how}")
+    return path
 
 
 def know_task_secrets(repo: git.Repo, store: Store, run_id: str, task_id: str) -> None:
