@@ -269,6 +269,7 @@ def test_an_object_you_prune_while_no_manager_runs_stays_gone_after_the_resumed_
     assert blob not in _objects(repo)
     out = swarm(repo, "resume")
     assert out.returncode == 0, out.stdout + out.stderr
+    assert ": resumed\n" in out.stdout.splitlines(keepends=True)[0]  # not "started"
     assert status_json(repo)["t1"]["state"] == "done"
     assert blob not in _objects(repo)
     assert not (repo / ".git" / "objects" / blob[:2] / blob[2:]).exists()

@@ -66,6 +66,7 @@ class RunState:
         self._states = dict(states or {t.id: TaskState.PENDING for t in spec.tasks})
         self._live: dict[str, Live] = {}
         self._adopt: dict[str, Live] = {}
+        self._resumed = False  # a run its earlier manager started (`swarm resume`, `retry`)
         self._ports = PortClaims()  # blocks of SWARM_PORT, apart from other managers' too
         # Taken off in C, no Python run in between: a stop signal's KeyboardInterrupt lands
         # before a task's outcome is taken or after it is the caller's (a Queue's `get` runs

@@ -121,6 +121,7 @@ class Runner(TaskLaunch):
             observer=observer,
             states=states,
         )
+        runner._resumed = True
         verdicts, spent = since_last_retry(
             store, run_id, {r.task_id for r in rows if r.state.is_final}
         )
@@ -165,7 +166,8 @@ class Runner(TaskLaunch):
             self.store.on_full = None
 
     def _execute(self) -> dict[str, TaskState]:
-        self._emit("run_started", None, {"run_id": self.run_id, "base": self.base_commit})
+        started = {"run_id": self.run_id, "base": self.base_commit}
+        self._emit("run_started", None, {**started, "resumed": True} if self._resumed else started)
         if self.spec.sandbox and self.spec.executor is not Executor.RAY:
             sandbox.prepare(self.repo.common_dir)  # before the guard's baseline
         self.guard.start()

@@ -73,7 +73,7 @@ class PlainObserver:
                 f"back ({data.get('reason')}); the run waits until there is room: free some space"
             )
         elif kind == "run_started":
-            line = f"run {data.get('run_id')}: started"
+            line = f"run {data.get('run_id')}: {'resumed' if data.get('resumed') else 'started'}"
         elif kind == "run_finished":  # how it ended: finished, interrupted, ...
             line = f"run {data.get('status')}"
         else:
