@@ -31,6 +31,7 @@ from worktree_swarm.cli import (
 from worktree_swarm.cli.failures import one_line, swarm_error, unexpected
 from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
 from worktree_swarm.core.text import is_utf8, without_escapes
+from worktree_swarm.infra import interrupts
 
 # Each command imports what only it needs when it runs (the runner, the manifest reader,
 # rich's live table, ...): this module imports in ~140 ms instead of ~330, which `swarm status`
@@ -97,13 +98,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM, and SIGHUP (the terminal closed), interrupt the command as Ctrl-C does.
 
     A SIGHUP that is ignored (``nohup``) stays ignored. After a hangup what is still said on
-    the terminal goes nowhere: writing there fails, and would cut the stop short.
+    the terminal goes nowhere: writing there fails, and would cut the stop short. While a run
+    loop goes on, each (Ctrl-C too) is raised at its next look (:mod:`.interrupts`).
     """
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             _away_from_terminal()
-        raise KeyboardInterrupt
+        interrupts.on_signal()
 
     if threading.current_thread() is not threading.main_thread():
         yield  # signals reach the main thread only (a command called from a thread)
@@ -111,6 +113,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     caught = [signal.SIGTERM]
     if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
         caught.append(signal.SIGHUP)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Ctrl-C, not ignored
+        caught.append(signal.SIGINT)
     previous = {signum: signal.signal(signum, handler) for signum in caught}
     try:
         yield

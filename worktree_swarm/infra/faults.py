@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.text import one_line, without_escapes
-from worktree_swarm.infra import fs, proc
+from worktree_swarm.infra import fs, interrupts, proc
 
 _T = TypeVar("_T")
 _NO_SPACE = "No space left on device"
@@ -152,7 +152,7 @@ class Pause:
                 else f"paused: the disk is full ({why(exc)}); retrying"
             )
             self._write({"reason": reason, "since": self._since})
-        self._stopping.wait(delay)
+        interrupts.wait(self._stopping, delay)  # a run's stop signal ends its main thread's
 
     def _write(self, data: dict[str, object]) -> None:
         payload = json.dumps(data).encode() if data else b""

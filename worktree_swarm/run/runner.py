@@ -29,7 +29,7 @@ from worktree_swarm.core.run_settings import Executor, RunSettings, RunSpec
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import sandbox
 from worktree_swarm.guard.watcher import UNWATCHED_EVENT
-from worktree_swarm.infra import faults, proc, proctree, scrub
+from worktree_swarm.infra import faults, interrupts, proc, proctree, scrub
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import task_from_json, task_to_json
 from worktree_swarm.run.ray_cluster import unreachable
@@ -158,7 +158,8 @@ class Runner(TaskLaunch):
         previous_hook = threading.excepthook
         threading.excepthook = faults.thread_hook(self.manager_log)
         try:
-            return self._execute()
+            with interrupts.deferred():  # raised at the loop's looks, never inside a step
+                return self._execute()
         finally:
             self._worker.close()
             self._ports.close()
@@ -178,6 +179,7 @@ class Runner(TaskLaunch):
         try:
             self._start_adopted()
             while True:
+                interrupts.check()
                 self._starved = False  # this pass's launches say whether a thread was refused
                 self._apply_blocking()
                 if (halted := self._worker.halted()) is not None:
@@ -190,7 +192,7 @@ class Runner(TaskLaunch):
                     self._launch_ready()
                 if not self._live and self._starved:
                     self._poll_stop_requests()
-                    self._stopping.wait(STARVED_WAIT)  # threads ended elsewhere free up
+                    interrupts.wait(self._stopping, STARVED_WAIT)  # threads end elsewhere
                     continue
                 if not self._live:
                     break
@@ -260,6 +262,7 @@ class Runner(TaskLaunch):
         """
         resting = self._resting()
         while True:
+            interrupts.check()
             try:
                 task_id, outcome = self._done.get(timeout=0.25)
             except queue.Empty:
