@@ -28,6 +28,13 @@ class BadInputError(SwarmError):
     exit_code = ExitCode.BAD_INPUT
 
 
+def unknown_task(task_id: str, run_id: str) -> BadInputError:
+    """The refusal of a task id run *run_id* does not have, naming what lists its tasks."""
+    return BadInputError(
+        f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
+    )
+
+
 class RunInterruptedError(SwarmError):
     """The run cannot go on for now (its Ray cluster is lost); `swarm resume` carries it on."""
 

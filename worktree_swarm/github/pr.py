@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import BadInputError, SwarmError, unknown_task
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.text import Echo
 from worktree_swarm.git import branches as git_branches
@@ -58,9 +58,7 @@ def select_tasks(store: Store, run_id: str, task_ids: Sequence[str] = ()) -> lis
     for task_id in dict.fromkeys(task_ids):
         row = by_id.get(task_id)
         if row is None:
-            raise BadInputError(
-                f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
-            )
+            raise unknown_task(task_id, run_id)
         if row.state is not TaskState.DONE:
             raise BadInputError(
                 f"task {task_id!r} is {row.state.value}, not done; only done tasks get a pull"

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
+from worktree_swarm.core.errors import CommandError, SwarmError, unknown_task
 from worktree_swarm.core.task import BRANCH_PREFIX, is_valid_task_id
 from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
@@ -139,9 +139,7 @@ def named_rows(store: Store, run_id: str, task_ids: Sequence[str]) -> list[TaskR
     for task_id in dict.fromkeys(task_ids):
         row = by_id.get(task_id)
         if row is None:
-            raise BadInputError(
-                f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
-            )
+            raise unknown_task(task_id, run_id)
         rows.append(row)
     return rows
 

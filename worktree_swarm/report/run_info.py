@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
 
-from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import BadInputError, SwarmError, unknown_task
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR
@@ -124,9 +124,7 @@ def log_path(repo: git.Repo, store: Store, run_id: str, task_id: str) -> tuple[P
     """The newest attempt's log of *task_id*."""
     row = store.task(run_id, task_id)
     if row is None:
-        raise BadInputError(
-            f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
-        )
+        raise unknown_task(task_id, run_id)
     attempts = store.attempts(run_id, task_id)
     if not attempts and row.state.is_final:  # it never will: no log, not a wrong question
         why = f": {printable(row.reason)}" if row.reason else ""
@@ -145,9 +143,7 @@ def step_log_path(repo: git.Repo, store: Store, run_id: str, task_id: str, step:
     """
     row = store.task(run_id, task_id)
     if row is None:
-        raise BadInputError(
-            f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
-        )
+        raise unknown_task(task_id, run_id)
     path = run_dir(repo, run_id) / task_id / f"{step}.log"
     if not path.is_file():
         why = f": {printable(row.reason)}" if row.reason else ""

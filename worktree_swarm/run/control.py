@@ -12,7 +12,7 @@ import filelock
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
-from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import SwarmError, unknown_task
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunStatus, TaskState
 from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, run_dir
 from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE, Executor
@@ -49,9 +49,7 @@ def stop(
     rows = {row.task_id: row for row in store.tasks(run_id)}
     for task_id in task_ids:
         if task_id not in rows:
-            raise BadInputError(
-                f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
-            )
+            raise unknown_task(task_id, run_id)
     run = store.get_run(run_id)
     if grace is None:
         grace = run.settings.kill_grace if run is not None else DEFAULT_GRACE

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import BadInputError, SwarmError, unknown_task
 from worktree_swarm.core.models import MERGE_CHECKING, TaskState
 from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR, DEFAULT_MAX_FILE
@@ -38,9 +38,7 @@ def check_known(store: Store, run_id: str, task_ids: Sequence[str]) -> None:
     known = {row.task_id for row in store.tasks(run_id)}
     for task_id in task_ids:
         if task_id not in known:
-            raise BadInputError(
-                f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
-            )
+            raise unknown_task(task_id, run_id)
 
 
 def prepare(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.errors import unknown_task
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.text import one_line
 from worktree_swarm.git import repo as git
@@ -47,9 +47,7 @@ def retry(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResu
     """
     row = store.task(run_id, task_id)
     if row is None:
-        raise BadInputError(
-            f"no task {task_id!r} in run {run_id}; `swarm status --run {run_id}` lists them"
-        )
+        raise unknown_task(task_id, run_id)
     if not row.state.is_final:
         return ActionResult(ok=False, message=f"{task_id} is {row.state.value}; stop it first")
     if row.state is TaskState.DONE:
