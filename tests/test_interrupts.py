@@ -62,3 +62,18 @@ def test_a_wait_of_the_run_loop_ends_at_a_stop_signal_and_only_there() -> None:
             interrupts.wait(never, 600)  # a full disk's pause, waited out until stopped
         asking.join()
     assert interrupts.wait(never, 0) is False  # no loop defers: a plain wait
+
+
+@pytest.mark.usefixtures("handled")
+def test_the_stop_a_signal_started_goes_on_through_its_own_waits() -> None:
+    # Raised again at every look, the stop's own pause (its state written on a full disk)
+    # ended it at once: an outcome lost, the run never marked ended.
+    never = threading.Event()
+    with interrupts.deferred():
+        signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+        interrupts.check()  # raised once
+        assert interrupts.wait(never, 0.05) is False  # the stop's pause waits its time
+        with pytest.raises(KeyboardInterrupt):  # a second signal cuts the stop short
+            signal.raise_signal(signal.SIGTERM)

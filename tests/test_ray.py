@@ -461,6 +461,28 @@ def test_stop_leaves_no_process_on_any_node(cluster: raykit.Cluster, tmp_path: P
         assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
 
 
+def test_sigterm_to_a_ray_coordinator_stops_its_run_as_locally(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # `ray.init` made SIGTERM a SystemExit raised wherever the coordinator's main thread was:
+    # exit 15, its run left `running`, its agents left to `swarm stop`.
+    repo, _remote, ctl = setup_repo(tmp_path, ["t1"])
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("the agent to start", lambda: agents_started(ctl, 1))
+        manager.send_signal(signal.SIGTERM)
+        assert manager.wait(timeout=180) == 130
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+            manager.wait(timeout=30)
+    assert status(repo)["t1"]["state"] == "stopped"
+    runs = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
+    assert [r["state"] for r in runs] == ["interrupted"]
+
+
 def test_coordinator_killed_then_resume_reattaches_to_live_actors(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

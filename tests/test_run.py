@@ -1753,6 +1753,8 @@ def test_logs_print_what_a_tasks_checks_and_setup_printed(
     out = swarm(repo, "logs", "set", "--setup")
     assert out.returncode == 0, out.stderr
     assert "npm ERR! boom" in out.stdout
+    out = swarm(repo, "logs", "set", "--checks", "--setup")
+    assert (out.returncode, out.stderr) == (2, "swarm: --checks and --setup: one at a time\n")
     out = swarm(repo, "logs", "plain", "--checks")
     assert (out.returncode, out.stderr) == (
         1,

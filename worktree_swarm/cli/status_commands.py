@@ -93,17 +93,21 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
 @click.argument("task_id", metavar="TASK")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing while the agent runs.")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
-@click.option(
-    "--checks", "step", flag_value="checks", help="Print what its checks printed instead."
-)
-@click.option(
-    "--setup", "step", flag_value="setup", help="Print what its setup commands printed instead."
-)
+@click.option("--checks", is_flag=True, help="Print what its checks printed instead.")
+@click.option("--setup", is_flag=True, help="Print what its setup commands printed instead.")
 @click.pass_context
 def logs(
-    ctx: click.Context, task_id: str, follow: bool, run_id: str | None, step: str | None
+    ctx: click.Context,
+    task_id: str,
+    follow: bool,
+    run_id: str | None,
+    checks: bool,
+    setup: bool,
 ) -> int:
     """Print the agent's output (newest attempt), or its checks' or setup's."""
+    if checks and setup:
+        raise BadInputError("--checks and --setup: one at a time")
+    step = "checks" if checks else "setup" if setup else None
     repo = context_repo(ctx, empty_ok=True)
     with store_to_read(repo) as store:
         run_id = run_info.resolve_run(store, run_id)

@@ -6,8 +6,9 @@ a task's outcome off a queue and keeping it. The manager's run loop then waited 
 lock nobody would release, or an outcome nobody held. While a run loop goes on
 (:func:`deferred`), a stop signal (Ctrl-C, SIGTERM, a closed terminal's SIGHUP) is only noted,
 and raised as KeyboardInterrupt at the loop's next look (:func:`check`, :func:`wait`: a
-quarter of a second at most); a second one, the stop already asked for, is raised at once
-(a stop that itself hangs can still be cut short).
+quarter of a second at most), once: the stop it starts (its writes waiting out a full disk
+included) goes on; a second one, the stop already asked for, is raised at once (a stop that
+itself hangs can still be cut short).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 _LOOK = 0.1  # seconds between looks of a deferred wait
 
 _asked: threading.Event | None = None  # while a run loop defers stop signals
+_raised = False  # the one noted was raised (by :func:`check`)
 
 
 def on_signal() -> None:
@@ -37,31 +39,30 @@ def deferred() -> Iterator[None]:
     In the main thread only (where signal handlers run); one noted and not yet raised when
     the block ends is dropped: what the block did is done.
     """
-    global _asked  # noqa: PLW0603 - the handler's, read from the main thread alone
+    global _asked, _raised
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous, _asked = _asked, threading.Event()
+    previous, _asked, _raised = (_asked, _raised), threading.Event(), False
     try:
         yield
     finally:
-        _asked = previous
+        _asked, _raised = previous
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt in the main thread where a deferred stop signal came."""
+    """Raise KeyboardInterrupt in the main thread where a deferred stop signal came (once)."""
+    global _raised  # noqa: PLW0603 - the main thread's alone
     asked = _asked
-    if (
-        asked is not None
-        and asked.is_set()
-        and threading.current_thread() is threading.main_thread()
-    ):
+    main = threading.current_thread() is threading.main_thread()
+    if main and asked is not None and asked.is_set() and not _raised:
+        _raised = True
         raise KeyboardInterrupt
 
 
 def wait(event: threading.Event, timeout: float) -> bool:
     """``event.wait(timeout)``, cut short by a deferred stop signal (:func:`check`)."""
-    if _asked is None or threading.current_thread() is not threading.main_thread():
+    if _asked is None or _raised or threading.current_thread() is not threading.main_thread():
         return event.wait(timeout)
     end = time.monotonic() + timeout
     while True:

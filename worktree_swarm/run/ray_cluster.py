@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -64,6 +65,9 @@ def connect(address: str, *, lost_after: float = 60.0) -> None:
             return
         _probe(address or os.environ.get("RAY_ADDRESS", ""))
         os.environ[_GCS_PATIENCE] = str(int(lost_after + _PATIENCE_MARGIN))
+        # `ray.init` makes SIGTERM a SystemExit raised wherever the main thread is: swarm's
+        # own handler (the run's stop, between steps) is put back.
+        sigterm = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(
                 address=address or "auto",
@@ -78,6 +82,9 @@ def connect(address: str, *, lost_after: float = 60.0) -> None:
                 f"cannot reach a Ray cluster at {where}: {first}; start one with `ray start "
                 "--head` or pass --ray-address"
             ) from None
+        finally:
+            if sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, sigterm)
 
 
 def _probe(address: str) -> None:

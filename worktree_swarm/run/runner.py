@@ -198,6 +198,7 @@ class Runner(TaskLaunch):
                     break
                 self._wait_for_one()
             self._final_scan()
+            interrupts.check()  # one that came during the last scan: the run was interrupted
         except KeyboardInterrupt:
             self.request_stop()
             self._drain()

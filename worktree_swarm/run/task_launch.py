@@ -19,7 +19,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, TaskState
 from worktree_swarm.core.run_settings import Executor, RunSpec
 from worktree_swarm.core.task import Task
-from worktree_swarm.infra import faults, proc, proctree
+from worktree_swarm.infra import faults, interrupts, proc, proctree
 from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.run.run_worker import Live, TaskOutcome
 from worktree_swarm.run.task_ends import TaskEnds
@@ -43,11 +43,11 @@ class TaskLaunch(TaskEnds):
         ]  # fmt: skip
         for live in self._adopt.values():
             while not self._launch(live):
-                self._stopping.wait(STARVED_WAIT)
+                interrupts.wait(self._stopping, STARVED_WAIT)
             self._states[live.task.id] = TaskState.RUNNING
         self._adopt.clear()
         for live in open_ones:
-            while not live.adopted.wait(timeout=0.25):
+            while not interrupts.wait(live.adopted, 0.25):
                 self._poll_stop_requests()
                 self._apply_guard()
 
