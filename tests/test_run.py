@@ -1074,6 +1074,44 @@ def test_a_stop_signal_as_the_run_loop_takes_an_outcome_neither_loses_it_nor_han
     assert git(repo, "show", "swarm/quick:work.txt") == "quick"
 
 
+# `swarm run` that gets a stop signal (as by Ctrl-C) as its last guard scan ends.
+_SIGNALLED_AT_THE_LAST_SCAN = """
+import sys
+from worktree_swarm.cli import main
+from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra import interrupts
+
+looked_last = Guard.looked_last
+
+def signalled(self):
+    interrupts.on_signal()  # what the handler does, at this moment
+    looked_last(self)
+
+Guard.looked_last = signalled
+sys.argv = ["swarm", "run", sys.argv[1]]
+sys.exit(main())
+"""
+
+
+def test_a_stop_signal_during_the_runs_last_scan_ends_it_interrupted(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Dropped, it ended the run `finished`, exit 0: `timeout 8h swarm run && swarm merge`
+    # merged. Its tasks are done all the same.
+    agent = write_agent("open('work.txt', 'w').write('work')")
+    path = manifest(
+        repo, f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "p"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_AT_THE_LAST_SCAN, path], cwd=repo,
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert status_json(repo)["t"]["state"] == "done"
+    runs = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
+    assert [r["state"] for r in runs] == ["interrupted"]
+
+
 def test_a_closed_terminal_stops_the_run_as_ctrl_c_does(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

@@ -176,33 +176,17 @@ class Runner(TaskLaunch):
             self._emit(UNWATCHED_EVENT, None, unwatched.as_dict())
         self.guard.keep_base_for_resume()
         self.guard.watch_in_background()
+        scanned = False  # the run's last scan made (once: it lets go of the baselines)
         try:
-            self._start_adopted()
-            while True:
-                interrupts.check()
-                self._starved = False  # this pass's launches say whether a thread was refused
-                self._apply_blocking()
-                if (halted := self._worker.halted()) is not None:
-                    self._halt(halted)
-                if self._stopping.is_set():
-                    self._stop_pending("run stopped before it started")
-                elif self.gate.over_budget:
-                    self._stop_pending("budget reached before it started")
-                else:
-                    self._launch_ready()
-                if not self._live and self._starved:
-                    self._poll_stop_requests()
-                    interrupts.wait(self._stopping, STARVED_WAIT)  # threads end elsewhere
-                    continue
-                if not self._live:
-                    break
-                self._wait_for_one()
+            self._loop()
             self._final_scan()
+            scanned = True
             interrupts.check()  # one that came during the last scan: the run was interrupted
         except KeyboardInterrupt:
             self.request_stop()
             self._drain()
-            self._final_scan()
+            if not scanned:
+                self._final_scan()
             self._scrub_logs()
             self.store.finish_run(self.run_id, status=RunStatus.INTERRUPTED)
             self._emit("run_finished", None, {"status": RunStatus.INTERRUPTED.value})
@@ -215,6 +199,29 @@ class Runner(TaskLaunch):
         self.store.finish_run(self.run_id, status=status)
         self._emit("run_finished", None, {"status": status.value})
         return dict(self._states)
+
+    def _loop(self) -> None:
+        """Launch tasks and take their ends until none is left; a stop signal at each turn."""
+        self._start_adopted()
+        while True:
+            interrupts.check()
+            self._starved = False  # this pass's launches say whether a thread was refused
+            self._apply_blocking()
+            if (halted := self._worker.halted()) is not None:
+                self._halt(halted)
+            if self._stopping.is_set():
+                self._stop_pending("run stopped before it started")
+            elif self.gate.over_budget:
+                self._stop_pending("budget reached before it started")
+            else:
+                self._launch_ready()
+            if not self._live and self._starved:
+                self._poll_stop_requests()
+                interrupts.wait(self._stopping, STARVED_WAIT)  # threads end elsewhere
+                continue
+            if not self._live:
+                return
+            self._wait_for_one()
 
     def _halt(self, why: str) -> NoReturn:
         """End the run as interrupted, its unfinished tasks pending: it cannot go on (*why*).
