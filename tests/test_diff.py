@@ -259,6 +259,9 @@ def test_run_then_diff_and_merge_end_to_end(repo: Path, tmp_path: Path) -> None:
     assert (status["aa"]["merge_result"], status["bb"]["merge_result"]) == ("merged", "conflicted")
     assert status["bb"]["merge_target"].startswith("swarm/integration-")
     assert checkout_snapshot(repo) == before
+    again = swarm(repo, "retry", "bb")  # done: what is left is the merge's
+    assert again.returncode == 2
+    assert "its merge conflicted: `swarm merge bb --resolve` has its agent" in again.stderr
     # Beside one directory per task, a run's directory holds only the names no task may take.
     assert swarm(repo, "note", "a finding").returncode == 0
     (run,) = (repo / ".git" / "swarm" / "runs").iterdir()

@@ -118,6 +118,11 @@ def _check_named(repo: git.Repo, row: TaskRow, taken: dict[str, str], run_id: st
             what = f"{row.state.value}; its branch {row.branch} was deleted since"
         if not row.state.is_final:
             what = "still in progress; `swarm resume` carries it on"
+        elif row.merge_result == "conflicted":  # what is left to do is the merge's
+            what += (
+                f"; its merge conflicted: `swarm merge {row.task_id} --resolve` has its agent"
+                " resolve it"
+            )
         raise BadInputError(f"task {row.task_id} of run {run_id} is {what}")
 
 
