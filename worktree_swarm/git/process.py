@@ -8,7 +8,6 @@ hardening here: the runner (:mod:`worktree_swarm.git.runner`) adds it before cal
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import os
@@ -16,14 +15,12 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-import psutil
-
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, GitStartError
-from worktree_swarm.infra import fs, pipes
+from worktree_swarm.infra import fs, pipes, proctree
 from worktree_swarm.infra.proc import clean_env, system_limit
 
 # On every command: never prompt, messages in English (some are matched), and the objects as
@@ -113,8 +110,8 @@ def execute_bytes(
     return done
 
 
-# How often a command given a stop looks at it; how long it, then what it started, has to
-# end on SIGTERM, and on SIGKILL.
+# How often a command given a stop looks at it; how long it and what it started have to
+# end on SIGTERM, and what still holds its pipes is then waited for.
 _STOP_POLL = 0.2
 _STOP_GRACE = 5.0
 
@@ -125,51 +122,32 @@ def _communicate(
     """What *proc* wrote to its pipes, once it ended; whether *stop* ended it.
 
     Stopped, git and what it started (a transport, a pack, a helper: it may hold the pipes
-    after git is gone) get SIGTERM, then SIGKILL after a grace; a process still holding them
-    one more grace later (escaped from the tree) is no longer waited for.
+    after git is gone) are ended as an agent's tree is (:func:`proctree.kill_tree`); a
+    process still holding them a grace later (escaped from the tree) is not waited for.
     """
     if stop is None:
         out, err = proc.communicate(input_bytes)
         return out, err, False
     if input_bytes is not None:  # `communicate` sends input only on its first call
         raise ValueError("a git command given input cannot be stopped half-way")
-    tree: dict[int, psutil.Process] = {}
-    ending = None
+    ended: float | None = None
     while True:
         try:
             out, err = proc.communicate(timeout=_STOP_POLL)
         except subprocess.TimeoutExpired:
             if not stop.is_set():
                 continue
-            tree.update(_descendants(proc))
-            now = time.monotonic()
-            if ending is None:
-                ending = now
-                _signal(proc, tree.values(), kill=False)
-            elif now > ending + 2 * _STOP_GRACE:
+            if ended is None:
+                identity = proctree.identity_of(proc.pid)
+                if identity is not None:
+                    proctree.kill_tree(identity, grace=_STOP_GRACE)
+                ended = time.monotonic()
+            elif time.monotonic() > ended + _STOP_GRACE:
                 proc.kill()
                 proc.wait()
                 return None, None, True
-            elif now > ending + _STOP_GRACE:
-                _signal(proc, tree.values(), kill=True)
         else:
-            return out, err, ending is not None
-
-
-def _descendants(proc: subprocess.Popen[bytes]) -> dict[int, psutil.Process]:
-    """What *proc* started, and they did (each known by its start time), while it runs."""
-    try:
-        return {child.pid: child for child in psutil.Process(proc.pid).children(recursive=True)}
-    except psutil.Error:
-        return {}
-
-
-def _signal(proc: subprocess.Popen[bytes], tree: Iterable[psutil.Process], *, kill: bool) -> None:
-    """SIGTERM (SIGKILL with *kill*) *proc* and each of *tree* still the process it was."""
-    for child in tree:
-        with contextlib.suppress(psutil.Error):  # gone, or its PID another's now
-            child.kill() if kill else child.terminate()
-    proc.kill() if kill else proc.terminate()
+            return out, err, ended is not None
 
 
 # Waits between starts of git refused for want of a process (EAGAIN): 1.5 s in all.
