@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import git, git_first_on_path, make_repo
+from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, make_repo
 from tests.mergekit import record_run
 from tests.test_guard_remotes import push_upstream
 from tests.test_guard_worktrees import FIND_VICTIM, VICTIM
@@ -57,13 +57,8 @@ class Hook:
         q = {name: shlex.quote(str(tmp_path / name)) for name in
              ("armed", "hung", "release", "finished", "taken")}  # fmt: skip
         git_first_on_path(tmp_path, monkeypatch, lambda real: (
-            "#!/bin/sh\n"
-            'sub=""; skip=0\n'
-            'for a in "$@"; do\n'
-            "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
-            '  case "$a" in -c|-C) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
-            "done\n"
-            f'if [ -e {q["armed"]} ] && [ "$sub" = {shlex.quote(step)} ] && {matches}'
+            GIT_SUBCOMMAND
+            + f'if [ -e {q["armed"]} ] && [ "$sub" = {shlex.quote(step)} ] && {matches}'
             f' && mkdir {q["taken"]} 2>/dev/null; then\n'
             f'  echo "$PWD $*" > {q["hung"]}.part && mv {q["hung"]}.part {q["hung"]}\n'
             f'  while [ ! -e {q["release"]} ]; do sleep 0.05; done\n'
