@@ -27,7 +27,7 @@ from worktree_swarm.infra import faults, proctree
 from worktree_swarm.infra import redact as redaction
 from worktree_swarm.infra.lock import refuse_while_state_is_gone
 from worktree_swarm.infra.store import Store
-from worktree_swarm.infra.store_rows import AttemptRow, EventRow, RunRow, task_from_json
+from worktree_swarm.infra.store_rows import AttemptRow, EventRow, RunRow, TaskRow, task_from_json
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,15 +122,12 @@ def manager_running(run: RunRow) -> bool:
 
 def log_path(repo: git.Repo, store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]:
     """The newest attempt's log of *task_id*."""
-    row = store.task(run_id, task_id)
-    if row is None:
-        raise unknown_task(task_id, run_id)
+    row = _task_row(store, run_id, task_id)
     attempts = store.attempts(run_id, task_id)
     if not attempts and row.state.is_final:  # it never will: no log, not a wrong question
-        why = f": {printable(row.reason)}" if row.reason else ""
-        ran = (run_dir(repo, run_id) / task_id / "setup.log").is_file()
+        ran = _step_log(repo, run_id, task_id, "setup").is_file()
         see = f"; `swarm logs {task_id} --setup` shows what its setup printed" if ran else ""
-        raise SwarmError(f"task {task_id!r} never started an agent ({row.state.value}{why}){see}")
+        raise SwarmError(f"task {task_id!r} never started an agent ({_ended_as(row)}){see}")
     if not attempts:
         raise BadInputError(f"task {task_id!r} has not started an agent yet")
     return Path(attempts[-1].log_path), attempts[-1]
@@ -141,15 +138,30 @@ def step_log_path(repo: git.Repo, store: Store, run_id: str, task_id: str, step:
 
     SwarmError where none ran yet (a task that never got that far says how it ended).
     """
+    row = _task_row(store, run_id, task_id)
+    path = _step_log(repo, run_id, task_id, step)
+    if not path.is_file():
+        how = f" ({_ended_as(row)})" if row.state.is_final else ""
+        raise SwarmError(f"task {task_id!r} has no {step} output: none ran{how}")
+    return path
+
+
+def _step_log(repo: git.Repo, run_id: str, task_id: str, step: str) -> Path:
+    """Where *task_id*'s *step* (``setup``, ``checks``) writes what it prints."""
+    return run_dir(repo, run_id) / task_id / f"{step}.log"
+
+
+def _task_row(store: Store, run_id: str, task_id: str) -> TaskRow:
+    """*task_id*'s row in run *run_id*; BadInputError where the run has no such task."""
     row = store.task(run_id, task_id)
     if row is None:
         raise unknown_task(task_id, run_id)
-    path = run_dir(repo, run_id) / task_id / f"{step}.log"
-    if not path.is_file():
-        why = f": {printable(row.reason)}" if row.reason else ""
-        how = f" ({row.state.value}{why})" if row.state.is_final else ""
-        raise SwarmError(f"task {task_id!r} has no {step} output: none ran{how}")
-    return path
+    return row
+
+
+def _ended_as(row: TaskRow) -> str:
+    """A final task's state and reason, as one line: ``failed: setup ... exited 4``."""
+    return row.state.value + (f": {printable(row.reason)}" if row.reason else "")
 
 
 def know_task_secrets(repo: git.Repo, store: Store, run_id: str, task_id: str) -> None:
