@@ -182,9 +182,14 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     shown = json.loads(swarm(repo, "clean", "--json").stdout)
     assert (shown["findings"], shown["kept_before"]) == ([], ["swarm/edits", "swarm/fails"])
     assert checkout_state(repo) == before
+    git(repo, "branch", "-D", "swarm/fails")  # the user deleted one: the other is named alone
+    assert swarm(repo, "clean").stdout == (
+        "kept as before, not merged: swarm/edits (merge it, or delete it with --force)\n"
+        "nothing else to clean\n"
+    )
 
     found = report(repo, "clean", "--all", "--force", "--yes", code=0)
-    assert {t for t, f in found.items() if f["fixed"]} == {"swarm/edits", "swarm/fails"}
+    assert {t for t, f in found.items() if f["fixed"]} == {"swarm/edits"}
     assert not git(repo, "branch", "--list", "swarm/*")
     assert checkout_state(repo) == before
 

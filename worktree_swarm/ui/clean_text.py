@@ -33,8 +33,9 @@ def clean_text(report: Report) -> str:
         shown = report.kept_before[:_NAMED]
         more = len(report.kept_before) - len(shown)
         names = ", ".join(shown) + (f" and {more} more" if more else "")
+        them = "them" if len(report.kept_before) > 1 else "it"
         lines.append(
-            f"kept as before, not merged: {names} (merge them, or delete them with --force)"
+            f"kept as before, not merged: {names} (merge {them}, or delete {them} with --force)"
         )
     if not report.findings:
         lines.append("nothing to clean" if not report.kept_before else "nothing else to clean")
