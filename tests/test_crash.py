@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from tests.conftest import (
+    as_owner_only,
     checkpoint_lines,
     git,
     git_first_on_path,
@@ -315,6 +316,44 @@ def test_a_file_deep_in_your_history_deleted_while_no_manager_runs_is_put_back_o
     assert status_json(repo)["t1"]["state"] == "done"
     assert git(repo, "cat-file", "-t", blob) == "blob"
     assert git(repo, "fsck", "--no-dangling") == ""
+
+
+@pytest.mark.long
+def test_a_file_lost_while_no_manager_ran_comes_back_though_the_resumed_guard_cannot_look(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # A file deep in your history deleted while no manager ran, and a directory of the
+    # object store made unsearchable: the resumed guard's look at the dead manager's hold
+    # fails (EACCES). Not knowing what that hold keeps, it keeps it: the file's only copy.
+    (repo / "old.txt").write_text("as it was\n")
+    git(repo, "add", "old.txt")
+    git(repo, "commit", "-q", "-m", "old")
+    blob = git(repo, "rev-parse", "main:old.txt")
+    (repo / "old.txt").write_text("as it is\n")
+    git(repo, "commit", "-q", "-am", "new")
+    objects = repo / ".git" / "objects"
+    # An unreachable blob of yours, alone in a directory that sorts after the deleted file's.
+    stray = tmp_path / "stray.txt"
+    for i in range(10_000):
+        stray.write_text(f"stray {i}\n")
+        name = git(repo, "hash-object", str(stray))
+        if name[:2] > blob[:2] and not (objects / name[:2]).exists():
+            break
+    git(repo, "hash-object", "-w", str(stray))
+    _gated_run(repo, tmp_path, write_agent)
+    (objects / blob[:2] / blob[2:]).unlink()
+    hidden = objects / name[:2]
+    hidden.chmod(0)
+    try:
+        out = subprocess.run(
+            [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "resume"],
+            cwd=repo, capture_output=True, text=True, check=False, timeout=300,
+        )  # fmt: skip
+    finally:
+        hidden.chmod(0o755)
+    assert status_json(repo)["t1"]["state"] == "done", out.stdout + out.stderr
+    assert git(repo, "cat-file", "-t", blob) == "blob"
+    assert git(repo, "show", blob) == "as it was"
 
 
 @pytest.mark.long
