@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -17,7 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import git
+from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path
+from tests.test_run import wait_for
 from tests.test_trust import FORGE_GRAPH
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.git import config_overrides, gitconfig, object_reader, process, runner
@@ -508,6 +510,39 @@ def test_a_stopped_git_command_ends_what_it_started_that_holds_its_pipes(
     finally:
         with contextlib.suppress(psutil.Error):
             held.kill()
+
+
+@pytest.mark.timeout(120)  # the stop waited for ever on what escaped git's tree
+def test_a_stopped_git_command_returns_though_what_escaped_its_tree_holds_its_pipes(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process git's wrapper double-forked into a session of its own is in no tree the stop
+    # can find, and holds git's output pipes: the stop lets go of them after a grace.
+    pid_file = tmp_path / "escaped.pid"
+    pid = shlex.quote(str(pid_file))
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        GIT_SUBCOMMAND
+        + 'if [ "$sub" = hold ]; then\n'
+        f"  ( setsid sleep 600 & echo $! > {pid}.tmp; mv {pid}.tmp {pid} )\n"
+        "  exec sleep 600\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    stop = threading.Event()
+    stopper = threading.Thread(
+        target=lambda: (wait_for(pid_file.exists, what="the escaped process"), stop.set()),
+        daemon=True,
+    )
+    stopper.start()
+    try:
+        with pytest.raises(process.StoppedError, match="`git hold` was stopped"):
+            process.execute_bytes(repo, ["hold"], check=False, stop=stop)
+        escaped = psutil.Process(int(pid_file.read_text()))
+        assert escaped.is_running()  # it held the pipes all along: nothing ended it
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(int(pid_file.read_text())).kill()
 
 
 def test_a_git_command_given_input_is_not_stopped_half_way(repo: Path) -> None:
