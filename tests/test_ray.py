@@ -1874,6 +1874,86 @@ ray.kill(ray.get_actor(sys.argv[2], namespace=sys.argv[3]), no_restart=True)
 """
 
 
+# An attempt's actor made as the coordinator makes one, a `git` first on its PATH, asked to
+# prepare its clone; once that clone's git runs, Ray kills the actor.
+KILLED_IN_CLONE = """
+import pathlib, sys, time
+import ray
+from worktree_swarm.core.task import Task
+from worktree_swarm.run.ray_actors import actor_class
+from worktree_swarm.run.ray_attempt import _ACTOR_ENV
+from worktree_swarm.run.ray_node_clone import Assignment
+address, remote, node_dir, path, pid_file = sys.argv[1:]
+ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+task = Task(id="t", prompt="p", agent="custom", agent_argv=("true",))
+assignment = Assignment(
+    run_id="r", task=task, attempt=1, remote_url=remote, author="a <a@localhost>",
+    identity=(), kill_grace=1.0, checkpoint_interval=0.0,
+)
+env = {**_ACTOR_ENV, "PATH": path, "SWARM_NODE_DIR": node_dir}
+actor = actor_class().options(
+    name="t-1", namespace="swarm-clone-killed", lifetime="detached", max_restarts=0,
+    max_task_retries=0, max_concurrency=2, num_cpus=0, resources={"agent_slot": 1},
+    runtime_env={"env_vars": env},
+).remote(assignment)
+preparing = actor.prepare.remote()
+deadline = time.monotonic() + 180
+while not pathlib.Path(pid_file).exists():
+    assert time.monotonic() < deadline, "the clone's git never started"
+    ray.wait([preparing], timeout=0.2)
+ray.kill(actor, no_restart=True)
+"""
+
+
+def test_a_clone_s_git_ends_with_the_actor_ray_kills(tmp_path: Path) -> None:
+    # A node of its own: one whose raylet does not kill a dead worker's process group (as
+    # some Ray releases swarm runs with do not), where nothing but the git itself can end it.
+    cluster = raykit.Cluster.start(
+        tmp_path / "ray", workers=0, slots=1, env={"RAY_process_group_cleanup_enabled": "0"}
+    )
+    try:
+        _clone_killed_with_its_actor(cluster, tmp_path)
+    finally:
+        cluster.shutdown()
+
+
+def _clone_killed_with_its_actor(cluster: raykit.Cluster, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
+    git(remote, "branch", "swarm/t", "main")
+    # The attempt's clone (from the mirror: `--reference`) hangs; the mirror's is git's.
+    bin_dir, pid_file = tmp_path / "gitbin", tmp_path / "clone.pid"
+    bin_dir.mkdir()
+    real = shutil.which("git")
+    assert real is not None
+    (bin_dir / "git").write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --reference "*)\n'
+        f"  echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 600;;\n"
+        "esac\n"
+        f'exec {real} "$@"\n'
+    )
+    (bin_dir / "git").chmod(0o755)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    clone: psutil.Process | None = None
+    try:
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLED_IN_CLONE, cluster.address, str(remote),
+             str(tmp_path / "node"), path, str(pid_file)],
+            capture_output=True, text=True, timeout=300, check=False, cwd=raykit.ROOT,
+        )  # fmt: skip
+        assert killed.returncode == 0, killed.stderr
+        clone = psutil.Process(int(pid_file.read_text()))
+        ended = clone
+        wait_for("the clone's git to end with its actor", lambda: gone(ended), timeout=60)
+    finally:
+        if clone is not None and clone.is_running():
+            with contextlib.suppress(psutil.Error):
+                clone.kill()
+    wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
+
+
 def test_an_actor_that_ray_ends_takes_its_agent_with_it_with_no_coordinator_left(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

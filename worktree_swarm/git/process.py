@@ -21,7 +21,7 @@ from typing import IO
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, GitStartError
 from worktree_swarm.infra import fs, pipes, proctree
-from worktree_swarm.infra.proc import clean_env, system_limit
+from worktree_swarm.infra.proc import clean_env, ended_with_me, system_limit
 
 # On every command: never prompt, messages in English (some are matched), and the objects as
 # they are: a replace ref (`git replace`, `refs/replace/`) would show swarm a harmless blob
@@ -52,8 +52,9 @@ def execute(
     input_bytes: bytes | None = None,
     shown_from: int = 0,
     stop: threading.Event | None = None,
+    tied: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the git command line *args* in *cwd*: its output as text (*stop*: see below)."""
+    """Run the git command line *args* in *cwd*: its output as text (*stop*, *tied*: below)."""
     raw = execute_bytes(
         cwd,
         args,
@@ -62,6 +63,7 @@ def execute(
         input_bytes=input_bytes,
         shown_from=shown_from,
         stop=stop,
+        tied=tied,
     )
     return subprocess.CompletedProcess(
         raw.args,
@@ -81,15 +83,17 @@ def execute_bytes(
     shown_from: int = 0,
     stdout: IO[bytes] | None = None,
     stop: threading.Event | None = None,
+    tied: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the git command line *args* in *cwd*: its output as bytes (or into *stdout*).
 
     Once *stop* is set the command is ended (StoppedError): SIGTERM, on which git removes
-    what it was making (a clone's directory), then SIGKILL after a grace.
+    what it was making (a clone's directory), then SIGKILL after a grace. *tied*: git gets
+    the same SIGTERM if this process dies (:func:`.proc.ended_with_me`).
     """
     shown = ["git", *args[shown_from:]]
     stdin = subprocess.DEVNULL if input_bytes is None else subprocess.PIPE
-    proc = start(cwd, args, env=env, stdin=stdin, stderr=subprocess.PIPE, stdout=stdout)
+    proc = start(cwd, args, env=env, stdin=stdin, stderr=subprocess.PIPE, stdout=stdout, tied=tied)
     # Git never waits on a named pipe of its own: one it waits on was planted where it reads
     # (an agent's `.gitignore` or loose ref), and would hold it, and whatever waits for it,
     # for ever. The watch stops it; the command fails and says where the pipe is.
@@ -162,10 +166,12 @@ def start(
     stdin: int,
     stderr: int,
     stdout: IO[bytes] | None = None,
+    tied: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start ``git *args`` (already hardened) in *cwd*, its output piped (or into *stdout*).
 
-    GitError when *cwd* is not a directory, BadInputError when git is missing.
+    *tied*: ended with this process. GitError when *cwd* is not a directory, BadInputError
+    when git is missing.
     """
     if not cwd.is_dir():
         raise GitError(f"directory {cwd} does not exist")
@@ -173,6 +179,7 @@ def start(
     for name in _GIT_ENV_DROPPED:
         full_env.pop(name, None)
     argv = [_program(full_env.get("PATH")), *[str(a) for a in args]]
+    preexec = ended_with_me() if tied else None
     delays = iter(_START_BACKOFF)
     while True:
         try:
@@ -183,6 +190,7 @@ def start(
                 stdin=stdin,
                 stdout=subprocess.PIPE if stdout is None else stdout,
                 stderr=stderr,
+                preexec_fn=preexec,  # noqa: PLW1509 - a prctl alone, set up before the fork
             )
         except FileNotFoundError as exc:
             if not cwd.is_dir():  # removed since the check above

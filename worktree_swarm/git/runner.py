@@ -65,11 +65,13 @@ def run(
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
     stop: threading.Event | None = None,
+    tied: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``git *args`` in *cwd*, hardened, with stdout/stderr as text.
 
     Raises CommandError when *check* and git exits non-zero, GitError when *cwd* is unusable,
     BadInputError when git is missing, StoppedError when *stop* is set before git ends.
+    *tied*: git is sent SIGTERM if this process dies meanwhile.
     """
     data = None if input_text is None else as_bytes(input_text)
     argv, shown_from, full_env = hardened(cwd, args, env)
@@ -81,6 +83,7 @@ def run(
         input_bytes=data,
         shown_from=shown_from,
         stop=stop,
+        tied=tied,
     )
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import os
 import resource
+import signal
 import stat
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError, CommandError
@@ -113,6 +117,40 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, (proc.stdout or "") + (proc.stderr or ""))
     return proc
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.lru_cache(maxsize=1)
+def _prctl() -> Callable[..., int] | None:
+    """The C library's prctl, looked up before any fork (None off Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def ended_with_me() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent SIGTERM when this process dies (else None).
+
+    For a Ray actor's git: Ray kills the actor's worker with no word to it, and its child
+    would run on with no one to wait for it. (``PR_SET_PDEATHSIG``, kept across git's exec;
+    the signal comes when the thread that started it ends, which waits for it meanwhile.)
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def tie() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the tie was made
+            os._exit(1)
+
+    return tie
 
 
 def output_files() -> list[Path]:

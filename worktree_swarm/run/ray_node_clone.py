@@ -122,6 +122,7 @@ class NodeClone:
                     "--branch", self.a.task.branch, "--", self._remote.url, str(self.work),
                     env=self._remote.env,
                     stop=self._stopping,
+                    tied=True,  # Ray kills this actor's worker without a word: git goes too
                 )  # fmt: skip
             except StoppedError:
                 shutil.rmtree(self.work, ignore_errors=True)  # what a SIGKILL left of it
