@@ -1653,6 +1653,39 @@ while not (ctl / "release").exists():
 """
 
 
+def test_logs_of_checks_still_running_on_a_node_say_where_they_run(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # The node hands their output back when they end: "none ran" was untrue meanwhile.
+    repo, _remote, ctl = setup_repo(tmp_path, [])
+    check = tmp_path / "check.py"
+    check.write_text(CHECK_ON_NODE)
+    checks = json.dumps([[sys.executable, str(check), str(ctl)]])
+    (tmp_path / "tasks.toml").write_text(
+        f'[defaults]\nexecutor = "ray"\nray_memory = "64M"\nagent = "scripted"\n'
+        f'checks = {checks}\n\n[[task]]\nid = "c1"\nprompt = "p"\n'
+    )
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("its checks", lambda: list(ctl.glob("c1.check.*")))
+        node = status(repo)["c1"]["node"]
+        for follow in ((), ("-f",)):
+            out = swarm(repo, "logs", "c1", "--checks", *follow)
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert out.stderr == (
+                f"swarm: task 'c1' has no checks output here yet: its checks run on node {node},"
+                " and what they print is copied here when they end\n"
+            )
+        (ctl / "release").write_text("")
+        assert manager.wait(timeout=300) == 0, output(manager)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+    assert swarm(repo, "logs", "c1", "--checks").returncode == 0
+
+
 def test_a_node_lost_in_the_checks_checks_again_elsewhere_without_a_new_agent(
     tmp_path: Path,
 ) -> None:

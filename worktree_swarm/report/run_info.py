@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import cast
 
 from worktree_swarm.core.errors import BadInputError, SwarmError, unknown_task
-from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.models import ProcessIdentity, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR
 from worktree_swarm.core.task import Task
@@ -140,6 +140,12 @@ def step_log_path(repo: git.Repo, store: Store, run_id: str, task_id: str, step:
     """
     row = _task_row(store, run_id, task_id)
     path = _step_log(repo, run_id, task_id, step)
+    if not path.is_file() and step == "checks" and row.node and row.state is TaskState.CHECKING:
+        # On a Ray node: what they print comes back whole, once they end.
+        raise SwarmError(
+            f"task {task_id!r} has no checks output here yet: its checks run on node"
+            f" {printable(row.node)}, and what they print is copied here when they end"
+        )
     if not path.is_file():
         how = f" ({_ended_as(row)})" if row.state.is_final else ""
         raise SwarmError(f"task {task_id!r} has no {step} output: none ran{how}")
