@@ -8,6 +8,7 @@ import hashlib
 import os
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -552,3 +553,47 @@ def test_a_git_command_given_input_is_not_stopped_half_way(repo: Path) -> None:
         process.execute_bytes(
             repo, ["hash-object", "--stdin"], check=True, input_bytes=b"x", stop=threading.Event()
         )
+
+
+# A process with threads, as a Ray worker is, that starts a tied git clone and waits for it.
+TIED_CLONE = """\
+import sys, threading
+from pathlib import Path
+from worktree_swarm.git import runner
+threading.Thread(target=threading.Event().wait, daemon=True).start()
+runner.run(Path(sys.argv[1]), "clone", "x", "y", tied=True)
+"""
+
+
+def test_a_tied_git_is_ended_when_the_process_that_started_it_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ray actor's clone: Ray SIGKILLs the actor's worker, its git must not run on. The
+    # parent is a real process with threads (as a worker is) that starts a tied git, which
+    # blocks in a wrapper until the parent is gone.
+    pid_file = tmp_path / "git.pid"
+    hang = f'if [ "$sub" = clone ]; then echo "$$" > {pid_file}; exec sleep 600; fi\n'
+    git_first_on_path(
+        tmp_path, monkeypatch, lambda real: f'{GIT_SUBCOMMAND}{hang}exec {real} "$@"\n'
+    )
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            TIED_CLONE,
+            str(tmp_path),
+        ],
+    )
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="git")
+        tied = psutil.Process(int(pid_file.read_text()))
+        ignored = int(
+            Path(f"/proc/{tied.pid}/status").read_text().split("SigIgn:")[1].split()[0], 16
+        )
+        assert not ignored & (1 << (int(signal.SIGPIPE) - 1))  # git's default, not Python's
+        parent.kill()
+        parent.wait()
+        tied.wait(timeout=60)  # raises if it runs on
+    finally:
+        parent.kill()
+        parent.wait()

@@ -179,7 +179,8 @@ def start(
     for name in _GIT_ENV_DROPPED:
         full_env.pop(name, None)
     argv = [_program(full_env.get("PATH")), *[str(a) for a in args]]
-    preexec = ended_with_me() if tied else None
+    if tied:
+        argv = ended_with_me(argv)
     delays = iter(_START_BACKOFF)
     while True:
         try:
@@ -190,7 +191,6 @@ def start(
                 stdin=stdin,
                 stdout=subprocess.PIPE if stdout is None else stdout,
                 stderr=stderr,
-                preexec_fn=preexec,  # noqa: PLW1509 - a prctl alone, set up before the fork
             )
         except FileNotFoundError as exc:
             if not cwd.is_dir():  # removed since the check above

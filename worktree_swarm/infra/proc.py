@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import functools
 import os
 import resource
-import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError, CommandError
@@ -119,38 +116,36 @@ def run(
     return proc
 
 
-_PR_SET_PDEATHSIG = 1
+# Run as ``python -I -S -c _TIE PARENT ARGV...``: PR_SET_PDEATHSIG, then exec ARGV. The
+# signals Python ignores at its start (SIGPIPE, SIGXFSZ) are given back their defaults first.
+_TIE = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    os._exit(1)
+for name in ("SIGPIPE", "SIGXFSZ"):
+    signal.signal(getattr(signal, name), signal.SIG_DFL)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    sys.stderr.write(f"{sys.argv[2]} could not start: {exc.strerror}\\n")
+    os._exit(127)
+"""
 
 
-@functools.lru_cache(maxsize=1)
-def _prctl() -> Callable[..., int] | None:
-    """The C library's prctl, looked up before any fork (None off Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def ended_with_me() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the child sent SIGTERM when this process dies (else None).
+def ended_with_me(argv: Sequence[str]) -> list[str]:
+    """*argv*, started so that it is sent SIGTERM when this process dies (Linux; else as is).
 
     For a Ray actor's git: Ray kills the actor's worker with no word to it, and its child
-    would run on with no one to wait for it. (``PR_SET_PDEATHSIG``, kept across git's exec;
-    the signal comes when the thread that started it ends, which waits for it meanwhile.)
+    would run on with no one to wait for it. ``PR_SET_PDEATHSIG`` is set by a small Python
+    launcher that then execs *argv* (kept across the exec), not by a ``preexec_fn``: that
+    would run Python in the child of a fork of a process with many threads (a Ray worker's),
+    which can deadlock. The signal comes when the thread that started it ends; it waits for
+    the command meanwhile.
     """
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def tie() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the tie was made
-            os._exit(1)
-
-    return tie
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _TIE, str(os.getpid()), *argv]
 
 
 def output_files() -> list[Path]:
