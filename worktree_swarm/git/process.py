@@ -8,6 +8,7 @@ hardening here: the runner (:mod:`worktree_swarm.git.runner`) adds it before cal
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -132,8 +133,9 @@ def _communicate(
     if stop is None:
         out, err = proc.communicate(input_bytes)
         return out, err, False
-    if input_bytes is not None:  # `communicate` sends input only on its first call
-        raise ValueError("a git command given input cannot be stopped half-way")
+    if input_bytes is not None:  # `communicate` sends input on its first call only: a thread
+        pipe, proc.stdin = proc.stdin, None
+        threading.Thread(target=_feed, args=(pipe, input_bytes), daemon=True).start()
     ended: float | None = None
     while True:
         try:
@@ -152,6 +154,13 @@ def _communicate(
                 return None, None, True
         else:
             return out, err, ended is not None
+
+
+def _feed(pipe: IO[bytes] | None, data: bytes) -> None:
+    """Write *data* to *pipe*, git's stdin, and close it; git that ended first reads no more."""
+    if pipe is not None:
+        with contextlib.suppress(OSError), pipe:
+            pipe.write(data)
 
 
 # Waits between starts of git refused for want of a process (EAGAIN): 1.5 s in all.

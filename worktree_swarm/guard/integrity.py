@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -205,12 +206,17 @@ def _batch_check(root: Path, names: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def whole(root: Path, tips: Collection[str]) -> bool:
-    """Whether every object *tips* reach is present: a walk of their whole history."""
-    return _complete(root, sorted(set(tips)), ())
+def whole(root: Path, tips: Collection[str], *, stop: threading.Event | None = None) -> bool:
+    """Whether every object *tips* reach is present: a walk of their whole history.
+
+    Cut short once *stop* is set (StoppedError): on a big repository it takes minutes.
+    """
+    return _complete(root, sorted(set(tips)), (), stop=stop)
 
 
-def _complete(root: Path, tips: Sequence[str], exclude: Sequence[str]) -> bool:
+def _complete(
+    root: Path, tips: Sequence[str], exclude: Sequence[str], *, stop: threading.Event | None = None
+) -> bool:
     """Whether every object reachable from *tips* but not from *exclude* is present.
 
     The tips are given on stdin: tens of thousands of tags (each a branch of yours to *exclude*)
@@ -219,7 +225,7 @@ def _complete(root: Path, tips: Sequence[str], exclude: Sequence[str]) -> bool:
     revs = [*tips, *(f"^{sha}" for sha in sorted(set(exclude)))]
     args = ["rev-list", "--objects", "--missing=print", "--stdin"]
     try:
-        out = runner.run(root, *args, input_text="\n".join(revs) + "\n").stdout
+        out = runner.run(root, *args, input_text="\n".join(revs) + "\n", stop=stop).stdout
     except (CommandError, subprocess.SubprocessError):
         return False
     return not any(line.startswith("?") for line in out.splitlines())

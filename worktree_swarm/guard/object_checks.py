@@ -21,6 +21,7 @@ from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.pack_checks import PackChecks
 from worktree_swarm.guard.restore import restore_ref
 from worktree_swarm.guard.snapshot import SYMBOLIC, read_refs, ref_owner
+from worktree_swarm.infra import interrupts
 
 
 class ObjectChecks(PackChecks):
@@ -87,7 +88,9 @@ class ObjectChecks(PackChecks):
         this run's scans put back from it what is missing or written over, as they would
         have before the kill.
         """
-        if self._held.is_dir() and self._old_hold_unneeded():
+        unneeded = self._held.is_dir() and self._old_hold_unneeded()
+        interrupts.check()  # a stop signal cut its walk short: no answer, and the run ends
+        if unneeded:
             held_files.let_go(self._held)
         held_files.hold(self.repo.common_dir, self._held)
 
@@ -97,7 +100,7 @@ class ObjectChecks(PackChecks):
         None of its files written over, and where one is gone, every object the refs reach
         still there (a walk of their whole history, only then: deleted while no manager
         watched, by an agent outliving it, a tip or a file deep in a branch's history is in
-        that hold only). Not known (a failing read): needed.
+        that hold only, cut short by a stop signal). Not known (a failing read): needed.
         """
         common, root = self.repo.common_dir, self.repo.root
         try:
@@ -106,7 +109,7 @@ class ObjectChecks(PackChecks):
             if not held_files.missing_held(common, self._held, objects_only=True):
                 return True
             tips = [tip for tip in read_refs(root).values() if not tip.startswith(SYMBOLIC)]
-            return integrity.whole(root, tips)
+            return integrity.whole(root, tips, stop=interrupts.noted())
         except (OSError, SwarmError):
             return False
 

@@ -68,6 +68,7 @@ from worktree_swarm.guard.snapshot import read_refs, status_field
 from worktree_swarm.guard.state import MIN_INTERVAL
 from worktree_swarm.guard.surface_checks import SETUID_EVERY, SurfaceChecks
 from worktree_swarm.guard.worktree_checks import users_label
+from worktree_swarm.infra import interrupts
 
 # How often a guard that only listens (a merge's) reads swarm's ref announcements.
 _HEAR_INTERVAL = 0.05
@@ -90,24 +91,32 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Record the baselines of the user's checkouts, the git dir and every watched ref."""
+        """Record the baselines of the user's checkouts, the git dir and every watched ref.
+
+        In a run, a stop signal is taken between its steps (:func:`.interrupts.check`): one
+        cut short leaves its files as a killed manager's guard does, for the next manager.
+        """
         with self._lock:
             self._dir.mkdir(parents=True, exist_ok=True)
             for line in finish_put_backs(self.repo, self._dir):  # before the baselines
                 self._log(line)
+            interrupts.check()
             last = self._last_base()  # of this run's previous manager: one is resumed
             self._watch(MAIN, self.repo.root)
             with self._job(MAIN):  # failing: told, the run goes on
                 self._unwatched = self._changed_since(last)
             for path in self._users_worktrees():
+                interrupts.check()
                 with self._job(users_label(path)):  # failing: told, the run goes on
                     self._watch(users_label(path), path)
                     self._linked[path] = git.git_dir(path)
+            interrupts.check()
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface = self._read_surface()
             self._setuid = setuid.setuid_files(self.repo.common_dir)
             self._graph = graph.fingerprint(self.repo.common_dir)
             self._store = store_dir.store_id(self.repo.common_dir)
+            interrupts.check()
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
                 self._hold_afresh()  # a resumed run's old hold let go
@@ -123,6 +132,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
                     with contextlib.suppress(FileNotFoundError):
                         if not os.path.samestat(stale.stat(), own):
                             held_files.let_go(stale)
+            interrupts.check()
             self._refs = read_refs(self.repo.root)
             with self._job(REMOTES):
                 self._remotes.base = remotes.read(self.repo.root, self.repo.common_dir, data=True)
@@ -131,6 +141,12 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
             now = time.time()
             self._refs_checked = self._surface_checked = self._graph_checked = now
             self._objects_checked = self._stash_checked = self._worktrees_checked = now
+
+    def stand_down(self) -> None:
+        """After a :meth:`start` cut short: its change tests let go, its files kept as they are."""
+        self._changes.close()
+        if self._objects is not None:
+            self._objects.close()
 
     @contextlib.contextmanager
     def busy(self, task_id: str, path: Path) -> Iterator[None]:

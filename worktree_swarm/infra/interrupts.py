@@ -8,7 +8,8 @@ lock nobody would release, or an outcome nobody held. While a run loop goes on
 and raised as KeyboardInterrupt at the loop's next look (:func:`check`, :func:`wait`: a
 quarter of a second at most), once: the stop it starts (its writes waiting out a full disk
 included) goes on; a second one, the stop already asked for, is raised at once (a stop that
-itself hangs can still be cut short).
+itself hangs can still be cut short). What runs before the loop (a guard's start, which may
+walk a repository's whole history) looks too, and hands :func:`noted` to its long git commands.
 """
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ def check() -> None:
     if main and asked is not None and asked.is_set() and not _raised:
         _raised = True
         raise KeyboardInterrupt
+
+
+def noted() -> threading.Event | None:
+    """Set once a stop signal is noted, for a step it may cut short (a git command's ``stop``).
+
+    The main thread's, while a loop defers stop signals and none was raised yet; else None:
+    the stop a raised one started is not cut short by it.
+    """
+    if _asked is None or _raised or threading.current_thread() is not threading.main_thread():
+        return None
+    return _asked
 
 
 def wait(event: threading.Event, timeout: float) -> bool:

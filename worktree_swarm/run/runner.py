@@ -169,13 +169,11 @@ class Runner(TaskLaunch):
     def _execute(self) -> dict[str, TaskState]:
         started = {"run_id": self.run_id, "base": self.base_commit}
         self._emit("run_started", None, {**started, "resumed": True} if self._resumed else started)
-        if self.spec.sandbox and self.spec.executor is not Executor.RAY:
-            sandbox.prepare(self.repo.common_dir)  # before the guard's baseline
-        self.guard.start()
-        if (unwatched := self.guard.unwatched()) is not None:  # a resumed run
-            self._emit(UNWATCHED_EVENT, None, unwatched.as_dict())
-        self.guard.keep_base_for_resume()
-        self.guard.watch_in_background()
+        try:
+            self._start_guard()
+        except KeyboardInterrupt:
+            self._interrupted_before_start()
+            raise
         scanned = False  # the run's last scan made (once: it lets go of the baselines)
         try:
             self._loop()
@@ -199,6 +197,30 @@ class Runner(TaskLaunch):
         self.store.finish_run(self.run_id, status=status)
         self._emit("run_finished", None, {"status": status.value})
         return dict(self._states)
+
+    def _start_guard(self) -> None:
+        """Take the guard's baselines and start its scans; a stop signal between the steps."""
+        if self.spec.sandbox and self.spec.executor is not Executor.RAY:
+            sandbox.prepare(self.repo.common_dir)  # before the guard's baseline
+        interrupts.check()
+        self.guard.start()  # on a resume after a `git gc`, it may walk the whole history
+        interrupts.check()
+        if (unwatched := self.guard.unwatched()) is not None:  # a resumed run
+            self._emit(UNWATCHED_EVENT, None, unwatched.as_dict())
+        self.guard.keep_base_for_resume()
+        self.guard.watch_in_background()
+
+    def _interrupted_before_start(self) -> None:
+        """End the run as interrupted, its tasks as they were: none started, none stopped.
+
+        The guard's files stay as a killed manager's guard leaves them (the objects it holds,
+        the baseline of your checkout the next one compares with): `swarm resume` goes on.
+        """
+        self.guard.stand_down()
+        self._scrub_logs()
+        self.store.finish_run(self.run_id, status=RunStatus.INTERRUPTED)
+        why = "stopped before its tasks started"
+        self._emit("run_finished", None, {"status": RunStatus.INTERRUPTED.value, "why": why})
 
     def _loop(self) -> None:
         """Launch tasks and take their ends until none is left; a stop signal at each turn."""

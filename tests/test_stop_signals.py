@@ -1,0 +1,110 @@
+"""Stop signals to a run's manager (the real CLI): before its tasks start, and what it says."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, hang_git_at, killed_at_git
+from tests.test_run import (
+    argv_toml,
+    manifest,
+    pid_alive,
+    status_json,
+    swarm,
+    swarm_bg,
+    wait_for,
+)
+
+AgentFactory = Callable[[str], list[str]]
+
+
+def _run_states(repo: Path) -> list[str]:
+    return [run["state"] for run in json.loads(swarm(repo, "runs", "--json").stdout)["runs"]]
+
+
+def test_a_stop_signal_during_the_guards_start_ends_the_run_interrupted_at_once(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A resume after your `git gc` walks the whole history as its guard starts (minutes on a
+    # big repository): the signal was only noted, and the run went on until the walk ended.
+    agent = write_agent("open('work.txt', 'w').write('work')")
+    path = manifest(
+        repo, f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "p"\n'
+    )
+    run = [sys.executable, "-m", "worktree_swarm.cli", "-C", str(repo), "run", path]
+    (tmp_path / "killed").mkdir()
+    killed_at_git(tmp_path / "killed", monkeypatch, "update-ref", run)  # its guard holds objects
+    pid_file = tmp_path / "walk.pid"
+    hung = hang_git_at(
+        tmp_path,
+        monkeypatch,
+        "rev-list",
+        then=f"echo $$ > {shlex.quote(str(pid_file))}; exec sleep 600",
+    )
+    git(repo, "gc", "-q", "--prune=now")  # the held loose objects gone: the walk says if needed
+    resume = swarm_bg(repo, "resume")
+    try:
+        wait_for(hung.exists, what="the resume's walk of the history")
+        resume.send_signal(signal.SIGTERM)
+        assert resume.wait(timeout=60) == 130
+    finally:
+        if resume.poll() is None:
+            resume.kill()
+            resume.wait(timeout=30)
+    assert not pid_alive(int(pid_file.read_text()))  # the walk ended with it
+    assert _run_states(repo) == ["interrupted"]
+    assert status_json(repo)["t"]["state"] == "pending"
+    out = swarm(repo, "resume")  # its git the real one from the first rev-list on
+    assert out.returncode == 0, out.stderr
+    assert status_json(repo)["t"]["state"] == "done"
+    assert _run_states(repo) == ["finished"]
+
+
+# `swarm run` that gets two stop signals (as by Ctrl-C twice) while its guard starts: the
+# second is raised at once, wherever the guard is.
+_SIGNALLED_TWICE_AS_THE_GUARD_STARTS = """
+import subprocess
+import sys
+from worktree_swarm.cli import main
+from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra import interrupts
+
+start = Guard.start
+
+def signalled(self):
+    start(self)
+    interrupts.on_signal()  # what the handler does: noted
+    interrupts.on_signal()  # raised at once
+
+Guard.start = signalled
+sys.argv = ["swarm", "run", sys.argv[1]]
+sys.exit(main())
+"""
+
+
+def test_a_stop_before_the_run_loop_ends_the_run_interrupted_and_resumable(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # It left the run `running` with no manager: `swarm status` said the manager was gone.
+    agent = write_agent("open('work.txt', 'w').write('work')")
+    path = manifest(
+        repo, f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "p"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_TWICE_AS_THE_GUARD_STARTS, path], cwd=repo,
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert _run_states(repo) == ["interrupted"]
+    assert status_json(repo)["t"]["state"] == "pending"
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stderr
+    assert status_json(repo)["t"]["state"] == "done"
