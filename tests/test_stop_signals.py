@@ -108,3 +108,40 @@ def test_a_stop_before_the_run_loop_ends_the_run_interrupted_and_resumable(
     out = swarm(repo, "resume")
     assert out.returncode == 0, out.stderr
     assert status_json(repo)["t"]["state"] == "done"
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_stop_signal_says_at_once_that_the_run_stops_but_not_after_a_hangup(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, how: str
+) -> None:
+    # Nothing was said until the stop ended: a second Ctrl-C, pressed meanwhile, cut it short.
+    agent = write_agent(
+        "import pathlib, sys, time\n"
+        "pathlib.Path(sys.argv[1]).touch()\n"
+        "while True:\n    time.sleep(0.05)\n"
+    )
+    started = tmp_path / "started"
+    agent_toml = argv_toml([*agent, str(started)])
+    path = manifest(repo, f'[defaults]\nagent = {agent_toml}\n[[task]]\nid = "a"\nprompt = "p"\n')
+    proc = swarm_bg(repo, "run", path)
+    try:
+        wait_for(started.exists, what="the first agent")
+        proc.send_signal(getattr(signal, how))
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    said = (repo.parent / "bg.log").read_text().splitlines()
+    told = [line for line in said if line.startswith("swarm: stopping")]
+    if how == "SIGHUP":  # the terminal is gone: nobody to tell
+        assert told == []
+    else:
+        assert told == [
+            (
+                "swarm: stopping 1 task under way (its work is kept); Ctrl-C again quits at"
+                " once, leaving any agent not stopped yet to `swarm stop`"
+            )
+        ]
+        assert said[-1] == "swarm: interrupted"
+    assert status_json(repo)["a"]["state"] == "stopped"

@@ -104,6 +104,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
+            streams.note_hang_up()
             _away_from_terminal()
         interrupts.on_signal()
 

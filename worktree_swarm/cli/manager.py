@@ -14,12 +14,13 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from worktree_swarm.cli import streams
 from worktree_swarm.core.errors import BadInputError, ExitCode
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.paths import store_path
@@ -161,7 +162,7 @@ def execute(store: Store, make: Callable[[Observer], Runner], *, as_json: bool) 
     from worktree_swarm.ui.live import output_gone
 
     with _observer(store, as_json=as_json) as observer:
-        runner = make(observer)
+        runner = make(_told_of_stop(observer))
         states = runner.execute()  # SIGTERM interrupts it as Ctrl-C does (main)
     if not as_json:
         try:
@@ -170,6 +171,39 @@ def execute(store: Store, make: Callable[[Observer], Runner], *, as_json: bool) 
             output_gone(sys.stdout)
     ok = all(s is TaskState.DONE for s in states.values())
     return ExitCode.OK if ok else ExitCode.TASK_FAILED
+
+
+def _told_of_stop(observer: Observer) -> Observer:
+    """*observer*, and a line on stderr as a stop signal starts the run's stop.
+
+    Said once the run loop took the signal, not in its handler (printing there, as the main
+    thread prints, fails); not after a hangup: no one is there to read it.
+    """
+    from worktree_swarm.run.runner import STOPPING_EVENT
+
+    def observe(kind: str, task_id: str | None, data: Mapping[str, object]) -> None:
+        if kind == STOPPING_EVENT and not streams.hung_up():
+            tasks = data.get("tasks")
+            with contextlib.suppress(OSError):
+                click.echo(_stopping_line(tasks if isinstance(tasks, int) else 0), err=True)
+        observer(kind, task_id, data)
+
+    return observe
+
+
+def _stopping_line(tasks: int) -> str:
+    """What a run says as a stop signal starts its stop of *tasks* tasks in flight."""
+    if not tasks:
+        return "swarm: stopping the run; Ctrl-C again quits at once"
+    what = (
+        "1 task under way (its work is kept)"
+        if tasks == 1
+        else f"{tasks} tasks under way (their work is kept)"
+    )
+    return (
+        f"swarm: stopping {what}; Ctrl-C again quits at once, leaving any agent not stopped"
+        " yet to `swarm stop`"
+    )
 
 
 @contextlib.contextmanager

@@ -16,6 +16,17 @@ import threading
 
 _gone = threading.Event()  # a stdout or stderr pipe's reader went away
 _pipes: list[int] = []  # the descriptors of those pipes
+_hung_up = threading.Event()  # the terminal closed (SIGHUP)
+
+
+def note_hang_up() -> None:
+    """Note that the terminal closed (a SIGHUP handler's, which sets an event and no more)."""
+    _hung_up.set()
+
+
+def hung_up() -> bool:
+    """Whether the terminal closed: what swarm would tell the user there is left unsaid."""
+    return _hung_up.is_set()
 
 
 def reader_gone() -> bool:

@@ -39,7 +39,17 @@ from worktree_swarm.run.run_state import Observer
 from worktree_swarm.run.run_worker import Live, TaskOutcome, worktree_path
 from worktree_swarm.run.task_launch import STARVED_WAIT, TaskLaunch, port_slot
 
-__all__ = ["Runner", "new_run_id", "spec_from_json", "spec_to_json", "worktree_path"]
+__all__ = [
+    "STOPPING_EVENT",
+    "Runner",
+    "new_run_id",
+    "spec_from_json",
+    "spec_to_json",
+    "worktree_path",
+]
+
+# A stop signal was taken: the run stops its tasks in flight (``tasks``) and ends interrupted.
+STOPPING_EVENT = "run_stopping"
 
 
 def new_run_id() -> str:
@@ -182,6 +192,8 @@ class Runner(TaskLaunch):
             interrupts.check()  # one that came during the last scan: the run was interrupted
         except KeyboardInterrupt:
             self.request_stop()
+            if not scanned:  # what the stop waits for: the tasks in flight, the last scan
+                self._emit(STOPPING_EVENT, None, {"tasks": len(self._live)})
             self._drain()
             if not scanned:
                 self._final_scan()
