@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from worktree_swarm.guard.loose_objects import hashes_to, loose_name
@@ -182,16 +182,52 @@ def held_loose(held: Path) -> set[str]:
 
 
 def put_back(pairs: Sequence[tuple[Path, Path]]) -> None:
-    """Put each held file of *pairs* back in place of what is at its name now."""
+    """Put each held file of *pairs* back in place of what is at its name now.
+
+    One that fails does not stop the rest: OSError at the end names each (:func:`_not_back`).
+    """
+    failed: list[tuple[Path, OSError]] = []
     for source, dest in pairs:
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        # Named as git names its temporary files, which the object store's change test skips.
-        aside = dest.with_name(f"tmp_obj_{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            aside.unlink()
-        link_or_copy(source, aside)
-        aside.replace(dest)
+        try:
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            # Named as git names its temporary files, which the object store's change test
+            # skips.
+            aside = dest.with_name(f"tmp_obj_{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):
+                aside.unlink()
+            link_or_copy(source, aside)
+            aside.replace(dest)
+        except OSError as error:
+            failed.append((dest, error))
+    _not_back(failed)
+
+
+def link_back(pairs: Iterable[tuple[Path, Path]]) -> None:
+    """Link each held file of *pairs* back where it was (:func:`missing_held`'s pairs).
+
+    One that fails (its directory made a file, or unwritable) does not stop the rest: OSError
+    at the end names each (:func:`_not_back`). One there again meanwhile is left: git wrote
+    it (the same object), or another file the comparison with the held one finds.
+    """
+    failed: list[tuple[Path, OSError]] = []
+    for source, dest in pairs:
+        try:
+            dest.parent.mkdir(exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                link_or_copy(source, dest)
+        except OSError as error:
+            failed.append((dest, error))
+    _not_back(failed)
+
+
+def _not_back(failed: Sequence[tuple[Path, OSError]]) -> None:
+    """Raise one OSError naming the object files of *failed* and why (the first few)."""
+    if not failed:
+        return
+    named = [f"objects/{d.parent.name}/{d.name} ({e.strerror or e})" for d, e in failed[:3]]
+    more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""  # noqa: PLR2004
+    raise OSError(f"held object files not put back: {', '.join(named)}{more}")
 
 
 def _same_object(held: Path, now: Path, pack: bool) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import runner
-from worktree_swarm.guard.held_files import link_or_copy, missing_held, put_back, written_over
+from worktree_swarm.guard.held_files import link_back, missing_held, put_back, written_over
 from worktree_swarm.guard.snapshot import ref_owner
 from worktree_swarm.infra import fs
 
@@ -107,13 +107,26 @@ def _same_file_system(a: Path, b: Path) -> bool:
 def recover(common: Path, pack_dir: Path, held: Path | None = None) -> None:
     """Put the kept packs, and the held object files missing now, back into the object store.
 
-    git skips objects it has twice.
+    git skips objects it has twice. A held file that cannot be put back stops nothing else:
+    the first such failure is raised at the end.
     """
+    failed: list[OSError] = []
     if held is not None:
-        for source, dest in missing_held(common, held):
-            dest.parent.mkdir(exist_ok=True)
-            link_or_copy(source, dest)
-        put_back(written_over(common, held))
+        try:
+            link_back(missing_held(common, held))
+        except OSError as error:
+            failed.append(error)
+        try:
+            put_back(written_over(common, held))
+        except OSError as error:
+            failed.append(error)
+    _recover_packs(common, pack_dir)
+    if failed:
+        raise failed[0]
+
+
+def _recover_packs(common: Path, pack_dir: Path) -> None:
+    """Copy the kept packs of *pack_dir* missing from the object store back into it."""
     if not pack_dir.is_dir():
         return
     target = common / "objects" / "pack"
@@ -146,14 +159,13 @@ def recover_held(root: Path, common: Path, held: Path) -> None:
     packs = {
         dest.stem for source, dest in gone if dest.suffix == ".idx" and _missing_from(root, source)
     }
-    for source, dest in gone:
-        name = f"{dest.parent.name}{dest.name}"
-        if name in loose and name in present:
-            continue
-        if dest.parent.name == "pack" and dest.stem not in packs:
-            continue
-        dest.parent.mkdir(exist_ok=True)
-        link_or_copy(source, dest)
+    # One that fails (its directory made a file) is told at the end, the others put back.
+    link_back(
+        (source, dest)
+        for source, dest in gone
+        if f"{dest.parent.name}{dest.name}" not in present
+        and (dest.parent.name != "pack" or dest.stem in packs)
+    )
 
 
 def _missing_from(root: Path, idx: Path) -> bool:

@@ -1,0 +1,85 @@
+"""The guard's hold of your object files when some of them cannot be read or put back.
+
+Real runs and real guards on real repositories: an agent deletes objects deep in your history
+and makes a directory of the object store something the guard cannot put a file back into or
+read; each failing directory costs that directory alone, and is told.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import git, make_repo
+from tests.test_run import swarm
+
+AgentFactory = Callable[[str], list[str]]
+
+
+def blob_name(text: str) -> str:
+    data = text.encode()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's
+
+
+def lone_deep_blobs(tmp_path: Path, count: int) -> tuple[Path, list[str]]:
+    """A repository whose history has *count* blobs only an old commit names.
+
+    Each alone in its fan-out directory (those directories all differ), neither a tip nor a
+    root tree: only a walk of the whole history would miss them, so no scan during a run asks.
+    """
+    for attempt in range(50):
+        repo = make_repo(tmp_path / f"repo{attempt}")
+        taken = {p.name for p in (repo / ".git" / "objects").iterdir()}
+        texts: list[str] = []
+        for i in range(10_000):
+            name = blob_name(f"old {i}\n")
+            if name[:2] not in taken:
+                taken.add(name[:2])
+                texts.append(f"old {i}\n")
+                if len(texts) == count:
+                    break
+        for i, text in enumerate(texts):
+            (repo / f"f{i}.txt").write_text(text)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "old")
+        for i in range(count):
+            (repo / f"f{i}.txt").write_text(f"new {i}\n")
+        git(repo, "commit", "-qam", "new")
+        names = sorted(blob_name(text) for text in texts)
+        objects = repo / ".git" / "objects"
+        if all(len(list((objects / n[:2]).iterdir())) == 1 for n in names):
+            return repo, names
+    raise AssertionError("no history with lone blobs")
+
+
+# Deletes the first and last of the blobs it is given, and makes the middle one's directory a
+# file: no held file can be linked back into it.
+DELETES_AROUND_A_BLOCKED_DIRECTORY = """
+import pathlib, shutil, subprocess, sys
+common = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True,
+).stdout.strip())
+first, middle, last = sys.argv[1:]
+for name in (first, last):
+    (common / 'objects' / name[:2] / name[2:]).unlink()
+shutil.rmtree(common / 'objects' / middle[:2])
+(common / 'objects' / middle[:2]).write_text('in the way\\n')
+"""
+
+
+def test_held_objects_on_both_sides_of_one_that_cannot_be_put_back_come_back(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    """The run's last put-back stopped at the first held file it could not link back: the
+    objects whose directories sort after it were lost."""
+    repo, (first, middle, last) = lone_deep_blobs(tmp_path, 3)
+    agent = " ".join([*write_agent(DELETES_AROUND_A_BLOCKED_DIRECTORY), first, middle, last])
+    swarm(repo, "run", "--agent", agent, "-t", "a=p")
+    assert git(repo, "cat-file", "-t", first) == "blob"
+    assert git(repo, "cat-file", "-t", last) == "blob"
+    out = swarm(repo, "status", "--json")
+    reasons = [e["reason"] for e in json.loads(out.stdout)["guard_errors"] if e["job"] == "objects"]
+    assert any(f"objects/{middle[:2]}/{middle[2:]}" in reason for reason in reasons), reasons
