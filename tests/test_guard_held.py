@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import git, make_repo
+from tests.conftest import as_owner_only, git, make_repo
 from tests.test_run import swarm
 
 AgentFactory = Callable[[str], list[str]]
@@ -83,3 +85,46 @@ def test_held_objects_on_both_sides_of_one_that_cannot_be_put_back_come_back(
     out = swarm(repo, "status", "--json")
     reasons = [e["reason"] for e in json.loads(out.stdout)["guard_errors"] if e["job"] == "objects"]
     assert any(f"objects/{middle[:2]}/{middle[2:]}" in reason for reason in reasons), reasons
+
+
+# An agent's forged file, unreadable, renamed onto the name of your object, made readable
+# again once the guard has compared it; the guard (owner only, as a user's manager) scans.
+FORGES_UNREADABLE = """
+import os, sys, zlib
+from pathlib import Path
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra.proctree import identity_of
+repo, work, victim = map(Path, sys.argv[1:])
+guard = Guard(open_repo(repo), work_dir=work, restore=True)
+guard.start()
+guard.agent_started("rogue", identity_of(os.getpid()))
+forged = victim.with_name("forged")
+forged.write_bytes(zlib.compress(b"blob 7\\0forged\\n"))
+forged.chmod(0)
+forged.rename(victim)
+guard.after_attempt()
+victim.chmod(0o444)
+guard.after_attempt()
+guard.close()
+guard.scan()
+print([(v.git_files, v.restored) for v in guard.drain()])
+"""
+
+
+def test_a_forged_object_unreadable_while_compared_is_never_held_in_place_of_yours(
+    tmp_path: Path,
+) -> None:
+    """The guard held the store's other file under your object's name when it could not read
+    it: made readable again, the forged object stayed, and your object's only copy was gone."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
+    victim = git(repo, "rev-parse", "main:a.txt")
+    path = repo / ".git" / "objects" / victim[:2] / victim[2:]
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-c", FORGES_UNREADABLE, str(repo),
+         str(tmp_path / "guard"), str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert git(repo, "show", "main:a.txt") == "yours"
+    assert git(repo, "fsck", "--no-dangling") == ""

@@ -89,7 +89,9 @@ def let_go(held: Path) -> None:
     shutil.rmtree(held, ignore_errors=True)
 
 
-def written_over(common: Path, held: Path) -> list[tuple[Path, Path]]:
+def written_over(
+    common: Path, held: Path, *, unread: list[tuple[Path, Path]] | None = None
+) -> list[tuple[Path, Path]]:
     """(held file, its name in the store) for each held object file written over.
 
     That is: its name in the store is another file now, with other content (a loose object,
@@ -99,7 +101,8 @@ def written_over(common: Path, held: Path) -> list[tuple[Path, Path]]:
     by its name without checking it): your ``git show`` would show what the new file says.
     A file git wrote again with the same object (another compression, a `git gc` with nothing
     new renaming the same pack over its name) is no change: it is held instead of the old one,
-    whose space is freed, and not compared again.
+    whose space is freed, and not compared again. A loose object's other file that cannot be
+    read now tells nothing: added to *unread* (if given), never held.
     """
     if not held.is_dir():
         return []
@@ -118,15 +121,21 @@ def written_over(common: Path, held: Path) -> list[tuple[Path, Path]]:
                 continue  # gone: :func:`.integrity.recover` links it back
             if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
                 continue
-            if not stat.S_ISREG(now.st_mode) or not _held_again(held, Path(entry.path), dest, pack):
+            same = stat.S_ISREG(now.st_mode) and _held_again(held, Path(entry.path), dest, pack)
+            if same is None:
+                if unread is not None:
+                    unread.append((Path(entry.path), dest))
+            elif not same:
                 found.append((Path(entry.path), dest))
     return sorted(found, key=lambda pair: (pair[1].parent.name, pair[1].suffix == ".idx"))
 
 
-def _held_again(held: Path, mine: Path, dest: Path, pack: bool) -> bool:
+def _held_again(held: Path, mine: Path, dest: Path, pack: bool) -> bool | None:
     """Whether the store's *dest* holds what the held file *mine* does; if so, it is held.
 
-    Linked aside first and that link compared: what is held is what was compared.
+    Linked aside first and that link compared: what is held is what was compared. None when
+    it cannot be read now, and it is not held: an agent's forged file made unreadable to the
+    guard, then readable again, would be the hold, your object's only copy gone with it.
     """
     aside = held.with_name(f"{held.name}.again")
     aside.unlink(missing_ok=True)
@@ -137,10 +146,10 @@ def _held_again(held: Path, mine: Path, dest: Path, pack: bool) -> bool:
     except OSError:
         return _same_object(mine, dest, pack)
     try:
-        if not _same_object(mine, aside, pack):
-            return False
-        aside.replace(mine)
-        return True
+        same = _same_object(mine, aside, pack)
+        if same:
+            aside.replace(mine)
+        return same
     finally:
         aside.unlink(missing_ok=True)
 
@@ -230,13 +239,16 @@ def _not_back(failed: Sequence[tuple[Path, OSError]]) -> None:
     raise OSError(f"held object files not put back: {', '.join(named)}{more}")
 
 
-def _same_object(held: Path, now: Path, pack: bool) -> bool:
-    """Whether the object file *now* holds what the held file *held* does."""
+def _same_object(held: Path, now: Path, pack: bool) -> bool | None:
+    """Whether the object file *now* holds what the held file *held* does.
+
+    None: a loose object's file that cannot be read now (out of file descriptors, or made
+    unreadable), which tells nothing of it.
+    """
     try:
         if pack:
             return filecmp.cmp(held, now, shallow=False)
-        # The held one is what it says; one that cannot be read now tells nothing.
-        return hashes_to(now, held.parent.name + held.name) is not False
+        return hashes_to(now, held.parent.name + held.name)  # the held one is what it says
     except (OSError, zlib.error):
         return False
 

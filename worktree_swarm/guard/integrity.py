@@ -117,7 +117,8 @@ def recover(common: Path, pack_dir: Path, held: Path | None = None) -> None:
         except OSError as error:
             failed.append(error)
         try:
-            put_back(written_over(common, held))
+            unread: list[tuple[Path, Path]] = []  # put back too: the held file is the object
+            put_back([*written_over(common, held, unread=unread), *unread])
         except OSError as error:
             failed.append(error)
     _recover_packs(common, pack_dir)

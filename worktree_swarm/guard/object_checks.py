@@ -23,6 +23,8 @@ from worktree_swarm.guard.restore import restore_ref
 from worktree_swarm.guard.snapshot import SYMBOLIC, read_refs, ref_owner
 from worktree_swarm.infra import interrupts
 
+UNREAD = -3  # the generation the held files were compared at when one could not be read
+
 
 class ObjectChecks(PackChecks):
     """The object store's scans and put-backs."""
@@ -104,7 +106,8 @@ class ObjectChecks(PackChecks):
         """
         common, root = self.repo.common_dir, self.repo.root
         try:
-            if held_files.written_over(common, self._held):
+            unread: list[tuple[Path, Path]] = []
+            if held_files.written_over(common, self._held, unread=unread) or unread:
                 return False
             if not held_files.missing_held(common, self._held, objects_only=True):
                 return True
@@ -237,16 +240,19 @@ class ObjectChecks(PackChecks):
         """Object files of the baseline whose names the store now gives to other content.
 
         The held files are put back in their place; a loose object rewritten in place, which
-        the held link is too, can only be reported.
+        the held link is too, can only be reported. Another file under a held name that cannot
+        be read now tells nothing: the held file (the object itself) is put back over it
+        unreported, and the next scan compares again.
         """
         common = self.repo.common_dir
         since = self._held_seen[1]
+        unread: list[tuple[Path, Path]] = []
+        over = held_files.written_over(common, self._held, unread=unread)
         # A write stamps the coarse clock, which may lag this one a little: a second's margin.
-        self._held_seen = (generation, max(since, time.time_ns() - 1_000_000_000))
-        over = held_files.written_over(common, self._held)
-        if self.restore and over:
+        self._held_seen = (UNREAD if unread else generation, max(since, time.time_ns() - 10**9))
+        if self.restore and (over or unread):
             with contextlib.suppress(OSError):  # not put back is recorded as such
-                held_files.put_back(over)
+                held_files.put_back([*over, *unread])
         rewritten = held_files.rewritten(common, self._held, since)
         if not over and not rewritten:
             return []
