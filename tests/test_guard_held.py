@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import as_owner_only, git, make_repo
 from tests.test_run import swarm
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard.watcher import Guard
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -128,3 +133,80 @@ def test_a_forged_object_unreadable_while_compared_is_never_held_in_place_of_you
     assert out.returncode == 0, out.stderr[-2000:]
     assert git(repo, "show", "main:a.txt") == "yours"
     assert git(repo, "fsck", "--no-dangling") == ""
+
+
+def first_listed_directory(objects: Path, text: str) -> tuple[Path, str]:
+    """A blob to write, of *text* and a number, whose new directory the store lists first."""
+    taken = {p.name for p in objects.iterdir()}
+    for i in range(100_000):
+        name = blob_name(f"{text} {i}\n")
+        if name[:2] in taken:
+            continue
+        (objects / name[:2]).mkdir()
+        with os.scandir(objects) as listed:
+            first = next(listed).name
+        (objects / name[:2]).rmdir()
+        if first == name[:2]:
+            return objects / name[:2], f"{text} {i}\n"
+    raise AssertionError("no directory listed first")
+
+
+# The resumed guard (owner only, as a user's manager) while a directory of the store cannot be
+# read: an agent renames another file over your object, and deletes one made while no manager
+# ran.
+RESUMED_BESIDE_AN_UNREADABLE_DIRECTORY = """
+import os, sys
+from pathlib import Path
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra.proctree import identity_of
+repo, work, victim, new = map(Path, sys.argv[1:])
+guard = Guard(open_repo(repo), work_dir=work, restore=True)
+guard.start()
+print([f.reason for f in guard.drain_failures() if f.job == "objects"])
+guard.agent_started("rogue", identity_of(os.getpid()))
+decoy = victim.with_name("decoy")
+decoy.write_bytes(b"garbage")
+decoy.rename(victim)
+new.unlink()
+guard.after_attempt()
+print([(v.git_files, v.restored) for v in guard.drain()])
+guard.close()
+guard.scan()
+"""
+
+
+def test_a_directory_of_the_store_that_cannot_be_read_costs_that_directory_alone(
+    tmp_path: Path,
+) -> None:
+    """A resumed guard's hold of the store, and every scan of it, failed as a whole on one
+    unreadable directory: an object written over was not put back until the run's end, and
+    one made while no manager ran (held by the resume alone) was lost."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
+    objects = repo / ".git" / "objects"
+    hidden, stray = first_listed_directory(objects, "stray")
+    (tmp_path / "stray.txt").write_text(stray)
+    git(repo, "hash-object", "-w", str(tmp_path / "stray.txt"))  # no ref reaches it
+    work = tmp_path / "runs" / "r1" / "guard"
+    Guard(open_repo(repo), work_dir=work, restore=True).start()  # its manager then killed
+    (repo / "b.txt").write_text("made while no manager ran\n")
+    git(repo, "add", "b.txt")
+    git(repo, "commit", "-qm", "b")
+    victim, new = (git(repo, "rev-parse", f"main:{name}") for name in ("a.txt", "b.txt"))
+    if hidden.name in {victim[:2], new[:2]}:
+        pytest.skip("your objects in the directory made unreadable")
+    hidden.chmod(0)
+    try:
+        out = subprocess.run(
+            [*as_owner_only(), sys.executable, "-c", RESUMED_BESIDE_AN_UNREADABLE_DIRECTORY,
+             str(repo), str(work), *(str(objects / n[:2] / n[2:]) for n in (victim, new))],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    finally:
+        hidden.chmod(0o755)
+    assert out.returncode == 0, out.stderr[-2000:]
+    failures, found = out.stdout.splitlines()
+    assert found == str([((f"objects/{victim[:2]}/{victim[2:]}",), True)])  # during the run
+    assert git(repo, "show", "main:a.txt") == "yours"
+    assert git(repo, "show", "main:b.txt") == "made while no manager ran"
+    assert f"objects/{hidden.name} not held: Permission denied" in failures  # told

@@ -53,7 +53,7 @@ def link_or_copy(source: Path, dest: Path) -> None:
         os.unlink(name)  # noqa: PTH108
 
 
-def hold(common: Path, held: Path) -> None:
+def hold(common: Path, held: Path) -> list[str]:
     """Hard-link every object file of *common*'s store (loose objects, packs) under *held*.
 
     git never rewrites an object file, so a link is the file as it will stay: one an agent
@@ -63,8 +63,11 @@ def hold(common: Path, held: Path) -> None:
     the temporary file a killed git left beside the loose objects (``tmp_obj_...``): no
     object, and one `git gc` removes. A stop signal is taken between two directories
     (:func:`.interrupts.check`): what is held so far stays, as a killed manager's hold does.
+    A directory that cannot be listed (made unreadable) is not held, the others are: returns
+    why, for each.
     """
     objects = common / "objects"
+    failed = []
     for directory in os.scandir(objects):
         interrupts.check()
         if directory.name == "info" or not directory.is_dir(follow_symlinks=False):
@@ -76,12 +79,16 @@ def hold(common: Path, held: Path) -> None:
             entries = list(os.scandir(directory.path))
         except FileNotFoundError:  # `git prune-packed` (a gc) removed it: its objects are packed
             continue
+        except OSError as error:
+            failed.append(f"objects/{directory.name} not held: {error.strerror or error}")
+            continue
         for entry in entries:
             if entry.is_file(follow_symlinks=False) and (
                 pack or loose_name(directory.name, entry.name)
             ):
                 with contextlib.suppress(FileExistsError, FileNotFoundError):
                     link_or_copy(Path(entry.path), target / entry.name)
+    return failed
 
 
 def let_go(held: Path) -> None:
@@ -102,7 +109,8 @@ def written_over(
     A file git wrote again with the same object (another compression, a `git gc` with nothing
     new renaming the same pack over its name) is no change: it is held instead of the old one,
     whose space is freed, and not compared again. A loose object's other file that cannot be
-    read now tells nothing: added to *unread* (if given), never held.
+    read now tells nothing: added to *unread* (if given), never held; so is each held file
+    in a directory of the store that cannot be searched now.
     """
     if not held.is_dir():
         return []
@@ -114,20 +122,29 @@ def written_over(
             if pack and not entry.name.endswith((".pack", ".idx")):
                 continue  # what git rewrites itself (multi-pack-index, bitmaps), or no object
             dest = objects / directory.name / entry.name
-            try:
-                now = os.lstat(dest)
-                mine = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # gone: :func:`.integrity.recover` links it back
-            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
-                continue
-            same = stat.S_ISREG(now.st_mode) and _held_again(held, Path(entry.path), dest, pack)
-            if same is None:
-                if unread is not None:
-                    unread.append((Path(entry.path), dest))
-            elif not same:
+            same = _still_held(held, entry, dest, pack)
+            if same is None and unread is not None:
+                unread.append((Path(entry.path), dest))
+            elif same is False:
                 found.append((Path(entry.path), dest))
     return sorted(found, key=lambda pair: (pair[1].parent.name, pair[1].suffix == ".idx"))
+
+
+def _still_held(held: Path, entry: os.DirEntry[str], dest: Path, pack: bool) -> bool | None:
+    """Whether the store's *dest* holds what the held file *entry* does (gone: taken so).
+
+    None when that cannot be told now (:func:`_held_again`, or its directory unsearchable).
+    """
+    try:
+        now = os.lstat(dest)
+        mine = entry.stat(follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return True  # gone: :func:`.integrity.recover` links it back
+    except PermissionError:
+        return None
+    if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+        return True
+    return stat.S_ISREG(now.st_mode) and _held_again(held, Path(entry.path), dest, pack)
 
 
 def _held_again(held: Path, mine: Path, dest: Path, pack: bool) -> bool | None:

@@ -32,6 +32,7 @@ def forged_loose(
     held: AbstractSet[str],
     named: AbstractSet[str] = frozenset(),
     listing: bool = False,
+    unlisted: list[str] | None = None,
 ) -> tuple[list[Path], set[str]]:
     """The loose objects made since the hold whose bytes do not hash to their name.
 
@@ -42,23 +43,11 @@ def forged_loose(
     names, never read here (:func:`.held_files.written_over` compares those). git never
     writes an object it finds it has: one planted under the name of an object you have not
     made yet (the empty blob) would be what your next commit of that content records. Returns
-    the forged ones and the names that could not be read now (to read next time).
+    the forged ones and the names that could not be read now (to read next time); a
+    directory that cannot be listed now is added to *unlisted* (if given), the others read.
     """
     objects = common / "objects"
-    wanted = set(named)
-    if listing:
-        for directory in os.scandir(objects):
-            if len(directory.name) != 2 or not directory.is_dir(follow_symlinks=False):  # noqa: PLR2004
-                continue
-            try:
-                names = os.listdir(directory.path)  # noqa: PTH208 - names only
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            wanted.update(
-                directory.name + name
-                for name in names
-                if directory.name + name not in seen and loose_name(directory.name, name)
-            )
+    wanted = set(named) | (_listed(objects, seen, unlisted) if listing else set())
     found, unread = [], set()
     for oid in sorted(wanted - held):
         path = objects / oid[:2] / oid[2:]
@@ -67,9 +56,45 @@ def forged_loose(
             seen.add(oid)
         elif good is False:
             found.append(path)
-        elif os.path.lexists(path):  # not gone: unreadable now (out of fds)
+        elif not _gone(path):  # unreadable now (out of fds, its directory unsearchable)
             unread.add(oid)
     return found, unread
+
+
+def _listed(objects: Path, seen: set[str], unlisted: list[str] | None) -> set[str]:
+    """The loose objects of *objects* not in *seen*.
+
+    A directory that cannot be listed now is added to *unlisted*, the others listed.
+    """
+    found: set[str] = set()
+    for directory in os.scandir(objects):
+        if len(directory.name) != 2 or not directory.is_dir(follow_symlinks=False):  # noqa: PLR2004
+            continue
+        try:
+            names = os.listdir(directory.path)  # noqa: PTH208 - names only
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as error:
+            if unlisted is not None:
+                unlisted.append(f"objects/{directory.name} ({error.strerror or error})")
+            continue
+        found.update(
+            directory.name + name
+            for name in names
+            if directory.name + name not in seen and loose_name(directory.name, name)
+        )
+    return found
+
+
+def _gone(path: Path) -> bool:
+    """Whether *path* is known to be gone (not merely out of reach now)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 _PIECE = 1 << 20  # read and inflated at most this much at a time

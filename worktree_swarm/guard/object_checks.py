@@ -94,7 +94,8 @@ class ObjectChecks(PackChecks):
         interrupts.check()  # a stop signal cut its walk short: no answer, and the run ends
         if unneeded:
             held_files.let_go(self._held)
-        held_files.hold(self.repo.common_dir, self._held)
+        for reason in held_files.hold(self.repo.common_dir, self._held):
+            self._part_failed("objects", reason)
 
     def _old_hold_unneeded(self) -> bool:
         """Whether the dead manager's hold keeps nothing the refs need.
@@ -123,10 +124,11 @@ class ObjectChecks(PackChecks):
         whole = False
         if self._objects is not None:
             named, whole = self._objects.loose_named()
-        first = self._loose_seen is None
+        first = self._loose_seen is None or self._unlisted
         if self._loose_seen is None:
             self._loose_seen = set()
             self._loose_held = frozenset(held_files.held_loose(self._held))
+        unlisted: list[str] = []
         forged, unread = loose_objects.forged_loose(
             common,
             self._loose_seen,
@@ -135,8 +137,12 @@ class ObjectChecks(PackChecks):
             # Every one not known good: the first time (some were made before the change test
             # watched), without the change test, and at the last scan (whatever it missed).
             listing=first or not whole or self._closing.is_set(),
+            unlisted=unlisted,
         )
         self._loose_unread = frozenset(unread)
+        self._unlisted = bool(unlisted)
+        if unlisted:  # the others were read
+            self._part_failed("objects", f"cannot list {', '.join(unlisted)}")
         if not forged:
             return []
         if self.restore:
@@ -251,8 +257,13 @@ class ObjectChecks(PackChecks):
         # A write stamps the coarse clock, which may lag this one a little: a second's margin.
         self._held_seen = (UNREAD if unread else generation, max(since, time.time_ns() - 10**9))
         if self.restore and (over or unread):
-            with contextlib.suppress(OSError):  # not put back is recorded as such
+            try:
                 held_files.put_back([*over, *unread])
+            except OSError as error:  # written over and not put back is recorded as such
+                if unread:
+                    self._part_failed("objects", str(error))
+        elif unread:
+            self._part_failed("objects", f"cannot read {unread[0][1].relative_to(common)}")
         rewritten = held_files.rewritten(common, self._held, since)
         if not over and not rewritten:
             return []

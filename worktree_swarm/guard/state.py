@@ -109,6 +109,8 @@ class GuardState:
     _loose_seen: set[str] | None = None  # the loose objects known to hold what they are named
     _loose_held: frozenset[str] = frozenset()  # the loose objects held (compared apart)
     _loose_unread: frozenset[str] = frozenset()  # could not be read last time: read next time
+    _unlisted = False  # a directory of loose objects could not be listed: list them next time
+    _partly: dict[str, str]  # job -> why a part of it failed (the rest done) this time
     _worktrees_checked = 0.0  # when task worktrees were last all found where swarm made them
     _packs_verified: frozenset[str] | set[str] = frozenset()  # packs new to this scan
     _rev_check: frozenset[str] = frozenset()  # packs whose .rev to check (index names)
@@ -162,7 +164,7 @@ class GuardState:
         self._evidence: dict[str, str] = {}  # ref -> task whose worktree HEAD was on it
         self._new: list[Violation] = []
         self._failures: list[ScanFailure] = []
-        self._failing, self._denied = {}, set()
+        self._failing, self._denied, self._partly = {}, set(), {}
         self._began: dict[tuple[str, str], int] = {}  # (job, reason) -> streaks so far
         self._new_lock = threading.Lock()  # drain() must not wait for a scan
         # The repository-wide state (git's files, the refs, the objects) has a lock of its own:

@@ -56,7 +56,11 @@ class Verdicts(GuardState):
 
     @contextlib.contextmanager
     def _job(self, job: str) -> Iterator[None]:
-        """Run one part of a scan; a failure is recorded with its reason, the rest goes on."""
+        """Run one part of a scan; a failure is recorded with its reason, the rest goes on.
+
+        One that failed in part (:meth:`_part_failed`) is recorded so too.
+        """
+        self._partly.pop(job, None)
         try:
             yield
         except (SwarmError, OSError) as exc:
@@ -64,9 +68,16 @@ class Verdicts(GuardState):
             (self._denied.add if denied else self._denied.discard)(job)
             self._failed(job, str(exc))
         else:
+            if job in self._partly:
+                self._failed(job, self._partly.pop(job))
+                return
             self._denied.discard(job)
             if self._failing.pop(job, None) is not None:
                 self._log(f"{job}: scanned again")
+
+    def _part_failed(self, job: str, reason: str) -> None:
+        """Part of *job* failed for *reason*, the rest was done: told as its failure."""
+        self._partly.setdefault(job, reason)
 
     def _failed(self, job: str, reason: str) -> None:
         reason = steady_reason(reason)[:_REASON_CHARS]
