@@ -222,6 +222,47 @@ def test_an_agents_git_has_your_identity_and_ignore_file_and_no_more_of_your_con
     )
 
 
+# Writes what it was given (argv, then swarm's variables) into its worktree, for the branch.
+TOLD_AGENT = """
+import json, os, pathlib, sys
+names = ('RUN_ID', 'TASK_ID', 'WORKTREE', 'BRANCH', 'BASE', 'CONTEXT')
+env = {n: os.environ.get('SWARM_' + n) for n in names}
+told = {'argv': sys.argv[1:], 'env': env, 'cwd': os.getcwd(),
+        'prompt': pathlib.Path(sys.argv[4]).read_text()}
+pathlib.Path('told.json').write_text(json.dumps(told))
+"""
+
+
+def test_an_agent_gets_its_placeholders_and_swarm_variables_as_the_readme_names_them(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = [*write_agent(TOLD_AGENT), "{task_id}", "{worktree}", "{branch}", "{prompt_file}"]
+    text = f"[defaults]\nagent = {argv_toml(agent)}\n"
+    text += '[[task]]\nid = "a"\nprompt = "first"\n'
+    text += '[[task]]\nid = "b"\nprompt = "second"\ndepends_on = ["a"]\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    diff = json.loads(swarm(repo, "diff", "--json").stdout)
+    bases = {t["task_id"]: t["base"] for t in diff["tasks"]}
+    assert bases["a"] == git(repo, "rev-parse", "main")
+    assert bases["b"] == git(repo, "rev-parse", "swarm/a")  # its dependency's work
+    for task, prompt in (("a", "first"), ("b", "second")):
+        told = json.loads(branch_file(repo, f"swarm/{task}", "told.json"))
+        worktree = repo.parent / "repo.swarm" / task
+        task_id, where, branch, prompt_file = told["argv"]
+        assert (task_id, where, branch) == (task, str(worktree), f"swarm/{task}")
+        assert Path(told["cwd"]) == worktree
+        assert told["prompt"].startswith(prompt), told["prompt"]
+        assert Path(prompt_file).read_text() == told["prompt"]
+        env = told["env"]
+        assert env["RUN_ID"] == run_id
+        assert (env["TASK_ID"], env["WORKTREE"], env["BRANCH"]) == (task, where, branch)
+        assert env["BASE"] == bases[task]
+        assert env["CONTEXT"] is not None
+        assert Path(env["CONTEXT"]).name in told["prompt"]  # the prompt tells of that file
+
+
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_jobs_limit_is_never_exceeded(repo: Path, write_agent: AgentFactory) -> None:
     agent = write_agent(
