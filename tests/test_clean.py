@@ -523,6 +523,55 @@ def test_clean_keeps_a_worktree_in_use_unless_forced(
     assert git(repo, "show", "swarm/edits:edits.txt") == "edits"
 
 
+# Leaves its own `git merge` stopped on a conflict (add/add of f.txt), as a coding agent may.
+CONFLICTED_MERGE_AGENT = """
+import pathlib, subprocess
+def git(*args):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True).stdout
+def commit(text):
+    pathlib.Path('f.txt').write_text(text)
+    git('add', 'f.txt')
+    git('commit', '-q', '-m', text.strip())
+commit('theirs\\n')
+theirs = git('rev-parse', 'HEAD').strip()
+git('reset', '-q', '--hard', 'HEAD~1')
+commit('ours\\n')
+subprocess.run(['git', 'merge', '-q', theirs], check=False, capture_output=True)
+"""
+
+
+def test_a_merge_an_agent_left_with_its_conflicts_is_never_committed_and_clean_keeps_it(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A checkpoint's `git add --all` would take the conflict markers for the resolution, and
+    # its commit would conclude the merge with them.
+    agent = " ".join(write_agent(CONFLICTED_MERGE_AGENT))
+    out = swarm(repo, "run", "--agent", agent, "-t", "merger=merge")
+    assert out.returncode == 1, out.stdout + out.stderr
+    path = repo.parent / "repo.swarm" / "merger"
+    ours = git(repo, "rev-parse", "swarm/merger")
+    assert git(repo, "show", "swarm/merger:f.txt") == "ours"
+    assert "<<<<<<<" in (path / "f.txt").read_text()
+    assert git(path, "ls-files", "-u")  # the merge as the agent left it
+    row = status_json(repo)["merger"]
+    assert row["state"] == "failed", row
+    assert "a merge with unresolved conflicts is in progress" in str(row["reason"]), row
+
+    for _ in range(2):  # and so on, until you resolve or abort it
+        out = swarm(repo, "clean", "--yes", "--force")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "a merge is in progress in its worktree" in out.stdout, out.stdout
+        assert "kept: finish there" in out.stdout, out.stdout
+        assert path.is_dir()
+        assert git(repo, "rev-parse", "swarm/merger") == ours
+        assert git(path, "ls-files", "-u")
+    git(path, "merge", "--abort")
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not path.exists()
+    assert git(repo, "rev-parse", "swarm/merger") == ours
+
+
 def test_a_lock_reason_an_agent_wrote_reaches_your_terminal_as_one_printable_line(
     repo: Path, write_agent: AgentFactory
 ) -> None:
