@@ -246,15 +246,24 @@ def test_watch_in_tmux_shows_the_task_table(
         assert "task" in text
         assert "state" in text
         wait_for(lambda: "running" in screen(), what="a running task")
+        wait_for(lambda: all(r["alive"] for r in status_json(repo).values()), what="two agents")
+        agents = {t: r["pid"] for t, r in status_json(repo).items()}
         if how != "SIGTERM":  # Ctrl-C too: Textual's own only asks for ctrl+q
             subprocess.run([*tmux, "send-keys", "-t", session, how], check=True)
         else:
             psutil.Process(int(pane("pane_pid"))).terminate()
         wait_for(lambda: pane("pane_dead") == "1", what="watch to quit")
         assert pane("alternate_on") == "0"  # the screen it drew on is closed, modes restored
+        # Quitting the viewer stops nothing: the agents work on under the run's manager.
+        assert not manager_gone(repo)
+        rows = status_json(repo)
+        assert {t: (r["state"], r["pid"], r["alive"]) for t, r in rows.items()} == {
+            t: ("running", pid, True) for t, pid in agents.items()
+        }
     finally:
         subprocess.run([*tmux, "kill-server"], check=False)
         release(repo, gate)
+    assert {r["state"] for r in status_json(repo).values()} == {"done"}
 
 
 @pytest.mark.long
