@@ -80,9 +80,16 @@ def test_pr_pushes_and_opens_one_pull_request_per_done_task(
     repo: Path, done_run: Path, fake_github: FakeGitHub
 ) -> None:
     fake_github.bare = done_run
+    git(repo, "config", "push.autoSetupRemote", "true")  # no `-u` of yours either
     before = checkout_snapshot(repo)
     out = swarm_pr(repo, fake_github)
     assert out.returncode == 0, out.stderr
+    # A plain push: no upstream configured for the pushed branches.
+    upstreams = subprocess.run(
+        ["git", "config", "--get-regexp", r"^branch\.swarm/"],
+        cwd=repo, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert upstreams.stdout == "", upstreams.stdout
     assert out.stdout.splitlines() == [
         "one  created  #1  https://github.test/acme/widgets/pull/1",
         "issue-7  created  #2  https://github.test/acme/widgets/pull/2",
