@@ -343,6 +343,10 @@ def test_dry_run_predicts_and_creates_nothing(base_repo: Path, brancher: Branche
     assert git(base_repo, "for-each-ref") == refs
     assert git(base_repo, "worktree", "list") == worktrees
     assert set(states(base_repo).values()) == {"done"}
+    # No lock, and nothing under the run's directory: no merge log, no guard baseline.
+    state = base_repo / ".git" / "swarm"
+    assert not (state / "merge.lock").exists()
+    assert not list(state.glob("runs/*/merge"))
 
 
 def test_a_dry_run_names_twenty_conflicting_pairs_and_counts_the_rest(
