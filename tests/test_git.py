@@ -8,11 +8,12 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, make_repo
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
 from worktree_swarm.git import branches as git_branches
@@ -590,6 +591,42 @@ def test_over_size_finds_big_files_a_branch_renamed_or_changed_not_deleted_ones(
     git(repo, "commit", "-q", "-m", "huge")
     stat = diffs.diff_stat(r, base, "HEAD")
     assert diffs.over_size(r, stat, 16 << 20) == [("huge.bin", (16 << 20) + 1)]
+
+
+def test_over_size_reads_loose_blobs_itself_and_asks_git_for_the_rest(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = g.open_repo(repo)
+    base = g.rev_parse(r, "HEAD")
+    assert base is not None
+    (repo / "notes.txt").write_text("note\n" * 600)  # 3000 bytes, a loose blob
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "notes")
+    stat = diffs.diff_stat(r, base, "HEAD")
+    blob = git(repo, "rev-parse", "HEAD:notes.txt")
+    loose = repo / ".git" / "objects" / blob[:2] / blob[2:]
+    assert loose.is_file()
+    asked = tmp_path / "asked.log"
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        GIT_SUBCOMMAND + f'echo "$sub" >> {asked}\nexec {real} "$@"\n'
+    ))  # fmt: skip
+
+    def cat_files() -> int:
+        return asked.read_text().split().count("cat-file") if asked.exists() else 0
+
+    # The checkpoint's own new blob: read and hashed, no git process.
+    assert diffs.over_size(r, stat, 2048) == [("notes.txt", 3000)]
+    assert cat_files() == 0
+    # Packed, not loose: git sizes it.
+    git(repo, "repack", "-a", "-d", "-q")
+    assert not loose.exists()
+    assert diffs.over_size(r, stat, 2048) == [("notes.txt", 3000)]
+    assert cat_files() == 1
+    # A loose file under its name that is not it (a small header): not believed, git asked.
+    loose.parent.mkdir(exist_ok=True)
+    loose.write_bytes(zlib.compress(b"blob 1\0x"))
+    assert diffs.over_size(r, stat, 2048) == [("notes.txt", 3000)]
+    assert cat_files() == 2
 
 
 def test_status_porcelain_raw(repo: Path) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from worktree_swarm.core.paths import Repo
 from worktree_swarm.core.text import path_text
 from worktree_swarm.core.units import format_size
-from worktree_swarm.git import runner
+from worktree_swarm.git import loose, runner
 from worktree_swarm.git.repo import blob_sizes
 
 
@@ -81,11 +81,20 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
 def over_size(repo: Repo, diff: DiffStat, limit: int) -> list[tuple[str, int]]:
     """The files *diff* added or changed whose new content is over *limit* bytes, sized.
 
-    Every one is sized (one git process): a `diff` attribute makes a file text to the diff,
-    however big.
+    Every one is sized: a `diff` attribute makes a file text to the diff, however big. A
+    loose blob (a checkpoint's new files) is read and hashed, no git process; git sizes the
+    rest (packed, or too big to hash here), in one process.
     """
-    sizes = blob_sizes(repo.root, [blob for _, blob in diff.blobs])
-    return [(path, size) for (path, _), size in zip(diff.blobs, sizes, strict=True) if size > limit]
+    names = [blob for _, blob in diff.blobs]
+    known = loose.sizes(repo.common_dir / "objects", names, max_size=_HASHED_MAX)
+    asked = [blob for blob in dict.fromkeys(names) if blob not in known]
+    known.update(zip(asked, blob_sizes(repo.root, asked), strict=True))
+    return [(path, known[blob]) for path, blob in diff.blobs if known[blob] > limit]
+
+
+# The biggest loose blob sized by reading and hashing it here: past it, git reads its size
+# from its header alone.
+_HASHED_MAX = 1 << 20
 
 
 def over_size_reason(over: Sequence[tuple[str, int]], limit: int) -> str:

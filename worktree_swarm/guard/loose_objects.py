@@ -8,21 +8,12 @@ that inflates to gigabytes costs no more memory than a piece.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import zlib
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
-from worktree_swarm.infra import fs
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def loose_name(fan_out: str, name: str) -> bool:
-    """Whether ``objects/<fan_out>/<name>`` is named as a loose object (SHA-1 or SHA-256)."""
-    oid = fan_out + name
-    return len(fan_out) == 2 and len(oid) in {40, 64} and set(oid) <= _HEX  # noqa: PLR2004
+from worktree_swarm.git import loose
+from worktree_swarm.git.loose import loose_name as loose_name  # noqa: PLC0414 - re-exported
 
 
 def forged_loose(
@@ -97,11 +88,6 @@ def _gone(path: Path) -> bool:
     return False
 
 
-_PIECE = 1 << 20  # read and inflated at most this much at a time
-_HEADER_MAX = 64  # "<type> <size>\0"
-_NO_HEADER = -2
-
-
 def hashes_to(path: Path, name: str) -> bool | None:
     """Whether the loose object file *path* holds the object named *name*.
 
@@ -111,44 +97,5 @@ def hashes_to(path: Path, name: str) -> bool | None:
     nothing of the object, which is looked at again next time. False for a named pipe or a
     device: git would wait on it (or read it without end), never find an object there.
     """
-    # git's own object names: SHA-256 in a repository made so, SHA-1 otherwise.
-    digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1()  # noqa: PLR2004, S324
-    inflate = zlib.decompressobj()
-    head, total, seen = b"", -1, 0
-    try:
-        with fs.open_file(path) as data:
-            while chunk := data.read(_PIECE):
-                while True:
-                    piece = inflate.decompress(chunk, _PIECE)
-                    digest.update(piece)
-                    seen += len(piece)
-                    if total < 0:
-                        head += piece[:_HEADER_MAX]
-                        total = _object_length(head)
-                        if total == _NO_HEADER or (total < 0 and len(head) >= _HEADER_MAX):
-                            return False
-                    if 0 <= total < seen:
-                        return False  # more than its header says: not what git wrote
-                    chunk = inflate.unconsumed_tail
-                    if not chunk and len(piece) < _PIECE:
-                        break
-        digest.update(inflate.flush(_PIECE))
-    except fs.NotAFileError:
-        return False  # a named pipe or a device: git would wait on it, never read an object
-    except OSError:
-        return None
-    except zlib.error:
-        return False
-    return inflate.eof and not inflate.unused_data and digest.hexdigest() == name
-
-
-def _object_length(head: bytes) -> int:
-    """The length of the object whose inflated bytes begin with *head*, header included.
-
-    -1 while the header is not whole yet, ``_NO_HEADER`` when it is none.
-    """
-    end = head.find(b"\0")
-    if end < 0:
-        return -1
-    _, _, size = head[:end].partition(b" ")
-    return end + 1 + int(size) if size.isdigit() else _NO_HEADER
+    found = loose.verified(path, name)
+    return found if found is None or found is False else True
