@@ -21,6 +21,7 @@ from worktree_swarm.guard import graph, held_files, packfiles, remotes, store_di
 from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.channel import Channel
+from worktree_swarm.guard.dir_modes import DirModes
 from worktree_swarm.guard.lock import TurnLock
 from worktree_swarm.guard.model import MAIN, WORKTREE_PREFIX, ScanFailure, Snapshot, Violation
 from worktree_swarm.guard.objects import ObjectWatch
@@ -124,6 +125,7 @@ class GuardState:
     _denied: set[str]  # the jobs whose last failure was a permission denied
     _setuid_due = 0.0  # monotonic time of the next walk for them
     _store: store_dir.StoreId | None = None  # the object store's directory, when watched
+    _dir_modes: DirModes | None = None  # the admin dirs' and task worktrees' bits, watched
 
     def __init__(
         self,

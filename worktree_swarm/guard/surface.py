@@ -23,6 +23,7 @@ put back in ``surface_restore``; the deeper walk for setuid files is ``setuid``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import time
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.git import repo as git
+from worktree_swarm.guard.dir_modes import DirModes, lstat_mode
 from worktree_swarm.infra import fs
 
 _NAME_DEPTH = 8  # slashes in a submodule's name walked through under modules/
@@ -113,6 +115,7 @@ def read(
     extra_hooks: Path | None,
     linked: Mapping[Path, Path] | None = None,
     tops: Iterable[Path] = (),
+    dir_modes: DirModes | None = None,
 ) -> Surface:
     """Every watched file of the git dir *common* (and of *extra_hooks*, its top level).
 
@@ -121,11 +124,12 @@ def read(
     admin dir), under their ``logs/``, and under ``refs/`` (a ref directory swapped for a link
     would have a restored ref written through). And what ties each linked worktree to the
     repository: its ``.git`` file, its admin dir's ``commondir`` and ``gitdir``. And the
-    permission bits of the directories git keeps in *common* and of *tops* (task worktrees).
+    permission bits of the directories git keeps in *common* and of *tops* (task worktrees);
+    *dir_modes*: those of worktree admin dirs and *tops* looked at again only where changed.
     """
     found: Surface = {}
     linked = linked or {}
-    _add_modes(found, common, tops)
+    _add_modes(found, common, tops, dir_modes or DirModes(watch=False))
     for top in (common, *linked.values()):
         _add_links(found, common, top)
     _add_ties(found, common, linked)
@@ -146,34 +150,37 @@ def read(
     return found
 
 
-def _add_modes(found: Surface, common: Path, tops: Iterable[Path]) -> None:
+def _add_modes(found: Surface, common: Path, tops: Iterable[Path], dir_modes: DirModes) -> None:
     """The permission bits of the git dir's own directories (not its files) and of *tops*.
 
-    ``refs/`` and ``logs/`` below their top are recorded as they are walked for links; the
-    fan-out directories of ``objects/`` cost one listing. About 300 `lstat` calls a scan, on
+    ``refs/`` and ``logs/`` below their top are recorded as they are walked for links. On
     plain strings: a scan runs many times a task, and ``pathlib`` cost more than the calls.
+    The fan-out directories of ``objects/``, the admin dirs and *tops* (one of each per task)
+    come from *dir_modes*: looked at again only where inotify saw a change.
     """
     top = os.fspath(common)
     _add_mode(found, top, top, SHARED_WRITE)  # always in the baseline
     for name in ("objects", "objects/info", "objects/pack", "refs", "logs", "worktrees"):
         head = name.rpartition("/")[0]
         _add_mode(found, top, f"{top}/{name}", mode_bits(f"{top}/{head}" if head else top))
-    for sub in ("objects", "worktrees"):
-        parent = f"{top}/{sub}"
-        try:
-            entries = list(os.scandir(parent))
-        except OSError:  # absent, or made unreadable: its own bits say so
-            continue
-        shared = mode_bits(parent)
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                _add_mode(found, top, entry.path, shared, entry)
-    parents: dict[str, int] = {}  # the worktree root, one lstat for all of its worktrees
+    for parent in (f"{top}/objects", f"{top}/worktrees"):  # fan-out and admin dirs
+        with contextlib.suppress(OSError):  # absent, or made unreadable: its own bits say so
+            modes = dir_modes.modes(parent)
+            shared = mode_bits(parent)
+            for name, mode in modes.items():
+                _add_dir_mode(found, top, f"{parent}/{name}", mode, shared)
+    by_parent: dict[str, dict[str, str]] = {}  # the worktree root: one watch for all of them
     for path in map(os.fspath, tops):
         parent = os.path.dirname(path)  # noqa: PTH120 - strings here: pathlib cost the most
-        if parent not in parents:
-            parents[parent] = mode_bits(parent)
-        _add_mode(found, top, path, parents[parent])
+        by_parent.setdefault(parent, {})[os.path.basename(path)] = path  # noqa: PTH119
+    for parent, paths in by_parent.items():
+        shared = mode_bits(parent)
+        try:
+            modes = dir_modes.modes(parent, list(paths))
+        except OSError:  # each looked at as it is
+            modes = {n: m for n, p in paths.items() if (m := lstat_mode(p)) is not None}
+        for name, mode in modes.items():
+            _add_dir_mode(found, top, paths[name], mode, shared)
 
 
 UMASK = fs.umask()  # read once, at import
@@ -200,13 +207,23 @@ def _add_mode(
     """
     try:
         info = os.lstat(path) if entry is None else entry.stat(follow_symlinks=False)
-        mode = info.st_mode
     except OSError:
         return
+    _add_dir_mode(found, top, path, info.st_mode, shared)
+
+
+def _add_dir_mode(found: Surface, top: str, path: str, mode: int, shared: int) -> None:
+    """*path*'s bits from its *mode* when it is a directory (see :func:`_add_mode`)."""
     if stat.S_ISDIR(mode):  # a symlink or file there is another matter
         bits = stat.S_IMODE(mode)
         looser = LOOSER if bits & SHARED_WRITE & ~shared & UMASK else b""
-        found.setdefault(label_of(top, path), Entry(kind=MODE, bits=bits, data=looser))
+        found.setdefault(label_of(top, path), _mode_entry(bits, looser))
+
+
+@functools.lru_cache(maxsize=256)
+def _mode_entry(bits: int, looser: bytes) -> Entry:
+    """The entry of a directory's *bits* (one per value: entries are immutable)."""
+    return Entry(kind=MODE, bits=bits, data=looser)
 
 
 def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None:

@@ -32,7 +32,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
 
     def _read_surface(self) -> surface.Surface:
         tops = list(self._trees.paths.values())  # a copy: workers add to it meanwhile
-        return surface.read(self.repo.common_dir, self._hooks, self._linked, tops)
+        return surface.read(self.repo.common_dir, self._hooks, self._linked, tops, self._dir_modes)
 
     def _being_made(self, common: Path, labels: Sequence[str]) -> set[str]:
         """The labels of *labels* that are the ``config.worktree`` of a worktree being made."""

@@ -60,6 +60,7 @@ from worktree_swarm.guard import (
 )
 from worktree_swarm.guard.attempt_checks import REMOTES, AttemptChecks
 from worktree_swarm.guard.checkout_checks import CheckoutChecks
+from worktree_swarm.guard.dir_modes import DirModes
 from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation
 from worktree_swarm.guard.object_checks import ObjectChecks
 from worktree_swarm.guard.objects import ObjectWatch
@@ -112,6 +113,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
                     self._linked[path] = git.git_dir(path)
             interrupts.check()
             self._hooks = surface.hooks_path(self.repo.root)
+            self._dir_modes = DirModes()
             self._surface = self._read_surface()
             self._setuid = setuid.setuid_files(self.repo.common_dir)
             self._graph = graph.fingerprint(self.repo.common_dir)
@@ -300,6 +302,13 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
             with self._looked:
                 self._looked.notify_all()
 
+    def _close_watches(self) -> None:
+        self._changes.close()
+        if self._objects is not None:
+            self._objects.close()
+        if self._dir_modes is not None:
+            self._dir_modes.close()
+
     def scan(self, *, deep: bool = False) -> list[Violation]:
         """Compare what is watched with its baseline; handle and return new violations.
 
@@ -356,9 +365,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
             places = [p for p in self._places.values() if not p.users]
         found += self._scan_tasks(places, changed, sweep, final=final)
         if final and self._closing.is_set():
-            self._changes.close()  # the last scan: its events are of no use any more
-            if self._objects is not None:
-                self._objects.close()
+            self._close_watches()  # the last scan: their events are of no use any more
             with self._job("objects"):
                 integrity.recover_held(self.repo.root, self.repo.common_dir, self._held)
             held_files.let_go(self._held)
