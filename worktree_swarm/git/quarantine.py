@@ -193,8 +193,10 @@ def _made_held(where: Path, prefix: str) -> tuple[Path, int]:
             continue  # removed (or swapped for a link) as it was made: another
         if _locked(fd) and _same(fd, own):  # not removed by a sweep that held it before
             try:
-                (own / "objects" / "pack").mkdir(parents=True)
-                (own / "objects" / "info").mkdir()
+                # Only the store itself: git makes the fan-out and ``pack`` directories it
+                # writes into, and takes no ``info`` from here (its alternate is in the
+                # environment). Each directory made costs the file system an inode.
+                (own / "objects").mkdir()
             except BaseException:
                 shutil.rmtree(own, ignore_errors=True)
                 os.close(fd)
