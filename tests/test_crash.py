@@ -175,6 +175,64 @@ def test_a_manager_killed_alone_in_a_checkout_whose_git_writes_on_is_resumed(
     assert not list(worktree.glob("stray-*"))
 
 
+# A manager whose interpreter SIGKILLs itself the moment it has created (empty) a file of the
+# git layout it writes for a new worktree, before writing anything into it: as a kill lands
+# between a file's open and its write. The file's name (a temporary one beside it counts).
+_KILLED_AT_CREATE = """
+import os, signal, sys
+target, fired = sys.argv.pop(1), []
+def killed_at_create(event, args):
+    if fired or event != "open" or not isinstance(args[0], str) or not args[2] & os.O_CREAT:
+        return
+    path = args[0]
+    if "/.git/worktrees/" in path or "/repo.swarm/" in path:
+        if os.path.basename(path) in (target, target + ".new"):
+            fired.append(path)  # the open below is audited too
+            os.close(os.open(path, args[2], 0o666))
+            os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(killed_at_create)
+from worktree_swarm.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("layout_file", ["locked", "gitdir", ".git", "commondir", "HEAD"])
+def test_a_manager_killed_as_it_writes_a_worktrees_git_layout_is_resumed(
+    repo: Path, write_agent: object, layout_file: str
+) -> None:
+    # Killed with the file made and nothing in it, an empty `commondir` made every git that
+    # lists worktrees die (`failed to read .../commondir`): `swarm resume` failed for ever,
+    # and the user's own `git worktree list` with it.
+    text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT_CREATE, layout_file, "run", manifest(repo, text)],
+        cwd=repo,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    listed = subprocess.run(
+        ["git", "worktree", "list", "--porcelain"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+    out = swarm(repo, "clean", "--yes", "--force")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    out = swarm(repo, "doctor")
+    assert (out.returncode, out.stdout.strip()) == (0, "nothing to clean"), out.stderr
+
+
 def _objects(repo: Path) -> set[str]:
     out = git(repo, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
     return set(out.split())

@@ -622,7 +622,7 @@ def test_a_registration_that_fails_half_way_leaves_nothing(
     real_write = Path.write_text
 
     def full_at(self: Path, *args: object, **kwargs: object) -> int:
-        if self.name == failing:
+        if self.name.removesuffix(".new") == failing:  # each is written beside, then renamed
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(self, *args, **kwargs)  # type: ignore[arg-type]
 

@@ -387,21 +387,33 @@ def _register(repo: Repo, path: Path, branch: str) -> bool:
             name = f"{path.name}{number}"
     admin = real_path(root / name)
     try:
-        (admin / "locked").write_text("initializing\n", encoding="utf-8")
+        _write_whole(admin / "locked", "initializing\n")
         try:
             path.mkdir()
         except FileExistsError:  # made since it was seen free, not by swarm: never removed
             raise BadInputError(_in_the_way(path)) from None
-        (admin / "gitdir").write_text(f"{real_path(path)}/.git\n", encoding="utf-8")
-        (path / ".git").write_text(f"gitdir: {admin}\n", encoding="utf-8")
-        (admin / "commondir").write_text("../..\n", encoding="utf-8")
-        (admin / "HEAD").write_text(f"ref: refs/heads/{branch}\n", encoding="utf-8")
+        _write_whole(admin / "gitdir", f"{real_path(path)}/.git\n")
+        _write_whole(path / ".git", f"gitdir: {admin}\n")
+        _write_whole(admin / "commondir", "../..\n")
+        _write_whole(admin / "HEAD", f"ref: refs/heads/{branch}\n")
     except BaseException:
         # Before `gitdir` names the path, the caller's clean-up cannot tell the dir is ours.
         shutil.rmtree(admin, ignore_errors=True)
         raise
     (admin / "locked").unlink()
     return True
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write *path* whole: beside it, then renamed into place.
+
+    A manager killed meanwhile leaves it whole or absent. An empty ``commondir`` made every
+    git that lists worktrees die (``failed to read .../commondir``), `swarm resume` and your
+    own `git worktree list` included.
+    """
+    new = path.with_name(f"{path.name}.new")
+    new.write_text(text, encoding="utf-8")
+    new.replace(path)
 
 
 def populate(path: Path, cone: sparse.Cone | None) -> None:
