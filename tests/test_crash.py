@@ -226,6 +226,7 @@ def test_a_manager_killed_as_it_writes_a_worktrees_git_layout_is_resumed(
     assert out.returncode == 0, out.stdout + out.stderr
     assert status_json(repo)["t1"]["state"] == "done"
     assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t1").split() == ["README.md", "t1.txt"]
     out = swarm(repo, "clean", "--yes", "--force")
     assert out.returncode == 0, out.stdout + out.stderr
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
