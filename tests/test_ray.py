@@ -1643,11 +1643,12 @@ def test_a_lost_node_s_agent_resumes_its_session_on_another_node(
         assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"turn 1 of {task} on head"
 
 
-CHECK_ON_NODE = r"""
+STEP_ON_NODE = r"""
 import os, pathlib, sys, time
-ctl = pathlib.Path(sys.argv[1])
+ctl, step = pathlib.Path(sys.argv[1]), sys.argv[2]
 task = os.environ["SWARM_TASK_ID"]
-(ctl / f"{task}.check.{os.environ.get('SWARM_NODE_NAME', '?')}.{os.getpid()}").touch()
+print(f"{step} of {task}", flush=True)
+(ctl / f"{task}.{step}.{os.environ.get('SWARM_NODE_NAME', '?')}.{os.getpid()}").touch()
 while not (ctl / "release").exists():
     time.sleep(0.05)
 """
@@ -1659,8 +1660,8 @@ def test_logs_of_checks_still_running_on_a_node_say_where_they_run(
     # The node hands their output back when they end: "none ran" was untrue meanwhile.
     repo, _remote, ctl = setup_repo(tmp_path, [])
     check = tmp_path / "check.py"
-    check.write_text(CHECK_ON_NODE)
-    checks = json.dumps([[sys.executable, str(check), str(ctl)]])
+    check.write_text(STEP_ON_NODE)
+    checks = json.dumps([[sys.executable, str(check), str(ctl), "check"]])
     (tmp_path / "tasks.toml").write_text(
         f'[defaults]\nexecutor = "ray"\nray_memory = "64M"\nagent = "scripted"\n'
         f'checks = {checks}\n\n[[task]]\nid = "c1"\nprompt = "p"\n'
@@ -1686,6 +1687,41 @@ def test_logs_of_checks_still_running_on_a_node_say_where_they_run(
     assert swarm(repo, "logs", "c1", "--checks").returncode == 0
 
 
+def test_logs_of_a_setup_still_running_on_a_node_say_where_it_runs(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # As for checks: the node hands the setup's output back when it ends.
+    repo, _remote, ctl = setup_repo(tmp_path, [])
+    step = tmp_path / "step.py"
+    step.write_text(STEP_ON_NODE)
+    setup = json.dumps([[sys.executable, str(step), str(ctl), "setup"]])
+    (tmp_path / "tasks.toml").write_text(
+        f'[defaults]\nexecutor = "ray"\nray_memory = "64M"\nagent = "scripted"\n'
+        f'setup = {setup}\n\n[[task]]\nid = "s1"\nprompt = "p"\n'
+    )
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("its setup", lambda: list(ctl.glob("s1.setup.*")))
+        node = status(repo)["s1"]["node"]
+        for follow in ((), ("-f",)):
+            out = swarm(repo, "logs", "s1", "--setup", *follow)
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert out.stderr == (
+                f"swarm: task 's1' has no setup output here yet: it is being set up on node"
+                f" {node}, and what its setup prints is copied here when it ends\n"
+            )
+        (ctl / "release").write_text("")
+        assert manager.wait(timeout=300) in (0, 1), output(manager)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+    out = swarm(repo, "logs", "s1", "--setup")
+    assert out.returncode == 0, out.stderr
+    assert "setup of s1" in out.stdout
+
+
 def test_a_node_lost_in_the_checks_checks_again_elsewhere_without_a_new_agent(
     tmp_path: Path,
 ) -> None:
@@ -1700,9 +1736,9 @@ def test_a_node_lost_in_the_checks_checks_again_elsewhere_without_a_new_agent(
             "    out.write('run\\n')\n"
         )
         check = tmp_path / "check.py"
-        check.write_text(CHECK_ON_NODE)
+        check.write_text(STEP_ON_NODE)
         agent = json.dumps([sys.executable, str(runs), str(ctl)])
-        checks = json.dumps([[sys.executable, str(check), str(ctl)]])
+        checks = json.dumps([[sys.executable, str(check), str(ctl), "check"]])
         (tmp_path / "tasks.toml").write_text(
             f'[defaults]\nexecutor = "ray"\nray_memory = "64M"\nagent = {agent}\n'
             f"checks = {checks}\n\n"

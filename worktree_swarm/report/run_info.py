@@ -146,10 +146,23 @@ def step_log_path(repo: git.Repo, store: Store, run_id: str, task_id: str, step:
             f"task {task_id!r} has no checks output here yet: its checks run on node"
             f" {printable(row.node)}, and what they print is copied here when they end"
         )
+    if not path.is_file() and step == "setup" and _set_up_on_a_node(row):
+        # As its checks: what it prints comes back whole, once it ends.
+        raise SwarmError(
+            f"task {task_id!r} has no setup output here yet: it is being set up on node"
+            f" {printable(row.node or '')}, and what its setup prints is copied here when it ends"
+        )
     if not path.is_file():
         how = f" ({_ended_as(row)})" if row.state.is_final else ""
         raise SwarmError(f"task {task_id!r} has no {step} output: none ran{how}")
     return path
+
+
+def _set_up_on_a_node(row: TaskRow) -> bool:
+    """Whether *row*'s task is being launched on a Ray node, a `setup` to run before its agent."""
+    if row.node is None or row.launching is None or row.state is not TaskState.RUNNING:
+        return False
+    return bool(task_from_json(row.spec_json).setup)
 
 
 def _step_log(repo: git.Repo, run_id: str, task_id: str, step: str) -> Path:
