@@ -145,3 +145,39 @@ def test_a_stop_signal_says_at_once_that_the_run_stops_but_not_after_a_hangup(
         ]
         assert said[-1] == "swarm: interrupted"
     assert status_json(repo)["a"]["state"] == "stopped"
+
+
+def test_a_run_interrupted_with_tasks_left_refuses_a_new_run_until_forced_as_a_dead_one(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A new run took the id of a task not started yet: the old run's resume then failed it
+    # ("swarm/a is run ...'s now"), its work never done, and told to `swarm resume` again.
+    agent = write_agent("import os; open('work.txt', 'w').write(os.environ['SWARM_RUN_ID'])")
+    path = manifest(
+        repo,
+        f"[defaults]\nagent = {argv_toml(agent)}\n"
+        '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n',
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_TWICE_AS_THE_GUARD_STARTS, path], cwd=repo,
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    [old] = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
+    again = ("run", "--agent", shlex.join(agent), "-t", "a=again")
+    refused = swarm(repo, *again)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == (
+        f"swarm: run {old['run_id']} was interrupted with tasks left; continue it with"
+        " `swarm resume` (or pass --force to abandon it)\n"
+    )
+    assert _run_states(repo) == ["interrupted"]  # nothing created
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+    forced = swarm(repo, *again, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"abandoned run {old['run_id']} (its work checkpointed)" in forced.stderr
+    assert _run_states(repo) == ["abandoned", "finished"]
+    old_rows = json.loads(swarm(repo, "status", "--json", "--run", old["run_id"]).stdout)
+    assert {t["task_id"]: t["state"] for t in old_rows["tasks"]} == {"a": "stopped", "b": "stopped"}
+    new = json.loads(swarm(repo, "runs", "--json").stdout)["runs"][1]["run_id"]
+    assert git(repo, "show", "swarm/a:work.txt") == new

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 @click.option("--api-url", metavar="URL", help="GitHub API URL (Enterprise).")
 @click.option("--detach", is_flag=True, help="Run the manager in the background.")
 @click.option(
-    "--force", is_flag=True, help="Abandon an unfinished run whose manager died (checkpointed)."
+    "--force", is_flag=True, help="Abandon an unfinished run no manager runs (checkpointed)."
 )
 @click.option(
     "--dry-run",

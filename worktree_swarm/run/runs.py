@@ -51,18 +51,23 @@ def resume_command(store: Store, run_id: str) -> str:
     return "swarm resume" if store.latest_run_id() == run_id else f"swarm resume --run {run_id}"
 
 
+def left_unmanaged(store: Store, run: RunRow) -> bool:
+    """Whether *run* waits for `swarm resume`: its manager gone, or interrupted with tasks left."""
+    state = run_state(run)
+    if state is RunState.INTERRUPTED:
+        return not all(row.state.is_final for row in store.tasks(run.run_id))
+    return state is RunState.MANAGER_GONE
+
+
 def manager_note(store: Store, run: RunRow) -> str | None:
     """``manager not running — run `swarm resume``` for an orphaned run, else None.
 
     Also for a run interrupted with tasks left (its Ray cluster was lost); for a Ray run
     whose cluster does not answer, that and what to do.
     """
-    state = run_state(run)
-    if state is RunState.INTERRUPTED:
-        if all(row.state.is_final for row in store.tasks(run.run_id)):
-            return None
-    elif state is not RunState.MANAGER_GONE:
+    if not left_unmanaged(store, run):
         return None
+    state = run_state(run)
     resume = resume_command(store, run.run_id)
     if run.settings.executor is Executor.RAY:
         from worktree_swarm.run import ray_cluster  # noqa: PLC0415 - Ray runs only
@@ -124,8 +129,13 @@ def format_runs(summaries: list[RunSummary]) -> list[str]:
 
 
 def orphaned_runs(store: Store) -> list[RunRow]:
-    """Unfinished runs whose manager is gone."""
-    return [r for r in store.runs() if run_state(r) is RunState.MANAGER_GONE]
+    """Unfinished runs no manager runs: its manager gone, or interrupted with tasks left.
+
+    An interrupted run's tasks left (a stop before they started, a lost Ray cluster) wait
+    for `swarm resume` as a dead manager's do: a new run would take the ids of those not
+    started yet, and their resume would then fail them.
+    """
+    return [r for r in store.runs() if left_unmanaged(store, r)]
 
 
 def refuse_or_abandon(repo: git.Repo, store: Store, *, force: bool) -> list[str]:
@@ -137,10 +147,15 @@ def refuse_or_abandon(repo: git.Repo, store: Store, *, force: bool) -> list[str]
     """
     orphans = orphaned_runs(store)
     if orphans and not force:
-        run_id = orphans[-1].run_id
+        run = orphans[-1]
+        how = (
+            "was interrupted with tasks left"
+            if run_state(run) is RunState.INTERRUPTED
+            else "is unfinished and its manager is not running"
+        )
         raise BadInputError(
-            f"run {run_id} is unfinished and its manager is not running; continue it with "
-            f"`{resume_command(store, run_id)}` (or pass --force to abandon it)"
+            f"run {run.run_id} {how}; continue it with "
+            f"`{resume_command(store, run.run_id)}` (or pass --force to abandon it)"
         )
     for run in orphans:
         targets = [t.task_id for t in store.tasks(run.run_id) if not t.state.is_final]
