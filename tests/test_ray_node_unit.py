@@ -4,8 +4,12 @@ the coordinator is redacted with the node's own secrets (the head does not know 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -13,10 +17,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests import git_http
-from tests.conftest import git, hang_git_at, killed_at_git, make_repo
+from tests.conftest import git, hang_git_at, killed_at_git, make_repo, script_interpreter
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import quarantine
@@ -405,6 +410,97 @@ def test_an_attempt_discarded_before_its_clone_makes_none(node: NodeAgent, tmp_p
     with pytest.raises(SwarmError, match=r"^stopped on node n1 while its clone"):
         node.prepare()
     assert list((tmp_path / "node").glob("runs/*")) == []
+
+
+# A `git` whose first *step* (`fetch`, `clone`) hangs in its ref update: its ref locks taken
+# (git's hook `reference-transaction`, after the hardening's `core.hooksPath`), its pid noted.
+HANGING_STEP = """
+import os, sys
+args, real, hooks, taken, step = sys.argv[1:], {real!r}, {hooks!r}, {taken!r}, {step!r}
+if step in args and not os.path.exists(taken):
+    os.mkdir(taken)
+    args[args.index(step):args.index(step)] = ["-c", "core.hooksPath=" + hooks]
+os.execv(real, ["git", *args])
+"""
+
+# The node's prepare of a task's clone, in a process of its own (an actor's worker).
+PREPARE = """
+import pickle, sys
+from worktree_swarm.run.ray_node_clone import NodeClone
+NodeClone(pickle.loads(bytes.fromhex(sys.argv[1]))).prepare()
+"""
+
+
+@pytest.mark.parametrize("killed", ["actor", "git"])
+@pytest.mark.parametrize("step", ["fetch", "clone"])
+def test_the_next_prepare_on_a_node_copes_with_its_mirror_s_git_killed_half_way(
+    node: NodeAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed: str, step: str
+) -> None:
+    # Ray killing the actor left its fetch of the node's mirror running (a hung one holding
+    # its ref locks for ever); a fetch killed itself left them behind. Either way every
+    # later attempt on the node failed: "Unable to create '.../swarm/t.lock': File exists".
+    # A clone killed so left a mirror with a HEAD, taken as whole, never set `gc.auto=0`.
+    if step == "fetch":
+        warm = NodeAgent(dataclasses.replace(node.a, attempt=0))
+        warm.prepare()  # the node's mirror: the next prepare fetches it
+        warm.discard()
+    repo, remote = tmp_path / "repo", tmp_path / "remote.git"
+    git(repo, "commit", "-q", "--allow-empty", "-m", "later")
+    git(repo, "push", "-q", str(remote), "main:swarm/t")
+    hooks, real = tmp_path / "hooks", shutil.which("git")
+    hooks.mkdir()
+    (hooks / "reference-transaction").write_text(
+        script_interpreter() + "\nimport os, pathlib, sys, time\n"
+        'if sys.argv[1] == "prepared":\n'
+        f"    pathlib.Path({str(tmp_path / 'git.pid')!r}).write_text(str(os.getppid()))\n"
+        f"    pathlib.Path({str(tmp_path / 'hook.tmp')!r}).write_text(str(os.getpid()))\n"
+        f"    os.replace({str(tmp_path / 'hook.tmp')!r}, {str(tmp_path / 'hook.pid')!r})\n"
+        "    os.closerange(0, 1024)  # no pipe of git's kept open (its upload-pack's input)\n"
+        "    time.sleep(600)\n"
+    )
+    (hooks / "reference-transaction").chmod(0o755)
+    wrapper = tmp_path / "gitbin" / "git"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        script_interpreter()
+        + HANGING_STEP.format(real=real, hooks=str(hooks), taken=str(tmp_path / "taken"), step=step)
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    state = pickle.dumps(dataclasses.replace(node.a, attempt=2)).hex()
+    preparing = subprocess.Popen([sys.executable, "-c", PREPARE, state], start_new_session=True)
+    pids: list[int] = []
+    try:
+        until(f"the mirror's {step} in its ref update", ready=tmp_path / "hook.pid")
+        pids = [int((tmp_path / f"{name}.pid").read_text()) for name in ("git", "hook")]
+        os.kill(preparing.pid if killed == "actor" else pids[0], signal.SIGKILL)
+        preparing.wait(timeout=60)
+        if killed == "actor":  # its git ends with it (before anything else is asked of it)
+            deadline = time.monotonic() + 60
+            while running(pids[0]):
+                assert time.monotonic() < deadline, "its git outlived the actor's process"
+                time.sleep(0.02)
+        tip = node.prepare()  # the next attempt on the node
+    finally:
+        for pid in pids:  # the hook's sleep (and a git left running)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if preparing.poll() is None:
+            preparing.kill()
+            preparing.wait(timeout=30)
+    assert tip == git(remote, "rev-parse", "swarm/t")
+    [mirror] = (tmp_path / "node" / "mirrors").glob("*.git")
+    assert git(mirror, "rev-parse", "swarm/t") == tip
+    assert list(mirror.rglob("*.lock")) == []
+    assert git(mirror, "config", "gc.auto") == "0"
+
+
+def running(pid: int) -> bool:
+    """Whether process *pid* runs (a zombie, its parent killed, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _ended_writing_work(node: NodeAgent) -> NodeAgent:

@@ -30,7 +30,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git.process import StoppedError
 from worktree_swarm.git.remote_login import login_for
 from worktree_swarm.guard import surface, surface_diff, surface_restore
-from worktree_swarm.infra import disk, redact, starts, supervisor
+from worktree_swarm.infra import disk, proc_scan, redact, starts, supervisor
 from worktree_swarm.run.ray_node_host import (
     ACTOR_FILE,
     make_dirs,
@@ -109,7 +109,7 @@ class NodeClone:
             me = psutil.Process()
             identity = {"pid": me.pid, "create_time": starts.of(me)}
             (self.logs / ACTOR_FILE).write_text(json.dumps(identity), encoding="utf-8")
-            mirror = self._mirror()  # shared by the node's attempts: never stopped half-way
+            mirror = self._mirror()  # shared by the node's attempts: not stopped by a stop
             self._unless_stopped()
             shutil.rmtree(self.work, ignore_errors=True)  # an earlier attempt: the remote wins
             self.work.parent.mkdir(parents=True, exist_ok=True)
@@ -143,27 +143,38 @@ class NodeClone:
             )
 
     def _mirror(self) -> Path:
-        """The node's mirror of the remote, made or brought up to date under its lock."""
+        """The node's mirror of the remote, made or brought up to date under its lock.
+
+        Its git is ended with this actor (as the clone's); what one killed half-way left is
+        settled first (:func:`_settle_mirror`), and a mirror is made apart and moved into
+        place once whole: one with a HEAD is complete.
+        """
         key = hashlib.sha256(self._remote.url.encode()).hexdigest()[:16]
         mirrors = node_dir() / "mirrors"
         mirrors.mkdir(parents=True, exist_ok=True)
         mirror = mirrors / f"{key}.git"
+        making = mirrors / f"{key}.git.new"
         with FileLock(str(mirrors / f"{key}.lock")):
+            _settle_mirror(mirror, making)
             if not (mirror / "HEAD").exists():
                 shutil.rmtree(mirror, ignore_errors=True)
+                making.mkdir()  # its git's directory: where a leftover of it is found
                 runner.run(
-                    mirrors,
+                    making,
                     *self._remote.args,
-                    "clone", "--quiet", "--bare", "--", self._remote.url, str(mirror),
+                    "clone", "--quiet", "--bare", "--", self._remote.url, str(making),
                     env=self._remote.env,
+                    tied=True,
                 )  # fmt: skip
-                runner.run(mirror, "config", "gc.auto", "0")
+                runner.run(making, "config", "gc.auto", "0")
+                making.rename(mirror)
             else:
                 runner.run(
                     mirror,
                     *self._remote.args,
                     "fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/heads/*",
                     env=self._remote.env,
+                    tied=True,  # Ray kills this actor's worker without a word: git goes too
                 )  # fmt: skip
         return mirror
 
@@ -346,3 +357,29 @@ class NodeClone:
             ).stdout.strip()  # fmt: skip
             self._push(commit)
         return True
+
+
+def _settle_mirror(mirror: Path, making: Path) -> None:
+    """Undo what a git killed in the node's mirror left, under the mirror's lock.
+
+    Every git of the mirror runs there under that lock: one still at work is a leftover of
+    an actor killed meanwhile, ended here (a hung fetch held its ref locks for ever), and
+    every lock file is stale (a git killed in its ref update: every later fetch failed on
+    it). A mirror half-made is removed, as are the temporary packs of a fetch cut short (the
+    mirror is never gc'ed).
+    """
+    left = []
+    for place in (mirror, making):
+        for process in proc_scan.processes_in(place) if place.is_dir() else []:
+            with contextlib.suppress(psutil.Error):
+                if process.name().startswith("git"):  # git, its helpers (git-remote-https)
+                    process.kill()
+                    left.append(process)
+    psutil.wait_procs(left, timeout=10)
+    shutil.rmtree(making, ignore_errors=True)
+    if not mirror.is_dir():
+        return
+    stale = [*mirror.glob("*.lock"), *(mirror / "refs").rglob("*.lock")]
+    for path in [*stale, *(mirror / "objects" / "pack").glob("tmp_*")]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
