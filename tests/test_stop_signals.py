@@ -85,7 +85,7 @@ def signalled(self):
     interrupts.on_signal()  # raised at once
 
 Guard.start = signalled
-sys.argv = ["swarm", "run", sys.argv[1]]
+sys.argv = ["swarm", *sys.argv[1:]]
 sys.exit(main())
 """
 
@@ -99,7 +99,7 @@ def test_a_stop_before_the_run_loop_ends_the_run_interrupted_and_resumable(
         repo, f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "p"\n'
     )
     proc = subprocess.run(
-        [sys.executable, "-c", _SIGNALLED_TWICE_AS_THE_GUARD_STARTS, path], cwd=repo,
+        [sys.executable, "-c", _SIGNALLED_TWICE_AS_THE_GUARD_STARTS, "run", path], cwd=repo,
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 130, proc.stderr
@@ -108,6 +108,47 @@ def test_a_stop_before_the_run_loop_ends_the_run_interrupted_and_resumable(
     out = swarm(repo, "resume")
     assert out.returncode == 0, out.stderr
     assert status_json(repo)["t"]["state"] == "done"
+
+
+def test_a_stop_before_a_resumes_loop_leaves_the_logs_of_agents_still_running_alone(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Its agents run on (not adopted yet): their logs were redacted by a rewrite in place
+    # while they wrote to them, which loses what they append meanwhile. Redacted by the
+    # manager that ends them.
+    token = "ghp_" + "R4t5Y6" * 6
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    agent = write_agent(
+        "import pathlib, time\n"
+        f"print({token!r}, flush=True)\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+        "open('work.txt', 'w').write('work')\n"
+    )
+    path = manifest(
+        repo, f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "p"\n'
+    )
+    manager = swarm_bg(repo, "run", path)
+    try:
+        wait_for(started.exists, what="the agent")
+    finally:
+        manager.kill()  # the manager alone: its agent runs on
+        manager.wait(timeout=30)
+    (log,) = (repo / ".git" / "swarm" / "runs").glob("*/t/attempt-1.log")
+    before = log.read_bytes()
+    assert token.encode() in before
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_TWICE_AS_THE_GUARD_STARTS, "resume"], cwd=repo,
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert log.read_bytes() == before  # not rewritten under its writer
+    gate.touch()
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stderr
+    assert status_json(repo)["t"]["state"] == "done"
+    assert token not in log.read_text()  # redacted by the manager that saw it end
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP"])
@@ -159,7 +200,7 @@ def test_a_run_interrupted_with_tasks_left_refuses_a_new_run_until_forced_as_a_d
         '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n',
     )
     proc = subprocess.run(
-        [sys.executable, "-c", _SIGNALLED_TWICE_AS_THE_GUARD_STARTS, path], cwd=repo,
+        [sys.executable, "-c", _SIGNALLED_TWICE_AS_THE_GUARD_STARTS, "run", path], cwd=repo,
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 130, proc.stderr

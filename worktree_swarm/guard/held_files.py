@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from worktree_swarm.guard.loose_objects import hashes_to, loose_name
-from worktree_swarm.infra import fs, interrupts
+from worktree_swarm.infra import fs
 
 HELD = "held"  # under the guard's directory: links to the object files at the baseline
 
@@ -61,15 +61,14 @@ def hold(common: Path, held: Path) -> list[str]:
     directory entry per file, no data, until the run lets go of them (:func:`let_go`); a copy
     of each file where *held* is on another file system than the store. Not
     the temporary file a killed git left beside the loose objects (``tmp_obj_...``): no
-    object, and one `git gc` removes. A stop signal is taken between two directories
-    (:func:`.interrupts.check`): what is held so far stays, as a killed manager's hold does.
+    object, and one `git gc` removes. Not cut short by a stop signal: links alone, quick, and
+    the old hold may be let go already (a resume's agents run on after the stop, unwatched).
     A directory that cannot be listed (made unreadable) is not held, the others are: returns
     why, for each.
     """
     objects = common / "objects"
     failed = []
     for directory in os.scandir(objects):
-        interrupts.check()
         if directory.name == "info" or not directory.is_dir(follow_symlinks=False):
             continue
         pack = directory.name == "pack"

@@ -227,9 +227,12 @@ class Runner(TaskLaunch):
 
         The guard's files stay as a killed manager's guard leaves them (the objects it holds,
         the baseline of your checkout the next one compares with): `swarm resume` goes on.
+        The logs of agents a killed manager left running are not redacted (a rewrite in place
+        under a writer loses what it appends meanwhile): the manager that ends them does it.
         """
         self.guard.stand_down()
-        self._scrub_logs()
+        # Task ids are plain names (no pattern characters): each skips its own directory.
+        scrub.scrub_tree(run_dir(self.repo, self.run_id), skip=(*SCRUB_SKIP, *self._adopt))
         self.store.finish_run(self.run_id, status=RunStatus.INTERRUPTED)
         why = "stopped before its tasks started"
         self._emit("run_finished", None, {"status": RunStatus.INTERRUPTED.value, "why": why})
