@@ -512,3 +512,24 @@ def _ended_writing_work(node: NodeAgent) -> NodeAgent:
     ended.start(prompt="p", session=None, resume_prompt=None)
     until("the agent's end", node=ended)
     return ended
+
+
+def test_the_next_prepare_leaves_a_git_of_yours_in_the_node_s_mirror_alone(
+    node: NodeAgent,
+) -> None:
+    # What a killed actor's git left is ended by the mark in its environment, not by its
+    # name and place: yours, at work in the mirror, is not swarm's to kill.
+    warm = NodeAgent(dataclasses.replace(node.a, attempt=0))
+    warm.prepare()  # the node's mirror
+    warm.discard()
+    [mirror] = Path(os.environ["SWARM_NODE_DIR"], "mirrors").glob("*.git")
+    yours = subprocess.Popen(
+        ["git", "cat-file", "--batch"], cwd=mirror, stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        node.prepare()
+        assert yours.poll() is None  # still at work
+    finally:
+        yours.kill()
+        yours.communicate(timeout=30)  # its stdin closed too

@@ -154,6 +154,7 @@ class NodeClone:
         mirrors.mkdir(parents=True, exist_ok=True)
         mirror = mirrors / f"{key}.git"
         making = mirrors / f"{key}.git.new"
+        marked = {**self._remote.env, MIRROR_MARK: str(mirror)}  # told apart from yours
         with FileLock(str(mirrors / f"{key}.lock")):
             _settle_mirror(mirror, making)
             if not (mirror / "HEAD").exists():
@@ -163,7 +164,7 @@ class NodeClone:
                     making,
                     *self._remote.args,
                     "clone", "--quiet", "--bare", "--", self._remote.url, str(making),
-                    env=self._remote.env,
+                    env=marked,
                     tied=True,
                 )  # fmt: skip
                 runner.run(making, "config", "gc.auto", "0")
@@ -173,7 +174,7 @@ class NodeClone:
                     mirror,
                     *self._remote.args,
                     "fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/heads/*",
-                    env=self._remote.env,
+                    env=marked,
                     tied=True,  # Ray kills this actor's worker without a word: git goes too
                 )  # fmt: skip
         return mirror
@@ -359,20 +360,26 @@ class NodeClone:
         return True
 
 
+# In the environment of swarm's git of a node's mirror (its path): what a killed actor left.
+MIRROR_MARK = "SWARM_MIRROR"
+
+
 def _settle_mirror(mirror: Path, making: Path) -> None:
     """Undo what a git killed in the node's mirror left, under the mirror's lock.
 
-    Every git of the mirror runs there under that lock: one still at work is a leftover of
-    an actor killed meanwhile, ended here (a hung fetch held its ref locks for ever), and
-    every lock file is stale (a git killed in its ref update: every later fetch failed on
-    it). A mirror half-made is removed, as are the temporary packs of a fetch cut short (the
-    mirror is never gc'ed).
+    Every git swarm runs in the mirror runs there under that lock: one still at work is a
+    leftover of an actor killed meanwhile (a hung fetch held its ref locks for ever), ended
+    here; it is told by the mark in its environment (:data:`MIRROR_MARK`, which its helpers
+    and hooks inherit), never by its name: a git of yours in the mirror is left alone. Every
+    lock file is stale (a git killed in its ref update: every later fetch failed on it). A
+    mirror half-made is removed, as are the temporary packs of a fetch cut short (the mirror
+    is never gc'ed).
     """
     left = []
     for place in (mirror, making):
         for process in proc_scan.processes_in(place) if place.is_dir() else []:
             with contextlib.suppress(psutil.Error):
-                if process.name().startswith("git"):  # git, its helpers (git-remote-https)
+                if process.environ().get(MIRROR_MARK) == str(mirror):
                     process.kill()
                     left.append(process)
     psutil.wait_procs(left, timeout=10)
