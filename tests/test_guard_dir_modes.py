@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_repo
+from tests.conftest import as_owner_only, make_repo
 from worktree_swarm.guard import surface
 from worktree_swarm.guard.dir_modes import DirModes
 
@@ -95,3 +97,41 @@ def test_entries_made_removed_or_swapped_are_read_as_they_are_now(
     modes.close()  # from now on every entry is looked at
     tops[0].chmod(0o777)
     same()
+
+
+# As a user's manager (owner only): a parent made unsearchable, then searchable again.
+OPENED_BEHIND_AN_UNSEARCHABLE_PARENT = """
+import contextlib
+import sys
+from pathlib import Path
+from worktree_swarm.guard import surface
+from worktree_swarm.guard.dir_modes import DirModes
+
+common, tops = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
+fan_out = next(p for p in sorted((common / "objects").iterdir()) if len(p.name) == 2)
+modes = DirModes()
+surface.read(common, None, None, tops, modes)
+for parent, child in ((fan_out.parent, fan_out), (common / "worktrees", common / "worktrees/t1")):
+    child.chmod(0o777)
+    parent.chmod(0o600)  # listed, not searched: each entry's lstat fails
+with contextlib.suppress(PermissionError):  # objects/info/alternates cannot be looked at
+    surface.read(common, None, None, tops, modes)
+for parent in (common / "objects", common / "worktrees"):
+    parent.chmod(0o755)  # no event names the entries in it
+found = surface.read(common, None, None, tops, modes)
+assert found[f"objects/{fan_out.name}"].data == surface.LOOSER, found
+assert found["worktrees/t1"].data == surface.LOOSER, found
+assert found == surface.read(common, None, None, tops)
+"""
+
+
+def test_entries_of_a_parent_made_unsearchable_are_read_once_it_is_searchable_again(
+    layout: tuple[Path, list[Path]],
+) -> None:
+    common, tops = layout
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-c", OPENED_BEHIND_AN_UNSEARCHABLE_PARENT,
+         str(common), *map(str, tops)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]

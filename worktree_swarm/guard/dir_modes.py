@@ -11,7 +11,9 @@ entry is looked at again only when an event names it. The modes are what `lstat`
   in the next);
 - the parent itself moved, removed, replaced by another directory (another inode at its
   path), events lost (the queue overflowed) or no inotify at all (another OS, the per-user
-  limits): its entries are looked at again, every time until a watch holds again.
+  limits): its entries are looked at again, every time until a watch holds again;
+- an entry that cannot be looked at (its parent made unsearchable, which no event of the
+  entry tells the end of) is looked at again every time until it can be.
 """
 
 from __future__ import annotations
@@ -74,11 +76,14 @@ class DirModes:
             for name in names:
                 mode = known.modes.get(name, _UNKNOWN)
                 if mode == _UNKNOWN:
-                    got = lstat_mode(f"{parent}/{name}")
-                    if got is None:
+                    try:
+                        mode = os.lstat(f"{parent}/{name}").st_mode
+                    except (FileNotFoundError, NotADirectoryError):
                         known.modes.pop(name, None)  # gone: an event tells of it coming back
                         continue
-                    known.modes[name] = mode = got
+                    except OSError:  # *parent* made unsearchable: no event when it is again
+                        continue  # still to look at
+                    known.modes[name] = mode
                 found[name] = mode
             return found
 
