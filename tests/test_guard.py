@@ -9,6 +9,8 @@ restored byte for byte.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import signal
@@ -471,6 +473,28 @@ def test_a_repository_you_make_in_your_checkout_while_no_agent_runs_stays_yours(
     found = guard.scan()  # an agent's write later: that one is undone, your repository kept
     assert [v.paths for v in found] == [("app.py",)]
     assert (dirty_repo / "vendor" / "lib" / ".git").is_dir()
+
+
+def inotify_fds() -> set[str]:
+    """This process's open inotify instances (their descriptors)."""
+    found = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed meanwhile
+            if str(fd.readlink()) == "anon_inode:inotify":
+                found.add(fd.name)
+    return found
+
+
+def test_a_guard_standing_down_after_its_start_keeps_no_inotify_instance(repo: Path) -> None:
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc")
+    gc.collect()  # instances of earlier tests' guards left for the collector: closed now
+    before = inotify_fds()
+    guard = Guard(open_repo(repo), work_dir=repo.parent / "g", restore=True)
+    guard.start()
+    assert inotify_fds() - before  # its watches on
+    guard.stand_down()
+    assert inotify_fds() <= before
 
 
 def test_guard_restores_modes_symlinks_and_binary_files(tmp_path: Path) -> None:

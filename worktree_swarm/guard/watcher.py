@@ -146,9 +146,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
 
     def stand_down(self) -> None:
         """After a :meth:`start` cut short: its change tests let go, its files kept as they are."""
-        self._changes.close()
-        if self._objects is not None:
-            self._objects.close()
+        self._close_watches()
 
     @contextlib.contextmanager
     def busy(self, task_id: str, path: Path) -> Iterator[None]:
