@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -210,3 +212,91 @@ def test_a_directory_of_the_store_that_cannot_be_read_costs_that_directory_alone
     assert git(repo, "show", "main:a.txt") == "yours"
     assert git(repo, "show", "main:b.txt") == "made while no manager ran"
     assert f"objects/{hidden.name} not held: Permission denied" in failures  # told
+
+
+def fan_out_blobs(tmp_path: Path, count: int) -> Path:
+    """A repository whose store has at least *count* fan-out directories of loose objects."""
+    repo = make_repo(tmp_path / "repo")
+    taken = {p.name for p in (repo / ".git" / "objects").iterdir()}
+    files = []
+    for i in range(10_000):
+        name = blob_name(f"fan-out {i}\n")
+        if name[:2] not in taken:
+            taken.add(name[:2])
+            files.append(tmp_path / f"blob{i}.txt")
+            files[-1].write_text(f"fan-out {i}\n")
+        if len(files) == count:
+            break
+    git(repo, "hash-object", "-w", *map(str, files))
+    return repo
+
+
+# The hold (owner only, as a user's manager): what it says failed, and every loose object held.
+HOLDS = """
+import json, sys
+from pathlib import Path
+from worktree_swarm.guard import held_files
+common, held = map(Path, sys.argv[1:])
+failures = held_files.hold(common, held)
+print(json.dumps([failures, sorted(held_files.held_loose(held))]))
+"""
+
+
+def held_as_owner(common: Path, held: Path) -> tuple[list[str], list[str]]:
+    """:func:`.held_files.hold` of *common* under *held*: its failures and what it holds."""
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-c", HOLDS, str(common), str(held)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    failures, held_names = json.loads(out.stdout)
+    return failures, held_names
+
+
+def loose_objects(common: Path, *, but: Path | None = None) -> list[str]:
+    """The names of the loose objects of *common*'s store (not those in the directory *but*)."""
+    return sorted(
+        d.name + f.name
+        for d in (common / "objects").iterdir()
+        if len(d.name) == 2 and d != but
+        for f in d.iterdir()
+    )
+
+
+def test_a_fan_out_directory_that_cannot_be_searched_costs_that_directory_alone(
+    tmp_path: Path,
+) -> None:
+    """A directory listed but not searched (mode 0644) failed its first link, and the hold
+    stopped there: no directory after it was held."""
+    common = fan_out_blobs(tmp_path, 40) / ".git"
+    fan_outs = sorted(d for d in (common / "objects").iterdir() if len(d.name) == 2)
+    closed = fan_outs[len(fan_outs) // 2]
+    others = loose_objects(common, but=closed)
+    closed.chmod(0o644)
+    try:
+        failures, held = held_as_owner(common, tmp_path / "held")
+    finally:
+        closed.chmod(0o755)
+    assert held == others
+    assert failures == [f"objects/{closed.name}: 1 file not held: Permission denied"]
+
+
+def test_an_unreadable_object_file_copied_costs_that_file_alone(tmp_path: Path) -> None:
+    """With the hold on another file system each file is copied: one that cannot be read
+    failed the hold, and no file after it was held."""
+    elsewhere = Path("/dev/shm")  # a tmpfs of its own on Linux
+    common = fan_out_blobs(tmp_path, 40) / ".git"
+    if not elsewhere.is_dir() or elsewhere.stat().st_dev == common.stat().st_dev:
+        pytest.skip("no second file system at /dev/shm")
+    fan_outs = sorted(d for d in (common / "objects").iterdir() if len(d.name) == 2)
+    closed = next(fan_outs[len(fan_outs) // 2].iterdir())
+    others = [n for n in loose_objects(common) if n != closed.parent.name + closed.name]
+    closed.chmod(0)
+    work = Path(tempfile.mkdtemp(prefix="swarm-held-", dir=elsewhere))
+    try:
+        failures, held = held_as_owner(common, work / "held")
+    finally:
+        closed.chmod(0o444)
+        shutil.rmtree(work)
+    assert held == others
+    assert failures == [f"objects/{closed.parent.name}: 1 file not held: Permission denied"]

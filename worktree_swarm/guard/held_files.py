@@ -63,31 +63,47 @@ def hold(common: Path, held: Path) -> list[str]:
     the temporary file a killed git left beside the loose objects (``tmp_obj_...``): no
     object, and one `git gc` removes. Not cut short by a stop signal: links alone, quick, and
     the old hold may be let go already (a resume's agents run on after the stop, unwatched).
-    A directory that cannot be listed (made unreadable) is not held, the others are: returns
-    why, for each.
+    A directory that cannot be listed (made unreadable), or a file that cannot be linked or
+    copied (its directory made unsearchable, the file unreadable where it is copied), is not
+    held, the rest is: returns why, once for each directory.
     """
     objects = common / "objects"
     failed = []
     for directory in os.scandir(objects):
         if directory.name == "info" or not directory.is_dir(follow_symlinks=False):
             continue
-        pack = directory.name == "pack"
         target = held / directory.name
         target.mkdir(parents=True, exist_ok=True)
+        if (why := _hold_directory(directory, target)) is not None:
+            failed.append(f"objects/{directory.name}{why}")
+    return failed
+
+
+def _hold_directory(directory: os.DirEntry[str], target: Path) -> str | None:
+    """Link each object file of the store's *directory* under *target*; why some are not."""
+    pack = directory.name == "pack"
+    try:
+        entries = list(os.scandir(directory.path))
+    except FileNotFoundError:  # `git prune-packed` (a gc) removed it: its objects are packed
+        return None
+    except OSError as error:
+        return f" not held: {error.strerror or error}"
+    first: OSError | None = None
+    missed = 0
+    for entry in entries:
         try:
-            entries = list(os.scandir(directory.path))
-        except FileNotFoundError:  # `git prune-packed` (a gc) removed it: its objects are packed
-            continue
-        except OSError as error:
-            failed.append(f"objects/{directory.name} not held: {error.strerror or error}")
-            continue
-        for entry in entries:
             if entry.is_file(follow_symlinks=False) and (
                 pack or loose_name(directory.name, entry.name)
             ):
-                with contextlib.suppress(FileExistsError, FileNotFoundError):
-                    link_or_copy(Path(entry.path), target / entry.name)
-    return failed
+                link_or_copy(Path(entry.path), target / entry.name)
+        except (FileExistsError, FileNotFoundError):
+            continue  # held already, or gone meanwhile (packed by a gc)
+        except OSError as error:
+            first, missed = first or error, missed + 1
+    if first is None:
+        return None
+    files = "file" if missed == 1 else "files"
+    return f": {missed} {files} not held: {first.strerror or first}"
 
 
 def let_go(held: Path) -> None:
