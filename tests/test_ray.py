@@ -1654,72 +1654,46 @@ while not (ctl / "release").exists():
 """
 
 
-def test_logs_of_checks_still_running_on_a_node_say_where_they_run(
-    cluster: raykit.Cluster, tmp_path: Path
+# What `swarm logs T --STEP` says while the step runs on a node (its output comes back after).
+STEP_RUNS_ON = {
+    "checks": "its checks run on node {node}, and what they print is copied here when they end",
+    "setup": "it is being set up on node {node}, and what its setup prints is copied here when"
+    " it ends",
+}
+
+
+@pytest.mark.parametrize(("step", "said"), list(STEP_RUNS_ON.items()))
+def test_logs_of_a_step_still_running_on_a_node_say_where_it_runs(
+    cluster: raykit.Cluster, tmp_path: Path, step: str, said: str
 ) -> None:
-    # The node hands their output back when they end: "none ran" was untrue meanwhile.
+    # The node hands a step's output back when it ends: "none ran" was untrue meanwhile.
     repo, _remote, ctl = setup_repo(tmp_path, [])
-    check = tmp_path / "check.py"
-    check.write_text(STEP_ON_NODE)
-    checks = json.dumps([[sys.executable, str(check), str(ctl), "check"]])
+    program = tmp_path / "step.py"
+    program.write_text(STEP_ON_NODE)
+    argv = json.dumps([[sys.executable, str(program), str(ctl), step]])
     (tmp_path / "tasks.toml").write_text(
         f'[defaults]\nexecutor = "ray"\nray_memory = "64M"\nagent = "scripted"\n'
-        f'checks = {checks}\n\n[[task]]\nid = "c1"\nprompt = "p"\n'
+        f'{step} = {argv}\n\n[[task]]\nid = "t1"\nprompt = "p"\n'
     )
     manager = spawn_swarm(
         repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
     )
     try:
-        wait_for("its checks", lambda: list(ctl.glob("c1.check.*")))
-        node = status(repo)["c1"]["node"]
+        wait_for(f"its {step}", lambda: list(ctl.glob(f"t1.{step}.*")))
+        node = status(repo)["t1"]["node"]
         for follow in ((), ("-f",)):
-            out = swarm(repo, "logs", "c1", "--checks", *follow)
+            out = swarm(repo, "logs", "t1", f"--{step}", *follow)
             assert out.returncode == 1, out.stdout + out.stderr
-            assert out.stderr == (
-                f"swarm: task 'c1' has no checks output here yet: its checks run on node {node},"
-                " and what they print is copied here when they end\n"
-            )
-        (ctl / "release").write_text("")
-        assert manager.wait(timeout=300) == 0, output(manager)
-    finally:
-        if manager.poll() is None:
-            manager.kill()
-    assert swarm(repo, "logs", "c1", "--checks").returncode == 0
-
-
-def test_logs_of_a_setup_still_running_on_a_node_say_where_it_runs(
-    cluster: raykit.Cluster, tmp_path: Path
-) -> None:
-    # As for checks: the node hands the setup's output back when it ends.
-    repo, _remote, ctl = setup_repo(tmp_path, [])
-    step = tmp_path / "step.py"
-    step.write_text(STEP_ON_NODE)
-    setup = json.dumps([[sys.executable, str(step), str(ctl), "setup"]])
-    (tmp_path / "tasks.toml").write_text(
-        f'[defaults]\nexecutor = "ray"\nray_memory = "64M"\nagent = "scripted"\n'
-        f'setup = {setup}\n\n[[task]]\nid = "s1"\nprompt = "p"\n'
-    )
-    manager = spawn_swarm(
-        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
-    )
-    try:
-        wait_for("its setup", lambda: list(ctl.glob("s1.setup.*")))
-        node = status(repo)["s1"]["node"]
-        for follow in ((), ("-f",)):
-            out = swarm(repo, "logs", "s1", "--setup", *follow)
-            assert out.returncode == 1, out.stdout + out.stderr
-            assert out.stderr == (
-                f"swarm: task 's1' has no setup output here yet: it is being set up on node"
-                f" {node}, and what its setup prints is copied here when it ends\n"
-            )
+            told = said.format(node=node)
+            assert out.stderr == f"swarm: task 't1' has no {step} output here yet: {told}\n"
         (ctl / "release").write_text("")
         assert manager.wait(timeout=300) in (0, 1), output(manager)
     finally:
         if manager.poll() is None:
             manager.kill()
-    out = swarm(repo, "logs", "s1", "--setup")
+    out = swarm(repo, "logs", "t1", f"--{step}")
     assert out.returncode == 0, out.stderr
-    assert "setup of s1" in out.stdout
+    assert f"{step} of t1" in out.stdout
 
 
 def test_a_node_lost_in_the_checks_checks_again_elsewhere_without_a_new_agent(
