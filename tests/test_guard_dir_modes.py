@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import as_owner_only, make_repo
+from tests.test_run import status_json
 from worktree_swarm.guard import surface
 from worktree_swarm.guard.dir_modes import DirModes
 
@@ -135,3 +139,80 @@ def test_entries_of_a_parent_made_unsearchable_are_read_once_it_is_searchable_ag
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+# As a user's manager (owner only): directories of the git dir listed but not searched.
+READ_BEHIND_UNSEARCHABLE_DIRECTORIES = """
+import sys
+from pathlib import Path
+from worktree_swarm.guard import surface, surface_diff
+
+common = Path(sys.argv[1])
+(common / "modules" / "sub" / "hooks").mkdir(parents=True)
+(common / "modules" / "sub" / "HEAD").write_text("ref: refs/heads/main\\n")
+(common / "modules" / "sub" / "config").write_text("[core]\\n")
+before = surface.read(common, None)
+shut = ["objects", "hooks", "refs/heads", "logs", "worktrees/t1", "modules"]
+for name in shut:
+    (common / name).chmod(0o600)
+now = surface.read(common, None)  # raised PermissionError: no change was ever seen
+assert now["objects/info/alternates"].kind == surface.UNREACHED, now
+assert now["worktrees/t1/config.worktree"].kind == surface.UNREACHED, now
+assert now["modules/sub"].kind == surface.UNREACHED, now
+# What it holds is not known: never taken for gone (put back blindly), only the bits count.
+assert surface_diff.changed(before, now) == sorted(shut[:-1]), (
+    surface_diff.changed(before, now))
+"""
+
+
+def test_a_read_goes_on_past_directories_made_unsearchable(
+    layout: tuple[Path, list[Path]],
+) -> None:
+    """One watched file behind a directory listed but not searched stopped the whole read."""
+    common, _ = layout
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-c", READ_BEHIND_UNSEARCHABLE_DIRECTORIES,
+         str(common)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+# Plants a `core.fsmonitor` and a hook, then shuts `objects/` and `hooks/` to their owner's
+# search: every read of the surface failed while they stayed so, the end of the run included.
+SHUTS_AND_PLANTS = """
+import os, subprocess
+common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+with open(common + '/config', 'a') as f:
+    f.write('[core]\\n\\tfsmonitor = touch planted\\n')
+with open(common + '/hooks/post-checkout', 'w') as f:
+    f.write('#!/bin/sh\\ntouch planted\\n')
+os.chmod(common + '/hooks/post-checkout', 0o755)
+os.chmod(common + '/objects', 0o600)
+os.chmod(common + '/hooks', 0o600)
+"""
+
+
+def test_git_files_behind_a_directory_made_unsearchable_are_put_back(
+    tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
+    common = repo / ".git"
+    config = (common / "config").read_text()
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "run", "--agent",
+         shlex.join(write_agent(SHUTS_AND_PLANTS)), "-t", "t=x"],
+        cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert stat.S_IMODE((common / "objects").stat().st_mode) == 0o755
+    assert stat.S_IMODE((common / "hooks").stat().st_mode) == 0o755
+    assert (common / "config").read_text() == config
+    assert not (common / "hooks" / "post-checkout").exists()
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed"
+    assert "git's own files config, hooks, hooks/post-checkout, objects; restored" in str(
+        row["reason"]
+    ), row["reason"]

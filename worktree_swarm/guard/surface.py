@@ -91,6 +91,9 @@ MODE = "mode"
 LOOSER = b"looser than its parent"
 # A file or directory the guard may not read (an agent's `chmod 000`): its bits only.
 UNREADABLE = "unreadable"
+# A path the guard cannot even look at now (a directory on its way made unsearchable): not
+# known, so never a change by itself; its directory's bits are put back, then it is compared.
+UNREACHED = "unreached"
 SHARED_WRITE = 0o022  # group and other write: another local user's way in
 
 
@@ -249,6 +252,8 @@ def _add_worktree_configs(found: Surface, common: Path) -> None:
             os.lstat(config)  # usually absent: no Path made for it
         except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError:  # its admin dir made unsearchable: not known now
+            pass
         _add(found, common, Path(config))
 
 
@@ -272,11 +277,14 @@ def label_of(common: str | Path, path: str | Path) -> str:
 
 
 def _add(found: Surface, common: Path, path: Path) -> None:
+    label = label_of(common, path)
     try:
         info = path.lstat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a file on its way: nothing there
         return
-    label = label_of(common, path)
+    except OSError:  # a directory on its way made unsearchable: not known now
+        found[label] = Entry(kind=UNREACHED)
+        return
     if stat.S_ISLNK(info.st_mode):
         found[label] = Entry(kind="link", data=os.fsencode(path.readlink()))
     elif stat.S_ISDIR(info.st_mode):
@@ -358,7 +366,7 @@ def _blocking(entry: os.DirEntry[str]) -> bool:
     """
     try:
         mode = entry.stat(follow_symlinks=False).st_mode
-    except FileNotFoundError:
+    except OSError:  # gone, or its directory made unsearchable (its bits are watched)
         return False
     return fs.special(mode)
 
@@ -380,7 +388,7 @@ def _linked_more(entry: os.DirEntry[str]) -> bool:
     """Whether the file of *entry* has another name too."""
     try:
         return entry.stat(follow_symlinks=False).st_nlink > 1
-    except FileNotFoundError:
+    except OSError:  # gone, or its directory made unsearchable (its bits are watched)
         return False
 
 
@@ -393,7 +401,7 @@ def add_hard_link(found: Surface, common: Path, path: Path) -> None:
     """
     try:
         info = path.lstat()
-    except FileNotFoundError:
+    except OSError:  # gone, or its directory made unsearchable (its bits are watched)
         return
     if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
         found[label_of(common, path)] = Entry(kind=HARD_LINK, data=b"%d" % info.st_ino)
@@ -462,9 +470,12 @@ def _add_modules(found: Surface, common: Path, modules: Path, depth: int = 0) ->
         names = sorted(os.listdir(modules))  # noqa: PTH208 - usually absent: one call
     except (FileNotFoundError, NotADirectoryError):
         return
+    except OSError:  # made unreadable: what it holds is not known now
+        found[label_of(common, modules)] = Entry(kind=UNREACHED)
+        return
     for name in names:
         gitdir = modules / name
-        if gitdir.is_symlink() or not gitdir.is_dir():
+        if not _a_dir(found, common, gitdir):
             continue
         if (gitdir / "HEAD").is_file():
             for file in ("config", "config.worktree"):
@@ -474,3 +485,14 @@ def _add_modules(found: Surface, common: Path, modules: Path, depth: int = 0) ->
             _add_modules(found, common, gitdir / "modules")
         elif depth < _NAME_DEPTH:
             _add_modules(found, common, gitdir, depth + 1)
+
+
+def _a_dir(found: Surface, common: Path, path: Path) -> bool:
+    """Whether *path* is a directory (not a link); one not known now is recorded so."""
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # its directory made unsearchable: not known now
+        found[label_of(common, path)] = Entry(kind=UNREACHED)
+        return False

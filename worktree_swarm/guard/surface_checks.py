@@ -94,7 +94,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         common = self.repo.common_dir
         swapped = self._swapped_store(began)  # first: the surface's objects/info is in it
         self._put_back_again()
-        now = self._read_surface()
+        now = self._reach(self._read_surface(), (self._surface_checked, began))
         # Owed ones still not back (their writer at it again) were reported: not once a scan.
         labels = [x for x in surface_diff.changed(self._surface, now) if x not in self._unrestored]
         if labels:
@@ -187,6 +187,31 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         self._setuid_checked = began
         return [self._record(dataclasses.replace(found, restored=restored), patch_text=patch)]
 
+    def _reach(self, now: surface.Surface, window: tuple[float, float]) -> surface.Surface:
+        """*now* with what lies behind the watched directories an agent made unsearchable.
+
+        Their bits are put back first (as the put-back after it would), then what they hold
+        is read: a `core.fsmonitor` planted behind a shut `objects/` is compared as usual.
+        """
+        if not self.restore or all(e.kind != surface.UNREACHED for e in now.values()):
+            return now
+        common = self.repo.common_dir
+        shut = [
+            label for label in surface_diff.changed(self._surface, now)
+            if (old := self._surface.get(label)) is not None and old.kind in {surface.MODE, "dir"}
+        ]  # fmt: skip
+        if not shut or not self._agents.suspects(window, exclude=()):
+            return now  # the user's own: its bits are the new baseline
+        with contextlib.suppress(OSError):  # what stays shut stays not known
+            surface_restore.put_back(common, self._surface, shut, now)
+        reached = self._read_surface()
+        for label in shut:  # still changed as found, to be reported and put back as usual
+            if label in now:
+                reached[label] = now[label]
+            else:
+                reached.pop(label, None)
+        return reached
+
     def _put_back_again(self) -> None:
         """Put back the git files an earlier put-back could not (their agent wrote them again).
 
@@ -205,6 +230,11 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
     def _adopt_surface(self, now: surface.Surface) -> None:
         """Take *now* as the git files' baseline, but for those a put-back is still owed."""
         owed = {label: self._surface.get(label) for label in self._unrestored}
+        owed |= {  # not known now: as it was last seen
+            label: self._surface.get(label)
+            for label, entry in now.items()
+            if entry.kind == surface.UNREACHED
+        }
         self._surface = dict(now)
         for label, entry in owed.items():
             if entry is None:

@@ -20,6 +20,7 @@ from worktree_swarm.guard.surface import (
     MODE,
     RERERE,
     SHARED_WRITE,
+    UNREACHED,
     UNREADABLE,
     Entry,
     Surface,
@@ -67,13 +68,15 @@ def worktree_made(common: Path, before: Surface, after: Surface, label: str) -> 
 def changed(before: Surface, after: Surface) -> list[str]:
     """The labels whose entry differs, appeared or disappeared.
 
-    Not a hard link of the baseline that git replaced with a file of its own.
+    Not a hard link of the baseline that git replaced with a file of its own, nor what could
+    not be looked at (behind a directory made unsearchable: not known, never taken for gone).
     """
-    unlisted = [k for k, v in after.items() if v.kind == UNREADABLE]
+    unlisted = [k for k, v in after.items() if v.kind in {UNREADABLE, UNREACHED}]
     return sorted(
         k
         for k in set(before) | set(after)
         if before.get(k) != after.get(k)
+        and UNREACHED not in {_kind(before.get(k)), _kind(after.get(k))}
         and not _unlinked(before.get(k), after.get(k))
         and _differs(before.get(k), after.get(k))
         and not (k not in after and any(k.startswith(f"{u}/") for u in unlisted))
@@ -94,6 +97,10 @@ def _differs(old: Entry | None, new: Entry | None) -> bool:
     if old.kind != new.kind:
         return True
     return bool(new.bits & ~old.bits & SHARED_WRITE or old.bits & ~new.bits & _OWNERS)
+
+
+def _kind(entry: Entry | None) -> str | None:
+    return None if entry is None else entry.kind
 
 
 def _unlinked(old: Entry | None, new: Entry | None) -> bool:
