@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
-from worktree_swarm.guard import surface, surface_diff, surface_restore
+from worktree_swarm.guard import known_bytes, surface, surface_diff, surface_restore
 from worktree_swarm.guard.restore import put_files, put_index, restore_checkout, restore_ref
 from worktree_swarm.guard.snapshot import Objects, capture, changed_paths, index_path
 
@@ -31,7 +31,7 @@ def test_a_hook_rewritten_in_place_with_its_size_and_time_kept_is_read_again(
 ) -> None:
     # Each scan reads the surface; a file unchanged since it was read is not read again. What
     # tells it changed must be what no agent can set back: its ctime.
-    monkeypatch.setattr(surface, "RACY_NS", 0)  # every read kept at once (no waiting here)
+    monkeypatch.setattr(known_bytes, "RACY_NS", 0)  # every read kept at once (no waiting here)
     repo = make_repo(tmp_path / "repo")
     common = repo / ".git"
     hook = common / "hooks" / "pre-commit"

@@ -26,12 +26,12 @@ import contextlib
 import functools
 import os
 import stat
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.git import repo as git
+from worktree_swarm.guard import known_bytes
 from worktree_swarm.guard.dir_modes import DirModes, lstat_mode
 from worktree_swarm.infra import fs
 
@@ -291,42 +291,13 @@ def _add(found: Surface, common: Path, path: Path) -> None:
         found[label] = Entry(kind="dir", bits=stat.S_IMODE(info.st_mode))
     elif stat.S_ISREG(info.st_mode):
         try:
-            data = _bytes(path, info)
+            data = known_bytes.read(path, info)
         except PermissionError:  # made unreadable: your git fails on it as the guard does
             found[label] = Entry(kind=UNREADABLE, bits=stat.S_IMODE(info.st_mode))
             return
         found[label] = Entry(kind="file", data=data, bits=stat.S_IMODE(info.st_mode))
     else:
         found[label] = Entry(kind="other", bits=stat.S_IMODE(info.st_mode))
-
-
-# The bytes of files read before, by path: (stat data, bytes). Every scan reads the surface
-# again (the hooks git's samples fill alone are ~15 files), most of it unchanged.
-_KNOWN: dict[str, tuple[tuple[int, ...], bytes]] = {}
-_KNOWN_MAX = 4096
-# A file changed this close before it was read may change again within the same tick of the
-# coarse clock that stamps it: not kept (git's "racily clean" files).
-RACY_NS = 2_000_000_000
-
-
-def _bytes(path: Path, info: os.stat_result) -> bytes:
-    """The bytes of the regular file *path* (*info*: its lstat), unread if unchanged.
-
-    Unchanged means the same inode, size, mtime and ctime as when last read: a write, a
-    rename onto it or a chmod stamps the ctime, which no one but root can set back.
-    """
-    signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-    key = os.fspath(path)
-    known = _KNOWN.get(key)
-    if known is not None and known[0] == signature:
-        return known[1]
-    began = time.time_ns()
-    data = fs.read_file(path)
-    if info.st_ctime_ns < began - RACY_NS:
-        if len(_KNOWN) >= _KNOWN_MAX:
-            _KNOWN.clear()
-        _KNOWN[key] = (signature, data)
-    return data
 
 
 def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
