@@ -143,6 +143,7 @@ def test_entries_of_a_parent_made_unsearchable_are_read_once_it_is_searchable_ag
 
 # As a user's manager (owner only): directories of the git dir listed but not searched.
 READ_BEHIND_UNSEARCHABLE_DIRECTORIES = """
+import os
 import sys
 from pathlib import Path
 from worktree_swarm.guard import surface, surface_diff
@@ -156,6 +157,13 @@ shut = ["objects", "hooks", "refs/heads", "logs", "worktrees/t1", "modules"]
 for name in shut:
     (common / name).chmod(0o600)
 now = surface.read(common, None)  # raised PermissionError: no change was ever seen
+hooks_path = Path(os.path.realpath(common.parent / "hooks-elsewhere"))  # `core.hooksPath`
+hooks_path.mkdir()
+(hooks_path / "post-checkout").write_text("#!/bin/sh\\n")
+hooks_path.chmod(0o100)  # searched, not listed: git still runs the hook
+elsewhere = surface.read(common, hooks_path)
+assert elsewhere[str(hooks_path)].kind == surface.UNREACHED, elsewhere
+assert elsewhere[f"{hooks_path}/post-checkout"].data == b"#!/bin/sh\\n", elsewhere
 assert now["objects/info/alternates"].kind == surface.UNREACHED, now
 assert now["worktrees/t1/config.worktree"].kind == surface.UNREACHED, now
 assert now["modules/sub"].kind == surface.UNREACHED, now
@@ -178,10 +186,11 @@ def test_a_read_goes_on_past_directories_made_unsearchable(
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-# Plants a `core.fsmonitor` and a hook, then shuts `objects/` and `hooks/` to their owner's
-# search: every read of the surface failed while they stayed so, the end of the run included.
+# Plants a `core.fsmonitor`, a hook and an exclude line, then shuts directories of the git
+# dir to their owner (name, mode): every read of the surface failed while one was listed but
+# not searched, the end of the run included; what a refused listing hid was put back late.
 SHUTS_AND_PLANTS = """
-import os, subprocess
+import os, subprocess, sys
 common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
                         capture_output=True, text=True, check=True).stdout.strip()
 with open(common + '/config', 'a') as f:
@@ -189,20 +198,28 @@ with open(common + '/config', 'a') as f:
 with open(common + '/hooks/post-checkout', 'w') as f:
     f.write('#!/bin/sh\\ntouch planted\\n')
 os.chmod(common + '/hooks/post-checkout', 0o755)
-os.chmod(common + '/objects', 0o600)
-os.chmod(common + '/hooks', 0o600)
+with open(common + '/info/exclude', 'a') as f:
+    f.write('hidden\\n')
+for name, mode in zip(sys.argv[1::2], sys.argv[2::2]):
+    os.chmod(common + '/' + name, int(mode, 8))
 """
 
 
+@pytest.mark.parametrize(
+    "modes",
+    [["objects", "600", "hooks", "600", "info", "100"], ["hooks", "100", "info", "0"]],
+    ids=["unsearchable", "unlisted"],
+)
 def test_git_files_behind_a_directory_made_unsearchable_are_put_back(
-    tmp_path: Path, write_agent: Callable[[str], list[str]]
+    tmp_path: Path, write_agent: Callable[[str], list[str]], modes: list[str]
 ) -> None:
     repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
     common = repo / ".git"
     config = (common / "config").read_text()
+    exclude = (common / "info" / "exclude").read_text()
     out = subprocess.run(
         [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "run", "--agent",
-         shlex.join(write_agent(SHUTS_AND_PLANTS)), "-t", "t=x"],
+         shlex.join([*write_agent(SHUTS_AND_PLANTS), *modes]), "-t", "t=x"],
         cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
         timeout=120,
     )  # fmt: skip
@@ -211,8 +228,17 @@ def test_git_files_behind_a_directory_made_unsearchable_are_put_back(
     assert stat.S_IMODE((common / "hooks").stat().st_mode) == 0o755
     assert (common / "config").read_text() == config
     assert not (common / "hooks" / "post-checkout").exists()
+    assert stat.S_IMODE((common / "info").stat().st_mode) == 0o755
+    assert (common / "info" / "exclude").read_text() == exclude
     row = status_json(repo)["t"]
     assert row["state"] == "failed"
-    assert "git's own files config, hooks, hooks/post-checkout, objects; restored" in str(
+    # One report of all of it, put back (its list of names cut at five: the rest in the patch).
+    files = "config, hooks, hooks/post-checkout, info, info/exclude"
+    assert f"git's own files {files}{' ...' if 'objects' in modes else ''}; restored" in str(
         row["reason"]
     ), row["reason"]
+    (patch,) = (common / "swarm" / "runs").glob("*/guard/outside-1-repository.patch")
+    text = patch.read_text()
+    assert ("# objects: directory 755 -> directory 600\n" in text) == ("objects" in modes), text
+    assert "+#!/bin/sh\n" in text, text
+    assert "+hidden\n" in text, text

@@ -68,6 +68,16 @@ ALTERNATES = ("objects/info/alternates", "objects/info/http-alternates")
 # ``core.fsmonitor``; a ``gitdir`` naming no worktree has your next `git gc` prune its admin dir.
 _TIES = ("commondir", "gitdir")
 
+# The hooks git runs, by name (githooks(5)): looked up one by one in a directory not listed.
+HOOK_NAMES = (
+    "applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit", "pre-merge-commit",
+    "prepare-commit-msg", "commit-msg", "post-commit", "pre-rebase", "post-checkout",
+    "post-merge", "pre-push", "pre-receive", "update", "proc-receive", "post-receive",
+    "post-update", "reference-transaction", "push-to-checkout", "pre-auto-gc", "post-rewrite",
+    "sendemail-validate", "fsmonitor-watchman", "p4-changelist", "p4-prepare-changelist",
+    "p4-post-changelist", "p4-pre-submit", "post-index-change",
+)  # fmt: skip
+
 # Old-style remote definitions: a planted one would point your next `git pull NAME` elsewhere.
 _STEERING_DIRS = ("remotes", "branches")
 
@@ -147,7 +157,12 @@ def read(
     if extra_hooks is not None and extra_hooks.is_dir():
         real = Path(os.path.realpath(extra_hooks))
         if not real.is_relative_to(Path(os.path.realpath(common / "hooks"))):
-            for child in sorted(real.iterdir()):
+            try:
+                children = sorted(real.iterdir())
+            except OSError:  # made unreadable: git still runs a hook there by its name
+                found[label_of(common, real)] = Entry(kind=UNREACHED)
+                children = [real / name for name in HOOK_NAMES]
+            for child in children:
                 if not child.is_dir() or child.is_symlink():  # git runs top-level hooks only
                     _add(found, common, child)
     return found

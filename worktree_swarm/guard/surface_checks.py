@@ -25,6 +25,8 @@ from worktree_swarm.guard.worktree_checks import WorktreeChecks
 from worktree_swarm.infra import fs
 
 SETUID_EVERY = 10.0  # seconds between walks of the git dir for setuid files
+# What a read could not look into: a watched directory shut to its owner may hide a change.
+_NOT_KNOWN = frozenset({surface.UNREACHED, surface.UNREADABLE})
 
 
 class SurfaceChecks(WorktreeChecks, ObjectChecks):
@@ -188,12 +190,12 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         return [self._record(dataclasses.replace(found, restored=restored), patch_text=patch)]
 
     def _reach(self, now: surface.Surface, window: tuple[float, float]) -> surface.Surface:
-        """*now* with what lies behind the watched directories an agent made unsearchable.
+        """*now* with what lies behind the watched directories an agent shut to their owner.
 
         Their bits are put back first (as the put-back after it would), then what they hold
         is read: a `core.fsmonitor` planted behind a shut `objects/` is compared as usual.
         """
-        if not self.restore or all(e.kind != surface.UNREACHED for e in now.values()):
+        if not self.restore or all(e.kind not in _NOT_KNOWN for e in now.values()):
             return now
         common = self.repo.common_dir
         shut = [
