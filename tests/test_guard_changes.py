@@ -188,6 +188,43 @@ def test_the_index_and_head_are_compared_by_their_stat(tmp_path: Path) -> None:
     assert changes.changed() == set()
 
 
+def test_a_file_every_place_names_is_looked_at_once_a_pass_and_flags_each_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    changes = Changes()
+    if not changes.live:
+        pytest.skip("no inotify here")
+    git_dir = repo / ".git"
+    git(repo, "pack-refs", "--all")
+    packed = git_dir / "packed-refs"
+    places = []
+    for i in range(5):
+        place = tmp_path / f"place{i}"
+        place.mkdir()
+        (place / "index").write_text(f"index {i}\n")
+        changes.watch(f"p{i}", place, [place / "index", packed])
+        places.append(place)
+    assert changes.changed() == set()
+    looked: list[str] = []
+    real_stat = os.stat
+
+    def spied(path: str | Path, **kwargs: object) -> os.stat_result:
+        looked.append(os.fspath(path))
+        return real_stat(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", spied)
+    assert changes.changed() == set()
+    assert looked.count(os.fspath(packed)) == 1
+    assert sorted(looked) == sorted([os.fspath(packed), *(f"{p}/index" for p in places)])
+    git(repo, "branch", "moved")
+    git(repo, "pack-refs", "--all")  # packed-refs written anew: every place is flagged
+    assert changes.changed() == {f"p{i}" for i in range(5)}
+    (places[2] / "index").write_text("index 2\n")  # same bytes: a new ctime
+    assert changes.changed() == {"p2"}
+    assert changes.changed() == set()
+
+
 def test_an_agent_that_ended_before_the_place_was_last_seen_untouched_is_no_suspect(
     guard: Guard,
 ) -> None:

@@ -35,16 +35,29 @@ _LEAF_LINKS = 2  # a directory's link count without subdirectories, where they a
 Signature = tuple[tuple[int, int, int, int] | None, ...]
 
 
-def signature(files: Iterable[Path | str]) -> Signature:
-    """Inode, size, mtime and ctime of each of *files* (None when missing)."""
+def signature(
+    files: Iterable[Path | str], seen: dict[str, tuple[int, int, int, int] | None] | None = None
+) -> Signature:
+    """Inode, size, mtime and ctime of each of *files* (None when missing).
+
+    *seen*: those of files already looked at in the same pass, by name (``packed-refs``, which
+    every place's signature holds), added to as more are looked at.
+    """
     out: list[tuple[int, int, int, int] | None] = []
-    for path in files:
+    for name in files:
+        path = os.fspath(name)
+        if seen is not None and path in seen:
+            out.append(seen[path])
+            continue
         try:
             st = os.stat(path)  # noqa: PTH116 - a name, not a Path: kept all run per place
         except OSError:
-            out.append(None)
+            one = None
         else:
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            one = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        out.append(one)
+        if seen is not None:
+            seen[path] = one
     return tuple(out)
 
 
@@ -149,6 +162,7 @@ class Changes:
         with self._lock:
             self._read_events()
             found = set()
+            stats: dict[str, tuple[int, int, int, int] | None] = {}  # each file looked at once
             for key, place in self._places.items():
                 if place.rewalk and place.watched:
                     place.rewalk = False
@@ -158,7 +172,7 @@ class Changes:
                         self._drop_watches(key, place)
                     else:
                         self._drop_watches(key, place, place.wds - seen)
-                now = signature(place.git_files)
+                now = signature(place.git_files, stats)
                 if now != place.signature:
                     place.signature = now
                     place.dirty = True
