@@ -131,14 +131,14 @@ def test_a_rescues_store_killed_half_way_goes_with_the_next_rescue_a_live_ones_n
     young.mkdir()
     os.utime(killed, (old, old))
     with quarantine.apart(repo, common) as live:
-        held = live.objects.parent
+        held = live.objects
         os.utime(held, (old, old))
         with quarantine.apart(repo, common) as other:
-            assert other.objects.parent != held
+            assert other.objects != held
             assert held.is_dir()
             assert not young.exists()
             assert not killed.exists()
-        assert not other.objects.parent.exists()
+        assert not other.objects.exists()
     assert not held.exists()
 
 
@@ -189,8 +189,10 @@ def test_a_store_swept_as_it_is_made_before_it_is_held_is_made_again(
         assert len(made) == 2
         assert not made[0].exists()
         assert own == made[1]
-        # An empty store: git makes the directories it writes into (each one an inode).
-        assert list((own / "objects").iterdir()) == []
+        # The directory is the store, empty: git makes the directories it writes into (each
+        # one an inode), and the index copy is its only file.
+        assert [p.name for p in own.iterdir()] == ["index"]
+        assert staging.objects == own
         quarantine.sweep(own.parent)  # held: a sweep now leaves it
         assert own.is_dir()
     assert not own.exists()
@@ -455,7 +457,7 @@ def test_what_a_checkpoint_killed_half_way_left_is_found_and_removed_by_doctor(
     (left,) = _stores_in(worktree)
     hashed = subprocess.run(
         ["git", "cat-file", "--batch-all-objects", "--batch"], cwd=repo, capture_output=True,
-        env={**os.environ, "GIT_OBJECT_DIRECTORY": str(left / "objects")}, check=True,
+        env={**os.environ, "GIT_OBJECT_DIRECTORY": str(left)}, check=True,
     ).stdout  # fmt: skip
     assert KEY.encode() in hashed  # what it left holds the secret's value
 

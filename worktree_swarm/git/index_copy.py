@@ -38,7 +38,7 @@ class Staging(quarantine.Apart):
 
         The worktree's index is copied into it as it is now.
         """
-        super().__init__(worktree, own / "objects", common_dir(admin) / "objects")
+        super().__init__(worktree, own, common_dir(admin) / "objects")
         self.worktree = worktree
         self.admin = admin
         # The worktree's index the copy was made of: its identity, and what it held.

@@ -7,10 +7,10 @@ finds on disk stage into a store of their own in the git dir (the repository's s
 alternate: nothing already there is written again); once the files left out are unstaged,
 the objects the index still names move into the repository's store (:class:`Apart`).
 
-A checkpoint stages into a copy of the worktree's index, its store beside it in the
-worktree's git dir (:mod:`worktree_swarm.git.index_copy`). A rescue (:func:`apart`), whose
-index is a file of its own, gets the store in the repository's git dir, that index in it. Either
-directory is held (``flock``) while it is in use: what one killed half-way left, none holding
+A checkpoint stages into a copy of the worktree's index, in a directory of the worktree's git
+dir that is its object store too (:mod:`worktree_swarm.git.index_copy`). A rescue
+(:func:`apart`), whose index is a file of its own, gets the same in the repository's git dir.
+Either directory is held (``flock``) while it is in use: what one killed half-way left, none holding
 it, goes with the next checkpoint of that worktree or the next rescue (:func:`sweep`), or
 with `swarm doctor --yes` (:func:`leftovers`, :func:`remove_unheld`); a live one is never
 removed.
@@ -71,15 +71,16 @@ class Apart:
     """An object store of its own (*objects*), and moving what it wrote into the repository's.
 
     *store*: the repository's ``objects``; *cwd*: a checkout of the repository, where git runs.
-    Beside the own store, the path of an index of its own (:attr:`index`): gone with it, and
-    with what a sweep removes of one killed half-way.
+    In the own store, the path of an index of its own (:attr:`index`; git reads objects from
+    fan-out directories and ``pack/`` only): gone with it, and with what a sweep removes of
+    one killed half-way.
     """
 
     def __init__(self, cwd: Path, objects: Path, store: Path) -> None:
         self.cwd = cwd
         self.objects = objects
         self.store = store
-        self.index = objects.parent / "index"
+        self.index = objects / "index"
 
     @property
     def env(self) -> dict[str, str]:
@@ -153,12 +154,12 @@ def apart(cwd: Path, common: Path) -> Iterator[Apart]:
     is removed first.
     """
     with owned(common, APART_PREFIX, cwd, "save files") as own:
-        yield Apart(cwd, own / "objects", common / "objects")
+        yield Apart(cwd, own, common / "objects")
 
 
 @contextlib.contextmanager
 def owned(where: Path, prefix: str, cwd: Path, doing: str) -> Iterator[Path]:
-    """A directory *prefix*``*`` of its own in the git dir *where*, with an empty object store.
+    """A directory *prefix*``*`` of its own in the git dir *where*: an empty object store.
 
     Held (``flock``) from before it is filled until it is removed, when it ends. What earlier
     ones killed half-way left there, none holding it, is removed first. *doing*: what an error
@@ -177,7 +178,7 @@ def owned(where: Path, prefix: str, cwd: Path, doing: str) -> Iterator[Path]:
 
 
 def _made_held(where: Path, prefix: str) -> tuple[Path, int]:
-    """A directory *prefix*``*`` made in *where*, with an empty object store, held (``flock``).
+    """A directory *prefix*``*`` made in *where*, an empty object store, held (``flock``).
 
     Returned with the open descriptor through which this process holds it. A sweep may see it
     before it is held, and remove it (holding it as it does): it is filled only once held and
@@ -192,15 +193,9 @@ def _made_held(where: Path, prefix: str) -> tuple[Path, int]:
         except OSError:
             continue  # removed (or swapped for a link) as it was made: another
         if _locked(fd) and _same(fd, own):  # not removed by a sweep that held it before
-            try:
-                # Only the store itself: git makes the fan-out and ``pack`` directories it
-                # writes into, and takes no ``info`` from here (its alternate is in the
-                # environment). Each directory made costs the file system an inode.
-                (own / "objects").mkdir()
-            except BaseException:
-                shutil.rmtree(own, ignore_errors=True)
-                os.close(fd)
-                raise
+            # It is the store itself, empty: git makes the fan-out and ``pack`` directories
+            # it writes into, and takes no ``info`` from here (its alternate is in the
+            # environment). Each directory made costs the file system an inode.
             return own, fd
         os.close(fd)
     raise OSError(errno.EAGAIN, f"each directory made in {where} was removed as it was made")
