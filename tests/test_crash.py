@@ -234,6 +234,96 @@ def test_a_manager_killed_as_it_writes_a_worktrees_git_layout_is_resumed(
     assert (out.returncode, out.stdout.strip()) == (0, "nothing to clean"), out.stderr
 
 
+def _left_as_an_older_swarm(repo: Path, write_agent: object) -> Path:
+    """A run of t1 whose manager was killed as the swarm before whole-file writes left it.
+
+    That swarm wrote `commondir` in place: killed between its open and its write, it left
+    the worktree's admin dir locked ``initializing``, `commondir` empty and no `HEAD`, and
+    the worktree's directory holding only its ``.git`` file. Returns the admin dir.
+    """
+    text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT_CREATE, "commondir", "run", manifest(repo, text)],
+        cwd=repo,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (admin,) = (repo / ".git" / "worktrees").iterdir()
+    (admin / "commondir.new").rename(admin / "commondir")
+    assert (admin / "commondir").read_bytes() == b""
+    assert (admin / "locked").read_text() == "initializing\n"
+    assert not (admin / "HEAD").exists()
+    listed = subprocess.run(
+        ["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert "commondir" in listed.stderr, listed
+    return admin
+
+
+@pytest.mark.long
+def test_resume_removes_an_older_swarms_half_made_registration_and_makes_it_again(
+    repo: Path, write_agent: object
+) -> None:
+    # git dies on an empty `commondir` (`failed to read .../commondir`) in every command that
+    # lists worktrees: `swarm resume` failed for ever on what an older swarm left.
+    _left_as_an_older_swarm(repo, write_agent)
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 2
+
+
+@pytest.mark.long
+def test_doctor_names_an_older_swarms_half_made_registration_and_yes_removes_it(
+    repo: Path, write_agent: object
+) -> None:
+    admin = _left_as_an_older_swarm(repo, write_agent)
+    worktree = repo.parent / f"{repo.name}.swarm" / "t1"
+    out = swarm(repo, "doctor")
+    assert out.returncode == 1, out.stdout + out.stderr  # something to fix
+    assert f"{worktree}: half-made registration by a swarm killed" in out.stdout, out.stdout
+    assert (admin / "commondir").read_bytes() == b""  # a look changes nothing
+    out = swarm(repo, "doctor", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not admin.exists()
+    assert not worktree.exists()
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("changed", ["a file beside .git", "HEAD", "locked", "no .git"])
+def test_a_half_made_registration_swarm_cannot_prove_its_own_is_left_alone(
+    repo: Path, write_agent: object, changed: str
+) -> None:
+    # What holds a file, names a commit, was locked for another reason or is not the
+    # directory's registration may be yours (or a live git's): never removed.
+    admin = _left_as_an_older_swarm(repo, write_agent)
+    worktree = repo.parent / f"{repo.name}.swarm" / "t1"
+    if changed == "a file beside .git":
+        (worktree / "notes.txt").write_text("mine\n")
+    elif changed == "HEAD":
+        (admin / "HEAD").write_text("ref: refs/heads/swarm/t1\n")
+    elif changed == "locked":
+        (admin / "locked").write_text("initializing\nby hand\n")
+    else:
+        (worktree / ".git").unlink()
+    before = sorted((p.name, p.read_bytes()) for p in admin.iterdir())
+    for args in (("doctor", "--yes"), ("resume",)):
+        out = swarm(repo, *args)
+        assert out.returncode != 0, out.stdout
+        assert "commondir" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    assert sorted((p.name, p.read_bytes()) for p in admin.iterdir()) == before
+    assert worktree.is_dir()
+
+
 def _objects(repo: Path) -> set[str]:
     out = git(repo, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
     return set(out.split())

@@ -31,6 +31,7 @@ class Kind(enum.StrEnum):
 class Action(enum.StrEnum):
     """What ``--yes`` does about a finding; declaration order is the order they are applied."""
 
+    REMOVE_HALF_MADE = "remove_half_made"  # first: until then git lists no worktree
     STOP_TASK = "stop_task"
     KILL = "kill"
     UNLINK_LOCK = "unlink_lock"

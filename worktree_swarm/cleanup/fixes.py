@@ -21,7 +21,12 @@ from worktree_swarm.cleanup.branches import delete_branches, delete_remote_branc
 from worktree_swarm.cleanup.cut_off_worktrees import rescue_worktree
 from worktree_swarm.cleanup.findings import Action, Finding, Result
 from worktree_swarm.cleanup.processes import protected_pids
-from worktree_swarm.cleanup.repo_repairs import mend_ref, remove_staging, unlink_lock
+from worktree_swarm.cleanup.repo_repairs import (
+    mend_ref,
+    remove_half_made,
+    remove_staging,
+    unlink_lock,
+)
 from worktree_swarm.cleanup.worktree_removal import (
     prune,
     remove_initializing,
@@ -126,6 +131,7 @@ def _apply_one(
 def _by_repo() -> dict[Action, Callable[[git.Repo, Finding], str]]:
     """The fixes that need the repository and the finding alone."""
     return {
+        Action.REMOVE_HALF_MADE: remove_half_made,
         Action.UNLINK_LOCK: unlink_lock,
         Action.MEND_REF: mend_ref,
         Action.REMOVE_STAGING: remove_staging,

@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from worktree_swarm.cleanup.clean import Report
 from worktree_swarm.cleanup.findings import Action, Finding
@@ -37,6 +39,7 @@ from worktree_swarm.cleanup.orphan_processes import processes
 from worktree_swarm.cleanup.orphan_worktrees import DAY, directories, worktree_findings
 from worktree_swarm.cleanup.repo_repairs import (
     broken_refs,
+    half_made_registrations,
     ref_move_notes,
     staging_leftovers,
     stale_git_locks,
@@ -137,6 +140,14 @@ def _new_to_fix(before: Action | None, finding: Finding) -> bool:
     return before is None or (before is Action.KEEP and finding.action is not Action.KEEP)
 
 
+def _task_worktrees(store: Store | None) -> Iterator[Path]:
+    """Every recorded task's worktree directory, as recorded."""
+    if store is None:
+        return
+    for run in store.runs():
+        yield from (Path(task.worktree) for task in store.tasks(run.run_id))
+
+
 def scan(
     repo: git.Repo,
     store: Store | None,
@@ -147,6 +158,10 @@ def scan(
     now: float | None = None,
 ) -> list[Finding]:
     """Every orphan of *repo*, each with the reason and what fixing it does (read-only)."""
+    if half := half_made_registrations(repo, _task_worktrees(store)):
+        # git lists no worktree until they go: what needs that listing waits for `--yes`
+        # (whose scans after the fixes find it).
+        return half + stale_git_locks(repo) + broken_refs(repo) + staging_leftovers(repo)
     ctx = context(repo, store)
     found = processes(ctx)
     found += stale_git_locks(ctx.repo)

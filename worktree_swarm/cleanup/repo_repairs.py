@@ -1,5 +1,6 @@
 """Findings and fixes of the repository's own files that a killed process or an agent broke.
 
+A worktree registration an older swarm killed half-way left (git lists no worktree then),
 git's lock files left by a killed git, loose refs holding garbage (mended where their reflog
 last left them), swarm's notes of the refs a killed `swarm merge`/`clean` was moving, and the
 object stores of swarm's checkpoints and rescues killed half-way.
@@ -8,14 +9,42 @@ object stores of swarm's checkpoints and rescues killed half-way.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.processes import describe, git_users, repo_paths
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.git import gitfiles, quarantine, runner
+from worktree_swarm.git import gitfiles, half_made, quarantine, runner
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import ref_moves
+
+
+def half_made_registrations(repo: git.Repo, paths: Iterable[Path]) -> list[Finding]:
+    """Task worktrees (*paths*) an older swarm killed as it registered them left half-made."""
+    return [
+        Finding(
+            kind=Kind.WORKTREE,
+            target=str(half.path),
+            reason="half-made registration by a swarm killed as it wrote it (its `commondir`"
+            " empty): git lists no worktree until it goes",
+            action=Action.REMOVE_HALF_MADE,
+            fix="delete its admin dir and its directory (which holds only its .git file)",
+            admin_dir=str(half.admin),
+        )
+        for half in half_made.find(repo, paths)
+    ]
+
+
+def remove_half_made(repo: git.Repo, f: Finding) -> str:
+    """Remove finding *f*'s half-made registration, unless it is no longer exactly so."""
+    del repo
+    if f.admin_dir is None:
+        raise SwarmError(f"{f.target}: no admin dir named")
+    half = half_made.HalfMade(admin=Path(f.admin_dir), path=Path(f.target))
+    if not half_made.remove_locked(half):
+        raise SwarmError(f"{f.target} is no longer as a killed swarm left it; left alone")
+    return "removed"
 
 
 def ref_move_notes(repo: git.Repo) -> list[Finding]:

@@ -333,7 +333,7 @@ _ADMIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 _OWN_LAYOUT = (b"worktreeconfig", b"relativeworktrees", b"include")
 
 
-def _named_after(admin: str, name: str) -> bool:
+def named_after(admin: str, name: str) -> bool:
     """Whether git could have named the admin dir *admin* for the worktree directory *name*.
 
     The directory's name, then ``name1``, ``name2``... (no pattern compiled per worktree:
@@ -369,7 +369,7 @@ def _register(repo: Repo, path: Path, branch: str) -> bool:
     # name, which `preflight`'s full listing covers).
     target = real_path(path / ".git")
     with os.scandir(root) as entries:
-        names = [entry.name for entry in entries if _named_after(entry.name, path.name)]
+        names = [entry.name for entry in entries if named_after(entry.name, path.name)]
     for known in names:
         try:
             gitdir = fs.read_text(root / known / "gitdir").strip()

@@ -20,12 +20,14 @@ import queue
 import secrets
 import threading
 import time
+from pathlib import Path
 from typing import NoReturn
 
 from worktree_swarm.core.errors import BadInputError, RunInterruptedError
 from worktree_swarm.core.models import RunStatus, TaskState
 from worktree_swarm.core.paths import SCRUB_SKIP, run_dir
 from worktree_swarm.core.run_settings import Executor, RunSettings, RunSpec
+from worktree_swarm.git import half_made
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import sandbox
 from worktree_swarm.guard.watcher import UNWATCHED_EVENT
@@ -113,6 +115,8 @@ class Runner(TaskLaunch):
             check_sandbox(spec.ray_address, lost_after=spec.lost_after)
         elif spec.sandbox:
             sandbox.check_available()
+        # An older swarm killed as it registered a task's worktree: git lists no worktree.
+        half_made.drop(repo, [Path(row.worktree) for row in rows])
         # What the dead manager's guard was at: its put-backs, its verdicts not yet applied.
         settle_guard(repo, store, run_id)
         rows = store.tasks(run_id)  # a suspect's row failed by a verdict
