@@ -54,6 +54,7 @@ from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import checkpoints, gitfiles, local_files
 from worktree_swarm.git import process as g_process
 from worktree_swarm.infra import fs
+from worktree_swarm.infra.store import Store
 from worktree_swarm.run import agent_watch
 from worktree_swarm.run.runner import Runner
 
@@ -643,6 +644,31 @@ def test_retry_fresh_starts_over_from_the_base(
     out = swarm(repo, "retry")
     assert out.returncode == 2
     assert "nothing to retry" in out.stderr
+
+
+@pytest.mark.long
+def test_retry_with_nothing_to_retry_in_a_run_its_manager_left_open_says_resume_ends_it(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # A `swarm retry` killed once its retried tasks were final, before it ended the run: run
+    # again, it said only "nothing to retry" (exit 2), and the run stayed open.
+    failed_until(repo, tmp_path / "succeed", write_agent).touch()
+    assert swarm(repo, "retry").returncode == 0
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    store = Store(repo / ".git" / "swarm" / "state.db")
+    try:
+        store.reopen_run(run_id)  # as the killed retry left it: every task final
+    finally:
+        store.close()
+    out = swarm(repo, "retry")
+    assert out.returncode == 2
+    assert out.stderr == (
+        f"swarm: nothing to retry in run {run_id}: no task failed, stopped, timed out or was"
+        " blocked; its manager stopped before it ended the run: `swarm resume` ends it\n"
+    )
+    assert swarm(repo, "resume").returncode == 0
+    assert "nothing to retry" in swarm(repo, "retry").stderr
+    assert "swarm resume" not in swarm(repo, "retry").stderr
 
 
 @pytest.mark.long

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError, SwarmError, unknown_task
-from worktree_swarm.core.models import MERGE_CHECKING, TaskState
+from worktree_swarm.core.models import MERGE_CHECKING, RunStatus, TaskState
 from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR, DEFAULT_MAX_FILE
 from worktree_swarm.git import checkpoints, gitfiles, removal, tampering, worktrees
@@ -102,8 +102,16 @@ def _retryable(
                 + ", ".join(f"{t} (run {taken[t]})" for t in reused)
                 + " and own their branches and worktrees now"
             )
+        run = store.get_run(run_id)
+        # A manager killed once its last task was final, before it ended the run.
+        left = run is not None and run.status is RunStatus.RUNNING
         raise BadInputError(
             f"nothing to retry in run {run_id}: no task failed, stopped, timed out or was blocked"
+            + (
+                "; its manager stopped before it ended the run: `swarm resume` ends it"
+                if left
+                else ""
+            )
         )
     return picked
 
