@@ -445,18 +445,24 @@ def test_your_tip_deleted_while_no_manager_runs_is_put_back_by_the_resumed_run(
     assert git(repo, "fsck", "--no-dangling") == ""
 
 
-@pytest.mark.long
-def test_a_file_deep_in_your_history_deleted_while_no_manager_runs_is_put_back_on_resume(
-    repo: Path, tmp_path: Path, write_agent: object
-) -> None:
-    # Neither a tip nor a root tree, nor in any checkout: only a walk of the whole history
-    # finds it missing, and the dead manager's hold is its only copy.
+def _deep_in_history(repo: Path) -> str:
+    """A blob of *repo*'s history that is neither a tip's file nor in a checkout: its id."""
     (repo / "old.txt").write_text("as it was\n")
     git(repo, "add", "old.txt")
     git(repo, "commit", "-q", "-m", "old")
     blob = git(repo, "rev-parse", "main:old.txt")
     (repo / "old.txt").write_text("as it is\n")
     git(repo, "commit", "-q", "-am", "new")
+    return blob
+
+
+@pytest.mark.long
+def test_a_file_deep_in_your_history_deleted_while_no_manager_runs_is_put_back_on_resume(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # Neither a tip nor a root tree, nor in any checkout: only a walk of the whole history
+    # finds it missing, and the dead manager's hold is its only copy.
+    blob = _deep_in_history(repo)
     loose = repo / ".git" / "objects" / blob[:2] / blob[2:]
     assert loose.is_file()
     _gated_run(repo, tmp_path, write_agent)
@@ -475,12 +481,7 @@ def test_a_file_lost_while_no_manager_ran_comes_back_though_the_resumed_guard_ca
     # A file deep in your history deleted while no manager ran, and a directory of the
     # object store made unsearchable: the resumed guard's look at the dead manager's hold
     # fails (EACCES). Not knowing what that hold keeps, it keeps it: the file's only copy.
-    (repo / "old.txt").write_text("as it was\n")
-    git(repo, "add", "old.txt")
-    git(repo, "commit", "-q", "-m", "old")
-    blob = git(repo, "rev-parse", "main:old.txt")
-    (repo / "old.txt").write_text("as it is\n")
-    git(repo, "commit", "-q", "-am", "new")
+    blob = _deep_in_history(repo)
     objects = repo / ".git" / "objects"
     # An unreachable blob of yours, alone in a directory that sorts after the deleted file's.
     stray = tmp_path / "stray.txt"
