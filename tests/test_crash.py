@@ -197,14 +197,8 @@ sys.exit(main())
 """
 
 
-@pytest.mark.long
-@pytest.mark.parametrize("layout_file", ["locked", "gitdir", ".git", "commondir", "HEAD"])
-def test_a_manager_killed_as_it_writes_a_worktrees_git_layout_is_resumed(
-    repo: Path, write_agent: object, layout_file: str
-) -> None:
-    # Killed with the file made and nothing in it, an empty `commondir` made every git that
-    # lists worktrees die (`failed to read .../commondir`): `swarm resume` failed for ever,
-    # and the user's own `git worktree list` with it.
+def _killed_at_create(repo: Path, write_agent: object, layout_file: str) -> None:
+    """`swarm run` of t1, its manager killed as it creates *layout_file* (empty, unwritten)."""
     text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
     killed = subprocess.run(
         [sys.executable, "-c", _KILLED_AT_CREATE, layout_file, "run", manifest(repo, text)],
@@ -215,6 +209,17 @@ def test_a_manager_killed_as_it_writes_a_worktrees_git_layout_is_resumed(
         check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("layout_file", ["locked", "gitdir", ".git", "commondir", "HEAD"])
+def test_a_manager_killed_as_it_writes_a_worktrees_git_layout_is_resumed(
+    repo: Path, write_agent: object, layout_file: str
+) -> None:
+    # Killed with the file made and nothing in it, an empty `commondir` made every git that
+    # lists worktrees die (`failed to read .../commondir`): `swarm resume` failed for ever,
+    # and the user's own `git worktree list` with it.
+    _killed_at_create(repo, write_agent, layout_file)
     listed = subprocess.run(
         ["git", "worktree", "list", "--porcelain"],
         cwd=repo,
@@ -242,16 +247,7 @@ def _left_as_an_older_swarm(repo: Path, write_agent: object) -> Path:
     the worktree's admin dir locked ``initializing``, `commondir` empty and no `HEAD`, and
     the worktree's directory holding only its ``.git`` file. Returns the admin dir.
     """
-    text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
-    killed = subprocess.run(
-        [sys.executable, "-c", _KILLED_AT_CREATE, "commondir", "run", manifest(repo, text)],
-        cwd=repo,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-        check=False,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    _killed_at_create(repo, write_agent, "commondir")
     (admin,) = (repo / ".git" / "worktrees").iterdir()
     (admin / "commondir.new").rename(admin / "commondir")
     assert (admin / "commondir").read_bytes() == b""
