@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import as_owner_only, make_repo
+from tests.conftest import as_owner_only, git, make_repo
 from tests.test_run import status_json
 from worktree_swarm.guard import surface
 from worktree_swarm.guard.dir_modes import DirModes
@@ -162,14 +162,13 @@ hooks_path.mkdir()
 (hooks_path / "post-checkout").write_text("#!/bin/sh\\n")
 hooks_path.chmod(0o100)  # searched, not listed: git still runs the hook
 elsewhere = surface.read(common, hooks_path)
-assert elsewhere[str(hooks_path)].kind == surface.UNREACHED, elsewhere
+assert elsewhere[str(hooks_path)].kind == surface.UNREADABLE, elsewhere
 assert elsewhere[f"{hooks_path}/post-checkout"].data == b"#!/bin/sh\\n", elsewhere
 assert now["objects/info/alternates"].kind == surface.UNREACHED, now
 assert now["worktrees/t1/config.worktree"].kind == surface.UNREACHED, now
 assert now["modules/sub"].kind == surface.UNREACHED, now
 # What it holds is not known: never taken for gone (put back blindly), only the bits count.
-assert surface_diff.changed(before, now) == sorted(shut[:-1]), (
-    surface_diff.changed(before, now))
+assert surface_diff.changed(before, now) == sorted(shut), surface_diff.changed(before, now)
 """
 
 
@@ -242,3 +241,59 @@ def test_git_files_behind_a_directory_made_unsearchable_are_put_back(
     assert ("# objects: directory 755 -> directory 600\n" in text) == ("objects" in modes), text
     assert "+#!/bin/sh\n" in text, text
     assert "+hidden\n" in text, text
+
+
+# Plants a `core.fsmonitor` in a config (or a hook) and shuts a directory on its way to its
+# owner (mode 0): paths relative to the git dir, or absolute.
+PLANTS_AND_SHUTS = """
+import os, subprocess, sys
+common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+planted, shut = (os.path.join(common, name) for name in sys.argv[1:])
+with open(planted, 'a') as f:
+    if os.path.basename(planted) == 'config':
+        f.write('[core]\\n\\tfsmonitor = touch planted\\n')
+    else:
+        f.write('#!/bin/sh\\ntouch planted\\n')
+os.chmod(shut, 0)
+"""
+
+
+@pytest.mark.parametrize("shut", ["modules/lib", "modules", "hooks path"])
+def test_git_files_behind_a_submodule_or_hooks_dir_shut_to_its_owner_are_put_back(
+    tmp_path: Path, write_agent: Callable[[str], list[str]], shut: str
+) -> None:
+    """The bits of ``.git/modules``, of a submodule's git dir and of the ``core.hooksPath``
+    directory were not watched: shut (mode 0), they hid what was planted behind them (the
+    guard's read failed on the shut git dir, or took what it held for not known)."""
+    lib = make_repo(tmp_path / "lib")
+    repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    git(repo, "commit", "-qm", "lib")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    git(repo, "config", "core.hooksPath", str(hooks))
+    common = repo / ".git"
+    config = (common / "modules" / "lib" / "config").read_text()
+    planted = ["modules/lib/config", shut]
+    if shut == "hooks path":
+        planted = [str(hooks / "post-checkout"), str(hooks)]
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "run", "--agent",
+         shlex.join([*write_agent(PLANTS_AND_SHUTS), *planted]), "-t", "t=x"],
+        cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    shut_dir = common / planted[1]
+    assert stat.S_IMODE(shut_dir.stat().st_mode) == 0o755
+    assert (common / "modules" / "lib" / "config").read_text() == config
+    assert not (hooks / "post-checkout").exists()
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed"
+    label = planted[1] if shut == "hooks path" else shut  # absolute outside the git dir
+    assert f"git's own files {label}, {planted[0]}; restored" in str(row["reason"]), row["reason"]
+    (patch,) = (common / "swarm" / "runs").glob("*/guard/outside-1-repository.patch")
+    text = patch.read_text()
+    assert "directory 755 -> unreadable, 0\n" in text, text
+    assert "+\tfsmonitor = touch planted\n" in text or "+touch planted\n" in text, text

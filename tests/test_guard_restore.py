@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
-from worktree_swarm.guard import known_bytes, surface, surface_diff, surface_restore
+from worktree_swarm.guard import hooks_dir, known_bytes, surface, surface_diff, surface_restore
 from worktree_swarm.guard.restore import put_files, put_index, restore_checkout, restore_ref
 from worktree_swarm.guard.snapshot import Objects, capture, changed_paths, index_path
 
@@ -161,9 +161,9 @@ def test_a_directory_the_baseline_had_comes_back_in_place_of_a_file_or_link(
 def test_hooks_outside_the_git_dir_are_watched_at_their_top_level(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     common = repo / ".git"
-    assert surface.hooks_path(repo) is None
+    assert hooks_dir.hooks_path(repo) is None
     git(repo, "config", "core.hooksPath", "githooks")
-    hooks = surface.hooks_path(repo)
+    hooks = hooks_dir.hooks_path(repo)
     assert hooks == repo / "githooks"
     hooks.mkdir()
     (hooks / "pre-commit").write_text("#!/bin/sh\n")

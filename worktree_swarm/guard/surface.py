@@ -12,9 +12,10 @@ recorded resolutions (``rr-cache/``, by name). Each is kept byte for byte at the
 a change can be shown as a patch and undone exactly. And every symlink or hard link where git
 writes for your checkouts (``COMMIT_EDITMSG``, ``logs/``, ``refs/``): git never makes one
 there, but writes through one it finds. The permission bits of the directories git keeps
-there (the git dir itself, ``objects/``, ``refs/``, ``logs/``, ``worktrees/``...) and of each
-task worktree's top: one made writable by another local user lets that user plant a config
-of their own; and, on a deeper look, setuid and setgid files anywhere in the git dir.
+there (the git dir itself, ``objects/``, ``refs/``, ``logs/``, ``worktrees/``, ``modules/``...),
+of the ``core.hooksPath`` directory and of each task worktree's top: one made writable by
+another local user lets that user plant a config of their own; and, on a deeper look, setuid
+and setgid files anywhere in the git dir.
 
 Read here (the scan and its entries); compared and shown as a patch in ``surface_diff``,
 put back in ``surface_restore``; the deeper walk for setuid files is ``setuid``.
@@ -30,9 +31,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm.git import repo as git
 from worktree_swarm.guard import known_bytes
 from worktree_swarm.guard.dir_modes import DirModes, lstat_mode
+from worktree_swarm.guard.hooks_dir import HOOK_NAMES
 from worktree_swarm.infra import fs
 
 _NAME_DEPTH = 8  # slashes in a submodule's name walked through under modules/
@@ -68,16 +69,6 @@ ALTERNATES = ("objects/info/alternates", "objects/info/http-alternates")
 # ``core.fsmonitor``; a ``gitdir`` naming no worktree has your next `git gc` prune its admin dir.
 _TIES = ("commondir", "gitdir")
 
-# The hooks git runs, by name (githooks(5)): looked up one by one in a directory not listed.
-HOOK_NAMES = (
-    "applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit", "pre-merge-commit",
-    "prepare-commit-msg", "commit-msg", "post-commit", "pre-rebase", "post-checkout",
-    "post-merge", "pre-push", "pre-receive", "update", "proc-receive", "post-receive",
-    "post-update", "reference-transaction", "push-to-checkout", "pre-auto-gc", "post-rewrite",
-    "sendemail-validate", "fsmonitor-watchman", "p4-changelist", "p4-prepare-changelist",
-    "p4-post-changelist", "p4-pre-submit", "post-index-change",
-)  # fmt: skip
-
 # Old-style remote definitions: a planted one would point your next `git pull NAME` elsewhere.
 _STEERING_DIRS = ("remotes", "branches")
 
@@ -105,22 +96,6 @@ UNREADABLE = "unreadable"
 # known, so never a change by itself; its directory's bits are put back, then it is compared.
 UNREACHED = "unreached"
 SHARED_WRITE = 0o022  # group and other write: another local user's way in
-
-
-def hooks_path(root: Path) -> Path | None:
-    """The directory ``core.hooksPath`` names, when it is set (relative: to the checkout).
-
-    The git runner passes ``-c core.hooksPath=/dev/null`` to every command, so the value
-    asked for is the last one set in a config file, not on the command line.
-    """
-    out = git.git(root, "config", "--show-scope", "--get-all", "core.hooksPath", check=False)
-    values = [
-        value for scope, _, value in (line.partition("\t") for line in out.splitlines())
-        if scope != "command"
-    ]  # fmt: skip
-    if not values or not values[-1]:
-        return None
-    return root / Path(values[-1]).expanduser()
 
 
 def read(
@@ -154,18 +129,56 @@ def read(
         _add_tree(found, common, common / name)
     _add_top(found, common, common / RERERE)
     _add_modules(found, common, common / "modules")
-    if extra_hooks is not None and extra_hooks.is_dir():
-        real = Path(os.path.realpath(extra_hooks))
-        if not real.is_relative_to(Path(os.path.realpath(common / "hooks"))):
-            try:
-                children = sorted(real.iterdir())
-            except OSError:  # made unreadable: git still runs a hook there by its name
-                found[label_of(common, real)] = Entry(kind=UNREACHED)
-                children = [real / name for name in HOOK_NAMES]
-            for child in children:
-                if not child.is_dir() or child.is_symlink():  # git runs top-level hooks only
-                    _add(found, common, child)
+    if extra_hooks is not None:
+        _add_hooks_path(found, common, Path(os.path.realpath(extra_hooks)))
     return found
+
+
+def _add_hooks_path(found: Surface, common: Path, hooks: Path) -> None:
+    """The top level of the directory ``core.hooksPath`` names (*hooks*), and its own bits.
+
+    Its bits are watched as the git dir's own directories are: one shut to its owner after a
+    hook was planted in it is opened first, then read (the guard's scan puts bits back first).
+    """
+    if hooks.is_relative_to(Path(os.path.realpath(common / "hooks"))):
+        return  # read with the git dir's own
+    bits = _add_shut_dir(found, common, hooks)
+    if bits is None:
+        return
+    try:
+        names = sorted(os.listdir(hooks))  # noqa: PTH208 - names only
+    except OSError:  # made unreadable: git still runs a hook there by its name
+        found[label_of(common, hooks)] = Entry(kind=UNREADABLE, bits=bits)
+        names = list(HOOK_NAMES)
+    for name in names:
+        child = hooks / name
+        try:
+            if stat.S_ISDIR(child.lstat().st_mode):
+                continue  # git runs top-level hooks only
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:  # shut to its owner: not known now, its bits are put back first
+            found[label_of(common, child)] = Entry(kind=UNREACHED)
+            continue
+        _add(found, common, child)
+
+
+def _add_shut_dir(found: Surface, common: Path, path: Path) -> int | None:
+    """*path*'s bits as a watched directory's (:data:`MODE`); None if it is none.
+
+    Not looked at (its parent shut to its owner): recorded as not known now.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        found[label_of(common, path)] = Entry(kind=UNREACHED)
+        return None
+    if not stat.S_ISDIR(mode):
+        return None
+    _add_dir_mode(found, os.fspath(common), os.fspath(path), mode, mode_bits(path.parent))
+    return stat.S_IMODE(mode)
 
 
 def _add_modes(found: Surface, common: Path, tops: Iterable[Path], dir_modes: DirModes) -> None:
@@ -451,34 +464,36 @@ def _add_modules(found: Surface, common: Path, modules: Path, depth: int = 0) ->
 
     Your next `git status` looks inside a checked-out submodule under that git dir's config
     and attributes. A submodule's name may hold slashes: directories on the way are walked.
+    The bits of each directory on the way (*modules*, each git dir) are watched as the git
+    dir's own: one shut to its owner hides a planted ``core.fsmonitor`` only until the
+    guard's scan opens it (bits first), then reads it.
     """
+    bits = _add_shut_dir(found, common, modules)
+    if bits is None:
+        return
     try:
         names = sorted(os.listdir(modules))  # noqa: PTH208 - usually absent: one call
     except (FileNotFoundError, NotADirectoryError):
         return
-    except OSError:  # made unreadable: what it holds is not known now
-        found[label_of(common, modules)] = Entry(kind=UNREACHED)
+    except OSError:  # made unreadable: what it holds is not known now, its bits are
+        found[label_of(common, modules)] = Entry(kind=UNREADABLE, bits=bits)
         return
     for name in names:
         gitdir = modules / name
-        if not _a_dir(found, common, gitdir):
-            continue
-        if (gitdir / "HEAD").is_file():
+        if _is_git_dir(gitdir):
+            _add_shut_dir(found, common, gitdir)
             for file in ("config", "config.worktree"):
                 _add(found, common, gitdir / file)
             for tree in ("hooks", "info"):
                 _add_tree(found, common, gitdir / tree)
             _add_modules(found, common, gitdir / "modules")
-        elif depth < _NAME_DEPTH:
+        elif depth < _NAME_DEPTH:  # a directory of a name with slashes, or shut: read so
             _add_modules(found, common, gitdir, depth + 1)
 
 
-def _a_dir(found: Surface, common: Path, path: Path) -> bool:
-    """Whether *path* is a directory (not a link); one not known now is recorded so."""
+def _is_git_dir(path: Path) -> bool:
+    """Whether the directory *path* holds a ``HEAD`` file (False when it cannot be told)."""
     try:
-        return stat.S_ISDIR(path.lstat().st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError:  # its directory made unsearchable: not known now
-        found[label_of(common, path)] = Entry(kind=UNREACHED)
+        return stat.S_ISREG((path / "HEAD").stat().st_mode) and not path.is_symlink()
+    except OSError:
         return False

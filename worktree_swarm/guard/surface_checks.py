@@ -18,7 +18,7 @@ from pathlib import Path
 
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import graph, setuid, surface, surface_diff, surface_restore
+from worktree_swarm.guard import graph, hooks_dir, setuid, surface, surface_diff, surface_restore
 from worktree_swarm.guard.model import REPOSITORY, Violation
 from worktree_swarm.guard.object_checks import ObjectChecks
 from worktree_swarm.guard.worktree_checks import WorktreeChecks
@@ -122,7 +122,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             # Nobody of ours was running: the user changed it. Take it as the new baseline
             # (but what an agent's put-back is owed: it is tried again).
             self._adopt_surface(now)
-            self._hooks = surface.hooks_path(self.repo.root)
+            self._hooks = hooks_dir.hooks_path(self.repo.root)
             self._surface_checked = began
             return swapped
         patch = surface_diff.patch(common, self._surface, now, labels)
@@ -152,7 +152,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         else:  # recorded and left as it is (`allow_outside_writes`): the new baseline, so
             # that it is recorded once
             self._adopt_surface(now)
-            self._hooks = surface.hooks_path(self.repo.root)
+            self._hooks = hooks_dir.hooks_path(self.repo.root)
             self._surface_checked = began
         violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
         return [*swapped, violation]

@@ -51,12 +51,12 @@ from worktree_swarm.git import tampering
 from worktree_swarm.guard import (
     graph,
     held_files,
+    hooks_dir,
     integrity,
     packfiles,
     remotes,
     setuid,
     store_dir,
-    surface,
 )
 from worktree_swarm.guard.attempt_checks import REMOTES, AttemptChecks
 from worktree_swarm.guard.checkout_checks import CheckoutChecks
@@ -112,7 +112,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
                     self._watch(users_label(path), path)
                     self._linked[path] = git.git_dir(path)
             interrupts.check()
-            self._hooks = surface.hooks_path(self.repo.root)
+            self._hooks = hooks_dir.hooks_path(self.repo.root)
             self._dir_modes = DirModes()
             self._surface = self._read_surface()
             self._setuid = setuid.setuid_files(self.repo.common_dir)
