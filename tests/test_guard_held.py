@@ -300,3 +300,58 @@ def test_an_unreadable_object_file_copied_costs_that_file_alone(tmp_path: Path) 
         shutil.rmtree(work)
     assert held == others
     assert failures == [f"objects/{closed.parent.name}: 1 file not held: Permission denied"]
+
+
+# The guard (owner only, as a user's manager) started while a directory of the store cannot
+# be read; made readable again, a forged file is written there, a scan runs, then an agent
+# deletes your object in it.
+HELD_ONCE_READABLE = """
+import os, sys, zlib
+from pathlib import Path
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard import held_files
+from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra.proctree import identity_of
+repo, work, victim, forged = map(Path, sys.argv[1:])
+guard = Guard(open_repo(repo), work_dir=work, restore=True)
+victim.parent.chmod(0)
+try:
+    guard.start()
+finally:
+    victim.parent.chmod(0o755)
+print([f.reason for f in guard.drain_failures() if f.job == "objects"])
+forged.write_bytes(zlib.compress(b"blob 7\\0forged\\n"))
+guard.after_attempt()
+print(sorted(held_files.held_loose(work / held_files.HELD)))
+guard.agent_started("rogue", identity_of(os.getpid()))
+victim.unlink()
+guard.agent_ended("rogue")
+guard.close()
+guard.scan()
+"""
+
+
+def test_a_directory_of_the_store_unreadable_at_the_start_is_held_once_it_is_readable(
+    tmp_path: Path,
+) -> None:
+    """A directory the hold skipped at the start (unreadable) was never held: made readable
+    again, an object of yours deleted from it deep in your history was lost. A forged file
+    written there meanwhile is not held (it would be put back as an object of yours)."""
+    repo, (name,) = lone_deep_blobs(tmp_path, 1)
+    objects = repo / ".git" / "objects"
+    victim = objects / name[:2] / name[2:]
+    forged = victim.with_name("0" * 38)
+    work = tmp_path / "runs" / "r1" / "guard"
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-c", HELD_ONCE_READABLE, str(repo), str(work),
+         str(victim), str(forged)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    failures, held = out.stdout.splitlines()
+    assert f"objects/{name[:2]} not held: Permission denied" in failures
+    assert name in held
+    assert name[:2] + "0" * 38 not in held
+    assert git(repo, "cat-file", "-t", name) == "blob"
+    assert not forged.exists()
+    assert git(repo, "fsck", "--no-dangling") == ""

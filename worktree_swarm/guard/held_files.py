@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from worktree_swarm.guard.loose_objects import hashes_to, loose_name
@@ -53,7 +53,13 @@ def link_or_copy(source: Path, dest: Path) -> None:
         os.unlink(name)  # noqa: PTH108
 
 
-def hold(common: Path, held: Path) -> list[str]:
+def hold(
+    common: Path,
+    held: Path,
+    *,
+    only: Collection[str] | None = None,
+    unheld: set[str] | None = None,
+) -> list[str]:
     """Hard-link every object file of *common*'s store (loose objects, packs) under *held*.
 
     git never rewrites an object file, so a link is the file as it will stay: one an agent
@@ -65,22 +71,35 @@ def hold(common: Path, held: Path) -> list[str]:
     the old hold may be let go already (a resume's agents run on after the stop, unwatched).
     A directory that cannot be listed (made unreadable), or a file that cannot be linked or
     copied (its directory made unsearchable, the file unreadable where it is copied), is not
-    held, the rest is: returns why, once for each directory.
+    held, the rest is: returns why, once for each directory, and adds its name to *unheld*.
+    *only*: those directories alone, held again later: a loose object then only when it
+    hashes to its name (written since, it may be an agent's forgery, which held would be
+    put back as yours); not ``pack``, whose files are held at the start only.
     """
     objects = common / "objects"
     failed = []
     for directory in os.scandir(objects):
         if directory.name == "info" or not directory.is_dir(follow_symlinks=False):
             continue
+        if only is not None and (directory.name not in only or directory.name == "pack"):
+            continue
         target = held / directory.name
         target.mkdir(parents=True, exist_ok=True)
-        if (why := _hold_directory(directory, target)) is not None:
+        checked = None if only is None else held.with_name(f"{held.name}.again")
+        if (why := _hold_directory(directory, target, checked)) is not None:
             failed.append(f"objects/{directory.name}{why}")
+            if unheld is not None:
+                unheld.add(directory.name)
     return failed
 
 
-def _hold_directory(directory: os.DirEntry[str], target: Path) -> str | None:
-    """Link each object file of the store's *directory* under *target*; why some are not."""
+def _hold_directory(
+    directory: os.DirEntry[str], target: Path, checked: Path | None = None
+) -> str | None:
+    """Link each object file of the store's *directory* under *target*; why some are not.
+
+    *checked*: where a loose object is linked aside first, held only if it hashes to its name.
+    """
     pack = directory.name == "pack"
     try:
         entries = list(os.scandir(directory.path))
@@ -92,10 +111,12 @@ def _hold_directory(directory: os.DirEntry[str], target: Path) -> str | None:
     missed = 0
     for entry in entries:
         try:
-            if entry.is_file(follow_symlinks=False) and (
-                pack or loose_name(directory.name, entry.name)
-            ):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if pack:
                 link_or_copy(Path(entry.path), target / entry.name)
+            elif loose_name(directory.name, entry.name):
+                _hold_loose(Path(entry.path), target / entry.name, checked)
         except (FileExistsError, FileNotFoundError):
             continue  # held already, or gone meanwhile (packed by a gc)
         except OSError as error:
@@ -104,6 +125,29 @@ def _hold_directory(directory: os.DirEntry[str], target: Path) -> str | None:
         return None
     files = "file" if missed == 1 else "files"
     return f": {missed} {files} not held: {first.strerror or first}"
+
+
+def _hold_loose(source: Path, dest: Path, aside: Path | None) -> None:
+    """Hold the loose object *source* as *dest*; with *aside*, only if it hashes to its name.
+
+    Linked *aside* first and that link read: what is held is what was read. OSError when it
+    cannot be read now; a forgery is skipped (the scan's check of new loose objects has it).
+    """
+    if aside is None:
+        link_or_copy(source, dest)
+        return
+    if os.path.lexists(dest):
+        return
+    aside.unlink(missing_ok=True)
+    link_or_copy(source, aside)
+    try:
+        good = hashes_to(aside, dest.parent.name + dest.name)
+        if good is None:
+            raise OSError(errno.EIO, "cannot be read now", str(source))
+        if good:
+            os.link(aside, dest)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def let_go(held: Path) -> None:

@@ -48,6 +48,8 @@ class ObjectChecks(PackChecks):
         only = None
         if generation == self._complete_at[deep]:
             only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
+        if self._unheld:
+            self._hold_again()
         found = self._planted_links(window)
         found += self._new_packs(window)
         found += self._packs_rewritten(window)
@@ -94,8 +96,23 @@ class ObjectChecks(PackChecks):
         interrupts.check()  # a stop signal cut its walk short: no answer, and the run ends
         if unneeded:
             held_files.let_go(self._held)
-        for reason in held_files.hold(self.repo.common_dir, self._held):
+        self._unheld = set()
+        for reason in held_files.hold(self.repo.common_dir, self._held, unheld=self._unheld):
             self._part_failed("objects", reason)
+        self._unheld.discard("pack")  # held at the start only (:func:`.held_files.hold`)
+
+    def _hold_again(self) -> None:
+        """Hold what the start's hold could not (a directory made unreadable then).
+
+        Tried by every scan of the objects until it is held, each loose object only if it
+        hashes to its name; told as the start's was while it fails.
+        """
+        left: set[str] = set()
+        for reason in held_files.hold(
+            self.repo.common_dir, self._held, only=self._unheld, unheld=left
+        ):
+            self._part_failed("objects", reason)
+        self._unheld = left
 
     def _old_hold_unneeded(self) -> bool:
         """Whether the dead manager's hold keeps nothing the refs need.

@@ -111,6 +111,8 @@ class GuardState:
     _loose_held: frozenset[str] = frozenset()  # the loose objects held (compared apart)
     _loose_unread: frozenset[str] = frozenset()  # could not be read last time: read next time
     _unlisted = False  # a directory of loose objects could not be listed: list them next time
+    # Directories of the store the hold missed in part (held again by each scan of the objects).
+    _unheld: frozenset[str] | set[str] = frozenset()
     _partly: dict[str, str]  # job -> why a part of it failed (the rest done) this time
     _worktrees_checked = 0.0  # when task worktrees were last all found where swarm made them
     _packs_verified: frozenset[str] | set[str] = frozenset()  # packs new to this scan
