@@ -7,6 +7,7 @@ of a pack, automatic maintenance), and the hostile ways an object is lost or dam
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -685,3 +686,70 @@ def test_work_of_yours_and_of_tasks_comes_back_with_the_guards_files_on_another_
     finally:
         guard.close()
         shutil.rmtree(work)
+
+
+# The guard (owner only, as a user's manager): two tasks' work kept in a pack each; an agent
+# deletes both tips, and the first kept pack cannot be read (copied back) any more.
+ONE_KEPT_PACK_UNREADABLE = """
+import json, os, subprocess, sys
+from pathlib import Path
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra.proctree import identity_of
+repo, work = map(Path, sys.argv[1:])
+def git(where, *args):
+    return subprocess.run(['git', '-C', str(where), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+guard = Guard(open_repo(repo), work_dir=work, restore=True)
+guard.start()
+for task in ('t1', 't2'):
+    git(repo, 'branch', f'swarm/{task}')
+    path = repo.parent / 'wt' / task
+    git(repo, 'worktree', 'add', '-q', str(path), f'swarm/{task}')
+    with guard.busy(task, path):
+        (path / f'{task}.txt').write_text(f'{task}\\n')
+        git(path, 'add', '-A')
+        git(path, '-c', 'user.name=a', '-c', 'user.email=a@a', 'commit', '-qm', task)
+guard.after_attempt()
+assert guard.drain() == [] and guard.drain_failures() == []
+first, second = sorted((work / 'keep').glob('keep-*.pack'))
+first.chmod(0)
+guard.agent_started('rogue', identity_of(os.getpid()))
+for task in ('t1', 't2'):
+    tip = git(repo, 'rev-parse', f'swarm/{task}')
+    (repo / '.git' / 'objects' / tip[:2] / tip[2:]).unlink()
+guard.agent_ended('rogue')
+guard.after_attempt()
+print(json.dumps([first.name, second.name,
+                  [f.reason for f in guard.drain_failures() if f.job == 'objects']]))
+guard.close()
+"""
+
+
+def test_a_kept_pack_that_cannot_be_copied_back_stops_none_of_the_others(
+    tmp_path: Path,
+) -> None:
+    """The first kept pack that failed to copy back into the store stopped the rest: the work
+    of a task in a later pack was lost with it, and why was never told."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    work = tmp_path / "runs" / "r" / "guard"
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-c", ONE_KEPT_PACK_UNREADABLE, str(repo),
+         str(work)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second, reasons = json.loads(out.stdout)
+    assert any(
+        f"kept packs not put back: {first} (Permission denied)" in reason for reason in reasons
+    ), reasons
+    back = [
+        task for task in ("t1", "t2")
+        if subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"swarm/{task}:{task}.txt"],
+                          check=False, capture_output=True).returncode == 0
+    ]  # fmt: skip
+    assert len(back) == 1, back  # the work in the second pack, whichever task's it is
+    pack = objects_of(repo) / "pack" / second.replace("keep-", "pack-")
+    assert pack.is_file()
+    assert stat.S_IMODE(pack.stat().st_mode) == 0o444
+    assert not list((objects_of(repo) / "pack").glob("tmp_pack_*"))

@@ -107,8 +107,8 @@ def _same_file_system(a: Path, b: Path) -> bool:
 def recover(common: Path, pack_dir: Path, held: Path | None = None) -> None:
     """Put the kept packs, and the held object files missing now, back into the object store.
 
-    git skips objects it has twice. A held file that cannot be put back stops nothing else:
-    the first such failure is raised at the end.
+    git skips objects it has twice. A held file or a kept pack that cannot be put back stops
+    nothing else: the first such failure is raised at the end.
     """
     failed: list[OSError] = []
     if held is not None:
@@ -121,27 +121,54 @@ def recover(common: Path, pack_dir: Path, held: Path | None = None) -> None:
             put_back([*written_over(common, held, unread=unread), *unread])
         except OSError as error:
             failed.append(error)
-    _recover_packs(common, pack_dir)
+    try:
+        _recover_packs(common, pack_dir)
+    except OSError as error:
+        failed.append(error)
     if failed:
         raise failed[0]
 
 
 def _recover_packs(common: Path, pack_dir: Path) -> None:
-    """Copy the kept packs of *pack_dir* missing from the object store back into it."""
+    """Copy the kept packs of *pack_dir* missing from the object store back into it.
+
+    One that cannot be copied (unreadable, the store's pack directory unwritable, its disk
+    full) stops none of the others: OSError at the end names each. Each file is copied under
+    a temporary name of git's and linked into place whole, the ``.idx`` last (git's order).
+    """
     if not pack_dir.is_dir():
         return
     target = common / "objects" / "pack"
     target.mkdir(parents=True, exist_ok=True)
+    failed = []
     for idx in sorted(pack_dir.glob("keep-*.idx")):
         pack = idx.with_suffix(".pack")
         if not pack.is_file():
             continue
         name = idx.stem.removeprefix("keep-")
-        for source, suffix in ((pack, ".pack"), (idx, ".idx")):  # the .idx last: git's order
-            dest = target / f"pack-{name}{suffix}"
-            if not dest.exists():
-                shutil.copyfile(source, dest)
-                dest.chmod(0o444)
+        try:
+            for source, suffix in ((pack, ".pack"), (idx, ".idx")):
+                dest = target / f"pack-{name}{suffix}"
+                if not dest.exists():
+                    _copy_whole(source, dest)
+        except OSError as error:
+            failed.append(f"{pack.name} ({error.strerror or error})")
+    if failed:
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""  # noqa: PLR2004
+        raise OSError(f"kept packs not put back: {', '.join(failed[:3])}{more}")
+
+
+def _copy_whole(source: Path, dest: Path) -> None:
+    """Copy *source* as *dest* (read-only, as git leaves a pack), never a part of it there."""
+    fd, temp = tempfile.mkstemp(prefix="tmp_pack_", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, temp)
+        os.chmod(temp, 0o444)  # noqa: PTH101
+        with contextlib.suppress(FileExistsError):  # put there meanwhile (git's own)
+            os.link(temp, dest)
+    finally:
+        os.unlink(temp)  # noqa: PTH108
 
 
 def recover_held(root: Path, common: Path, held: Path) -> None:

@@ -48,8 +48,7 @@ class ObjectChecks(PackChecks):
         only = None
         if generation == self._complete_at[deep]:
             only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
-        if self._unheld:
-            self._hold_again()
+        self._hold_again()
         found = self._planted_links(window)
         found += self._new_packs(window)
         found += self._packs_rewritten(window)
@@ -64,8 +63,10 @@ class ObjectChecks(PackChecks):
         pack_dir = self._dir / "keep"
         again: set[str] = set()
         if broken:
-            with contextlib.suppress(OSError):  # what is still broken is reported as such
+            try:
                 integrity.recover(common, pack_dir, self._held)
+            except OSError as error:  # what is still broken is reported as such, and why
+                self._part_failed("objects", str(error))
             again = set(integrity.broken_refs(root, {r: refs[r] for r in broken}, deep=deep))
         found += self._broken(broken, again, refs, window)
         good_now = {r: s for r, s in refs.items() if r not in again}
@@ -107,6 +108,8 @@ class ObjectChecks(PackChecks):
         Tried by every scan of the objects until it is held, each loose object only if it
         hashes to its name; told as the start's was while it fails.
         """
+        if not self._unheld:
+            return
         left: set[str] = set()
         for reason in held_files.hold(
             self.repo.common_dir, self._held, only=self._unheld, unheld=left
