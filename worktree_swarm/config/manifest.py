@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worktree_swarm.agents import profile_of, resolve_agent
+from worktree_swarm.agents import profile_of, resolve_agent, scripted
 from worktree_swarm.config import programs, settings, values
 from worktree_swarm.config.settings import Overrides
 from worktree_swarm.config.values import AgentRef, string, type_name
@@ -132,6 +132,11 @@ def build_run_spec(
             raise BadInputError(f"{where}: duplicate id {task.id!r} (also {where_of[task.id]})")
         if local:  # a Ray task runs its commands on a node, whose programs are its own
             programs.check_task(task, where=_key_where(where, table, set_by), repo_root=repo_root)
+        if "scripted" in {task.agent, task.budget_agent, *task.fallback}:  # checked now
+            try:
+                scripted.directives(task.prompt)
+            except scripted.DirectiveError as exc:
+                raise BadInputError(f"{where}: prompt: {exc}") from None
         where_of[task.id] = where
         tasks.append(task)
     _check_dependencies(tasks, where_of, issues_to_come=issues_to_come)

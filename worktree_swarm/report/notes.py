@@ -22,6 +22,7 @@ from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.task import is_valid_task_id
 from worktree_swarm.core.text import printable, without_escapes
+from worktree_swarm.core.words import FINDINGS_HEADING
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, lock
 from worktree_swarm.infra.redact import redact
@@ -47,7 +48,7 @@ def findings_path(repo: git.Repo, run_id: str) -> Path:
 def findings_instructions(path: str) -> str:
     """Return the paragraph appended to every agent prompt about the shared findings file."""
     return (
-        "\n\n## Shared findings\n"
+        f"\n\n{FINDINGS_HEADING}\n"
         "Other agents are working on related tasks at the same time, each in its own worktree."
         f" What they found out is in {path} (also in $SWARM_CONTEXT): read it before you"
         " start and again when you are stuck. When you learn something another agent would"
