@@ -74,6 +74,33 @@ def test_what_git_does_while_agents_work_keeps_the_generation(tmp_path: Path) ->
     assert watch.generation() == start
 
 
+def test_an_object_freshened_again_and_again_is_looked_at_once_and_a_chmod_still_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every task's checkpoint freshens the same blobs: one look at each per read of events.
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", "b.txt": "b\n"})
+    watch = ObjectWatch(objects_of(repo))
+    assert watch.watched
+    start = watch.generation()
+    blob, other = loose(repo, "HEAD:a.txt"), loose(repo, "HEAD:b.txt")
+    for _ in range(5):
+        git(repo, "hash-object", "-w", "a.txt", "b.txt")  # git freshens both again
+    looked: list[str] = []
+    real_lstat = os.lstat
+
+    def spied(path: str | Path, **kwargs: object) -> os.stat_result:
+        looked.append(os.fspath(path))
+        return real_lstat(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", spied)
+    assert watch.generation() == start
+    assert sorted(looked) == sorted([os.fspath(blob), os.fspath(other)])
+    os.utime(blob)
+    other.chmod(0)  # unreadable among freshened ones: lost
+    os.utime(blob)
+    assert watch.generation() != start
+
+
 def _loose_names(repo: Path) -> set[str]:
     return {
         path.parent.name + path.name

@@ -51,6 +51,10 @@ class ObjectWatch:
         self._paths: dict[int, str] = {}  # wd -> its directory (a pack's file: its name)
         self._written: set[str] = set()  # the names of pack files written to since asked
         self._loose: set[str] = set()  # loose objects made, renamed onto or written since asked
+        # Loose objects whose attributes changed in the events being read: each looked at once
+        # when they all are (every checkpoint's `git add` freshens the time of every blob it
+        # hashes again, the same blobs in every task's checkpoint).
+        self._touched: set[str] = set()
         self._ino: inotify.Inotify | None = None
         try:
             self._ino = inotify.Inotify()
@@ -94,6 +98,9 @@ class ObjectWatch:
         for event in events:
             if self._damaging(event):
                 self._generation += 1
+        touched, self._touched = self._touched, set()
+        if not all(map(_readable, touched)):
+            self._generation += 1
 
     def watch_pack(self, idx: Path) -> None:
         """Watch the pack of index *idx* (its ``.pack``, ``.idx``, ``.rev``) for writes in place.
@@ -205,8 +212,9 @@ class ObjectWatch:
             self._loose.add(os.path.basename(directory) + name)  # noqa: PTH119 - per event
         if mask == inotify.ATTRIB:
             # Git freshens the time of an object it would have written again; a chmod that
-            # makes it unreadable is what loses it.
-            return not _readable(os.path.join(directory, name))  # noqa: PTH118 - per event
+            # makes it unreadable is what loses it (looked at once the events are all read).
+            self._touched.add(os.path.join(directory, name))  # noqa: PTH118 - per event
+            return False
         return not created
 
     def _pack_written(self, event: inotify.Event) -> bool:
