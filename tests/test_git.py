@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, make_repo
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
+from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import checkpoints, diffs, gitconfig, gitfiles, merge_tree, status
@@ -69,6 +70,33 @@ def test_open_repo_from_linked_worktree(repo: Path, tmp_path: Path) -> None:
     r = g.open_repo(tmp_path / "linked" / "d")
     assert r.root == repo.resolve()
     assert r.common_dir == (repo / ".git").resolve()
+
+
+def test_a_worktrees_git_dir_is_resolved_as_realpath_does_without_an_lstat_per_component(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Resolved several times a task: by the name of a descriptor open on it, where there is one.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "via").symlink_to(tmp_path / "real")
+    git(repo, "worktree", "add", "-q", "-b", "other", str(tmp_path / "via" / "linked"))
+    linked = tmp_path / "via" / "linked"
+    (linked / "dangling").symlink_to(tmp_path / "nowhere")
+    (linked / "loop").symlink_to(linked / "loop")
+    cases = [linked / ".git", linked / "dangling", linked / "loop", tmp_path / "no" / "such"]
+    assert [real_path(p) for p in cases] == [Path(os.path.realpath(p)) for p in cases]
+    expected = Path(os.path.realpath(repo / ".git" / "worktrees" / "linked"))
+    looked: list[str] = []
+    real_lstat = os.lstat
+
+    def spied(path: str | Path, **kwargs: object) -> os.stat_result:
+        looked.append(os.fspath(path))
+        return real_lstat(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", spied)
+    assert g.git_dir(linked) == expected
+    assert looked == []
+    assert real_path(linked / "README.md") == tmp_path / "real" / "linked" / "README.md"
+    assert looked == []
 
 
 def test_open_repo_separate_git_dir(tmp_path: Path) -> None:

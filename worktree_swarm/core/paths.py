@@ -29,8 +29,31 @@ class Repo:
         return self.common_dir / STATE_DIR_NAME
 
 
+# Linux names the file a descriptor is open on, resolved, under /proc/self/fd: one open and one
+# readlink instead of an lstat per component (a worktree's admin dir is resolved several times
+# a task). Elsewhere, or for a path that cannot be opened (absent, a dangling link, a directory
+# on the way unsearchable), `os.path.realpath` as before.
+_O_PATH = getattr(os, "O_PATH", 0)
+_BY_FD = "/proc/self/fd/"
+_DELETED = " (deleted)"  # what the kernel adds to the name of a file removed since it was open
+
+
 def real_path(path: Path | str) -> Path:
     """*path* absolute with every symlink resolved: the one form in which paths are compared."""
+    if _O_PATH:
+        try:
+            fd = os.open(path, _O_PATH | os.O_CLOEXEC)
+        except OSError:
+            pass
+        else:
+            try:
+                named = os.readlink(f"{_BY_FD}{fd}")  # noqa: PTH115 - no Path: called often
+            except OSError:
+                named = ""  # no /proc here
+            finally:
+                os.close(fd)
+            if named.startswith("/") and not named.endswith(_DELETED):
+                return Path(named)
     return Path(os.path.realpath(path))
 
 
