@@ -67,6 +67,56 @@ def test_a_read_looks_again_only_at_entries_inotify_saw_change(
     assert changed == surface.read(common, None, None, tops)
 
 
+def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
+    layout: tuple[Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common, tops = layout
+    worktrees = common / "worktrees"
+    modes = DirModes()
+    first = surface.read(common, None, None, tops, modes)
+    looked: list[str] = []
+    real_lstat = os.lstat
+
+    def lstat(path: str | Path, **kwargs: object) -> os.stat_result:
+        looked.append(os.fspath(path))
+        return real_lstat(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    assert surface.read(common, None, None, tops, modes) == first
+    assert [p for p in looked if p.endswith("/config.worktree")] == []
+    planted = "[core]\n\tfsmonitor = touch planted\n"
+    (worktrees / "t1" / "config.worktree").write_text(planted)  # made in place
+    (worktrees / "t2" / "config.worktree").symlink_to(tmp_path / "elsewhere")
+    (worktrees / "t3" / "aside").write_text(planted)
+    (worktrees / "t3" / "aside").rename(worktrees / "t3" / "config.worktree")  # renamed in
+    swapped = common / "t4.new"  # another admin dir swapped in, holding one
+    swapped.mkdir()
+    (swapped / "config.worktree").write_text(planted)
+    (worktrees / "t4").rmdir()
+    swapped.rename(worktrees / "t4")
+    now = surface.read(common, None, None, tops, modes)
+    assert now == surface.read(common, None, None, tops)
+    configs = {f"{worktrees}/t{i}/config.worktree" for i in (1, 2, 3, 4)}
+    assert {f"{common}/{k}" for k in now if k.endswith("config.worktree")} == configs
+    looked.clear()
+    (worktrees / "t1" / "config.worktree").unlink()
+    now = surface.read(common, None, None, tops, modes)
+    assert {p for p in looked if p.endswith("/config.worktree")} == configs  # t1's for the last
+    assert now == surface.read(common, None, None, tops)
+    looked.clear()
+    assert surface.read(common, None, None, tops, modes) == now
+    assert {p for p in looked if p.endswith("/config.worktree")} == configs - {
+        f"{worktrees}/t1/config.worktree"
+    }
+    # The whole directory of admin dirs swapped for another: each looked in again.
+    worktrees.rename(common / "worktrees.old")
+    (worktrees / "t0").mkdir(parents=True)
+    (worktrees / "t0" / "config.worktree").write_text(planted)
+    now = surface.read(common, None, None, tops, modes)
+    assert now == surface.read(common, None, None, tops)
+    assert "worktrees/t0/config.worktree" in now
+
+
 def test_entries_made_removed_or_swapped_are_read_as_they_are_now(
     layout: tuple[Path, list[Path]],
 ) -> None:

@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worktree_swarm.guard.worktree_configs import WorktreeConfigs
 from worktree_swarm.infra import inotify
 
 # A watch that no longer tells about the entries of the directory it was made for.
@@ -53,6 +54,8 @@ class DirModes:
         if watch:
             with contextlib.suppress(OSError):  # no inotify here: every entry looked at
                 self._ino = inotify.Inotify()
+        # Which admin dirs may hold a config.worktree, watched alike.
+        self.configs = WorktreeConfigs(watch=watch)
 
     def modes(self, parent: str, names: list[str] | None = None) -> dict[str, int]:
         """The mode of each of *names* in *parent* that is there (None: of every entry).
@@ -89,6 +92,7 @@ class DirModes:
 
     def close(self) -> None:
         """Release inotify: every entry is looked at on every call from now on."""
+        self.configs.close()
         with self._lock:
             self._forget_all()
             if self._ino is not None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from worktree_swarm.guard import known_bytes
 from worktree_swarm.guard.dir_modes import DirModes, lstat_mode
 from worktree_swarm.guard.hooks_dir import HOOK_NAMES
+from worktree_swarm.guard.worktree_configs import WorktreeConfigs
 from worktree_swarm.infra import fs
 
 _NAME_DEPTH = 8  # slashes in a submodule's name walked through under modules/
@@ -113,18 +114,20 @@ def read(
     would have a restored ref written through). And what ties each linked worktree to the
     repository: its ``.git`` file, its admin dir's ``commondir`` and ``gitdir``. And the
     permission bits of the directories git keeps in *common* and of *tops* (task worktrees);
-    *dir_modes*: those of worktree admin dirs and *tops* looked at again only where changed.
+    *dir_modes*: those of worktree admin dirs and *tops*, and whether an admin dir holds a
+    ``config.worktree``, looked at again only where changed.
     """
     found: Surface = {}
     linked = linked or {}
-    _add_modes(found, common, tops, dir_modes or DirModes(watch=False))
+    dir_modes = dir_modes or DirModes(watch=False)
+    _add_modes(found, common, tops, dir_modes)
     for top in (common, *linked.values()):
         _add_links(found, common, top)
     _add_ties(found, common, linked)
     _add_links(found, common, common / "refs", depth=1)  # the guard's own restores write there
     for name in ("config", "config.worktree", "commondir", *IN_PROGRESS_FILES, *ALTERNATES):
         _add(found, common, common / name)
-    _add_worktree_configs(found, common)
+    _add_worktree_configs(found, common, dir_modes.configs)
     for name in ("hooks", "info", *_STEERING_DIRS, *_IN_PROGRESS_DIRS):
         _add_tree(found, common, common / name)
     _add_top(found, common, common / RERERE)
@@ -268,20 +271,8 @@ def ties(common: Path, checkout: Path, admin: Path) -> set[str]:
     return {label_of(common, path) for path in (checkout / ".git", *(admin / n for n in _TIES))}
 
 
-def _add_worktree_configs(found: Surface, common: Path) -> None:
-    worktrees = common / "worktrees"
-    try:
-        names = os.listdir(worktrees)  # noqa: PTH208 - one per worktree, no Path for each
-    except (FileNotFoundError, NotADirectoryError):
-        names = []
-    for name in names:
-        config = f"{worktrees}/{name}/config.worktree"
-        try:
-            os.lstat(config)  # usually absent: no Path made for it
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError:  # its admin dir made unsearchable: not known now
-            pass
+def _add_worktree_configs(found: Surface, common: Path, configs: WorktreeConfigs) -> None:
+    for config in configs.to_read(f"{common}/worktrees"):
         _add(found, common, Path(config))
 
 

@@ -39,6 +39,8 @@ CHANGES = (
 ) | MOVE_SELF
 # Directories only, symlinks not followed, no events for entries already unlinked.
 _WATCH = CHANGES | flags.ONLYDIR | flags.DONT_FOLLOW | flags.EXCL_UNLINK
+# Names made in a directory (a create, a link, a rename in) and the directory itself gone.
+_NAMES = CREATE | MOVED_TO | DELETE_SELF | MOVE_SELF | flags.ONLYDIR | flags.DONT_FOLLOW
 # A file written to, or opened for writing (a write through a shared map raises no event of
 # its own, but the file's last close does, which comes when the map goes: after its writes).
 _WRITES = MODIFY | CLOSE_WRITE | flags.DONT_FOLLOW
@@ -68,6 +70,12 @@ class Inotify:
         if self._ino is None:
             raise OSError("inotify closed")
         return int(self._ino.add_watch(os.fsencode(path), _WATCH))
+
+    def add_names(self, path: Path) -> int:
+        """Watch the directory *path* for names made in it only; its watch descriptor."""
+        if self._ino is None:
+            raise OSError("inotify closed")
+        return int(self._ino.add_watch(os.fsencode(path), _NAMES))
 
     def add_writes(self, path: Path) -> int:
         """Watch the file *path* for writes through any of its names; its watch descriptor."""

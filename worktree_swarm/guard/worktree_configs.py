@@ -1,0 +1,120 @@
+"""Which worktree admin dirs may hold a ``config.worktree``: looked in again only where changed.
+
+The surface read looks in every admin dir (``worktrees/*``) for its ``config.worktree``, which
+git makes only for ``git config --worktree`` and is nearly always absent: one `lstat` per
+admin dir a read, and a read after every attempt, so a run's reads grew with the square of its
+tasks. Here an admin dir found without one gets an inotify watch for names made in it (on
+before it is looked in), and is not looked in again while it holds:
+
+- each admin dir is known by its inode, as the listing of ``worktrees/`` gives it (no call of
+  its own): a directory made anew at its name, or swapped in by a rename, is looked in again;
+- an event naming ``config.worktree`` there (made, linked or renamed in), the watch lost (the
+  admin dir moved or removed), events lost, or no inotify at all (another OS, the per-user
+  limits): looked in again, every time while it is not watched;
+- one that is there, or that could not be looked for (its admin dir made unsearchable), is
+  read every time, as before.
+
+Events are read before the listing, so a ``config.worktree`` made before a read is in it (one
+made during it, in the next).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+
+from worktree_swarm.infra import inotify
+
+CONFIG = "config.worktree"
+# A watch that no longer tells about the names of the directory it was made for.
+_LOST = inotify.Q_OVERFLOW | inotify.IGNORED | inotify.DELETE_SELF | inotify.MOVE_SELF
+
+
+class WorktreeConfigs:
+    """The admin dirs known to hold no ``config.worktree``, watched. Thread-safe."""
+
+    def __init__(self, *, watch: bool = True) -> None:
+        """*watch* False: every admin dir is looked in on every call."""
+        self._lock = threading.Lock()
+        self._absent: dict[str, tuple[int, int]] = {}  # admin dir -> its inode, its watch
+        self._by_wd: dict[int, str] = {}
+        self._ino: inotify.Inotify | None = None
+        if watch:
+            with contextlib.suppress(OSError):  # no inotify here: every admin dir looked in
+                self._ino = inotify.Inotify()
+
+    def to_read(self, worktrees: str) -> list[str]:
+        """The ``config.worktree`` of each admin dir in *worktrees* that is there or not known.
+
+        OSError (not for a missing *worktrees*) when it cannot be listed.
+        """
+        try:
+            entries = list(os.scandir(worktrees))
+        except (FileNotFoundError, NotADirectoryError):
+            entries = []
+        with self._lock:
+            self._read_events()
+            found = []
+            for entry in entries:
+                known = self._absent.get(entry.path)
+                if known is not None and known[0] == entry.inode():
+                    continue  # the same directory, no config.worktree made in it since
+                if known is not None:
+                    self._forget(entry.path)
+                if self._looked_in(entry):
+                    found.append(f"{entry.path}/{CONFIG}")
+            return found
+
+    def close(self) -> None:
+        """Release inotify: every admin dir is looked in on every call from now on."""
+        with self._lock:
+            for path in list(self._absent):
+                self._forget(path)
+            if self._ino is not None:
+                self._ino.close()
+            self._ino = None
+
+    def _looked_in(self, entry: os.DirEntry[str]) -> bool:
+        """Whether *entry*'s ``config.worktree`` is to be read (watched first when it can be)."""
+        wd = None
+        if self._ino is not None:
+            with contextlib.suppress(OSError):  # the watch limit, a file, gone: looked in
+                wd = self._ino.add_names(Path(entry.path))
+        try:
+            os.lstat(f"{entry.path}/{CONFIG}")
+        except (FileNotFoundError, NotADirectoryError):
+            if wd is not None and wd not in self._by_wd:
+                # Another directory swapped in since the listing has another inode: looked
+                # in again at the next listing.
+                self._absent[entry.path] = (entry.inode(), wd)
+                self._by_wd[wd] = entry.path
+            return False
+        except OSError:  # its admin dir made unsearchable: not known now
+            pass
+        if wd is not None and wd not in self._by_wd and self._ino is not None:
+            self._ino.remove(wd)  # read every time: no watch needed
+        return True
+
+    def _read_events(self) -> None:
+        if self._ino is None:
+            return
+        try:
+            events = self._ino.read()
+        except OSError:
+            events = [inotify.Event(wd=-1, mask=inotify.Q_OVERFLOW, name="")]
+        for event in events:
+            if event.mask & inotify.Q_OVERFLOW:
+                for path in list(self._absent):
+                    self._forget(path)
+                continue
+            where = self._by_wd.get(event.wd)
+            if where is not None and (event.mask & _LOST or event.name == CONFIG):
+                self._forget(where)
+
+    def _forget(self, path: str) -> None:
+        _, wd = self._absent.pop(path)
+        self._by_wd.pop(wd, None)
+        if self._ino is not None:
+            self._ino.remove(wd)
