@@ -19,10 +19,12 @@ import filelock
 import pytest
 
 from tests.conftest import (
+    GIT_SUBCOMMAND,
     agent_command,
     agent_python,
     as_owner_only,
     git,
+    git_first_on_path,
     hang_git_at,
     make_repo,
 )
@@ -41,9 +43,12 @@ from tests.test_run import checkout_snapshot, pid_alive, status_json, swarm, wai
 from tests.test_shim import PRELUDE, marked
 from worktree_swarm.core.errors import ExitCode
 from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import repo as repo_module
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.store import Store
 from worktree_swarm.merge import conflicts
 
 
@@ -1164,6 +1169,127 @@ def test_a_merge_worktree_a_killed_git_worktree_add_left_locked_is_unlocked_and_
     assert "locked" not in git(base_repo, "worktree", "list", "--porcelain")
     doctor = swarm(base_repo, "doctor")
     assert "initializing" not in doctor.stdout + doctor.stderr  # nothing taken for half made
+
+
+def _killed_in_its_worktree_add(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> Path:
+    """Run `swarm merge` (*argv*) and SIGKILL it all inside its `git worktree add`.
+
+    At the moment a kill leaves most behind: git has opened `commondir` (O_TRUNC) and not yet
+    written it. The `git` first on PATH writes what the real one has written by then (git's
+    own files and order, in the C locale swarm runs it in), then hangs; the real git after.
+    Returns the worktree directory being added.
+    """
+    flag = tmp_path / "adding"
+    common = shlex.quote(str(repo / ".git"))
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        GIT_SUBCOMMAND
+        + 'path=""; add=0; dashes=0\n'
+        'for a in "$@"; do\n'
+        '  if [ $dashes = 1 ]; then path="$a"; break; fi\n'
+        '  case "$a" in add) add=1;; --) dashes=1;; esac\n'
+        "done\n"
+        'if [ "$sub" = worktree ] && [ $add = 1 ] && [ -n "$path" ]; then\n'
+        f'  admin={common}/worktrees/$(basename "$path"); mkdir "$admin"\n'
+        "  printf 'initializing\\n' > \"$admin/locked\"; mkdir -p \"$path\"\n"
+        "  printf '%s/.git\\n' \"$(cd \"$path\" && pwd -P)\" > \"$admin/gitdir\"\n"
+        "  printf 'gitdir: %s\\n' \"$(cd \"$admin\" && pwd -P)\" > \"$path/.git\"\n"
+        f'  : > "$admin/commondir"; printf %s "$path" > {shlex.quote(str(flag))}\n'
+        "  exec sleep 600\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    kill_merge_once(repo, argv, flag.exists, what="its git worktree add")
+    (tmp_path / "gitbin" / "git").unlink()  # the real git from here on
+    listed = subprocess.run(
+        ["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert "commondir" in listed.stderr, listed  # every git that lists worktrees dies
+    return Path(flag.read_text())
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("into", [False, True])
+@pytest.mark.parametrize("then", ["merge", "doctor", "resume"])
+def test_a_merge_worktree_a_merge_killed_in_its_git_worktree_add_left_half_made_is_removed(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    *, into: bool, then: str,
+) -> None:  # fmt: skip
+    # git writes `commondir` in place: a `swarm merge` killed in between left it empty, and
+    # every later `swarm merge`, `swarm resume` and `swarm doctor --yes` failed on git's
+    # `failed to read .../commondir`, as did your own `git worktree list`.
+    two_tasks_and_dev(base_repo, brancher)
+    if then == "resume":  # a task of the run left to do: what `swarm resume` is for
+        agent = (*agent_python(), "-c", "open('three.txt', 'w').write('3')")
+        three = Task(id="three", prompt="do three", agent="command", agent_argv=agent)
+        with Store(store_path(open_repo(base_repo))) as store:
+            store.add_tasks(RUN_ID, [(three, "swarm/three", str(tmp_path / "repo.swarm/three"))])
+    target = ["--into", "dev"] if into else []
+    if not into:  # its branch made, its worktree gone since: the next merge adds it again
+        assert swarm(base_repo, "merge", "one").returncode == 0
+        worktree = base_repo.parent / "repo.swarm" / f"_integration-{RUN_ID}"
+        git(base_repo, "worktree", "remove", "--force", str(worktree))
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", *target, "two"]
+    added = _killed_in_its_worktree_add(base_repo, tmp_path, monkeypatch, argv)
+    assert added.name.startswith(f"_merge-{RUN_ID}-" if into else f"_integration-{RUN_ID}")
+
+    if then == "doctor":
+        look = swarm(base_repo, "doctor")
+        assert f"{added}: half-made registration" in look.stdout, look.stdout + look.stderr
+        fixed = swarm(base_repo, "doctor", "--yes")
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    elif then == "resume":
+        resumed = swarm(base_repo, "resume")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert states(base_repo)["three"] == "done"
+    if then != "merge":
+        assert not added.exists()
+        assert git(base_repo, "worktree", "list", "--porcelain")  # git lists them again
+    out = swarm(base_repo, "merge", *target, "two")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert merge_results(base_repo)["two"] == "merged"
+    merged = "dev" if into else f"swarm/integration-{RUN_ID}"
+    assert "two.txt" in git(base_repo, "ls-tree", "--name-only", merged).split()
+    listed = git(base_repo, "worktree", "list", "--porcelain")
+    kept = not into  # the integration worktree stays; an `--into` merge's goes
+    assert (f"worktree {added}\n" in listed) is kept
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "elsewhere/_integration-{run}",
+        "repo.swarm/_integration-other",
+        "repo.swarm/_merge-{run}-mine",
+    ],
+)
+def test_a_half_made_registration_not_named_as_swarm_names_its_merge_worktrees_is_left_alone(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, name: str
+) -> None:
+    # Outside the run's worktree root, of no recorded run, or not named as swarm names an
+    # `--into` merge's: maybe yours, or a live git's. git's error names it; nothing goes.
+    two_tasks_and_dev(base_repo, brancher)
+    path = tmp_path / name.format(run=RUN_ID)
+    admin = base_repo / ".git" / "worktrees" / path.name
+    admin.mkdir()
+    (admin / "locked").write_text("initializing\n")
+    path.mkdir(parents=True)
+    (admin / "gitdir").write_text(f"{path.resolve()}/.git\n")
+    (path / ".git").write_text(f"gitdir: {admin.resolve()}\n")
+    (admin / "commondir").write_text("")
+    before = sorted((p.name, p.read_bytes()) for p in admin.iterdir())
+
+    for args in (("merge", "two"), ("doctor", "--yes")):
+        out = swarm(base_repo, *args)
+        assert out.returncode != 0, out.stdout
+        assert "commondir" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+
+    assert sorted((p.name, p.read_bytes()) for p in admin.iterdir()) == before
+    assert (path / ".git").is_file()
+    shutil.rmtree(admin)  # for the scratch worktree's removal
 
 
 def test_an_index_lock_a_killed_merge_left_in_the_integration_worktree_is_removed(

@@ -26,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 from worktree_swarm.cleanup.clean import Report
 from worktree_swarm.cleanup.findings import Action, Finding
@@ -140,14 +138,6 @@ def _new_to_fix(before: Action | None, finding: Finding) -> bool:
     return before is None or (before is Action.KEEP and finding.action is not Action.KEEP)
 
 
-def _task_worktrees(store: Store | None) -> Iterator[Path]:
-    """Every recorded task's worktree directory, as recorded."""
-    if store is None:
-        return
-    for run in store.runs():
-        yield from (Path(task.worktree) for task in store.tasks(run.run_id))
-
-
 def scan(
     repo: git.Repo,
     store: Store | None,
@@ -158,7 +148,7 @@ def scan(
     now: float | None = None,
 ) -> list[Finding]:
     """Every orphan of *repo*, each with the reason and what fixing it does (read-only)."""
-    if half := half_made_registrations(repo, _task_worktrees(store)):
+    if half := half_made_registrations(repo, store):
         # git lists no worktree until they go: what needs that listing waits for `--yes`
         # (whose scans after the fixes find it).
         return half + stale_git_locks(repo) + broken_refs(repo) + staging_leftovers(repo)

@@ -1,6 +1,6 @@
 """Findings and fixes of the repository's own files that a killed process or an agent broke.
 
-A worktree registration an older swarm killed half-way left (git lists no worktree then),
+A worktree registration a swarm killed half-way left (git lists no worktree then),
 git's lock files left by a killed git, loose refs holding garbage (mended where their reflog
 last left them), swarm's notes of the refs a killed `swarm merge`/`clean` was moving, and the
 object stores of swarm's checkpoints and rescues killed half-way.
@@ -9,7 +9,6 @@ object stores of swarm's checkpoints and rescues killed half-way.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
@@ -18,10 +17,11 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.git import gitfiles, half_made, quarantine, runner
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import ref_moves
+from worktree_swarm.infra.store import Store
 
 
-def half_made_registrations(repo: git.Repo, paths: Iterable[Path]) -> list[Finding]:
-    """Task worktrees (*paths*) an older swarm killed as it registered them left half-made."""
+def half_made_registrations(repo: git.Repo, store: Store | None) -> list[Finding]:
+    """Worktrees of swarm's (a task's, a merge's) it left half-made, killed registering them."""
     return [
         Finding(
             kind=Kind.WORKTREE,
@@ -32,7 +32,7 @@ def half_made_registrations(repo: git.Repo, paths: Iterable[Path]) -> list[Findi
             fix="delete its admin dir and its directory (which holds only its .git file)",
             admin_dir=str(half.admin),
         )
-        for half in half_made.find(repo, paths)
+        for half in half_made.find(repo, store)
     ]
 
 

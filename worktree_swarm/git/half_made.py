@@ -1,32 +1,43 @@
-"""Worktree registrations an older swarm, killed as it wrote them, left half-made.
+"""Worktree registrations a killed swarm left half-made.
 
 Before swarm wrote each file of a worktree's git layout whole, a manager killed between a
 file's open and its write left an admin dir locked ``initializing`` with an empty
-``commondir``: every git that lists worktrees then dies (``failed to read
-.../commondir``), `swarm resume`, `swarm doctor` and your own `git worktree list` among
-them. Such a registration is found, and removed, only where every file is exactly as swarm
-wrote it up to that write and it holds nothing: anything else may be yours, or a live
-git's, and is left for git's error to name.
+``commondir``; so does a `swarm merge` killed while its ``git worktree add`` (of the
+integration worktree, or an ``--into`` merge's temporary one) writes that file, since git
+writes it in place. Every git that lists worktrees then dies (``failed to read
+.../commondir``), `swarm resume`, `swarm merge`, `swarm doctor` and your own `git worktree
+list` among them. Such a registration is found, and removed, only for a directory swarm
+makes (a recorded task's worktree, a run's merge worktree under its worktree root) where
+every file is exactly as written up to that write and it holds nothing: anything else may
+be yours, or a live git's, and is left for git's error to name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm.core.paths import real_path
+from worktree_swarm.core.paths import default_worktree_root, real_path
+from worktree_swarm.core.task import INTEGRATION_DIR_PREFIX, SCRATCH_PREFIX
 from worktree_swarm.git.repo import Repo, repo_lock
 from worktree_swarm.git.worktrees import REGISTRATIONS, named_after, worktrees_dir
+from worktree_swarm.infra.store import Store
 
 # What swarm had written when the kill came: `HEAD` comes after `commondir`, and nothing
 # else (an index, a reflog) before the worktree is populated.
 _WRITTEN = frozenset({"locked", "gitdir", "commondir"})
-_LOCKED = b"initializing\n"
+_LOCKED = b"initializing\n"  # swarm's, and git's in the C locale swarm runs it in
+# A run's integration worktree, or an `--into` merge's (`secrets.token_hex(3)` after the run).
+_MERGE_DIR = re.compile(
+    rf"{re.escape(INTEGRATION_DIR_PREFIX)}(?P<run>.+)"
+    rf"|{re.escape(SCRATCH_PREFIX)}(?P<scratch>.+)-[0-9a-f]{{6}}"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,10 +48,10 @@ class HalfMade:
     path: Path
 
 
-def find(repo: Repo, paths: Iterable[Path]) -> list[HalfMade]:
-    """The half-made registrations of *paths*, worktree directories swarm made for tasks.
+def find(repo: Repo, store: Store | None) -> list[HalfMade]:
+    """The half-made registrations of worktree directories swarm made, as *store* has them.
 
-    *paths* is read only when an admin dir has an empty ``commondir`` at all.
+    *store* is read only when an admin dir has an empty ``commondir`` at all.
     """
     root = worktrees_dir(repo.common_dir)
     try:
@@ -54,14 +65,35 @@ def find(repo: Repo, paths: Iterable[Path]) -> list[HalfMade]:
                 gitdir = Path(os.fsdecode((root / name / "gitdir").read_bytes()).strip())
                 if gitdir.name == ".git" and named_after(name, gitdir.parent.name):
                     named[root / name] = gitdir.parent
-    if not named:
+    if not named or store is None:
         return []
-    ours = {real_path(path) for path in paths}
+    ours = _swarms(repo, store)
     return [
         HalfMade(admin=admin, path=path)
         for admin, path in named.items()
-        if path in ours and _is_half_made(admin, path)
+        if ours(path) and _is_half_made(admin, path)
     ]
+
+
+def _swarms(repo: Repo, store: Store) -> Callable[[Path], bool]:
+    """Whether a (real) worktree path is one swarm makes for a run *store* records.
+
+    A task's recorded worktree; a run's integration worktree (``_integration-<run>``) or an
+    ``--into`` merge's (``_merge-<run>-<6 hex digits>``), directly under its worktree root.
+    """
+    tasks: set[Path] = set()
+    merges: dict[Path, set[str]] = {}  # worktree root -> the runs' ids
+    for run in store.runs():
+        tasks.update(real_path(Path(task.worktree)) for task in store.tasks(run.run_id))
+        root = run.settings.worktree_root or default_worktree_root(repo.root)
+        merges.setdefault(real_path(root), set()).add(run.run_id)
+
+    def ours(path: Path) -> bool:
+        merge = _MERGE_DIR.fullmatch(path.name)
+        run = (merge["run"] or merge["scratch"]) if merge else None
+        return path in tasks or (run is not None and run in merges.get(path.parent, ()))
+
+    return ours
 
 
 def remove_locked(half: HalfMade) -> bool:
@@ -79,9 +111,9 @@ def remove_locked(half: HalfMade) -> bool:
     return True
 
 
-def drop(repo: Repo, paths: Iterable[Path]) -> list[HalfMade]:
-    """Remove every half-made registration of *paths*; returns those removed."""
-    found = find(repo, paths)
+def drop(repo: Repo, store: Store) -> list[HalfMade]:
+    """Remove every half-made registration :func:`find` finds; returns those removed."""
+    found = find(repo, store)
     if not found:
         return []
     with repo_lock(repo):

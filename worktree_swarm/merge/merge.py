@@ -24,7 +24,7 @@ from worktree_swarm.config.programs import check_program
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.task import INTEGRATION_PREFIX
-from worktree_swarm.git import gitconfig, removal, runner, tampering
+from worktree_swarm.git import gitconfig, half_made, removal, runner, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import proc_scan, redact
@@ -112,9 +112,7 @@ def merge(
     # scanned for them (`candidates._leak`) or a line written.
     redact.add_env(pair for r in store.tasks(run_id) for pair in task_from_json(r.spec_json).env)
     argvs = parse_checks(checks)
-    branch = into if into is not None else INTEGRATION_PREFIX + ref_safe_run(run_id)
-    own = None if into is not None else integration_path(repo, store, run_id)
-    start = validate_target(repo, store, branch, own=own, checkout=checkout)
+    branch, own, start = _target(repo, store, run_id, into=into, checkout=checkout, look=dry_run)
     standing = standing_results(repo, store, run_id, branch, start=start)
     candidates, skipped = select_candidates(
         repo, store, run_id, task_ids, target=branch, standing=standing, start=start
@@ -199,6 +197,23 @@ def merge(
         notes=tuple(tell.notes),
         tool=report.tool,
     )
+
+
+def _target(
+    repo: git.Repo, store: Store, run_id: str, *, into: str | None, checkout: Path | None,
+    look: bool,
+) -> tuple[str, Path | None, str]:  # fmt: skip
+    """The branch merged into, swarm's own worktree for it (None: ``--into``), its start.
+
+    Unless *look* (a dry run, which changes nothing), a merge worktree a killed merge left
+    half-made goes first: git writes its ``commondir`` in place, and lists no worktree while
+    it is empty.
+    """
+    if not look:
+        half_made.drop(repo, store)
+    branch = into if into is not None else INTEGRATION_PREFIX + ref_safe_run(run_id)
+    own = None if into is not None else integration_path(repo, store, run_id)
+    return branch, own, validate_target(repo, store, branch, own=own, checkout=checkout)
 
 
 def _predict(

@@ -20,7 +20,6 @@ import queue
 import secrets
 import threading
 import time
-from pathlib import Path
 from typing import NoReturn
 
 from worktree_swarm.core.errors import BadInputError, RunInterruptedError
@@ -115,8 +114,8 @@ class Runner(TaskLaunch):
             check_sandbox(spec.ray_address, lost_after=spec.lost_after)
         elif spec.sandbox:
             sandbox.check_available()
-        # An older swarm killed as it registered a task's worktree: git lists no worktree.
-        half_made.drop(repo, [Path(row.worktree) for row in rows])
+        # A swarm killed as it registered a worktree (a task's, a merge's): git lists none.
+        half_made.drop(repo, store)
         # What the dead manager's guard was at: its put-backs, its verdicts not yet applied.
         settle_guard(repo, store, run_id)
         rows = store.tasks(run_id)  # a suspect's row failed by a verdict
