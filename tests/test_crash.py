@@ -149,6 +149,31 @@ def test_kill_inside_checkout_then_resume_runs_the_task(
 
 
 @pytest.mark.long
+def test_a_branch_moved_under_a_half_made_worktree_says_to_retry_the_task_not_to_resume(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    # A half-made task branch moved while no manager ran is not swarm's to delete: said by
+    # `swarm resume`, "run `swarm resume` to continue that run" sent you round in a circle.
+    run_id = _killed_in_read_tree(repo, tmp_path, monkeypatch, write_agent)
+    mine = git(repo, "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", "mine")
+    git(repo, "update-ref", "refs/heads/swarm/t1", mine)
+
+    out = swarm(repo, "resume")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    reason = status_json(repo)["t1"]["reason"]
+    assert reason == (
+        "branch swarm/t1 already exists; if it holds nothing you need, delete it (`git branch"
+        f" -D swarm/t1`), then run `swarm retry t1 --run {run_id}`"
+    )
+    assert git(repo, "rev-parse", "swarm/t1") == mine  # left alone
+    git(repo, "branch", "-D", "swarm/t1")  # as it says
+    again = swarm(repo, "retry", "t1", "--run", run_id)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+
+
+@pytest.mark.long
 def test_a_manager_killed_alone_in_a_checkout_whose_git_writes_on_is_resumed(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:

@@ -515,6 +515,45 @@ def test_a_retried_dependent_never_builds_on_a_later_runs_branch_of_its_dependen
     assert later_b.returncode == 1
 
 
+@pytest.mark.long
+@pytest.mark.parametrize("yours", ["branch", "directory"])
+def test_what_is_in_the_way_of_a_retried_tasks_worktree_says_to_retry_it_not_to_resume(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, yours: str
+) -> None:
+    # Said by `swarm retry`, "run `swarm resume` to continue that run" was no way on: the
+    # run was being continued already, and once the task failed there was nothing to resume.
+    failing = tmp_path / "failing"
+    failing.write_text("a")
+    agent = _told(write_agent, failing)
+    text = f"[defaults]\nagent = {agent}\n"
+    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
+    text += 'depends_on = ["a"]\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    path = repo.parent / "repo.swarm" / "b"
+    if yours == "branch":  # made while b was blocked
+        git(repo, "branch", "swarm/b")
+        clear = "if it holds nothing you need, delete it (`git branch -D swarm/b`)"
+        what = "branch swarm/b"
+    else:
+        path.mkdir()
+        clear, what = "move it aside", str(path)
+    failing.write_text("")
+
+    out = swarm(repo, "retry", "a")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    reason = status_json(repo)["b"]["reason"]
+    assert reason == f"{what} already exists; {clear}, then run `swarm retry b --run {run_id}`"
+    if yours == "branch":  # as it says
+        git(repo, "branch", "-D", "swarm/b")
+    else:
+        path.rmdir()
+    again = swarm(repo, "retry", "b", "--run", run_id)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert status_json(repo)["b"]["state"] == "done"
+
+
 def test_failed_task_blocks_only_its_dependents(repo: Path, write_agent: AgentFactory) -> None:
     ok = argv_toml(write_agent(RECORDING_AGENT))
     bad = argv_toml(write_agent("import sys; print('cannot do it'); sys.exit(3)"))

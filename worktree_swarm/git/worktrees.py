@@ -32,7 +32,36 @@ from worktree_swarm.git.repo import (
 )
 from worktree_swarm.infra import fs
 
+# What a new run's worktree in the way most likely is: an earlier run's, killed or not cleaned.
 _NEXT_STEP = "run `swarm resume` to continue that run or `swarm clean` to remove it"
+
+
+class InTheWayError(BadInputError):
+    """A branch or path a new worktree needs is there already.
+
+    *what* names it; *fix* says how to clear it, for a caller (`swarm resume`, `swarm retry`)
+    that words the rest: the message alone advises a new run.
+    """
+
+    def __init__(self, what: str, *, fix: str) -> None:
+        super().__init__(f"{what}; {_NEXT_STEP}")
+        self.what = what
+        self.fix = fix
+
+
+def _branch_exists(branch: str) -> InTheWayError:
+    return InTheWayError(
+        f"branch {branch} already exists",
+        fix=f"if it holds nothing you need, delete it (`git branch -D {branch}`)",
+    )
+
+
+def _registered(path: Path) -> InTheWayError:
+    return InTheWayError(
+        f"{path} is still registered as a worktree",
+        fix=f"remove that worktree (`git worktree remove --force {path}`, or `git worktree"
+        " prune` once its directory is gone)",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,7 +251,7 @@ def preflight(
         try:
             _check_free(repo, branch, path, registered, existing=existing)
         except BadInputError as exc:
-            what = str(exc).split(";", 1)[0]
+            what = exc.what if isinstance(exc, InTheWayError) else str(exc)
             step = next_step(branch) if next_step is not None else None
             holder = next((i for i in infos if i.branch == branch), None)
             if step is None and what.startswith("branch") and holder is not None:
@@ -249,25 +278,25 @@ def _clashing(branch: str, existing: set[str], folders: set[str]) -> str | None:
     return found
 
 
-def _in_the_way(path: Path) -> str:
+def _in_the_way(path: Path) -> BadInputError:
     """Why *path* cannot become a worktree: something is there (a link: not swarm's to remove)."""
     if path.is_symlink():
-        return (
+        return BadInputError(
             f"{path} is a symbolic link, which swarm never makes there and `swarm clean` leaves"
             " alone: remove it yourself, then run again"
         )
-    return f"{path} already exists; {_NEXT_STEP}"
+    return InTheWayError(f"{path} already exists", fix="move it aside")
 
 
 def _check_free(
     repo: Repo, branch: str, path: Path, registered: set[Path], *, existing: set[str] | None = None
 ) -> None:
     if (branch in existing) if existing is not None else branch_exists(repo, branch):
-        raise BadInputError(f"branch {branch} already exists; {_NEXT_STEP}")
+        raise _branch_exists(branch)
     if os.path.lexists(path):
-        raise BadInputError(_in_the_way(path))
+        raise _in_the_way(path)
     if real_path(path) in registered:
-        raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}")
+        raise _registered(path)
 
 
 def create_worktree(
@@ -285,12 +314,12 @@ def create_worktree(
     if commit is None:
         raise GitError(f"cannot create worktree {path}: {start!r} is not a commit")
     if os.path.lexists(path):
-        raise BadInputError(_in_the_way(path))
+        raise _in_the_way(path)
     _new_branch(repo, branch, commit, start)
     with repo_lock(repo):
         if os.path.lexists(path):  # made meanwhile, by someone else: not ours to remove
             git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", commit, check=False)
-            raise BadInputError(_in_the_way(path))
+            raise _in_the_way(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             _add(repo, path, branch)
@@ -321,9 +350,9 @@ def _add(repo: Repo, path: Path, branch: str) -> None:
         git(repo.root, "worktree", "add", "--quiet", "--no-checkout", "--", str(path), branch)
     except CommandError as exc:
         if "already registered" in exc.output:
-            raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}") from None
+            raise _registered(path) from None
         if "already exists" in exc.output:  # made since it was seen free: not swarm's
-            raise BadInputError(_in_the_way(path)) from None
+            raise _in_the_way(path) from None
         raise
 
 
@@ -376,7 +405,7 @@ def _register(repo: Repo, path: Path, branch: str) -> bool:
         except (OSError, UnicodeDecodeError):
             continue
         if real_path(root / known / gitdir) == target:
-            raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}")
+            raise _registered(path)
     name, number = path.name, 0
     while True:  # git's naming: the directory's name, then name1, name2, ...
         try:
@@ -391,7 +420,7 @@ def _register(repo: Repo, path: Path, branch: str) -> bool:
         try:
             path.mkdir()
         except FileExistsError:  # made since it was seen free, not by swarm: never removed
-            raise BadInputError(_in_the_way(path)) from None
+            raise _in_the_way(path) from None
         _write_whole(admin / "gitdir", f"{real_path(path)}/.git\n")
         _write_whole(path / ".git", f"gitdir: {admin}\n")
         _write_whole(admin / "commondir", "../..\n")
@@ -436,7 +465,7 @@ def _new_branch(repo: Repo, branch: str, commit: str, start: str) -> None:
             commit, "")  # fmt: skip
     except CommandError:
         if branch_exists(repo, branch):
-            raise BadInputError(f"branch {branch} already exists; {_NEXT_STEP}") from None
+            raise _branch_exists(branch) from None
         raise
 
 

@@ -195,6 +195,20 @@ def taken_message(row: TaskRow, later: str) -> str:
     )
 
 
+def in_the_way(store: Store, run_id: str, task_id: str, exc: worktrees.InTheWayError) -> str:
+    """Why task *task_id*'s new worktree could not be made (*exc*), and the way on.
+
+    Said by the manager of a run, a `swarm resume` or a `swarm retry`: the task fails, and
+    a retry is what makes it again, never a resume of the run (which this may be already).
+    A later run that reused the task id owns its branch and path: no retry takes them back.
+    """
+    later = store.taken_over(run_id).get(task_id)
+    row = store.task(run_id, task_id)
+    if later is not None and row is not None:
+        return taken_message(row, later)
+    return f"{exc.what}; {exc.fix}, then run `swarm retry {task_id} --run {run_id}`"
+
+
 def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     # From the attempts themselves: a manager killed right after a launch may not have
     # counted the last one on the task row.

@@ -53,6 +53,7 @@ from worktree_swarm.run.checkpoint import Checkpoints
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 from worktree_swarm.run.course import Course, decided
 from worktree_swarm.run.disk_budget import DiskBudget
+from worktree_swarm.run.retry import in_the_way
 from worktree_swarm.run.run_worker import Live, RunContext, TaskOutcome, check_failed, worktree_path
 
 ROOM_POLL_SECONDS = 1.0  # a look for room on a full disk, where no pause waits for it
@@ -119,16 +120,20 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
             else:  # the intent first: a crash from here on is rolled back by `swarm resume`
                 self.store.update_task(self.run_id, task.id, start_commit=start)
             with self.guard.provisioning(path):
-                faults.retry_while_full(  # a failed creation removes what it made: retry is clean
-                    lambda: worktrees.create_worktree(
-                        self.repo,
-                        path=path,
-                        branch=task.branch,
-                        start=start,
-                        cone=sparse.of_task(task),
-                    ),
-                    self.store.on_full,
-                )
+                try:
+                    faults.retry_while_full(  # a failed creation removes what it made
+                        lambda: worktrees.create_worktree(
+                            self.repo,
+                            path=path,
+                            branch=task.branch,
+                            start=start,
+                            cone=sparse.of_task(task),
+                        ),
+                        self.store.on_full,
+                    )
+                except worktrees.InTheWayError as exc:
+                    reason = in_the_way(self.store, self.run_id, task.id, exc)
+                    return TaskOutcome(state=TaskState.FAILED, reason=reason)
             self.store.update_task(self.run_id, task.id, base_commit=start)
             base = start
         env = self._env(task, path, base, live.port_slot or 0)
