@@ -68,6 +68,43 @@ def test_a_stop_signal_during_the_guards_start_ends_the_run_interrupted_at_once(
     assert _run_states(repo) == ["finished"]
 
 
+def test_a_stop_signal_during_the_guards_baseline_of_your_checkout_ends_its_git_add(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The baseline's `git add --all` of a huge checkout takes minutes, and no stop signal
+    # could cut it short: Ctrl-C was only noted, and the run went on once git was done.
+    agent = write_agent("open('work.txt', 'w').write('work')")
+    path = manifest(
+        repo, f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "p"\n'
+    )
+    pid_file = tmp_path / "add.pid"
+    # As git holds its lock on the index it writes (the guard's scratch one) while it adds.
+    hung = hang_git_at(
+        tmp_path,
+        monkeypatch,
+        "add",
+        then=f'echo $$ > {shlex.quote(str(pid_file))}; : > "$GIT_INDEX_FILE.lock"; exec sleep 600',
+    )
+    manager = swarm_bg(repo, "run", path)
+    try:
+        wait_for(hung.exists, what="the baseline's git add")
+        manager.send_signal(signal.SIGINT)
+        assert manager.wait(timeout=60) == 130
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+            manager.wait(timeout=30)
+    assert not pid_alive(int(pid_file.read_text()))  # the git ended with it
+    # Nor its lock (swarm's own `repo.lock`, `manager.lock` stay): no later add is refused.
+    assert list((repo / ".git").rglob("*index.lock")) == []
+    assert _run_states(repo) == ["interrupted"]
+    assert status_json(repo)["t"]["state"] == "pending"
+    out = swarm(repo, "resume")  # the real git from the first add on
+    assert out.returncode == 0, out.stderr
+    assert status_json(repo)["t"]["state"] == "done"
+    assert _run_states(repo) == ["finished"]
+
+
 # `swarm run` that gets two stop signals (as by Ctrl-C twice) while its guard starts: the
 # second is raised at once, wherever the guard is.
 _SIGNALLED_TWICE_AS_THE_GUARD_STARTS = """

@@ -93,8 +93,9 @@ def run_names(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
+    stop: threading.Event | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Like :func:`run`, its output read as file names are (:func:`os.fsdecode`).
+    """Like :func:`run` (*stop* too), its output read as file names are (:func:`os.fsdecode`).
 
     For output that names files (``-z`` listings, ``add --verbose``): each name keeps its
     bytes, so it opens its file and goes back to git as it came, in any locale (read as UTF-8,
@@ -102,7 +103,7 @@ def run_names(
     :func:`core.text.path_text`.
     """
     data = None if input_text is None else as_bytes(input_text)
-    res = run_bytes(cwd, *args, check=check, env=env, input_bytes=data)
+    res = run_bytes(cwd, *args, check=check, env=env, input_bytes=data, stop=stop)
     return subprocess.CompletedProcess(
         res.args, res.returncode, os.fsdecode(res.stdout), os.fsdecode(res.stderr)
     )
@@ -126,11 +127,18 @@ def run_bytes(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     input_bytes: bytes | None = None,
+    stop: threading.Event | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Like :func:`run`, with stdout and stderr as bytes (blobs, -z listings of odd names)."""
+    """Like :func:`run` (*stop* too), with stdout and stderr as bytes (blobs, -z listings)."""
     argv, shown_from, full_env = hardened(cwd, args, env)
     return execute_bytes(
-        cwd, argv, check=check, env=full_env, input_bytes=input_bytes, shown_from=shown_from
+        cwd,
+        argv,
+        check=check,
+        env=full_env,
+        input_bytes=input_bytes,
+        shown_from=shown_from,
+        stop=stop,
     )
 
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
+from worktree_swarm.git.process import StoppedError
 from worktree_swarm.guard.model import MAIN, REPOSITORY, WORKTREE_PREFIX, Snapshot, Violation
 from worktree_swarm.guard.snapshot import (
     MAIN_TREE,
@@ -37,7 +39,7 @@ from worktree_swarm.guard.snapshot import (
 from worktree_swarm.guard.special_files import special_files
 from worktree_swarm.guard.state import Place, Unwatched
 from worktree_swarm.guard.verdicts import Verdicts
-from worktree_swarm.infra import fs
+from worktree_swarm.infra import fs, interrupts
 from worktree_swarm.infra.redact import redact
 
 # What git says of an object a captured tree or a scratch index names that is not there.
@@ -61,8 +63,8 @@ class Baselines(Verdicts):
         """Where the captures' objects go (out of your store), and are read from."""
         return Objects(self._dir / OWN_OBJECTS, self.repo.common_dir / "objects")
 
-    def _watch(self, where: str, path: Path) -> None:
-        self._places[where] = self._baseline(where, path)
+    def _watch(self, where: str, path: Path, *, stop: threading.Event | None = None) -> None:
+        self._places[where] = self._baseline(where, path, stop=stop)
         if where == MAIN and self._resumable:
             self._keep_base()
 
@@ -126,8 +128,12 @@ class Baselines(Verdicts):
         """What :meth:`start` found changed in your checkout while no manager watched it."""
         return self._unwatched
 
-    def _baseline(self, where: str, path: Path) -> Place:
-        """Watch *path* from now on and record its baseline (no lock needed: *where* is its own)."""
+    def _baseline(self, where: str, path: Path, *, stop: threading.Event | None = None) -> Place:
+        """Watch *path* from now on and record its baseline (no lock needed: *where* is its own).
+
+        *stop*: a run's noted stop signal (:func:`.interrupts.noted`), which ends its `git
+        add` (minutes in a huge checkout) part-way and is raised (KeyboardInterrupt).
+        """
         if where == MAIN:
             name = "main"
         elif where.startswith(WORKTREE_PREFIX):
@@ -161,7 +167,12 @@ class Baselines(Verdicts):
         specials = special_files(path, self._changes.skipped(where)) if users else {}
         if users or not is_clean(place_status):
             seed(scratch, saved)
-            base = capture(path, scratch, self._snapshots, self._exclude if where == MAIN else ())
+            exclude = self._exclude if where == MAIN else ()
+            try:
+                base = capture(path, scratch, self._snapshots, exclude, stop=stop)
+            except StoppedError:
+                interrupts.check()  # the stop signal that cut it short
+                raise
             if self._own_store is None:
                 self._own_store, self._store_seen = _identity(self._snapshots.own), began
                 self._state_dir = _identity(self.repo.state_dir)

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from worktree_swarm.core.text import path_text
 from worktree_swarm.git import checkpoints, runner
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
-from worktree_swarm.git.process import StuckOnPipeError
+from worktree_swarm.git.process import StoppedError, StuckOnPipeError
 from worktree_swarm.git.quarantine import alternate, keeping_shared_indexes
 from worktree_swarm.guard import held_files
 from worktree_swarm.guard.model import Snapshot, short_ref
@@ -65,28 +66,38 @@ class Objects:
         return alternate(self.own) if self.own.is_dir() else {}
 
 
-def capture(path: Path, scratch: Path, objects: Objects, exclude: Sequence[str] = ()) -> Snapshot:
+def capture(
+    path: Path,
+    scratch: Path,
+    objects: Objects,
+    exclude: Sequence[str] = (),
+    *,
+    stop: threading.Event | None = None,
+) -> Snapshot:
     """HEAD, staged entries and every file git would see in *path* (via the *scratch* index).
 
     A checked-out submodule counts by the commit it has checked out: `add` would start git
     inside it, under its own config and attributes, which an agent can write. A repository
     without a commit (which `add` refuses, adding nothing at all) counts as a gitlink to
     ``UNBORN``: left out, it would hide the checkout from every scan. What it hashes goes
-    into the guard's own store (*objects*).
+    into the guard's own store (*objects*). Once *stop* is set, its `git add` (minutes in a
+    huge checkout) is ended: StoppedError.
     """
     # Its scratch index written (under `core.splitIndex`), git would delete the shared index
     # your own index names, were it older than `splitIndex.sharedIndexExpire`.
     env = {"GIT_INDEX_FILE": str(scratch), **objects.writing(), **keeping_shared_indexes()}
     try:
-        return _capture(path, env, exclude)
-    except StuckOnPipeError:
+        return _capture(path, env, exclude, stop)
+    except (StuckOnPipeError, StoppedError):
         # Stopped, git left its lock on the scratch index (the guard's own file): no later
         # capture could take it.
         scratch.with_name(scratch.name + ".lock").unlink(missing_ok=True)
         raise
 
 
-def _capture(path: Path, env: dict[str, str], exclude: Sequence[str]) -> Snapshot:
+def _capture(
+    path: Path, env: dict[str, str], exclude: Sequence[str], stop: threading.Event | None
+) -> Snapshot:
     links = git_index.populated_gitlinks(path, env)
     git_index.stage_gitlinks(path, links, env)
     skip = [f":(exclude,literal,top){link}" for link in links]
@@ -94,7 +105,7 @@ def _capture(path: Path, env: dict[str, str], exclude: Sequence[str]) -> Snapsho
     while True:
         left_out = [f":(exclude,literal,top){p}" for p in unborn]
         args = (*STAT_CHECK, "add", "--all", "--ignore-errors", "--", ".", *exclude, *skip)
-        done = runner.run_names(path, *args, *left_out, env=env, check=False)
+        done = runner.run_names(path, *args, *left_out, env=env, check=False, stop=stop)
         found = [p for p in checkpoints.unborn_repositories(done.stderr) if p not in unborn]
         if done.returncode == 0 or not found:
             if done.returncode != 0:

@@ -94,8 +94,9 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
     def start(self) -> None:
         """Record the baselines of the user's checkouts, the git dir and every watched ref.
 
-        In a run, a stop signal is taken between its steps (:func:`.interrupts.check`): one
-        cut short leaves its files as a killed manager's guard does, for the next manager.
+        In a run, a stop signal is taken between its steps (:func:`.interrupts.check`) and
+        ends a baseline's `git add` part-way: one cut short leaves its files as a killed
+        manager's guard does, for the next manager.
         """
         with self._lock:
             self._dir.mkdir(parents=True, exist_ok=True)
@@ -103,13 +104,13 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
                 self._log(line)
             interrupts.check()
             last = self._last_base()  # of this run's previous manager: one is resumed
-            self._watch(MAIN, self.repo.root)
+            self._watch(MAIN, self.repo.root, stop=interrupts.noted())
             with self._job(MAIN):  # failing: told, the run goes on
                 self._unwatched = self._changed_since(last)
             for path in self._users_worktrees():
                 interrupts.check()
                 with self._job(users_label(path)):  # failing: told, the run goes on
-                    self._watch(users_label(path), path)
+                    self._watch(users_label(path), path, stop=interrupts.noted())
                     self._linked[path] = git.git_dir(path)
             interrupts.check()
             self._hooks = hooks_dir.hooks_path(self.repo.root)
