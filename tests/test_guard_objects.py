@@ -780,3 +780,32 @@ def test_a_kept_pack_that_cannot_be_copied_back_stops_none_of_the_others(
     assert pack.is_file()
     assert stat.S_IMODE(pack.stat().st_mode) == 0o444
     assert not list((objects_of(repo) / "pack").glob("tmp_pack_*"))
+
+
+@pytest.mark.parametrize("planted", ["dangling", "to-a-file"])
+def test_a_link_planted_at_a_kept_packs_name_is_replaced_by_the_pack(
+    tmp_path: Path, planted: str
+) -> None:
+    """A dangling symlink an agent planted at a kept pack's name in the store had that pack
+    skipped, unsaid, when it was put back: the task's work stayed lost. A link to a file of
+    the agent's is no pack of the store either: replaced, the file left as it was."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    git(repo, "switch", "-q", "-c", "swarm/t")
+    commit_file(repo, "t.txt", "the task's work\n")
+    tip = git(repo, "rev-parse", "HEAD")
+    git(repo, "switch", "-q", "main")
+    kept = tmp_path / "keep"
+    integrity.keep(repo, repo / ".git", kept, [tip], ["main"])
+    (idx,) = kept.glob("keep-*.idx")
+    (loose(repo, "swarm/t")).unlink()  # the tip lost: git finds it in no pack of the store
+    pack = objects_of(repo) / "pack" / idx.with_suffix(".pack").name.replace("keep-", "pack-")
+    pack.parent.mkdir(exist_ok=True)
+    target = tmp_path / "agents.txt"
+    if planted == "to-a-file":
+        target.write_text("the agent's\n")
+    pack.symlink_to(target)
+    integrity.recover(repo / ".git", kept)
+    assert not pack.is_symlink()
+    assert pack.read_bytes() == idx.with_suffix(".pack").read_bytes()
+    assert git(repo, "show", "swarm/t:t.txt") == "the task's work"
+    assert not target.exists() or target.read_text() == "the agent's\n"

@@ -149,7 +149,7 @@ def _recover_packs(common: Path, pack_dir: Path) -> None:
         try:
             for source, suffix in ((pack, ".pack"), (idx, ".idx")):
                 dest = target / f"pack-{name}{suffix}"
-                if not dest.exists():
+                if dest.is_symlink() or not dest.exists():  # a link is no pack of the store
                     _copy_whole(source, dest)
         except OSError as error:
             failed.append(f"{pack.name} ({error.strerror or error})")
@@ -159,16 +159,23 @@ def _recover_packs(common: Path, pack_dir: Path) -> None:
 
 
 def _copy_whole(source: Path, dest: Path) -> None:
-    """Copy *source* as *dest* (read-only, as git leaves a pack), never a part of it there."""
+    """Copy *source* as *dest* (read-only, as git leaves a pack), never a part of it there.
+
+    A symlink at *dest* (an agent's, dangling or not) is replaced, never written through.
+    """
     fd, temp = tempfile.mkstemp(prefix="tmp_pack_", dir=dest.parent)
     os.close(fd)
     try:
         shutil.copyfile(source, temp)
         os.chmod(temp, 0o444)  # noqa: PTH101
-        with contextlib.suppress(FileExistsError):  # put there meanwhile (git's own)
+        try:
             os.link(temp, dest)
+        except FileExistsError:  # git's own put there meanwhile is kept; a link is not
+            if dest.is_symlink():
+                Path(temp).replace(dest)  # renames over the link itself
     finally:
-        os.unlink(temp)  # noqa: PTH108
+        with contextlib.suppress(FileNotFoundError):  # renamed into place
+            os.unlink(temp)  # noqa: PTH108
 
 
 def recover_held(root: Path, common: Path, held: Path) -> None:
