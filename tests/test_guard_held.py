@@ -355,3 +355,56 @@ def test_a_directory_of_the_store_unreadable_at_the_start_is_held_once_it_is_rea
     assert git(repo, "cat-file", "-t", name) == "blob"
     assert not forged.exists()
     assert git(repo, "fsck", "--no-dangling") == ""
+
+
+# The guard (owner only, as a user's manager) started while the store's pack directory cannot
+# be listed, beside a dead manager's hold of another run; then an agent deletes an object of
+# yours.
+PACKS_UNLISTED_AT_THE_START = """
+import os, sys
+from pathlib import Path
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra.proctree import identity_of
+repo, work, victim = map(Path, sys.argv[1:])
+pack = repo / '.git' / 'objects' / 'pack'
+guard = Guard(open_repo(repo), work_dir=work, restore=True)
+pack.chmod(0)
+try:
+    guard.start()
+finally:
+    pack.chmod(0o755)
+print([f.reason for f in guard.drain_failures() if f.job == "objects"])
+guard.agent_started("rogue", identity_of(os.getpid()))
+victim.unlink()
+guard.agent_ended("rogue")
+guard.after_attempt()
+print([(v.broken, v.restored) for v in guard.drain()])
+guard.close()
+"""
+
+
+def test_a_pack_directory_unlisted_at_the_start_costs_that_directory_alone(
+    tmp_path: Path,
+) -> None:
+    """The start's listing of the packs raised on an unlistable ``objects/pack``: the rest of
+    the start's objects job was skipped (a dead manager's hold kept), and the failure told was
+    the exception's, not the part that failed."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
+    name = git(repo, "rev-parse", "main")
+    victim = repo / ".git" / "objects" / name[:2] / name[2:]
+    stale = tmp_path / "runs" / "r0" / "guard" / "held"
+    stale.mkdir(parents=True)
+    (stale / "old").write_text("a dead manager's\n")
+    work = tmp_path / "runs" / "r1" / "guard"
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-c", PACKS_UNLISTED_AT_THE_START, str(repo),
+         str(work), str(victim)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    failures, found = out.stdout.splitlines()
+    assert failures == str(["objects/pack not held: Permission denied"])
+    assert not stale.exists()  # the rest of the start was done
+    assert found == str([(("refs/heads/main",), True)])  # made whole from the hold
+    assert git(repo, "show", "main:a.txt") == "yours"

@@ -124,7 +124,11 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
                 self._hold_afresh()  # a resumed run's old hold let go
                 self._held_seen = (-1, time.time_ns())  # linking them changed their time
-                self._packs = packfiles.packs(self.repo.common_dir)
+                try:
+                    self._packs = packfiles.packs(self.repo.common_dir)
+                except OSError as error:  # unlistable: each pack found later is checked as new
+                    self._packs = frozenset()
+                    self._part_failed("objects", f"objects/pack not listed: {error.strerror}")
                 self._midx = packfiles.midx_print(self.repo.common_dir)
                 # Runs whose manager died (this one holds the manager lock) need theirs no
                 # more: a resume holds afresh, and they would pin what a `git gc` freed.
