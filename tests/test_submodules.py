@@ -272,3 +272,74 @@ def test_clean_names_what_an_agent_made_without_its_terminal_escapes(
         out = swarm(repo, *args)
         assert "holds work no commit records" in out.stdout, (args, out.stdout)
         assert not {"\x1b", "\x07"} & set(out.stdout + out.stderr), args
+
+
+# Plants a `core.fsmonitor` and a hook in the git dir of submodule `lib` as checked out in a
+# linked worktree: git keeps that one in the worktree's admin dir, under `modules/`. The
+# admin dirs are found by glob: the user's `wt`, or an idle task's.
+PLANT_IN_ADMIN_DIR = """
+import pathlib, subprocess, sys
+marker, admin = sys.argv[1:]
+common = pathlib.Path(subprocess.run(['git', 'rev-parse', '--path-format=absolute',
+    '--git-common-dir'], capture_output=True, text=True, check=True).stdout.strip())
+for lib in common.glob(f'worktrees/{admin}/modules/lib'):
+    with (lib / 'config').open('a') as fh:
+        fh.write(f'[core]\\n\\tfsmonitor = touch {marker}; false #\\n')
+    hook = lib / 'hooks' / 'post-checkout'
+    hook.write_text(f'#!/bin/sh\\ntouch {marker}\\n')
+    hook.chmod(0o755)
+pathlib.Path('own.txt').write_text('own work\\n')
+"""
+
+
+def test_a_config_planted_in_a_linked_worktrees_submodule_git_dir_is_undone(
+    super_repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Only `.git/modules/` was watched: your `git status` in your linked worktree ran it.
+    linked = tmp_path / "wt"
+    git(super_repo, "worktree", "add", "-q", str(linked))
+    git(linked, "-c", "protocol.file.allow=always", "submodule", "update", "--init", "-q")
+    lib = super_repo / ".git" / "worktrees" / "wt" / "modules" / "lib"
+    config = lib / "config"
+    before = config.read_bytes()
+    marker = tmp_path / "planted-code-ran"
+    agent = argv_toml([*write_agent(PLANT_IN_ADMIN_DIR), str(marker), "wt"])
+    text = f'[[task]]\nid = "t"\nprompt = "p"\nagent = {agent}\n'
+    assert swarm(super_repo, "run", manifest(super_repo, text)).returncode == 1
+    row = status_json(super_repo)["t"]
+    assert row["state"] == "failed", row
+    assert "worktrees/wt/modules/lib/config" in str(row["reason"]), row
+    assert config.read_bytes() == before
+    assert not (lib / "hooks" / "post-checkout").exists()
+    subprocess.run(["git", "status"], cwd=linked, check=True, capture_output=True)
+    assert not marker.exists()
+    # The attack is real: with the setting back, your git there runs it.
+    config.write_bytes(before + f"[core]\n\tfsmonitor = touch {marker}; false #\n".encode())
+    subprocess.run(["git", "status"], cwd=linked, check=True, capture_output=True)
+    assert marker.exists()
+
+
+@pytest.mark.long
+def test_a_config_planted_in_an_idle_tasks_submodule_git_dir_is_undone_its_own_is_not(
+    super_repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Task a populates lib (its git dir made in a's admin dir: its own work, no violation);
+    # task b, run after it, plants a setting there.
+    marker = tmp_path / "planted-code-ran"
+    populate = argv_toml([*write_agent(AGENT), "populate"])
+    plant = argv_toml([*write_agent(PLANT_IN_ADMIN_DIR), str(marker), "*"])
+    text = (
+        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {populate}\n'
+        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {plant}\ndepends_on = ["a"]\n'
+    )
+    assert swarm(super_repo, "run", manifest(super_repo, text)).returncode == 1
+    rows = status_json(super_repo)
+    assert rows["a"]["state"] == "done", rows["a"]
+    assert rows["b"]["state"] == "failed", rows["b"]
+    assert "/modules/lib/config" in str(rows["b"]["reason"]), rows["b"]
+    (config,) = (super_repo / ".git" / "worktrees").glob("*/modules/lib/config")
+    assert "fsmonitor" not in config.read_text()
+    assert not (config.parent / "hooks" / "post-checkout").exists()
+    subprocess.run(["git", "status"], cwd=super_repo.parent / "repo.swarm" / "a", check=True,
+                   capture_output=True)  # fmt: skip
+    assert not marker.exists()

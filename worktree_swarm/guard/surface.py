@@ -3,19 +3,20 @@
 ``config`` (``core.fsmonitor``, ``core.pager``, ``filter.*``, aliases...), per-worktree
 ``config.worktree`` files, ``hooks/`` (and the directory ``core.hooksPath`` names) and
 ``info/`` (``attributes`` assigns filters and diff drivers; ``exclude`` hides files from the
-checkout's scan), the same files of each submodule's git dir under ``modules/``, the state
-of an operation in progress in your checkout (a rebase's todo list, ``MERGE_HEAD``...),
-``shallow``, a ``commondir`` planted at the top of the git dir (it would point your next git
-at another repository's config), the object stores ``objects/info/alternates`` adds,
-old-style remotes (``remotes/``, ``branches/``) and rerere's
-recorded resolutions (``rr-cache/``, by name). Each is kept byte for byte at the baseline, so
-a change can be shown as a patch and undone exactly. And every symlink or hard link where git
-writes for your checkouts (``COMMIT_EDITMSG``, ``logs/``, ``refs/``): git never makes one
-there, but writes through one it finds. The permission bits of the directories git keeps
-there (the git dir itself, ``objects/``, ``refs/``, ``logs/``, ``worktrees/``, ``modules/``...),
-of the ``core.hooksPath`` directory and of each task worktree's top: one made writable by
-another local user lets that user plant a config of their own; and, on a deeper look, setuid
-and setgid files anywhere in the git dir.
+checkout's scan), the same files of each submodule's git dir under ``modules/`` (an admin
+dir's too: git keeps a linked worktree's there), the state of an operation in progress in
+your checkout (a rebase's todo list, ``MERGE_HEAD``...), ``shallow``, a ``commondir``
+planted at the top of the git dir (it would point your next git at another repository's
+config), the object stores ``objects/info/alternates`` adds, old-style remotes
+(``remotes/``, ``branches/``) and rerere's recorded resolutions (``rr-cache/``, by name).
+Each is kept byte for byte at the baseline, so a change can be shown as a patch and undone
+exactly. And every symlink or hard link where git writes for your checkouts
+(``COMMIT_EDITMSG``, ``logs/``, ``refs/``): git never makes one there, but writes through
+one it finds. The permission bits of the directories git keeps there (the git dir itself,
+``objects/``, ``refs/``, ``logs/``, ``worktrees/``, ``modules/``...), of the
+``core.hooksPath`` directory and of each task worktree's top: one made writable by another
+local user lets that user plant a config of their own; and, on a deeper look, setuid and
+setgid files anywhere in the git dir.
 
 Read here (the scan and its entries); compared and shown as a patch in ``surface_diff``,
 put back in ``surface_restore``; the deeper walk for setuid files is ``setuid``.
@@ -34,7 +35,7 @@ from pathlib import Path
 from worktree_swarm.guard import known_bytes
 from worktree_swarm.guard.dir_modes import DirModes, lstat_mode
 from worktree_swarm.guard.hooks_dir import HOOK_NAMES
-from worktree_swarm.guard.worktree_configs import WorktreeConfigs
+from worktree_swarm.guard.worktree_configs import MODULES, WorktreeConfigs
 from worktree_swarm.infra import fs
 
 _NAME_DEPTH = 8  # slashes in a submodule's name walked through under modules/
@@ -272,8 +273,12 @@ def ties(common: Path, checkout: Path, admin: Path) -> set[str]:
 
 
 def _add_worktree_configs(found: Surface, common: Path, configs: WorktreeConfigs) -> None:
-    for config in configs.to_read(f"{common}/worktrees"):
-        _add(found, common, Path(config))
+    """Each admin dir's ``config.worktree``, and the git dirs of its worktree's submodules."""
+    for path in configs.to_read(f"{common}/worktrees"):
+        if path.endswith(f"/{MODULES}"):
+            _add_modules(found, common, Path(path))
+            continue
+        _add(found, common, Path(path))
 
 
 def read_one(common: Path, label: str) -> Entry | None:
@@ -398,11 +403,9 @@ def add_hard_link(found: Surface, common: Path, path: Path) -> None:
 
 
 def _add_top(found: Surface, common: Path, top: Path) -> None:
-    """*top* and what it holds, by name only: rerere's recorded resolutions.
+    """*top* and what it holds, by name only (there may be many): rerere's resolutions.
 
-    Its existence turns rerere on for your merges, and each entry is a resolution your next
-    conflict would get without asking: a new one is a change. Their contents are not read on
-    every scan (there may be many).
+    Each is one your next conflict would get without asking: a new one is a change.
     """
     _add(found, common, top)
     if top.is_dir() and not top.is_symlink():

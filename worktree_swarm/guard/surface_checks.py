@@ -37,11 +37,17 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         return surface.read(self.repo.common_dir, self._hooks, self._linked, tops, self._dir_modes)
 
     def _being_made(self, common: Path, labels: Sequence[str]) -> set[str]:
-        """The labels of *labels* that are the ``config.worktree`` of a worktree being made."""
+        """The labels of *labels* in the admin dir of a worktree being made (or made again).
+
+        Its ``config.worktree`` (git's copy), and its submodules' git dirs (gone with the
+        worktree it replaces).
+        """
         found = set()
         for label in labels:
             parts = label.split("/")
-            if len(parts) != 3 or parts[0] != "worktrees" or parts[2] != "config.worktree":  # noqa: PLR2004
+            if len(parts) < 3 or parts[0] != "worktrees":  # noqa: PLR2004
+                continue
+            if parts[2] != ("config.worktree" if len(parts) == 3 else "modules"):  # noqa: PLR2004
                 continue
             try:
                 named = fs.read_text(common / "worktrees" / parts[1] / "gitdir")
@@ -65,7 +71,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         users = {os.path.realpath(admin) for admin in self._linked.values()}
         left = []
         for label in labels:
-            admin = os.path.realpath(common / label).rpartition("/")[0]
+            admin = os.path.realpath(common / "/".join(label.split("/")[:2]))
             if admin not in users and surface_diff.worktree_made(common, self._surface, now, label):
                 entry = now.get(label)
                 if entry is None:
@@ -74,6 +80,30 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                     self._surface[label] = entry
             else:
                 left.append(label)
+        return left
+
+    def _not_own_submodules(
+        self, now: surface.Surface, labels: Sequence[str], window: tuple[float, float]
+    ) -> list[str]:
+        """*labels* less those of a task's own submodules written while its agent ran.
+
+        `git submodule update --init` in a task worktree makes each submodule's git dir in
+        the worktree's admin dir (``worktrees/<name>/modules/<sub>``), and the agent works in
+        it as in the worktree (commits, config): the task's own, taken into the baseline as
+        found. Another agent's write there while that task's agent does not run is judged.
+        """
+        owners = {admin: task for task, admin in self._trees.admins.items()}
+        ran = set(self._agents.suspects(window, exclude=()))
+        left = []
+        for label in labels:
+            parts = label.split("/", 3)
+            own = len(parts) == 4 and parts[0] == "worktrees" and parts[2] == "modules"  # noqa: PLR2004
+            if not (own and owners.get(parts[1]) in ran):
+                left.append(label)
+            elif label in now:
+                self._surface[label] = now[label]
+            else:
+                self._surface.pop(label, None)
         return left
 
     def _not_ties_settling(self, labels: list[str]) -> list[str]:
@@ -92,11 +122,9 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 skip |= ties
         return [label for label in labels if label not in skip]
 
-    def _scan_surface(self, began: float) -> list[Violation]:
+    def _changed_by_others(self, now: surface.Surface, window: tuple[float, float]) -> list[str]:
+        """The labels changed in *now* but git's own writes and a task's own (the baseline)."""
         common = self.repo.common_dir
-        swapped = self._swapped_store(began)  # first: the surface's objects/info is in it
-        self._put_back_again()
-        now = self._reach(self._read_surface(), (self._surface_checked, began))
         # Owed ones still not back (their writer at it again) were reported: not once a scan.
         labels = [x for x in surface_diff.changed(self._surface, now) if x not in self._unrestored]
         if labels:
@@ -106,12 +134,22 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             labels = [label for label in labels if label not in skip]
         if labels:  # another swarm command's (or git's) worktrees, made or removed meanwhile
             labels = self._not_worktrees_made(common, now, labels)
+        if labels and self._trees.admins:
+            labels = self._not_own_submodules(now, labels, window)
         if surface.RERERE in labels and surface_diff.rerere_made(
             self.repo.root, self._surface, now
         ):
             labels.remove(surface.RERERE)  # git's own doing, and changes nothing: the baseline
             self._surface[surface.RERERE] = now[surface.RERERE]
+        return labels
+
+    def _scan_surface(self, began: float) -> list[Violation]:
+        common = self.repo.common_dir
+        swapped = self._swapped_store(began)  # first: the surface's objects/info is in it
+        self._put_back_again()
+        now = self._reach(self._read_surface(), (self._surface_checked, began))
         window = (self._surface_checked, began)
+        labels = self._changed_by_others(now, window)
         if not labels:
             self._surface_checked = began
             return swapped

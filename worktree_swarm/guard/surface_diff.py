@@ -51,9 +51,12 @@ def worktree_made(common: Path, before: Surface, after: Surface, label: str) -> 
 
     `git worktree add` copies the repository's own ``config.worktree`` (your sparse checkout's
     settings) into the admin dir it makes; `git worktree remove` and `prune` delete the admin
-    dir with it. Any other appearance, content or removal is not git's doing.
+    dir with it, and with the git dirs of its submodules (under its ``modules/``). Any other
+    appearance, content or removal is not git's doing.
     """
     parts = label.split("/")
+    if len(parts) > 3 and parts[0] == "worktrees" and parts[2] == "modules":  # noqa: PLR2004
+        return label not in after and not os.path.lexists(common / "worktrees" / parts[1])
     if len(parts) != 3 or parts[0] != "worktrees" or parts[2] != "config.worktree":  # noqa: PLR2004
         return False
     old, new = before.get(label), after.get(label)

@@ -1,21 +1,22 @@
-"""Which worktree admin dirs may hold a ``config.worktree``: looked in again only where changed.
+"""Which admin dirs may hold a ``config.worktree`` or ``modules/``: looked in again if changed.
 
 The surface read looks in every admin dir (``worktrees/*``) for its ``config.worktree``, which
-git makes only for ``git config --worktree`` and is nearly always absent: one `lstat` per
+git makes only for ``git config --worktree``, and its ``modules/`` (the git dirs of the
+submodules checked out in that worktree): both nearly always absent. One `lstat` each per
 admin dir a read, and a read after every attempt, so a run's reads grew with the square of its
-tasks. Here an admin dir found without one gets an inotify watch for names made in it (on
+tasks. Here an admin dir found without either gets an inotify watch for names made in it (on
 before it is looked in), and is not looked in again while it holds:
 
 - each admin dir is known by its inode, as the listing of ``worktrees/`` gives it (no call of
   its own): a directory made anew at its name, or swapped in by a rename, is looked in again;
-- an event naming ``config.worktree`` there (made, linked or renamed in), the watch lost (the
+- an event naming either there (made, linked or renamed in), the watch lost (the
   admin dir moved or removed), events lost, or no inotify at all (another OS, the per-user
   limits): looked in again, every time while it is not watched;
 - one that is there, or that could not be looked for (its admin dir made unsearchable), is
   read every time, as before.
 
 Events are read before the listing, so a ``config.worktree`` made before a read is in it (one
-made during it, in the next).
+made during it, in the next); likewise ``modules/``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ from pathlib import Path
 from worktree_swarm.infra import inotify
 
 CONFIG = "config.worktree"
+MODULES = "modules"
+_NAMES = (CONFIG, MODULES)
 # A watch that no longer tells about the names of the directory it was made for.
 _LOST = inotify.Q_OVERFLOW | inotify.IGNORED | inotify.DELETE_SELF | inotify.MOVE_SELF
 
 
 class WorktreeConfigs:
-    """The admin dirs known to hold no ``config.worktree``, watched. Thread-safe."""
+    """The admin dirs known to hold neither ``config.worktree`` nor ``modules``, watched.
+
+    Thread-safe.
+    """
 
     def __init__(self, *, watch: bool = True) -> None:
         """*watch* False: every admin dir is looked in on every call."""
@@ -46,7 +52,7 @@ class WorktreeConfigs:
                 self._ino = inotify.Inotify()
 
     def to_read(self, worktrees: str) -> list[str]:
-        """The ``config.worktree`` of each admin dir in *worktrees* that is there or not known.
+        """Each admin dir's ``config.worktree`` and ``modules`` in *worktrees*, there or not known.
 
         OSError (not for a missing *worktrees*) when it cannot be listed.
         """
@@ -60,11 +66,10 @@ class WorktreeConfigs:
             for entry in entries:
                 known = self._absent.get(entry.path)
                 if known is not None and known[0] == entry.inode():
-                    continue  # the same directory, no config.worktree made in it since
+                    continue  # the same directory, neither made in it since
                 if known is not None:
                     self._forget(entry.path)
-                if self._looked_in(entry):
-                    found.append(f"{entry.path}/{CONFIG}")
+                found += [f"{entry.path}/{name}" for name in self._looked_in(entry)]
             return found
 
     def close(self) -> None:
@@ -76,26 +81,29 @@ class WorktreeConfigs:
                 self._ino.close()
             self._ino = None
 
-    def _looked_in(self, entry: os.DirEntry[str]) -> bool:
-        """Whether *entry*'s ``config.worktree`` is to be read (watched first when it can be)."""
+    def _looked_in(self, entry: os.DirEntry[str]) -> list[str]:
+        """Which of *entry*'s names are to be read: there or not known (watched first)."""
         wd = None
         if self._ino is not None:
             with contextlib.suppress(OSError):  # the watch limit, a file, gone: looked in
                 wd = self._ino.add_names(Path(entry.path))
-        try:
-            os.lstat(f"{entry.path}/{CONFIG}")
-        except (FileNotFoundError, NotADirectoryError):
-            if wd is not None and wd not in self._by_wd:
-                # Another directory swapped in since the listing has another inode: looked
-                # in again at the next listing.
-                self._absent[entry.path] = (entry.inode(), wd)
-                self._by_wd[wd] = entry.path
-            return False
-        except OSError:  # its admin dir made unsearchable: not known now
-            pass
-        if wd is not None and wd not in self._by_wd and self._ino is not None:
+        read = []
+        for name in _NAMES:
+            try:
+                os.lstat(f"{entry.path}/{name}")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError:  # its admin dir made unsearchable: not known now
+                pass
+            read.append(name)
+        if not read and wd is not None and wd not in self._by_wd:
+            # Another directory swapped in since the listing has another inode: looked in
+            # again at the next listing.
+            self._absent[entry.path] = (entry.inode(), wd)
+            self._by_wd[wd] = entry.path
+        elif read and wd is not None and wd not in self._by_wd and self._ino is not None:
             self._ino.remove(wd)  # read every time: no watch needed
-        return True
+        return read
 
     def _read_events(self) -> None:
         if self._ino is None:
@@ -110,7 +118,7 @@ class WorktreeConfigs:
                     self._forget(path)
                 continue
             where = self._by_wd.get(event.wd)
-            if where is not None and (event.mask & _LOST or event.name == CONFIG):
+            if where is not None and (event.mask & _LOST or event.name in _NAMES):
                 self._forget(where)
 
     def _forget(self, path: str) -> None:
