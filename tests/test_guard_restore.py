@@ -204,6 +204,29 @@ def test_a_worktrees_own_config_is_on_the_surface(tmp_path: Path) -> None:
     assert git_unchecked(tmp_path / "wt", "config", "--get", "core.fsmonitor") == ""
 
 
+def test_a_worktrees_submodule_git_dir_goes_with_its_admin_dir_as_gits_doing(
+    tmp_path: Path,
+) -> None:
+    # Its files gone with the whole admin dir (`git worktree remove`): git's; gone alone, not.
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "worktree", "add", "-q", "-b", "feature", str(tmp_path / "wt"))
+    common = repo / ".git"
+    lib = common / "worktrees" / "wt" / "modules" / "lib"
+    (lib / "hooks").mkdir(parents=True)
+    (lib / "HEAD").write_text("ref: refs/heads/main\n")
+    (lib / "config").write_text("[core]\n\tbare = false\n")
+    before = surface.read(common, None)
+    label = "worktrees/wt/modules/lib/config"
+    assert label in before
+    (lib / "config").unlink()
+    after = surface.read(common, None)
+    assert not surface_diff.worktree_made(common, before, after, label)
+    git(repo, "worktree", "remove", "--force", "--force", str(tmp_path / "wt"))
+    after = surface.read(common, None)
+    assert label in surface_diff.changed(before, after)
+    assert surface_diff.worktree_made(common, before, after, label)
+
+
 def test_a_ref_is_swapped_back_only_from_the_value_that_was_seen(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     first = git(repo, "rev-parse", "HEAD")
