@@ -117,6 +117,31 @@ def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
     assert "worktrees/t0/config.worktree" in now
 
 
+def test_a_submodule_git_dir_made_in_a_known_empty_admin_dir_is_read(
+    layout: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    # Admin dirs known to hold neither config.worktree nor modules/ are not looked in again
+    # until inotify saw a name made there: a modules/ made in place or renamed in is one.
+    common, tops = layout
+    worktrees = common / "worktrees"
+    modes = DirModes()
+    first = surface.read(common, None, None, tops, modes)
+    assert not [k for k in first if "/modules" in k]
+    planted = "[core]\n\tfsmonitor = touch planted\n"
+    for where, made_aside in (("t1", False), ("t2", True)):
+        sub = (tmp_path / "aside" if made_aside else worktrees / where / "modules") / "sub"
+        sub.mkdir(parents=True)
+        (sub / "HEAD").write_text("ref: refs/heads/main\n")
+        (sub / "config").write_text(planted)
+        if made_aside:
+            (tmp_path / "aside").rename(worktrees / where / "modules")
+    now = surface.read(common, None, None, tops, modes)
+    assert now == surface.read(common, None, None, tops)
+    assert {"worktrees/t1/modules/sub/config", "worktrees/t2/modules/sub/config"} <= set(now)
+    (worktrees / "t1" / "modules" / "sub" / "config").write_text("[core]\n")
+    assert surface.read(common, None, None, tops, modes) == surface.read(common, None, None, tops)
+
+
 def test_entries_made_removed_or_swapped_are_read_as_they_are_now(
     layout: tuple[Path, list[Path]],
 ) -> None:
