@@ -8,6 +8,7 @@ task or its merge unchecked.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from worktree_swarm.cleanup.branches import open_pull_request, remote_branch_finding
@@ -15,6 +16,7 @@ from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.plan_reads import Pushed, Seen
 from worktree_swarm.cleanup.processes import describe, kill_finding, processes_using
 from worktree_swarm.cleanup.worktree_plan import (
+    finish_finding,
     locked_missing,
     sealed_worktree,
     worktree_finding,
@@ -22,7 +24,7 @@ from worktree_swarm.cleanup.worktree_plan import (
 from worktree_swarm.cleanup.worktree_removal import RESCUE_PREFIX
 from worktree_swarm.core.models import MERGE_CHECKING
 from worktree_swarm.core.task import merge_again
-from worktree_swarm.git import gitfiles, tampering
+from worktree_swarm.git import gitfiles, removing, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra import fs
@@ -175,6 +177,9 @@ def _plan_task_worktree(
         return [stray], None, True
     if info is None or info.is_main:  # never the user's checkout, whatever the store says
         return [], False, False
+    if removing.interrupted(repo, path) is not None:
+        # Half deleted by a killed swarm, its `.git` file maybe too: whatever git says of it.
+        return _plan_finish(task, info, seen, force=force)
     if not path.is_dir() and info.locked is not None:
         # Your lock says its drive may be unmounted: git keeps its entry, and so does clean.
         locked = locked_missing(repo, info, force=force, why=f"{why}; ", task=task)
@@ -228,6 +233,21 @@ def _plan_task_worktree(
     )
     found.append(finding)
     return found, dirty, finding.action is Action.KEEP
+
+
+def _plan_finish(
+    task: TaskRow, info: WorktreeInfo, seen: Seen, *, force: bool
+) -> tuple[list[Finding], bool | None, bool]:
+    """Findings for a finished task's worktree a killed swarm was removing; as above."""
+    why = f"task {task.task_id} is {task.state.value}"
+    found: list[Finding] = []
+    path = Path(task.worktree)
+    for user in processes_using(path, seen.cwds) if force and path.is_dir() else []:
+        kill = kill_finding(user, reason=f"{describe(user)} is using {path}", fix="kill it")
+        found += [kill] if kill else []
+    finish = finish_finding(info, kind=Kind.WORKTREE, reason=why, force=force, cwds=seen.cwds)
+    found.append(dataclasses.replace(finish, run_id=task.run_id, task_id=task.task_id))
+    return found, False, finish.action is Action.KEEP
 
 
 def _hands_off(repo: git.Repo, info: WorktreeInfo, task: TaskRow) -> tuple[str, str] | None:

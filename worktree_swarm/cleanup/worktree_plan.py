@@ -7,6 +7,7 @@ its removal must checkpoint first.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.processes import describe, processes_using
 from worktree_swarm.core.errors import CommandError, GitError
 from worktree_swarm.core.task import SCRATCH_PREFIX
-from worktree_swarm.git import gitfiles, runner, worktrees
+from worktree_swarm.git import gitfiles, removing, runner, worktrees
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
@@ -93,23 +94,15 @@ def worktree_finding(
     :func:`processes_using`. *known*: what :func:`worktree_dirty` said, taken beforehand.
     """
     path = info.path
+    if removing.interrupted(repo, path) is not None:
+        finishing = finish_finding(info, kind=kind, reason=reason, force=force, cwds=cwds)
+        return dataclasses.replace(finishing, run_id=run_id, task_id=task_id), False
     unseen = ""
     try:
         dirty = known if known is not None else worktree_dirty(path) if look else None
     except (GitError, CommandError) as exc:  # a corrupt index, a pipe planted where git reads
         dirty, unseen = None, str(exc)
-    users = processes_using(path, cwds)
-    keep = ""
-    if unseen:  # its work cannot be committed first, --force or not
-        keep = f"git cannot look into it ({unseen})"
-    elif info.locked is not None and not force:
-        keep = f"it is locked ({info.locked or 'no reason given'}); `git worktree unlock {path}`"
-    elif users and not force:
-        keep = f"{describe(users[0])} is using it; stop it first"
-    elif not force and info.head and kept_commit(repo, info):
-        keep = f"its commit {info.head[:12]} is on no branch; `git branch NAME {info.head[:12]}`"
-    elif not force:
-        keep = submodule_keep(repo, path)
+    keep = _why_kept(repo, info, unseen, force=force, cwds=cwds)
     if unseen:
         action, fix = Action.KEEP, f"kept: {keep}"
     elif keep:
@@ -124,6 +117,53 @@ def worktree_finding(
         branch=info.branch, run_id=run_id, task_id=task_id,
     )  # fmt: skip
     return finding, dirty
+
+
+def _why_kept(
+    repo: git.Repo,
+    info: WorktreeInfo,
+    unseen: str,
+    *,
+    force: bool,
+    cwds: Mapping[int, str] | None,
+) -> str:
+    """Why the worktree *info* is kept ("" when it is removed); *unseen*: why git cannot look."""
+    path = info.path
+    users = processes_using(path, cwds)
+    if unseen:  # its work cannot be committed first, --force or not
+        return f"git cannot look into it ({unseen})"
+    if info.locked is not None and not force:
+        return f"it is locked ({info.locked or 'no reason given'}); `git worktree unlock {path}`"
+    if users and not force:
+        return f"{describe(users[0])} is using it; stop it first"
+    if not force and info.head and kept_commit(repo, info):
+        return f"its commit {info.head[:12]} is on no branch; `git branch NAME {info.head[:12]}`"
+    return "" if force else submodule_keep(repo, path)
+
+
+def finish_finding(
+    info: WorktreeInfo,
+    *,
+    kind: Kind,
+    reason: str,
+    force: bool,
+    cwds: Mapping[int, str] | None = None,
+) -> Finding:
+    """Plan finishing the removal of *info* a killed swarm began (:func:`removing.interrupted`).
+
+    Its missing files are swarm's deletions, none of it is work: nothing is committed, locked
+    or not. Kept only while a process uses it (that swarm's git, working on), unless *force*.
+    """
+    path = Path(info.path)
+    users = processes_using(path, cwds) if path.is_dir() else []
+    if users and not force:
+        action, fix = Action.KEEP, f"kept: {describe(users[0])} is using it; stop it first"
+    else:
+        action, fix = Action.REMOVE_WORKTREE, "finish removing it (nothing in it is committed)"
+    return Finding(
+        kind=kind, target=str(path), reason=f"{reason}; a killed swarm was removing it",
+        action=action, fix=fix, branch=info.branch,
+    )  # fmt: skip
 
 
 def worktree_dirty(path: Path) -> bool:

@@ -33,6 +33,7 @@ from worktree_swarm.git import (
     gitfiles,
     local_files,
     removal,
+    removing,
     tampering,
     worktrees,
 )
@@ -146,6 +147,23 @@ def remove_worktree(
         return "already gone", None
     if info.is_main:
         raise SwarmError(f"{path} is the main checkout; never removed")
+    begun = removing.interrupted(repo, path)
+    if begun is not None:  # its missing files are swarm's deletions: nothing is committed
+        return _finish_interrupted(repo, path, begun, moves=moves), None
+    return _checkpoint_and_remove(repo, f, info, force=force, moves=moves, store=store)
+
+
+def _checkpoint_and_remove(
+    repo: git.Repo,
+    f: Finding,
+    info: WorktreeInfo,
+    *,
+    force: bool,
+    moves: ref_moves.RefMoves,
+    store: Store | None,
+) -> tuple[str, str | None]:
+    """:func:`remove_worktree` of the registered worktree *info*, its work checkpointed first."""
+    path = Path(f.target)
     sha = saved = None
     repaired = False
     clean = True
@@ -227,6 +245,25 @@ def _remove_announced(
         removal.git_remove_locked(repo, path, force=force, submodules=submodules)
     if admin is not None:
         moves.moved(key, None)
+
+
+FINISHED = "finished the removal a killed swarm began (nothing in it committed), removed"
+
+
+def _finish_interrupted(
+    repo: git.Repo, path: Path, admin: Path, *, moves: ref_moves.RefMoves
+) -> str:
+    """Finish removing *path*, registered as *admin*, which a killed swarm left half deleted.
+
+    Named to a running guard as every removal of swarm's is; kept while a process uses it.
+    """
+    if path.is_dir():
+        _refuse_when_not_ours_to_remove(repo, path, force=True)
+    key = ref_moves.worktree_key(path)
+    moves.announce(key, at=admin.name)
+    removal.finish_interrupted(repo, path, admin)
+    moves.moved(key, None)
+    return FINISHED
 
 
 def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) -> None:

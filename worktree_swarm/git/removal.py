@@ -1,7 +1,8 @@
 """Remove worktrees and branches, forget worktrees that are gone, save files before removal.
 
 A forced removal deletes a worktree swarm made without git where it can (its index aside
-first, so one killed half-way is never read as deletions); ``prune_gone`` keeps a worktree
+first, so one killed half-way is never read as deletions); one left to git is recorded first
+(:mod:`.removing`), and finished by :func:`finish_interrupted`; ``prune_gone`` keeps a worktree
 that is only unreadable; ``snapshot_files`` saves files as a commit before swarm removes or
 resets them (not one whose filter swarm's git never runs, one holding a secret's value, nor a
 repository inside).
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.core.text import path_text
-from worktree_swarm.git import quarantine, runner
+from worktree_swarm.git import quarantine, removing, runner
 from worktree_swarm.git.checkpoints import embedded_repos
 from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
 from worktree_swarm.git.staged import disk_blobs, filtered_on_disk, holding_secrets, named_blobs
@@ -40,7 +41,8 @@ def remove_worktree(repo: Repo, path: Path, *, force: bool = False) -> None:
         # Forced, without git where it can: git deletes the files before the index, and a
         # removal killed in between left a checkout whose next checkpoint commits deletions.
         if not (force and delete_locked(repo, path)):
-            git(repo.root, *args)
+            with removing.recorded(repo, path):  # git deletes the files before the index
+                git(repo.root, *args)
 
 
 def delete_locked(repo: Repo, path: Path) -> bool:
@@ -85,12 +87,31 @@ def git_remove_locked(repo: Repo, path: Path, *, force: bool, submodules: bool =
     *submodules*: its checked-out submodules were found to hold nothing to keep; git removes
     a worktree with submodules only with ``--force`` (once: a locked one stays). For a caller
     that holds the repository lock, in any of its threads: git reads every registration, so
-    it runs while no other thread deletes one.
+    it runs while no other thread deletes one. Recorded while git runs (:mod:`.removing`): git
+    deletes the files first and the index last, with the admin dir.
     """
     fs.make_removable(path)
     flags = ["--force", "--force"] if force else ["--force"] if submodules else []
-    with REGISTRATIONS:
+    with REGISTRATIONS, removing.recorded(repo, path):
         git(repo.root, "worktree", "remove", *flags, "--", str(path))
+
+
+def finish_interrupted(repo: Repo, path: Path, admin: Path) -> None:
+    """Delete the worktree *path* a killed swarm was removing, registered as *admin*.
+
+    What :func:`removing.interrupted` found: none of its files is work, and none is looked at.
+    As git would have gone on: its files, its ``.git`` file after them, the registration next
+    and the record last, so that a finish killed in turn is finished the same way. For a
+    caller holding the repository lock.
+    """
+    if path.is_dir() and not path.is_symlink():  # git may have deleted all of it
+        fs.make_removable(path)
+        _delete_files(path)
+        (path / ".git").unlink(missing_ok=True)
+        path.rmdir()
+    with REGISTRATIONS:
+        fs.remove_tree(admin)
+    removing.forget(removing.record_of(repo, admin), admin)
 
 
 def _index_back(path: Path, index: Path, aside: Path) -> None:

@@ -1,0 +1,145 @@
+"""`swarm clean` killed while git's own `worktree remove` deletes a worktree's files.
+
+A locked worktree, or one whose submodules are checked out, is removed by git, which deletes
+the files before the admin dir and its index: the next clean finishes that removal and never
+commits the files it had deleted. Files you deleted yourself are still committed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, make_repo
+from tests.test_run import swarm, wait_for
+
+FILES = {f"d/f{i}.txt": f"{i}\n" for i in range(5)}
+FINISHED = "finished the removal a killed swarm began (nothing in it committed), removed"
+GONE = ("one.txt", "d/f0.txt")  # what git deleted before it was killed, or you did
+
+
+def finished_task(tmp_path: Path, *, submodule: bool = False) -> tuple[Path, Path, str]:
+    """A repository whose run's task `one` is done; its worktree and its branch's tip.
+
+    With *submodule*, the repository has the submodule `lib`, checked out in the worktree.
+    """
+    repo = make_repo(tmp_path / "repo", FILES)
+    if submodule:
+        lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
+        git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+        git(repo, "commit", "-q", "-m", "add lib")
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "one=write one.txt: 1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    path = repo.parent / "repo.swarm" / "one"
+    if submodule:
+        git(path, "-c", "protocol.file.allow=always", "submodule", "update", "-q", "--init")
+        assert (path / "lib" / "README.md").is_file()
+    return repo, path, git(repo, "rev-parse", "swarm/one")
+
+
+def killed_in_git_remove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repo: Path, *args: str
+) -> None:
+    """`swarm *args*` in *repo*, SIGKILLed with its git once `git worktree remove` deleted GONE.
+
+    A `git` first on PATH deletes those files of the worktree it is given (git's removal cut
+    short), says so, and waits to be killed; the real git runs everything else.
+    """
+    deleted = tmp_path / "deleted"
+    gone = " ".join(f'"$last"/{name}' for name in GONE)
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        GIT_SUBCOMMAND
+        + 'case " $* " in *" worktree remove "*) removing=1;; *) removing=0;; esac\n'
+        + 'if [ "$sub" = worktree ] && [ $removing = 1 ]; then\n'
+        + f"  for last; do :; done; rm -f {gone}; touch {shlex.quote(str(deleted))}\n"
+        + "  exec sleep 600\nfi\n"
+        + f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    argv = [sys.executable, "-m", "worktree_swarm.cli", *args]
+    proc = subprocess.Popen(
+        argv, cwd=repo, start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: deleted.exists() or proc.poll() is not None, what="git's removal")
+        assert proc.poll() is None, f"{args} ended before its `git worktree remove`"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    (tmp_path / "gitbin" / "git").unlink()
+
+
+def worktrees(repo: Path) -> list[str]:
+    """The paths `git worktree list` names."""
+    listed = git(repo, "worktree", "list", "--porcelain").splitlines()
+    return [line.removeprefix("worktree ") for line in listed if line.startswith("worktree ")]
+
+
+@pytest.mark.parametrize(
+    ("kind", "first", "again"),
+    [
+        ("locked", ("--force",), ()),
+        ("locked", ("--force",), ("--force",)),
+        ("submodules", (), ()),
+    ],
+)
+def test_a_clean_killed_in_gits_own_removal_is_finished_without_committing_deletions(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    first: tuple[str, ...],
+    again: tuple[str, ...],
+) -> None:
+    repo, path, tip = finished_task(tmp_path, submodule=kind == "submodules")
+    if kind == "locked":
+        git(repo, "worktree", "lock", "--reason", "on a USB disk", str(path))
+    killed_in_git_remove(tmp_path, monkeypatch, repo, "clean", "--yes", "--keep-branches", *first)
+    # Killed half-way: files gone that the index of the registered worktree still lists.
+    assert not any((path / name).exists() for name in GONE)
+    assert (path / "d" / "f1.txt").is_file()
+    assert sorted(git(path, "ls-files", "--deleted").split()) == sorted(GONE)
+
+    out = swarm(repo, "clean", "--yes", "--keep-branches", *again)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"done: {FINISHED}" in out.stdout, out.stdout
+    assert git(repo, "rev-parse", "swarm/one") == tip  # nothing committed, deletions least
+    assert not path.exists()
+    assert worktrees(repo) == [str(repo)]
+    assert not (repo / ".git" / "worktrees" / "one").exists()
+    assert git(repo, "worktree", "prune", "--dry-run", "--verbose") == ""
+    assert list((repo / ".git" / "swarm" / "removing").iterdir()) == []
+    doctor = swarm(repo, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+
+@pytest.mark.parametrize("before", ["nothing", "a killed clean"])
+def test_files_you_deleted_in_a_locked_worktree_are_still_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: str
+) -> None:
+    repo, path, tip = finished_task(tmp_path)
+    if before == "a killed clean":
+        # Its record stays: you finished that removal yourself, and made the worktree again.
+        git(repo, "worktree", "lock", str(path))
+        killed_in_git_remove(tmp_path, monkeypatch, repo, "clean", "--yes", "--force")
+        git(repo, "worktree", "remove", "--force", "--force", str(path))
+        git(repo, "worktree", "add", "-q", str(path), "swarm/one")
+    git(repo, "worktree", "lock", "--reason", "mine", str(path))
+    for name in GONE:
+        (path / name).unlink()
+
+    out = swarm(repo, "clean", "--yes", "--force", "--keep-branches")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert FINISHED not in out.stdout
+    checkpoint = git(repo, "rev-parse", "swarm/one")
+    assert git(repo, "log", "-1", "--format=%s", checkpoint) == "swarm: checkpoint one (clean)"
+    assert git(repo, "diff", "--name-status", tip, checkpoint).splitlines() == [
+        f"D\t{name}" for name in sorted(GONE)
+    ]
+    assert not path.exists()
+    assert worktrees(repo) == [str(repo)]
