@@ -44,20 +44,24 @@ def finished_task(tmp_path: Path, *, submodule: bool = False) -> tuple[Path, Pat
 
 
 def killed_in_git_remove(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repo: Path, *args: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    repo: Path,
+    *args: str,
+    gone: tuple[str, ...] = GONE,
 ) -> None:
-    """`swarm *args*` in *repo*, SIGKILLed with its git once `git worktree remove` deleted GONE.
+    """`swarm *args*` in *repo*, SIGKILLed with its git once `git worktree remove` deleted *gone*.
 
     A `git` first on PATH deletes those files of the worktree it is given (git's removal cut
     short), says so, and waits to be killed; the real git runs everything else.
     """
     deleted = tmp_path / "deleted"
-    gone = " ".join(f'"$last"/{name}' for name in GONE)
+    names = " ".join(f'"$last"/{name}' for name in gone)
     git_first_on_path(tmp_path, monkeypatch, lambda real: (
         GIT_SUBCOMMAND
         + 'case " $* " in *" worktree remove "*) removing=1;; *) removing=0;; esac\n'
         + 'if [ "$sub" = worktree ] && [ $removing = 1 ]; then\n'
-        + f"  for last; do :; done; rm -f {gone}; touch {shlex.quote(str(deleted))}\n"
+        + f"  for last; do :; done; rm -f {names}; touch {shlex.quote(str(deleted))}\n"
         + "  exec sleep 600\nfi\n"
         + f'exec {real} "$@"\n'
     ))  # fmt: skip
@@ -143,3 +147,27 @@ def test_files_you_deleted_in_a_locked_worktree_are_still_committed(
     ]
     assert not path.exists()
     assert worktrees(repo) == [str(repo)]
+
+
+@pytest.mark.parametrize("kind", ["locked", "unlocked"])
+def test_a_removal_killed_after_git_deleted_the_git_file_is_finished_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # git deletes in the order it reads the directory: its `.git` file may go first.
+    repo, path, tip = finished_task(tmp_path, submodule=kind == "unlocked")
+    if kind == "locked":
+        git(repo, "worktree", "lock", str(path))
+    args = ("clean", "--yes", "--keep-branches", *(["--force"] if kind == "locked" else []))
+    killed_in_git_remove(tmp_path, monkeypatch, repo, *args, gone=(".git", "one.txt"))
+    assert not (path / ".git").exists()
+    assert (path / "d" / "f1.txt").is_file()
+
+    out = swarm(repo, "clean", "--yes", "--keep-branches")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"done: {FINISHED}" in out.stdout, out.stdout
+    assert git(repo, "rev-parse", "swarm/one") == tip
+    assert not path.exists()
+    assert worktrees(repo) == [str(repo)]
+    assert git(repo, "for-each-ref", "refs/swarm/rescued/") == ""  # nothing left to rescue
+    doctor = swarm(repo, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
