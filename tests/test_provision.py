@@ -107,6 +107,27 @@ def test_a_branch_that_moved_is_not_rolled_back(project: gitrepo.Repo, tmp_path:
     assert git(project.root, "rev-parse", "swarm/t1") == moved
 
 
+@pytest.mark.parametrize("yours", ["file", "repository", "link"])
+def test_a_roll_back_never_removes_what_is_not_a_half_made_worktree(
+    project: gitrepo.Repo, tmp_path: Path, yours: str
+) -> None:
+    """A store that recorded an intent over something of yours (an older swarm left it)."""
+    start = gitrepo.head_commit(project)
+    path = tmp_path / "wt" / "t1"
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("mine\n")
+    if yours == "repository":
+        git(path, "init", "-q")
+    if yours == "link":
+        path.rename(tmp_path / "mine")
+        path.symlink_to(tmp_path / "mine")
+    git(project.root, "branch", "swarm/t1", start)
+    with pytest.raises(BadInputError, match=f"{path} "):
+        provision.roll_back(project, path=path, branch="swarm/t1", start=start)
+    assert (path / "notes.txt").read_text() == "mine\n"
+    assert "swarm/t1" in branches(project)
+
+
 def test_a_worktree_whose_directory_is_gone_is_added_again_on_its_branch(
     project: gitrepo.Repo, tmp_path: Path
 ) -> None:

@@ -278,7 +278,7 @@ def _clashing(branch: str, existing: set[str], folders: set[str]) -> str | None:
     return found
 
 
-def _in_the_way(path: Path) -> BadInputError:
+def in_the_way(path: Path) -> BadInputError:
     """Why *path* cannot become a worktree: something is there (a link: not swarm's to remove)."""
     if path.is_symlink():
         return BadInputError(
@@ -294,9 +294,25 @@ def _check_free(
     if (branch in existing) if existing is not None else branch_exists(repo, branch):
         raise _branch_exists(branch)
     if os.path.lexists(path):
-        raise _in_the_way(path)
+        raise in_the_way(path)
     if real_path(path) in registered:
         raise _registered(path)
+
+
+def check_free(repo: Repo, branch: str) -> None:
+    """InTheWayError when *branch* is there already (someone else's: never swarm's).
+
+    Asked before a Ray creation's intent is recorded, so that what was found there is never
+    taken for the task's own, half-made, by a manager that resumes it.
+    """
+    if branch_exists(repo, branch):
+        raise _branch_exists(branch)
+
+
+def check_path_free(path: Path) -> None:
+    """InTheWayError (BadInputError) when something is at *path* already (no git run)."""
+    if os.path.lexists(path):
+        raise in_the_way(path)
 
 
 def create_worktree(
@@ -314,12 +330,12 @@ def create_worktree(
     if commit is None:
         raise GitError(f"cannot create worktree {path}: {start!r} is not a commit")
     if os.path.lexists(path):
-        raise _in_the_way(path)
+        raise in_the_way(path)
     _new_branch(repo, branch, commit, start)
     with repo_lock(repo):
         if os.path.lexists(path):  # made meanwhile, by someone else: not ours to remove
             git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", commit, check=False)
-            raise _in_the_way(path)
+            raise in_the_way(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             _add(repo, path, branch)
@@ -352,7 +368,7 @@ def _add(repo: Repo, path: Path, branch: str) -> None:
         if "already registered" in exc.output:
             raise _registered(path) from None
         if "already exists" in exc.output:  # made since it was seen free: not swarm's
-            raise _in_the_way(path) from None
+            raise in_the_way(path) from None
         raise
 
 
@@ -420,7 +436,7 @@ def _register(repo: Repo, path: Path, branch: str) -> bool:
         try:
             path.mkdir()
         except FileExistsError:  # made since it was seen free, not by swarm: never removed
-            raise _in_the_way(path) from None
+            raise in_the_way(path) from None
         _write_whole(admin / "gitdir", f"{real_path(path)}/.git\n")
         _write_whole(path / ".git", f"gitdir: {admin}\n")
         _write_whole(admin / "commondir", "../..\n")

@@ -128,6 +128,15 @@ class TaskRow:
     tip_commit: str | None = None
     launching_agent: str | None = None
 
+    @property
+    def made(self) -> bool:
+        """Whether swarm made (or, its intent recorded, set out to make) its branch and worktree.
+
+        A branch or directory its creation found already there is not the task's: never
+        deleted, merged or shown as its.
+        """
+        return bool(self.start_commit or self.base_commit)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptRow:

@@ -167,7 +167,7 @@ def _disk(row: TaskRow, *, taken: bool) -> tuple[DiskUsage | None, bool]:
 
     *taken*: a later run reused the task id; the worktree at its path is that run's.
     """
-    present = not taken and Path(row.worktree).is_dir()
+    present = not taken and row.made and Path(row.worktree).is_dir()  # never one it found
     if present and not row.state.is_final:
         return usage(Path(row.worktree)), present
     if row.disk_actual is None:

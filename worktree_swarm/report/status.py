@@ -145,7 +145,8 @@ def task_status(
             if attempt is not None and attempt.ended_at is None and attempt.pid > 0 and not alive:
                 end = _last_sign_of_life(attempt)  # no clock runs for a dead agent
             elapsed = round(end - task.started_at, 3)
-        present = task.task_id not in taken and Path(task.worktree).is_dir()
+        # What its creation found at its path is not its worktree.
+        present = task.task_id not in taken and task.made and Path(task.worktree).is_dir()
         used = None
         if disk and task.disk_actual is not None and (task.state.is_final or not present):
             used = DiskUsage(task.disk_apparent or 0, task.disk_actual)
@@ -167,7 +168,7 @@ def task_status(
                 insertions=task.diff_insertions,
                 deletions=task.diff_deletions,
                 branch=task.branch,
-                branch_made=bool(task.start_commit or task.base_commit),  # intent, then made
+                branch_made=task.made,
                 worktree=task.worktree,
                 worktree_present=present,
                 taken_by=taken.get(task.task_id),

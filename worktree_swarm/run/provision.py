@@ -35,9 +35,12 @@ def roll_back(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
 
     The branch is deleted only while it still points at *start* (nothing was committed on
     it); a branch that moved is left for :func:`worktrees.create_worktree` to refuse.
+    BadInputError, with nothing touched, when something at *path* is no creation's of swarm.
     """
     path = path.absolute()
     with git.repo_lock(repo):
+        if not _half_made(repo, path):
+            raise worktrees.in_the_way(path)
         _end_stray_git(path)
         _discard_admin_dirs(repo, path)
         shutil.rmtree(path, ignore_errors=True)
@@ -46,6 +49,31 @@ def roll_back(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
         (repo.common_dir / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
         git.git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", start, check=False)
         removal.prune_gone(repo)
+
+
+def _half_made(repo: git.Repo, path: Path) -> bool:
+    """Whether *path* is absent or as a killed creation leaves it: empty, or a worktree of *repo*.
+
+    git and swarm make the directory empty, then write its ``.git`` file naming an admin dir
+    (swarm beside it first, as ``.git.new``)
+    in *repo*'s ``worktrees/`` before anything else: a link, a file or a directory holding
+    anything without that is someone else's (a store written before swarm let go of what its
+    creation found there still records the intent).
+    """
+    if not os.path.lexists(path):
+        return True
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        if {entry.name for entry in path.iterdir()} <= {".git.new"}:  # killed writing `.git`
+            return True
+        text = os.fsdecode(fs.read_file(path / ".git")).strip()
+    except OSError:
+        return False
+    admin = path / text.removeprefix("gitdir:").strip()  # relative: git 2.48's option
+    return text.startswith("gitdir:") and _norm(admin.parent) == _norm(
+        repo.common_dir / "worktrees"
+    )
 
 
 def _end_stray_git(path: Path) -> None:

@@ -28,6 +28,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
 from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.course import Course, stated_window
 from worktree_swarm.run.gate_model import Limit, Signal
@@ -35,6 +36,7 @@ from worktree_swarm.run.ray_actors import NodeLostError, UnansweredError
 from worktree_swarm.run.ray_attempt import Ended, Handle, Throttled
 from worktree_swarm.run.ray_attempt_run import RayAttemptRun
 from worktree_swarm.run.ray_cluster import ClusterLostError
+from worktree_swarm.run.retry import in_the_way
 from worktree_swarm.run.run_worker import Live, TaskOutcome, worktree_path
 
 # Lost attempts a task may have before it fails: a task that kills its nodes is not retried
@@ -186,9 +188,16 @@ class RayTaskWorker(RayAttemptRun):
         row = self.store.task(self.run_id, task.id)
         if row is not None and row.base_commit:
             return row.base_commit
-        start = (row.start_commit if row is not None else None) or self._start_commit(task)
+        recorded = row.start_commit if row is not None else None
+        start = recorded or self._start_commit(task)
         if isinstance(start, TaskOutcome):
             return start
+        if not recorded:  # a branch there before the intent is someone else's: never taken
+            try:
+                worktrees.check_free(self.repo, task.branch)
+            except worktrees.InTheWayError as exc:
+                reason = in_the_way(self.store, self.run_id, task.id, exc)
+                return TaskOutcome(state=TaskState.FAILED, reason=reason)
         self.store.update_task(self.run_id, task.id, start_commit=start)
         self._publish(task, start)
         self.store.update_task(self.run_id, task.id, base_commit=start)

@@ -114,26 +114,14 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
                 return start
             if not self.disk.admit(task, start=start, stop=live.stop, waiting=self._waiting(live)):
                 return TaskOutcome(state=TaskState.STOPPED, reason="stopped while waiting for disk")
-            if recorded:
-                with self.guard.provisioning(path):  # swarm's own removal
-                    provision.roll_back(self.repo, path=path, branch=task.branch, start=start)
-            else:  # the intent first: a crash from here on is rolled back by `swarm resume`
-                self.store.update_task(self.run_id, task.id, start_commit=start)
-            with self.guard.provisioning(path):
-                try:
-                    faults.retry_while_full(  # a failed creation removes what it made
-                        lambda: worktrees.create_worktree(
-                            self.repo,
-                            path=path,
-                            branch=task.branch,
-                            start=start,
-                            cone=sparse.of_task(task),
-                        ),
-                        self.store.on_full,
-                    )
-                except worktrees.InTheWayError as exc:
-                    reason = in_the_way(self.store, self.run_id, task.id, exc)
-                    return TaskOutcome(state=TaskState.FAILED, reason=reason)
+            try:
+                self._make_worktree(task, path, start, recorded=bool(recorded))
+            except worktrees.InTheWayError as exc:
+                # Found there, not made: no intent is left to take it for the task's own (a
+                # resume's roll-back, `swarm clean`, `swarm merge`, `swarm status`).
+                self.store.update_task(self.run_id, task.id, start_commit=None)
+                reason = in_the_way(self.store, self.run_id, task.id, exc)
+                return TaskOutcome(state=TaskState.FAILED, reason=reason)
             self.store.update_task(self.run_id, task.id, base_commit=start)
             base = start
         env = self._env(task, path, base, live.port_slot or 0)
@@ -167,6 +155,28 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
             if failure is not None:
                 return check_failed(failure)
         return self._attempts(live, path, base, env)
+
+    def _make_worktree(self, task: Task, path: Path, start: str, *, recorded: bool) -> None:
+        """Make *task*'s branch and worktree at *start*, its intent recorded first.
+
+        *recorded*: a killed manager recorded it; what that one half-made is rolled back.
+        InTheWayError, with nothing made, when its branch or path is someone else's.
+        """
+        if recorded:
+            with self.guard.provisioning(path):  # swarm's own removal
+                provision.roll_back(self.repo, path=path, branch=task.branch, start=start)
+        else:  # the intent first: a crash from here on is rolled back by `swarm resume`
+            # Yours at its path is never taken for the task's; a branch of yours, git refuses
+            # atomically as it makes the branch (no git run for it here), and the intent goes.
+            worktrees.check_path_free(path)
+            self.store.update_task(self.run_id, task.id, start_commit=start)
+        with self.guard.provisioning(path):
+            faults.retry_while_full(  # a failed creation removes what it made: retry is clean
+                lambda: worktrees.create_worktree(
+                    self.repo, path=path, branch=task.branch, start=start, cone=sparse.of_task(task)
+                ),
+                self.store.on_full,
+            )
 
     def _unrecorded(self, task: Task, path: Path, row: TaskRow) -> AttemptRow | None:
         """Record the attempt a killed manager launched but did not record, if it did.
