@@ -36,8 +36,8 @@ def branches(ctx: Context, *, force: bool, removing: set[Path], dirty: set[str])
             continue
         if integration_run(branch) in ctx.bases:
             continue  # `swarm merge`'s result for a known run: the user's to land
-        if task is not None and not task.state.is_final:
-            continue
+        if task is not None and (not task.state.is_final or not task.made):
+            continue  # running, or not its: there before it came to make it
         targets = ctx.targets + ((ctx.bases[task.run_id],) if task is not None else ())
         merged = None if branch in dirty else merged_into(ctx.repo, sha, targets)
         owner = "no swarm task owns it" if task is None else f"task {task.task_id} is "

@@ -9,6 +9,7 @@ worktree root that are not registered worktrees.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def worktree_findings(
         if info.is_main or (task is not None and not task.state.is_final):
             continue
         finding = _broken_worktree(ctx, info, force=force)
+        if finding is not None and task is not None and not task.made:
+            finding = _not_made(finding, task.task_id)
         if finding is None and any(path.is_relative_to(root) for root in ctx.roots):
             if task is not None:
                 continue  # a finished task's worktree: `swarm clean` decides
@@ -58,6 +61,14 @@ def worktree_findings(
         if finding.action is not Action.KEEP:
             removing.add(path)
     return found, removing, dirty_branches
+
+
+def _not_made(finding: Finding, task_id: str) -> Finding:
+    """*finding* for a worktree at the path of a task that made none there: its files stay."""
+    if finding.action not in {Action.REMOVE_INITIALIZING, Action.RESCUE_WORKTREE}:
+        return finding
+    why = f"kept: swarm did not make it (task {task_id} made no worktree there)"
+    return dataclasses.replace(finding, action=Action.KEEP, fix=why)
 
 
 def _unowned(
@@ -231,6 +242,8 @@ def directories(ctx: Context) -> list[Finding]:
             if task is not None and not task.state.is_final and ctx.manager_alive:
                 continue  # its worktree is being created
             keep = _keep_directory(ctx, child, main)
+            if task is not None and not task.made:  # intent first: a half-made one is made
+                keep = f"swarm did not make it (task {task.task_id} made no worktree there)"
             found.append(
                 Finding(
                     kind=Kind.DIRECTORY,

@@ -105,7 +105,7 @@ def to_look_at(
     paths = []
     for run_id, targets, tasks in runs:
         for task in tasks:
-            if not task.state.is_final or path_owners.get(task.worktree) != run_id:
+            if not task.state.is_final or not task.made or path_owners.get(task.worktree) != run_id:
                 continue
             info = registered.get(seen.real(task.worktree))
             if (

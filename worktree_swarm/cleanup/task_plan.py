@@ -53,6 +53,9 @@ def plan_task(
     (*named_before*), and it is still kept only for not being merged.
     """
     # A later run that reused the task id owns its branch and path now: never this task's.
+    # Nor what its creation found there: a task that made neither has neither.
+    if not task.made:
+        return []
     found: list[Finding] = []
     dirty: bool | None = False
     kept = False
@@ -277,6 +280,8 @@ def plan_left_there(task: TaskRow, seen: Seen, tip: str, pushed: Pushed) -> list
     """The remote branch of *task*, which an earlier clean could not delete there (at *tip*)."""
     if task.branch in seen.tips or seen.owners[0].get(task.branch) != task.run_id:
         return []  # planned with its branch here, or a later run's now
+    if not task.made:
+        return []  # one there before it: not its
     reason = f"task {task.task_id} is {task.state.value}; its branch here was deleted before"
     return [
         remote_branch_finding(

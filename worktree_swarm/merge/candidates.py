@@ -65,6 +65,12 @@ def select_candidates(
             continue
         later = taken.get(row.task_id)
         tip = None if later else tips(task_branch(row)) or landed.get(row.task_id)
+        if tip is not None and not row.made:  # what its creation found there: not its work
+            why = f"it never made its branch ({row.state.value}): {row.branch} is not its work"
+            skipped.append(
+                TaskResult(task_id=row.task_id, outcome=MergeOutcome.SKIPPED, reason=why)
+            )
+            continue
         base = task_base(store, row)
         why = _skip_reason(
             repo, row, target=target, later=later, tip=tip, base=base, run_base=run_base

@@ -153,7 +153,8 @@ def task_diffs(
     tips = BranchTips(repo)
     found = []
     for row in rows:
-        tip = None if row.task_id in taken else tips(task_branch(row))
+        # Nor one its creation found there (it made none): not its work.
+        tip = None if row.task_id in taken or not row.made else tips(task_branch(row))
         if tip is not None or task_ids:
             found.append((row, task_base(store, row), tip))
 

@@ -143,9 +143,11 @@ def _check_in_the_way(rows: Sequence[TaskRow]) -> None:
     for row in rows:
         path = Path(row.worktree)
         if path.is_dir() and not os.path.lexists(path / ".git") and any(path.iterdir()):
+            # Only what a creation of swarm's left is swarm's to remove.
+            doctor = " (or let `swarm doctor --yes` remove it)" if row.made else ""
             raise BadInputError(
                 f"{path} is in the way of task {row.task_id}'s worktree and is not one; move it "
-                "aside (or let `swarm doctor --yes` remove it), then retry"
+                f"aside{doctor}, then retry"
             )
 
 
@@ -213,21 +215,22 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     # From the attempts themselves: a manager killed right after a launch may not have
     # counted the last one on the task row.
     last = max((a.number for a in store.attempts(row.run_id, row.task_id)), default=0)
-    tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
+    # A branch or directory its creation found there is not its own: never touched.
+    made = last > 0 or row.made
+    tip = git.rev_parse(repo, f"refs/heads/{row.branch}") if made else None
     # Its branch deleted since (`swarm clean --force`): nothing to go on from, so from the base.
     # (A dependent blocked before it started never had one: it starts as it would have.)
-    made = last > 0 or row.start_commit is not None or row.base_commit is not None
     gone = tip is None and made and not fresh
     fresh = fresh or gone
     data: dict[str, object] = {"fresh": fresh, "after_attempt": last}
     if fresh:
-        if not gone:
+        if not gone and made:
             _keep_uncommitted(repo, store, row)
             tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
         data["previous_tip"] = tip
     # First: a retry killed after deleting the branch has the old tip on record.
     store.add_event(row.run_id, RETRY_EVENT, task_id=row.task_id, data=data)
-    if fresh:
+    if fresh and made:
         path = Path(row.worktree)
         if path.exists():
             removal.remove_worktree(repo, path, force=True)

@@ -182,6 +182,8 @@ def branch_next_step(store: Store, branch: str, existing: set[str]) -> str | Non
                     return f"{who} is still running; wait for it or stop it with `swarm stop`"
                 resume = resume_command(store, run.run_id)
                 return f"{who} is unfinished; continue it with `{resume}`"
+            if not row.made:
+                continue  # it was there before the task came to make it: not its
             clean = _delete_one(row, run.run_id, rows, existing)
             if row.state.is_success:
                 return f"{who} is {row.state.value}; merge it, or delete it with {clean}"
