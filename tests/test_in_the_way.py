@@ -55,8 +55,8 @@ def test_a_task_that_found_your_branch_there_shows_it_as_yours(
 ) -> None:
     b = _b_finds(repo, write_agent, tmp_path, _your_branch(repo, commit=True))
     assert (b["branch_made"], b["worktree_present"]) == (False, False)
-    assert str(b["reason"]).startswith("branch swarm/b already exists, and swarm did not make it")
-    assert "`swarm retry b`" in str(b["reason"])
+    assert str(b["reason"]).startswith("branch swarm/b already exists; if it holds nothing")
+    assert "`swarm retry b --run " in str(b["reason"])
 
 
 @pytest.mark.parametrize(
