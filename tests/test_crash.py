@@ -1840,11 +1840,11 @@ def test_resume_on_a_full_disk_says_so_in_one_line(
     proc = _manager(repo, "run", manifest(repo, text))
     agent_pid = int(written(pid_file, timeout=120, what="the agent"))
     _kill_group(proc)
-    with (small_disk / "filler.bin").open("wb") as fh:
+    # Unbuffered: a buffered file keeps what the full disk refused, and fails again at close.
+    with (small_disk / "filler.bin").open("wb", buffering=0) as fh:
         try:
             while True:
                 fh.write(b"x" * 65536)
-                fh.flush()
         except OSError:
             pass
     try:
