@@ -2155,6 +2155,58 @@ def test_an_agent_that_ended_while_no_manager_watched_is_not_taken_for_stopped(
         assert out.stdout == "nothing to stop\n", out.stdout
 
 
+# Does its work, waits for the gate (argv[1]), then plants a `core.fsmonitor` and a hook
+# that touch argv[2] in the repository's own git files, and ends.
+PLANTS_UNWATCHED = """
+import pathlib, subprocess, sys, time
+gate, ran = pathlib.Path(sys.argv[1]), sys.argv[2]
+pathlib.Path('a.txt').write_text('work\\n')
+while not gate.exists():
+    time.sleep(0.02)
+common = pathlib.Path(subprocess.run(['git', 'rev-parse', '--git-common-dir'],
+                      capture_output=True, text=True, check=True).stdout.strip()).resolve()
+subprocess.run(['git', 'config', '--file', str(common / 'config'), 'core.fsmonitor',
+                f'touch {ran}'], check=True)
+hook = common / 'hooks' / 'post-commit'
+hook.parent.mkdir(exist_ok=True)
+hook.write_text(f'#!/bin/sh\\ntouch {ran}\\n')
+hook.chmod(0o755)
+"""
+
+
+def test_git_files_an_agent_changed_while_no_manager_watched_are_put_back_by_resume(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # The resumed guard took git's files as it found them for its baseline: a `core.fsmonitor`
+    # an agent planted while no manager ran stayed, to run with your next `git status`.
+    gate, ran = tmp_path / "gate", tmp_path / "ran"
+    agent = [*write_agent(PLANTS_UNWATCHED), str(gate), str(ran)]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    runs = repo / ".git" / "swarm" / "runs"
+    wait_for((repo.parent / "repo.swarm" / "a" / "a.txt").exists, what="the agent")
+    _kill_group(proc)  # the agent, in its shim's session, goes on
+    gate.touch()
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")
+    out = swarm(repo, "resume")
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert "git's own files config, hooks/post-commit; restored" in str(row["reason"])
+    planted = subprocess.run(
+        ["git", "config", "--get-all", "core.fsmonitor"], cwd=repo, check=False
+    )
+    assert planted.returncode == 1  # none
+    assert not (repo / ".git" / "hooks" / "post-commit").exists()
+    git(repo, "status")
+    assert not ran.exists()
+    assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
+
+
 # Leaves a daemon that ignores SIGTERM (its pid in argv[1]), then ends with its work done.
 DAEMON_LEFT = """
 import os, pathlib, signal, sys, time

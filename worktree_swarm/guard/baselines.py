@@ -22,6 +22,7 @@ from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.git.process import StoppedError
+from worktree_swarm.guard import surface_kept
 from worktree_swarm.guard.model import MAIN, REPOSITORY, WORKTREE_PREFIX, Snapshot, Violation
 from worktree_swarm.guard.snapshot import (
     MAIN_TREE,
@@ -83,6 +84,8 @@ class Baselines(Verdicts):
         """
         self._resumable = True
         self._keep_base()
+        with self._repo_lock:
+            surface_kept.save(self._dir, self._surface)
 
     def _last_base(self) -> str | None:
         """The tree of your checkout as the run's last manager last took it as its baseline."""

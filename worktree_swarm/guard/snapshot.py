@@ -39,6 +39,7 @@ STAT_CHECK = ("-c", "core.trustctime=true", "-c", "core.checkStat=default")
 UNBORN = "swarm: a repository without a commit\n"
 OWN_OBJECTS = "snapshot-objects"  # under the guard's directory: the objects its captures write
 MAIN_TREE = "main.tree"  # the tree of your checkout's baseline, for a manager that resumes
+SURFACE_KEPT = "surface.json"  # git's own files as last taken, for the same (surface_kept)
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,16 @@ def drop_baselines(guard_dir: Path, *, keep_base: bool = False) -> None:
     big repository, which a finished run has no use for. Its held object files go too: they
     keep on disk what a `git gc` freed since. So does its store, but with *keep_base* while
     the tree of your checkout's last baseline is kept (``MAIN_TREE``, a run whose manager was
-    killed): the next manager of the run compares your checkout with it, and it lies there.
+    killed): the next manager of the run compares your checkout with it, and it lies there;
+    and the record of git's own files (``SURFACE_KEPT``), kept with *keep_base* too.
     """
     for pattern in ("*.index", "*.scratch-index", "*.scratch-index.lock"):
         for copy in guard_dir.glob(pattern):
             with contextlib.suppress(OSError):
                 copy.unlink()
+    if not keep_base:  # it holds your config's bytes
+        with contextlib.suppress(OSError):
+            (guard_dir / SURFACE_KEPT).unlink(missing_ok=True)
     if not (keep_base and (guard_dir / MAIN_TREE).exists()):
         shutil.rmtree(guard_dir / OWN_OBJECTS, ignore_errors=True)  # what its captures hashed
     held_files.let_go(guard_dir / held_files.HELD)

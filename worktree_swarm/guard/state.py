@@ -128,6 +128,7 @@ class GuardState:
     _setuid_due = 0.0  # monotonic time of the next walk for them
     _store: store_dir.StoreId | None = None  # the object store's directory, when watched
     _dir_modes: DirModes | None = None  # the admin dirs' and task worktrees' bits, watched
+    _last_surface: surface.Surface | None = None  # git's files as a killed manager left them
 
     def __init__(
         self,

@@ -18,7 +18,15 @@ from pathlib import Path
 
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import graph, hooks_dir, setuid, surface, surface_diff, surface_restore
+from worktree_swarm.guard import (
+    graph,
+    hooks_dir,
+    setuid,
+    surface,
+    surface_diff,
+    surface_kept,
+    surface_restore,
+)
 from worktree_swarm.guard.model import REPOSITORY, Violation
 from worktree_swarm.guard.object_checks import ObjectChecks
 from worktree_swarm.guard.worktree_checks import WorktreeChecks
@@ -163,6 +171,13 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             self._hooks = hooks_dir.hooks_path(self.repo.root)
             self._surface_checked = began
             return swapped
+        return [*swapped, self._undo_surface(labels, now, suspects, began)]
+
+    def _undo_surface(
+        self, labels: list[str], now: surface.Surface, suspects: tuple[str, ...], began: float
+    ) -> Violation:
+        """*labels* of git's files, changed by *suspects*: recorded, put back (unless allowed)."""
+        common = self.repo.common_dir
         patch = surface_diff.patch(common, self._surface, now, labels)
         found = Violation(number=0, where=REPOSITORY, git_files=tuple(labels), suspects=suspects)
         restored = False
@@ -192,8 +207,40 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             self._adopt_surface(now)
             self._hooks = hooks_dir.hooks_path(self.repo.root)
             self._surface_checked = began
-        violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
-        return [*swapped, violation]
+        return self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
+
+    def judge_unwatched_surface(self, suspects: Sequence[str]) -> None:
+        """A resumed run: git's files changed since the killed manager's baseline.
+
+        *suspects* are the tasks whose agents ran on while no manager watched (the adopted
+        ones): a change is theirs, put back and reported as any outside write, so that a
+        `core.fsmonitor` or a hook one planted does not become the new baseline. With none,
+        or no baseline kept, what was found at the start is the baseline.
+        """
+        last, self._last_surface = self._last_surface, None
+        if last is None or not suspects:
+            return
+        with self._lock, self._repo_lock:
+            common = self.repo.common_dir
+            now, self._surface = self._surface, dict(last)
+            labels = [  # directories' bits: git's own directories made meanwhile, by the
+                label  # killed manager too (a task's ref directory); a live scan judges those
+                for label in surface_diff.changed(last, now)
+                if (now.get(label) or last[label]).kind not in {surface.MODE, *_NOT_KNOWN}
+            ]
+            if labels:
+                labels = self._not_worktrees_made(common, now, labels)
+            if not labels:
+                self._surface = now
+                return
+            self._log(f"git's files changed while no manager watched: {', '.join(labels)}")
+            self._changes.mark_all()
+            self._undo_surface(labels, now, tuple(sorted(suspects)), time.time())
+            for label, entry in now.items():  # the rest as found: the baseline
+                if label not in labels and label not in self._unrestored:
+                    self._surface[label] = entry
+            for label in set(last) - set(now) - set(labels):
+                self._surface.pop(label, None)
 
     def _scan_setuid(self, began: float) -> list[Violation]:
         """A setuid or setgid file new in the git dir: its bits taken off (the file kept).
@@ -281,6 +328,8 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 self._surface.pop(label, None)
             else:
                 self._surface[label] = entry
+        if self._resumable:
+            surface_kept.save(self._dir, self._surface)
 
     def _scan_graph(self, began: float) -> list[Violation]:
         """A commit graph that changed and does not match the commits it describes: removed."""

@@ -57,6 +57,7 @@ from worktree_swarm.guard import (
     remotes,
     setuid,
     store_dir,
+    surface_kept,
 )
 from worktree_swarm.guard.attempt_checks import REMOTES, AttemptChecks
 from worktree_swarm.guard.checkout_checks import CheckoutChecks
@@ -116,6 +117,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
             self._hooks = hooks_dir.hooks_path(self.repo.root)
             self._dir_modes = DirModes()
             self._surface = self._read_surface()
+            self._last_surface = surface_kept.load(self._dir)  # see judge_unwatched_surface
             self._setuid = setuid.setuid_files(self.repo.common_dir)
             self._graph = graph.fingerprint(self.repo.common_dir)
             self._store = store_dir.store_id(self.repo.common_dir)

@@ -222,6 +222,7 @@ class Runner(TaskLaunch):
         interrupts.check()
         if (unwatched := self.guard.unwatched()) is not None:  # a resumed run
             self._emit(UNWATCHED_EVENT, None, unwatched.as_dict())
+        self.guard.judge_unwatched_surface(tuple(self._adopt))  # what they did unwatched
         self.guard.keep_base_for_resume()
         self.guard.watch_in_background()
 
