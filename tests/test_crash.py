@@ -2207,6 +2207,37 @@ def test_git_files_an_agent_changed_while_no_manager_watched_are_put_back_by_res
     assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
 
 
+def test_doctor_names_a_run_whose_manager_died_after_its_agents_ended(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # With no agent left alive nothing of the run was an orphan: `swarm doctor --yes` said
+    # "nothing to clean" and left its tasks unfinished, their work uncommitted.
+    gate = tmp_path / "gate"
+    agent = [*write_agent(GATED), str(gate), "0"]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    runs = repo / ".git" / "swarm" / "runs"
+    wait_for(lambda: list(runs.rglob("attempt-1.exit.json")), what="the agent")
+    _kill_group(proc)  # the agent, in its shim's session, goes on
+    gate.touch()
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")
+    (run_id,) = [p.name for p in runs.iterdir()]
+    note = (
+        f"run {run_id}: 1 task not final, their work in their worktrees: `swarm resume`"
+        " carries it on (`swarm stop` ends it)"
+    )
+    for args in (["doctor"], ["doctor", "--yes"]):
+        out = swarm(repo, *args)
+        assert (out.returncode, out.stdout.splitlines()[0]) == (0, note), out.stdout
+    assert swarm(repo, "resume").returncode == 0
+    assert swarm(repo, "doctor").stdout == "nothing to clean\n"
+    assert git(repo, "show", "swarm/a:a.txt") == "work"
+
+
 # Leaves a daemon that ignores SIGTERM (its pid in argv[1]), then ends with its work done.
 DAEMON_LEFT = """
 import os, pathlib, signal, sys, time

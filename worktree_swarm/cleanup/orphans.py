@@ -51,6 +51,7 @@ from worktree_swarm.infra import lock
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import task_from_json
 from worktree_swarm.report import run_info
+from worktree_swarm.run import runs
 
 DEFAULT_IDLE = 7 * DAY
 
@@ -89,7 +90,7 @@ def doctor(
     try:
         findings = scan(repo, store, force=force, foreign=foreign, idle=idle)
         if not yes:
-            return Report(mode="orphans", findings=tuple(findings))
+            return Report(mode="orphans", findings=tuple(findings), notes=_left_open(store))
         if store is not None:  # what a rescue saves stays without a file holding one
             tasks = [
                 task_from_json(t.spec_json) for r in store.runs() for t in store.tasks(r.run_id)
@@ -110,13 +111,36 @@ def doctor(
             results = [r for r in results if (r.finding.kind, r.finding.target) not in again]
             results += apply(repo, more, store=store, force=force, grace=grace)
         _drop_merge_baselines(repo)
+        notes = _left_open(store)  # after the fixes: stopping its last agents may end one
     finally:
         if store is not None:
             store.close()
     for root in worktree_roots(repo, None):
         with contextlib.suppress(OSError):
             root.rmdir()  # only when empty
-    return Report(mode="orphans", findings=tuple(findings), applied=True, results=tuple(results))
+    return Report(
+        mode="orphans", findings=tuple(findings), applied=True, results=tuple(results), notes=notes
+    )
+
+
+def _left_open(store: Store | None) -> tuple[str, ...]:
+    """A line for each run left waiting for `swarm resume` (doctor ends its live agents only).
+
+    Its manager killed after its agents ended, nothing of it is an orphan to fix, yet its
+    tasks are not final and their work may be uncommitted in their worktrees.
+    """
+    if store is None:
+        return ()
+    found = []
+    for run in store.runs():
+        if runs.left_unmanaged(store, run):
+            left = len([row for row in store.tasks(run.run_id) if not row.state.is_final])
+            found.append(
+                f"run {run.run_id}: {left} task{'s' * (left != 1)} not final, their work in"
+                f" their worktrees: `{runs.resume_command(store, run.run_id)}` carries it on"
+                " (`swarm stop` ends it)"
+            )
+    return tuple(found)
 
 
 def _drop_merge_baselines(repo: git.Repo) -> None:
