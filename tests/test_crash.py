@@ -2207,6 +2207,40 @@ def test_git_files_an_agent_changed_while_no_manager_watched_are_put_back_by_res
     assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
 
 
+# Waits for the gate (argv[1]), then commits its work: with rerere on, git makes `rr-cache`.
+COMMITS_UNWATCHED = """
+import pathlib, subprocess, sys, time
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.02)
+pathlib.Path('a.txt').write_text('work\\n')
+subprocess.run(['git', 'add', 'a.txt'], check=True)
+subprocess.run(['git', 'commit', '-q', '-m', 'work'], check=True)
+"""
+
+
+def test_the_rerere_cache_a_commit_made_while_no_manager_watched_is_no_outside_write(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    git(repo, "config", "rerere.enabled", "true")
+    gate = tmp_path / "gate"
+    agent = [*write_agent(COMMITS_UNWATCHED), str(gate)]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    runs = repo / ".git" / "swarm" / "runs"
+    wait_for(lambda: list(runs.rglob("attempt-1.exit.json")), what="the agent")
+    _kill_group(proc)  # the agent, in its shim's session, goes on
+    gate.touch()
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")
+    assert (repo / ".git" / "rr-cache").is_dir()
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "done"
+
+
 def test_doctor_names_a_run_whose_manager_died_after_its_agents_ended(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

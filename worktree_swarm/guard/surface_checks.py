@@ -230,6 +230,8 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             ]
             if labels:
                 labels = self._not_worktrees_made(common, now, labels)
+            if surface.RERERE in labels and surface_diff.rerere_made(self.repo.root, last, now):
+                labels.remove(surface.RERERE)  # git's own (any commit makes it), empty
             if not labels:
                 self._surface = now
                 return
