@@ -1928,11 +1928,10 @@ def test_a_look_at_the_runs_works_while_the_disk_is_full(small_disk: Path) -> No
     # cannot create its shared-memory file), and a plain `git status` cannot refresh an index.
     repo = make_repo(small_disk / "repo")
     assert swarm(repo, "run", "--agent", "scripted", "-t", "a=p").returncode == 0
-    with (small_disk / "filler.bin").open("wb") as fh:
+    with (small_disk / "filler.bin").open("wb", buffering=0) as fh:  # nothing kept to fail
         try:
             while True:
                 fh.write(b"x" * 65536)
-                fh.flush()
         except OSError:
             pass
     note = f"note: the disk is full; showing {repo}/.git/swarm/state.db as last written\n"
