@@ -2271,6 +2271,48 @@ def test_doctor_names_a_run_whose_manager_died_after_its_agents_ended(
     assert git(repo, "show", "swarm/a:a.txt") == "work"
 
 
+# Does its work, waits for the gate (argv[1]), then checks out the submodule `lib` in its
+# worktree (git makes its git dir in the worktree's admin dir) and ends.
+POPULATES_UNWATCHED = """
+import pathlib, subprocess, sys, time
+pathlib.Path('a.txt').write_text('work\\n')
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.02)
+subprocess.run(['git', '-c', 'protocol.file.allow=always', 'submodule', 'update', '--init',
+                'lib'], check=True, capture_output=True)
+"""
+
+
+def test_a_submodule_an_agent_checked_out_while_no_manager_watched_is_its_own_work(
+    tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Its git dir, made in the task's own admin dir, is the task's: a resumed guard that
+    # judged it as a change of git's files failed the task and deleted the git dir.
+    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    git(repo, "commit", "-q", "-m", "add lib")
+    gate = tmp_path / "gate"
+    agent = [*write_agent(POPULATES_UNWATCHED), str(gate)]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    runs = repo / ".git" / "swarm" / "runs"
+    worktree = repo.parent / "repo.swarm" / "a"
+    wait_for((worktree / "a.txt").exists, what="the agent")
+    _kill_group(proc)  # the agent, in its shim's session, goes on
+    gate.touch()
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "done"
+    assert (worktree / "lib" / "README.md").read_text() == "lib\n"
+    assert git(worktree / "lib", "rev-parse", "--is-inside-work-tree").strip() == "true"
+
+
 # Leaves a daemon that ignores SIGTERM (its pid in argv[1]), then ends with its work done.
 DAEMON_LEFT = """
 import os, pathlib, signal, sys, time

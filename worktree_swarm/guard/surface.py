@@ -69,7 +69,7 @@ ALTERNATES = ("objects/info/alternates", "objects/info/http-alternates")
 # file of the worktree itself): pointed at a copy an agent made (the same refs and objects, so
 # git there sees no change), your git in that worktree reads the copy's config, and runs its
 # ``core.fsmonitor``; a ``gitdir`` naming no worktree has your next `git gc` prune its admin dir.
-_TIES = ("commondir", "gitdir")
+TIES = ("commondir", "gitdir")
 
 # Old-style remote definitions: a planted one would point your next `git pull NAME` elsewhere.
 _STEERING_DIRS = ("remotes", "branches")
@@ -263,13 +263,13 @@ def _mode_entry(bits: int, looser: bytes) -> Entry:
 
 def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None:
     for checkout, admin in linked.items():
-        for path in (checkout / ".git", *(admin / name for name in _TIES)):
+        for path in (checkout / ".git", *(admin / name for name in TIES)):
             _add(found, common, path)
 
 
 def ties(common: Path, checkout: Path, admin: Path) -> set[str]:
     """The labels of what ties the linked worktree *checkout* (git dir *admin*) to *common*."""
-    return {label_of(common, path) for path in (checkout / ".git", *(admin / n for n in _TIES))}
+    return {label_of(common, path) for path in (checkout / ".git", *(admin / n for n in TIES))}
 
 
 def _add_worktree_configs(found: Surface, common: Path, configs: WorktreeConfigs) -> None:

@@ -13,11 +13,12 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import tampering
 from worktree_swarm.guard import (
     graph,
     hooks_dir,
@@ -209,13 +210,13 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             self._surface_checked = began
         return self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
 
-    def judge_unwatched_surface(self, suspects: Sequence[str]) -> None:
+    def judge_unwatched_surface(self, suspects: Mapping[str, Path]) -> None:
         """A resumed run: git's files changed since the killed manager's baseline.
 
         *suspects* are the tasks whose agents ran on while no manager watched (the adopted
-        ones): a change is theirs, put back and reported as any outside write, so that a
-        `core.fsmonitor` or a hook one planted does not become the new baseline. With none,
-        or no baseline kept, what was found at the start is the baseline.
+        ones), with their worktrees: a change is theirs, put back and reported as any outside
+        write, so that a `core.fsmonitor` or a hook one planted does not become the new
+        baseline. With none, or no baseline kept, what was found at the start is the baseline.
         """
         last, self._last_surface = self._last_surface, None
         if last is None or not suspects:
@@ -232,6 +233,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 labels = self._not_worktrees_made(common, now, labels)
             if surface.RERERE in labels and surface_diff.rerere_made(self.repo.root, last, now):
                 labels.remove(surface.RERERE)  # git's own (any commit makes it), empty
+            labels = self._not_theirs_unwatched(labels, suspects)
             if not labels:
                 self._surface = now
                 return
@@ -243,6 +245,32 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                     self._surface[label] = entry
             for label in set(last) - set(now) - set(labels):
                 self._surface.pop(label, None)
+
+    def _not_theirs_unwatched(self, labels: list[str], suspects: Mapping[str, Path]) -> list[str]:
+        """*labels* less what git and the adopted tasks' own work changed while unwatched.
+
+        The ties of each worktree (its ``.git`` file, its admin dir's ``gitdir`` and
+        ``commondir``), which git writes as your worktrees are moved or repaired and a live
+        guard follows (put back, they would name the old place); and the git dirs of an
+        adopted task's own submodules (`git submodule update --init` in its worktree): as
+        found, as a live guard takes them.
+        """
+        owners = {}
+        for task, path in suspects.items():  # as swarm made it, its admin dir
+            admin = tampering.own_admin(self.repo, path)
+            if admin is not None:
+                owners[admin.name] = task
+        left = []
+        for label in labels:
+            parts = label.split("/", 3)
+            in_admin = len(parts) >= 3 and parts[0] == "worktrees"  # noqa: PLR2004
+            tie = label.endswith("/.git") or (
+                in_admin and len(parts) == 3 and parts[2] in surface.TIES  # noqa: PLR2004
+            )
+            own = in_admin and parts[2] == "modules" and owners.get(parts[1]) in suspects
+            if not (tie or own):
+                left.append(label)
+        return left
 
     def _scan_setuid(self, began: float) -> list[Violation]:
         """A setuid or setgid file new in the git dir: its bits taken off (the file kept).

@@ -222,7 +222,9 @@ class Runner(TaskLaunch):
         interrupts.check()
         if (unwatched := self.guard.unwatched()) is not None:  # a resumed run
             self._emit(UNWATCHED_EVENT, None, unwatched.as_dict())
-        self.guard.judge_unwatched_surface(tuple(self._adopt))  # what they did unwatched
+        self.guard.judge_unwatched_surface(  # what they did unwatched
+            {t: worktree_path(self.spec, live.task) for t, live in self._adopt.items()}
+        )
         self.guard.keep_base_for_resume()
         self.guard.watch_in_background()
 
