@@ -2313,6 +2313,42 @@ def test_a_submodule_an_agent_checked_out_while_no_manager_watched_is_its_own_wo
     assert git(worktree / "lib", "rev-parse", "--is-inside-work-tree").strip() == "true"
 
 
+# Does its work, waits for the gate (argv[1]), then ends.
+WAITS_UNWATCHED = """
+import pathlib, sys, time
+pathlib.Path('a.txt').write_text('work\\n')
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.02)
+"""
+
+
+def test_your_worktree_moved_while_no_manager_watched_is_followed_not_put_back(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # git rewrote its ties (its admin dir's `gitdir`): written back, they would name the old
+    # place, and your worktree would be broken.
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(tmp_path / "mine"))
+    gate = tmp_path / "gate"
+    agent = [*write_agent(WAITS_UNWATCHED), str(gate)]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    runs = repo / ".git" / "swarm" / "runs"
+    wait_for((repo.parent / "repo.swarm" / "a" / "a.txt").exists, what="the agent")
+    _kill_group(proc)  # the agent, in its shim's session, goes on
+    git(repo, "worktree", "move", str(tmp_path / "mine"), str(tmp_path / "moved"))
+    gate.touch()
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "done"
+    assert git(tmp_path / "moved", "rev-parse", "--abbrev-ref", "HEAD").strip() == "mine"
+    assert str(tmp_path / "moved") in git(repo, "worktree", "list")
+
+
 # Leaves a daemon that ignores SIGTERM (its pid in argv[1]), then ends with its work done.
 DAEMON_LEFT = """
 import os, pathlib, signal, sys, time
