@@ -75,6 +75,7 @@ class _Worktrees:
     paths: dict[str, Path] = field(default_factory=dict)  # task -> its worktree (busy() says)
     real: dict[str, str] = field(default_factory=dict)  # task -> its worktree's real path then
     admins: dict[str, str] = field(default_factory=dict)  # task -> its admin dir, while whole
+    merges: set[str] = field(default_factory=set)  # a merge's worktrees' admin dirs
     # task -> its worktree root's (device, inode) when swarm last made its worktree there
     roots: dict[str, tuple[int, int]] = field(default_factory=dict)
     lost: dict[str, Violation] = field(default_factory=dict)  # busy task -> how it went

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import tampering
+from worktree_swarm.git import tampering, worktrees
 from worktree_swarm.guard import (
     graph,
     hooks_dir,
@@ -91,6 +91,17 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 left.append(label)
         return left
 
+    def own_worktree(self, path: Path) -> None:
+        """Swarm's worktree *path*, a merge's, is its programs' to work in, submodules too.
+
+        The git dirs of the submodules checked out there (`git submodule update --init` by a
+        resolver or a check), in its admin dir's ``modules/``, are taken as found.
+        """
+        admin = worktrees.linked_admin(self.repo, path)
+        if admin is not None:
+            with self._repo_lock:
+                self._trees.merges.add(admin.name)
+
     def _not_own_submodules(
         self, now: surface.Surface, labels: Sequence[str], window: tuple[float, float]
     ) -> list[str]:
@@ -100,6 +111,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         the worktree's admin dir (``worktrees/<name>/modules/<sub>``), and the agent works in
         it as in the worktree (commits, config): the task's own, taken into the baseline as
         found. Another agent's write there while that task's agent does not run is judged.
+        A merge worktree's (:meth:`own_worktree`) are the merge's: always taken as found.
         """
         owners = {admin: task for task, admin in self._trees.admins.items()}
         ran = set(self._agents.suspects(window, exclude=()))
@@ -107,7 +119,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         for label in labels:
             parts = label.split("/", 3)
             own = len(parts) == 4 and parts[0] == "worktrees" and parts[2] == "modules"  # noqa: PLR2004
-            if not (own and owners.get(parts[1]) in ran):
+            if not (own and (parts[1] in self._trees.merges or owners.get(parts[1]) in ran)):
                 left.append(label)
             elif label in now:
                 self._surface[label] = now[label]
@@ -143,7 +155,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             labels = [label for label in labels if label not in skip]
         if labels:  # another swarm command's (or git's) worktrees, made or removed meanwhile
             labels = self._not_worktrees_made(common, now, labels)
-        if labels and self._trees.admins:
+        if labels and (self._trees.admins or self._trees.merges):
             labels = self._not_own_submodules(now, labels, window)
         if surface.RERERE in labels and surface_diff.rerere_made(
             self.repo.root, self._surface, now

@@ -39,9 +39,14 @@ class MergeGuard:
         run_id: str,
         *,
         exclude: Sequence[Path],
+        worktree: Path | None = None,
         restore: bool = True,
     ) -> None:
-        """Without *restore* (``--allow-outside-writes``) writes are recorded, not put back."""
+        """Without *restore* (``--allow-outside-writes``) writes are recorded, not put back.
+
+        *worktree*: the merge worktree, its programs' (the git dirs of submodules they check
+        out there included).
+        """
         self._store = store
         self._restore = restore
         self._run_id = run_id
@@ -54,6 +59,8 @@ class MergeGuard:
             others=self._in_a_run,
             answers=False,
         )
+        if worktree is not None:
+            self._guard.own_worktree(worktree)
         self._notes: list[str] = []
         # When the scan about to run last looked (the start of the window it judges).
         self._since = time.time()

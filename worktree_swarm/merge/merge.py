@@ -288,6 +288,7 @@ def _guarded(s: Session, *, on: bool) -> Iterator[None]:
         s.store,
         s.run_id,
         exclude=[s.target.worktree.parent],
+        worktree=s.target.worktree,
         restore=not s.allow_outside_writes,
     )
     try:
