@@ -114,6 +114,22 @@ def finish_interrupted(repo: Repo, path: Path, admin: Path) -> None:
     removing.forget(removing.record_of(repo, admin), admin)
 
 
+def finish_if_interrupted(repo: Repo, path: Path) -> bool:
+    """Finish the removal of the worktree *path* a killed swarm began; whether there was one.
+
+    Its missing files are that removal's deletions, never work: nothing in it is committed
+    or looked at (:func:`finish_interrupted`). Takes the repository lock.
+    """
+    if removing.interrupted(repo, path) is None:  # the usual case, without the lock
+        return False
+    with repo_lock(repo):
+        admin = removing.interrupted(repo, path)
+        if admin is None:
+            return False
+        finish_interrupted(repo, path, admin)
+    return True
+
+
 def _index_back(path: Path, index: Path, aside: Path) -> None:
     """Put the index *aside* back as *index* unless a file it tracks is gone from *path*."""
     with contextlib.suppress(FileNotFoundError):

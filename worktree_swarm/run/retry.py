@@ -220,6 +220,9 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     tip = git.rev_parse(repo, f"refs/heads/{row.branch}") if made else None
     # Its branch deleted since (`swarm clean --force`): nothing to go on from, so from the base.
     # (A dependent blocked before it started never had one: it starts as it would have.)
+    # A removal a killed swarm began (a fresh retry's, the disk budget's) is finished first:
+    # the files git deleted are no work to commit, and the worktree is made again.
+    removal.finish_if_interrupted(repo, Path(row.worktree))
     gone = tip is None and made and not fresh
     fresh = fresh or gone
     data: dict[str, object] = {"fresh": fresh, "after_attempt": last}

@@ -1,0 +1,88 @@
+"""`swarm retry --fresh` killed while git's own `worktree remove` deletes the task's worktree.
+
+A locked worktree, or one whose submodules are checked out, is removed by git, which deletes
+the files before the admin dir and its index: the next `swarm retry --fresh` finishes that
+removal without committing the deleted files, and the task runs again in a fresh worktree.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.test_clean_git_remove import FILES, GONE, killed_in_git_remove, worktrees
+from tests.test_run import argv_toml, manifest, status_json, swarm
+
+# Writes one.txt, fails until the file FLAG names exists.
+AGENT = """
+import pathlib, sys
+pathlib.Path('one.txt').write_text('work\\n')
+sys.exit(0 if pathlib.Path(sys.argv[1]).exists() else 3)
+"""
+
+
+def failed_task(
+    tmp_path: Path, write_agent: Callable[[str], list[str]], *, kind: str
+) -> tuple[Path, Path, Path]:
+    """A repository whose task `one` failed; its worktree (locked, or with `lib` checked out)."""
+    repo = make_repo(tmp_path / "repo", FILES)
+    if kind == "submodules":
+        lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
+        git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+        git(repo, "commit", "-q", "-m", "add lib")
+    flag = tmp_path / "succeed"
+    agent = argv_toml([*write_agent(AGENT), str(flag)])
+    text = f'[[task]]\nid = "one"\nprompt = "p"\nagent = {agent}\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    path = repo.parent / "repo.swarm" / "one"
+    if kind == "submodules":
+        git(path, "-c", "protocol.file.allow=always", "submodule", "update", "-q", "--init")
+        assert (path / "lib" / "README.md").is_file()
+    else:
+        git(repo, "worktree", "lock", "--reason", "on a USB disk", str(path))
+    return repo, path, flag
+
+
+def previous_tips(repo: Path) -> list[object]:
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        rows = db.execute("SELECT data FROM events WHERE kind = 'retry'").fetchall()
+    return [json.loads(row[0]).get("previous_tip") for row in rows]
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("again", [("--fresh",), ()])
+def test_a_fresh_retry_killed_in_gits_own_removal_is_finished_by_the_next_retry(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_agent: Callable[[str], list[str]],
+    again: tuple[str, ...],
+) -> None:
+    # The worktree has lib checked out: git removes it, deleting its files before its index.
+    repo, path, flag = failed_task(tmp_path, write_agent, kind="submodules")
+    tip = git(repo, "rev-parse", "swarm/one")
+    killed_in_git_remove(tmp_path, monkeypatch, repo, "retry", "one", "--fresh")
+    # Killed half-way: files gone that the index of the registered worktree still lists.
+    assert sorted(git(path, "ls-files", "--deleted").split()) == sorted(GONE)
+
+    flag.touch()
+    out = swarm(repo, "retry", "one", *again)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["one"]["state"] == "done"
+    # Nothing committed of the killed removal: the deleted files were no work.
+    new = git(repo, "rev-parse", "swarm/one")
+    assert git(repo, "diff", "--name-only", "main", new).split() == ["one.txt"]
+    assert previous_tips(repo) == [tip, tip if again else None]
+    assert git(repo, "for-each-ref", "refs/swarm/rescued/") == ""
+    on = subprocess.run(["git", "merge-base", "--is-ancestor", tip, new], cwd=repo, check=False)
+    assert on.returncode == (1 if again else 0)  # from the base, or on from its branch
+    # Run again in a worktree made anew, every file there.
+    assert all((path / name).is_file() for name in [*FILES, *GONE])
+    assert worktrees(repo) == [str(repo), str(path)]
+    assert list((repo / ".git" / "swarm" / "removing").iterdir()) == []
