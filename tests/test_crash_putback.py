@@ -557,7 +557,8 @@ def test_a_retry_after_a_killed_manager_retries_the_task_its_guard_caught_first(
         guard = Guard(where, work_dir=guard_dir(where, run_id), restore=True, on_record=print)
         guard.report(Violation(number=0, where=MAIN, paths=("y",), suspects=("b",)))
 
-        check_retryable(where, store, run_id, [])  # not refused ahead: the verdict fails b
+        # Not refused ahead: the verdict fails b.
+        check_retryable(where, store, run_id, [], fresh=False)
         picked = prepare(where, store, run_id, [], fresh=False)
 
         kinds = [e.kind for e in store.events(run_id)]

@@ -1,8 +1,8 @@
 """`swarm retry --fresh` killed while git's own `worktree remove` deletes the task's worktree.
 
-A locked worktree, or one whose submodules are checked out, is removed by git, which deletes
-the files before the admin dir and its index: the next `swarm retry --fresh` finishes that
-removal without committing the deleted files, and the task runs again in a fresh worktree.
+A worktree whose submodules are checked out is removed by git, which deletes the files before
+the admin dir and its index: the next `swarm retry` finishes that removal without committing
+the deleted files, and the task runs again in a worktree made anew. A locked one is refused.
 """
 
 from __future__ import annotations
@@ -86,3 +86,29 @@ def test_a_fresh_retry_killed_in_gits_own_removal_is_finished_by_the_next_retry(
     assert all((path / name).is_file() for name in [*FILES, *GONE])
     assert worktrees(repo) == [str(repo), str(path)]
     assert list((repo / ".git" / "swarm" / "removing").iterdir()) == []
+
+
+def test_a_fresh_retry_of_a_task_whose_worktree_you_locked_is_refused_up_front(
+    tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # It was begun (its retry recorded, what the worktree held committed), then failed on
+    # git's own refusal to remove a locked worktree.
+    repo, path, _ = failed_task(tmp_path, write_agent, kind="locked")
+    tip = git(repo, "rev-parse", "swarm/one")
+
+    out = swarm(repo, "retry", "one", "--fresh")
+
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (
+        f"swarm: the worktree {path} of task one is locked (on a USB disk); --fresh deletes"
+        f" it: unlock it (`git worktree unlock {path}`), then retry\n"
+    )
+    assert previous_tips(repo) == []
+    assert git(repo, "rev-parse", "swarm/one") == tip
+    assert status_json(repo)["one"]["state"] == "failed"
+    assert (path / "one.txt").is_file()
+    # Unlocked, it starts over.
+    git(repo, "worktree", "unlock", str(path))
+    (tmp_path / "succeed").touch()
+    assert swarm(repo, "retry", "one", "--fresh").returncode == 0
+    assert status_json(repo)["one"]["state"] == "done"

@@ -267,10 +267,10 @@ def retry_cmd(
         # Refused before the lock too (its record rewritten, nor a merge lock file left) while
         # no manager or merge can change what is decided; under it again, as they may start.
         if not manager_alive(repo.state_dir) and not merge_running(repo.state_dir):
-            retry.check_retryable(repo, store, run_id, task_ids)
+            retry.check_retryable(repo, store, run_id, task_ids, fresh=fresh)
         lock.acquire(run_id=run_id)
         if not merge_running(repo.state_dir):  # refused here, no merge lock file is left
-            retry.check_retryable(repo, store, run_id, task_ids)
+            retry.check_retryable(repo, store, run_id, task_ids, fresh=fresh)
         # A merge in its checks holds a task's result as `checking` (a killed one's is undone
         # by the next merge): reset under it, its record would call the retried work merged.
         with merge_lock_if_free(repo.state_dir) as free:

@@ -55,14 +55,16 @@ def prepare(
     check_known(store, run_id, task_ids)
     settle_guard(repo, store, run_id)
     rows = {row.task_id: row for row in store.tasks(run_id)}
-    picked = _checked(repo, store, run_id, task_ids, rows)  # before any is reset
+    picked = _checked(repo, store, run_id, task_ids, rows, fresh=fresh)  # before any is reset
     for task_id in picked:
         _reset(repo, store, rows[task_id], fresh=fresh)
     store.reopen_run(run_id)
     return picked
 
 
-def check_retryable(repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str]) -> None:
+def check_retryable(
+    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str], *, fresh: bool
+) -> None:
     """:func:`prepare`'s refusal of a task that cannot be retried now, or of nothing to retry.
 
     Decided ahead (before the merge lock, whose file a refused retry would leave behind)
@@ -70,16 +72,26 @@ def check_retryable(repo: git.Repo, store: Store, run_id: str, task_ids: Sequenc
     a task once settled, which may make it retryable.
     """
     if not unsettled(guard_dir(repo, run_id)):
-        _checked(repo, store, run_id, task_ids, {r.task_id: r for r in store.tasks(run_id)})
+        rows = {r.task_id: r for r in store.tasks(run_id)}
+        _checked(repo, store, run_id, task_ids, rows, fresh=fresh)
 
 
 def _checked(
-    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str], rows: dict[str, TaskRow]
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    task_ids: Sequence[str],
+    rows: dict[str, TaskRow],
+    *,
+    fresh: bool,
 ) -> list[str]:
     """The tasks to retry; BadInputError for one that cannot be, or with a path in its way."""
     picked = _retryable(repo, store, run_id, task_ids, rows)
     _check_in_the_way([rows[task_id] for task_id in picked])
-    _check_not_checked_out(repo, [rows[task_id] for task_id in picked])
+    listed = worktrees.list_worktrees(repo)
+    _check_not_checked_out(listed, [rows[task_id] for task_id in picked])
+    if fresh:
+        _check_not_locked(listed, [rows[task_id] for task_id in picked])
     return picked
 
 
@@ -151,19 +163,38 @@ def _check_in_the_way(rows: Sequence[TaskRow]) -> None:
             )
 
 
-def _check_not_checked_out(repo: git.Repo, rows: Sequence[TaskRow]) -> None:
+def _check_not_checked_out(
+    listed: Sequence[worktrees.WorktreeInfo], rows: Sequence[TaskRow]
+) -> None:
     """Refuse a task whose branch is checked out elsewhere (your checkout, to fix it by hand).
 
     git would refuse its worktree (`already checked out`) or, with ``--fresh``, the branch's
     deletion, and the task failed on git's own words.
     """
-    held = {w.branch: w.path for w in worktrees.list_worktrees(repo) if w.branch}
+    held = {w.branch: w.path for w in listed if w.branch}
     for row in rows:
         at = held.get(row.branch)
         if at is not None and os.path.realpath(at) != os.path.realpath(row.worktree):
             raise BadInputError(
                 f"branch {row.branch} of task {row.task_id} is checked out in {at}; switch"
                 " that checkout to another branch (`git switch -`), then retry"
+            )
+
+
+def _check_not_locked(listed: Sequence[worktrees.WorktreeInfo], rows: Sequence[TaskRow]) -> None:
+    """Refuse to start afresh a task whose worktree you locked (`git worktree lock`).
+
+    ``--fresh`` deletes the worktree: a locked one is kept as `swarm clean` keeps it (its
+    drive may be unmounted), and git refused its removal once the retry had begun.
+    """
+    locked = {os.path.realpath(w.path): w.locked for w in listed if w.locked is not None}
+    for row in rows:
+        reason = locked.get(os.path.realpath(row.worktree))
+        if reason is not None:
+            why = f" ({reason})" if reason else ""
+            raise BadInputError(
+                f"the worktree {row.worktree} of task {row.task_id} is locked{why}; --fresh"
+                f" deletes it: unlock it (`git worktree unlock {row.worktree}`), then retry"
             )
 
 
