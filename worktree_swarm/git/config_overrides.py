@@ -82,6 +82,30 @@ _EXEC_KEYS = {
     "uploadpack.packobjectshook": "",
 }
 _UNTRUSTED_SCOPES = ("local", "worktree")
+_ALWAYS_KEYS = frozenset(key.lower() for key, _ in ALWAYS)
+# Settings git runs a program for only when you ask (`git difftool`, `git help`, an alias).
+_ASKED_SECTIONS = {"difftool": "cmd", "mergetool": "cmd", "browser": "cmd", "man": "cmd"}
+
+
+def runs_program(name: str) -> bool:
+    """Whether the config key *name* can make git run a program (or read a file that may).
+
+    :data:`ALWAYS`'s keys, the program-running ones of repository-level config (drivers,
+    helpers, ssh and gpg programs, ``remote.<x>.uploadpack``), ``include.path`` and
+    ``includeIf.<cond>.path``, pagers, aliases and the tools' commands.
+    """
+    lowered = name.lower()
+    section, _, rest = lowered.partition(".")
+    middle, _, leaf = rest.rpartition(".")
+    if lowered in _ALWAYS_KEYS or lowered in _EXEC_KEYS or lowered == "diff.external":
+        return True
+    if section in {"include", "includeif"} and leaf == "path":
+        return True
+    if section in {"pager", "alias"} or (section == "remote" and leaf in PACK_KEYS):
+        return True
+    if _ASKED_SECTIONS.get(section) == leaf and middle:
+        return True
+    return bool(middle) and leaf in _DRIVER_KEYS.get(section, {})
 
 
 def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:

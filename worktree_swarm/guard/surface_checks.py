@@ -23,6 +23,7 @@ from worktree_swarm.guard import (
     graph,
     hooks_dir,
     setuid,
+    submodule_dirs,
     surface,
     surface_diff,
     surface_kept,
@@ -119,13 +120,29 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         for label in labels:
             parts = label.split("/", 3)
             own = len(parts) == 4 and parts[0] == "worktrees" and parts[2] == "modules"  # noqa: PLR2004
-            if not (own and (parts[1] in self._trees.merges or owners.get(parts[1]) in ran)):
+            mine = own and (parts[1] in self._trees.merges or owners.get(parts[1]) in ran)
+            if not (mine and self._take_submodule_file(label, now.get(label))):
                 left.append(label)
-            elif label in now:
-                self._surface[label] = now[label]
-            else:
-                self._surface.pop(label, None)
         return left
+
+    def _take_submodule_file(self, label: str, new: surface.Entry | None) -> bool:
+        """Whether *new* is taken as the baseline of *label*, an own submodule git dir's file.
+
+        Not when it makes git run a program (:mod:`submodule_dirs`): then the baseline is
+        what it is to be put back to.
+        """
+        old = self._surface.get(label)
+        root = self.repo.root
+        if submodule_dirs.runs_code(root, label, old, new):
+            new = submodule_dirs.kept(root, label, old, new)
+            taken = False
+        else:
+            taken = True
+        if new is None:
+            self._surface.pop(label, None)
+        else:
+            self._surface[label] = new
+        return taken
 
     def _not_ties_settling(self, labels: list[str]) -> list[str]:
         """*labels* less the ties of your linked worktrees that git moves or removes.
@@ -245,7 +262,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 labels = self._not_worktrees_made(common, now, labels)
             if surface.RERERE in labels and surface_diff.rerere_made(self.repo.root, last, now):
                 labels.remove(surface.RERERE)  # git's own (any commit makes it), empty
-            labels = self._not_theirs_unwatched(labels, suspects)
+            labels = self._not_theirs_unwatched(labels, suspects, now)
             if not labels:
                 self._surface = now
                 return
@@ -258,14 +275,17 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             for label in set(last) - set(now) - set(labels):
                 self._surface.pop(label, None)
 
-    def _not_theirs_unwatched(self, labels: list[str], suspects: Mapping[str, Path]) -> list[str]:
+    def _not_theirs_unwatched(
+        self, labels: list[str], suspects: Mapping[str, Path], now: surface.Surface
+    ) -> list[str]:
         """*labels* less what git and the adopted tasks' own work changed while unwatched.
 
         The ties of each worktree (its ``.git`` file, its admin dir's ``gitdir`` and
         ``commondir``), which git writes as your worktrees are moved or repaired and a live
         guard follows (put back, they would name the old place); and the git dirs of an
         adopted task's own submodules (`git submodule update --init` in its worktree): as
-        found, as a live guard takes them.
+        found, as a live guard takes them, but for what makes git run a program
+        (:meth:`_take_submodule_file`).
         """
         owners = {}
         for task, path in suspects.items():  # as swarm made it, its admin dir
@@ -280,7 +300,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 in_admin and len(parts) == 3 and parts[2] in surface.TIES  # noqa: PLR2004
             )
             own = in_admin and parts[2] == "modules" and owners.get(parts[1]) in suspects
-            if not (tie or own):
+            if not (tie or (own and self._take_submodule_file(label, now.get(label)))):
                 left.append(label)
         return left
 

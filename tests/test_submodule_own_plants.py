@@ -1,0 +1,138 @@
+"""A program planted in a worktree's own submodule git dir: judged though the rest is taken.
+
+A task's agent and a merge's resolver may check out submodules in their worktree (the git
+dirs go in its admin dir's ``modules/``), but a setting or hook there that makes git run a
+program would run with your own `git status` in that worktree later: it is reported and put
+back, and the submodule stays checked out.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.mergekit import LINES, RUN_ID, Brancher, conflicting
+from tests.test_run import argv_toml, manifest, status_json, swarm
+
+# Checks out lib, commits inside it, then plants argv[2] (fsmonitor, hook or nothing).
+AGENT = """
+import pathlib, subprocess, sys
+marker, plant = sys.argv[1:]
+def git(*args):
+    return subprocess.run(['git', '-c', 'protocol.file.allow=always', *args], check=True,
+                          capture_output=True, text=True).stdout.strip()
+git('submodule', 'update', '--init', 'lib')
+pathlib.Path('lib/README.md').write_text('committed inside the submodule\\n')
+git('-C', 'lib', '-c', 'user.name=a', '-c', 'user.email=a@b', 'commit', '-qam', 'lib')
+git('-C', 'lib', 'config', 'remote.origin.tagOpt', '--no-tags')  # ordinary: taken
+gitdir = pathlib.Path(git('-C', 'lib', 'rev-parse', '--absolute-git-dir'))
+if plant == 'fsmonitor':
+    git('-C', 'lib', 'config', 'core.fsmonitor', f'touch {marker}; false #')
+if plant == 'hook':
+    hook = gitdir / 'hooks' / 'post-checkout'
+    hook.write_text(f'#!/bin/sh\\ntouch {marker}\\n')
+    hook.chmod(0o755)
+pathlib.Path('own.txt').write_text('own work\\n')
+"""
+
+
+@pytest.fixture
+def super_repo(tmp_path: Path) -> Path:
+    """A repository with the submodule `lib` (a local repository) and f.txt to conflict on."""
+    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
+    repo = make_repo(tmp_path / "repo", {"f.txt": LINES})
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    git(repo, "commit", "-q", "-m", "add lib")
+    return repo
+
+
+@pytest.mark.parametrize(
+    ("plant", "label"), [("fsmonitor", "modules/lib/config"), ("hook", "hooks/post-checkout")]
+)
+def test_a_program_planted_in_a_tasks_own_submodule_git_dir_is_put_back(
+    super_repo: Path,
+    tmp_path: Path,
+    write_agent: Callable[[str], list[str]],
+    plant: str,
+    label: str,
+) -> None:
+    # Taken as found with the rest of the task's own submodule: your `git status` in its
+    # worktree ran the fsmonitor.
+    marker = tmp_path / "planted-program-ran"
+    agent = argv_toml([*write_agent(AGENT), str(marker), plant])
+    text = f'[[task]]\nid = "t"\nprompt = "p"\nagent = {agent}\n'
+
+    assert swarm(super_repo, "run", manifest(super_repo, text)).returncode == 1
+
+    row = status_json(super_repo)["t"]
+    assert row["state"] == "failed", row
+    assert label in str(row["reason"]), row
+    (config,) = (super_repo / ".git" / "worktrees").glob("*/modules/lib/config")
+    assert "fsmonitor" not in config.read_text()
+    assert not (config.parent / "hooks" / "post-checkout").exists()
+    worktree = super_repo.parent / "repo.swarm" / "t"
+    assert (worktree / "lib" / "README.md").read_text() == "committed inside the submodule\n"
+    subprocess.run(["git", "status"], cwd=worktree, check=True, capture_output=True)
+    subprocess.run(["git", "status"], cwd=worktree / "lib", check=True, capture_output=True)
+    assert not marker.exists()
+
+
+def test_a_task_checking_out_and_configuring_its_own_submodule_stays_done(
+    super_repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = argv_toml([*write_agent(AGENT), str(tmp_path / "marker"), "nothing"])
+    text = f'[[task]]\nid = "t"\nprompt = "p"\nagent = {agent}\n'
+
+    out = swarm(super_repo, "run", manifest(super_repo, text))
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(super_repo)["t"]["state"] == "done"
+    (config,) = (super_repo / ".git" / "worktrees").glob("*/modules/lib/config")
+    assert "tagOpt" in config.read_text()
+
+
+# Resolves the conflict by keeping both sides, checks out lib, and plants an fsmonitor in
+# lib's git dir (the merge worktree's own).
+RESOLVER = """
+import pathlib, re, subprocess, sys
+for path in pathlib.Path('.').glob('*.txt'):
+    text = path.read_text()
+    if '<<<<<<<' in text:
+        path.write_text(re.sub(r'^(<<<<<<<|=======|>>>>>>>).*\\n', '', text, flags=re.M))
+subprocess.run(['git', '-c', 'protocol.file.allow=always', 'submodule', 'update', '--init',
+                '-q'], check=True)
+subprocess.run(['git', '-C', 'lib', 'config', 'core.fsmonitor', 'touch MARKER; false #'],
+               check=True)
+"""
+
+
+@pytest.mark.long
+def test_a_resolver_planting_in_the_merge_worktrees_own_submodule_git_dir_is_caught(
+    super_repo: Path, tmp_path: Path
+) -> None:
+    brancher = Brancher(super_repo)
+    try:
+        marker = tmp_path / "planted-program-ran"
+        agent = tmp_path / "resolver.py"
+        agent.write_text(RESOLVER.replace("MARKER", str(marker)))
+        conflicting(super_repo, brancher, agent)
+
+        out = swarm(super_repo, "merge", "--resolve", "--json")
+    finally:
+        brancher.close()
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    second = json.loads(out.stdout)["results"][1]
+    assert second["outcome"] == "failed"
+    assert "modules/lib/config (put back)" in second["reason"], second
+    worktree = super_repo.parent / "repo.swarm" / f"_integration-{RUN_ID}"
+    for config in (super_repo / ".git" / "worktrees").glob("*/modules/lib/config"):
+        assert "fsmonitor" not in config.read_text()
+    if (worktree / "lib").is_dir():
+        subprocess.run(["git", "status"], cwd=worktree, check=True, capture_output=True)
+    assert not marker.exists()
