@@ -2353,6 +2353,46 @@ def test_your_worktree_moved_while_no_manager_watched_is_followed_not_put_back(
     assert str(tmp_path / "moved") in git(repo, "worktree", "list")
 
 
+def test_your_worktrees_commondir_pointed_at_a_copy_while_no_manager_watched_is_put_back(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Every tie changed unwatched was taken as git's move: pointed at a copy of .git with a
+    # core.fsmonitor, your `git status` in that worktree ran it after a resume said done.
+    mine = tmp_path / "mine"
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(mine))
+    commondir = repo / ".git" / "worktrees" / "mine" / "commondir"
+    before = commondir.read_bytes()
+    gate = tmp_path / "gate"
+    agent = [*write_agent(WAITS_UNWATCHED), str(gate)]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    runs = repo / ".git" / "swarm" / "runs"
+    wait_for((repo.parent / "repo.swarm" / "a" / "a.txt").exists, what="the agent")
+    _kill_group(proc)  # the agent, in its shim's session, goes on: it plants the copy
+    copy = tmp_path / "copy"
+    shutil.copytree(repo / ".git", copy, symlinks=True, ignore=shutil.ignore_patterns("swarm"))
+    marker = tmp_path / "planted-program-ran"
+    git(
+        repo, "config", "--file", str(copy / "config"), "core.fsmonitor", f"touch {marker}; false #"
+    )
+    commondir.write_text(f"{copy}\n")
+    gate.touch()
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")
+    out = swarm(repo, "resume")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", row
+    assert "worktrees/mine/commondir" in str(row["reason"]), row
+    assert commondir.read_bytes() == before
+    subprocess.run(["git", "status"], cwd=mine, check=True, capture_output=True)
+    assert not marker.exists()
+
+
 # Leaves a daemon that ignores SIGTERM (its pid in argv[1]), then ends with its work done.
 DAEMON_LEFT = """
 import os, pathlib, signal, sys, time

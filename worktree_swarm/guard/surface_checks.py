@@ -28,6 +28,7 @@ from worktree_swarm.guard import (
     surface_diff,
     surface_kept,
     surface_restore,
+    surface_ties,
 )
 from worktree_swarm.guard.model import REPOSITORY, Violation
 from worktree_swarm.guard.object_checks import ObjectChecks
@@ -280,27 +281,35 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
     ) -> list[str]:
         """*labels* less what git and the adopted tasks' own work changed while unwatched.
 
-        The ties of each worktree (its ``.git`` file, its admin dir's ``gitdir`` and
-        ``commondir``), which git writes as your worktrees are moved or repaired and a live
-        guard follows (put back, they would name the old place); and the git dirs of an
-        adopted task's own submodules (`git submodule update --init` in its worktree): as
-        found, as a live guard takes them, but for what makes git run a program
-        (:meth:`_take_submodule_file`).
+        The ties of a worktree as `git worktree move` or `repair` writes them, which a live
+        guard follows (put back, they would name the old place): its ``.git`` file and its
+        admin dir's ``gitdir`` naming each other, its ``commondir`` naming this repository.
+        Any other change of a tie is judged (pointed at a copy of the repository, your git
+        there would read the copy's config). And the git dirs of an adopted task's own
+        submodules (`git submodule update --init` in its worktree): as found, as a live guard
+        takes them, but for what makes git run a program (:meth:`_take_submodule_file`).
         """
         owners = {}
         for task, path in suspects.items():  # as swarm made it, its admin dir
             admin = tampering.own_admin(self.repo, path)
             if admin is not None:
                 owners[admin.name] = task
+        common = self.repo.common_dir
         left = []
         for label in labels:
             parts = label.split("/", 3)
             in_admin = len(parts) >= 3 and parts[0] == "worktrees"  # noqa: PLR2004
-            tie = label.endswith("/.git") or (
+            if label.endswith("/.git") or (
                 in_admin and len(parts) == 3 and parts[2] in surface.TIES  # noqa: PLR2004
-            )
-            own = in_admin and parts[2] == "modules" and owners.get(parts[1]) in suspects
-            if not (tie or (own and self._take_submodule_file(label, now.get(label)))):
+            ):
+                if not surface_ties.moved_by_git(common, label, now.get(label)):
+                    left.append(label)
+            elif not (
+                in_admin
+                and parts[2] == "modules"
+                and owners.get(parts[1]) in suspects
+                and self._take_submodule_file(label, now.get(label))
+            ):
                 left.append(label)
         return left
 

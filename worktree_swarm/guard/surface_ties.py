@@ -1,0 +1,68 @@
+"""Whether a linked worktree's tie, changed while no manager watched, is as git writes it.
+
+`git worktree move` and `repair` write the worktree's ``.git`` file and its admin dir's
+``gitdir`` so that each names the other, and leave ``commondir`` naming the repository; `git
+worktree remove` takes them away with the admin dir. Any other tie (a ``commondir`` or a
+``.git`` naming a copy of the repository an agent made, whose config your git there would
+read) is judged by the resumed guard (surface_checks).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from worktree_swarm.guard.surface import Entry, path_of
+from worktree_swarm.infra import fs
+
+_PREFIX = "gitdir:"
+
+
+def moved_by_git(common: Path, label: str, new: Entry | None) -> bool:
+    """Whether the tie *label* of the git dir *common*, now *new*, is one git wrote."""
+    real_common = os.path.realpath(common)
+    parts = label.split("/")
+    if parts[0] != "worktrees" or len(parts) != 3:  # noqa: PLR2004 - a worktree's `.git`
+        if new is None:  # moved away or removed: no `.git` there makes git read nothing
+            return True
+        checkout = path_of(common, label)
+        named = _named(checkout.parent, new, prefix=True)
+        if named is None or Path(named).parent != Path(real_common) / "worktrees":
+            return False
+        return _names(Path(named), "gitdir", os.path.realpath(checkout), prefix=False)
+    admin = common / "worktrees" / parts[1]
+    if new is None:  # the admin dir removed whole: a worktree removed or pruned
+        return not os.path.lexists(admin)
+    if parts[2] == "commondir":
+        return _named(admin, new, prefix=False) == real_common
+    dotgit = _named(admin, new, prefix=False)
+    if dotgit is None or os.path.basename(dotgit) != ".git":  # noqa: PTH119
+        return False
+    return _names(Path(dotgit).parent, ".git", os.path.realpath(admin), prefix=True)
+
+
+def _names(where: Path, name: str, target: str, *, prefix: bool) -> bool:
+    """Whether the file *where*/*name* names *target* (a real path)."""
+    path = where / name
+    try:
+        entry = Entry(kind="file", data=fs.read_file(path)) if path.is_file() else None
+    except OSError:
+        return False
+    return entry is not None and _named(where, entry, prefix=prefix) == target
+
+
+def _named(where: Path, entry: Entry, *, prefix: bool) -> str | None:
+    """The real path the tie *entry* in the directory *where* names; None if none."""
+    if entry.kind != "file":
+        return None
+    try:
+        text = entry.data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    if prefix:
+        if not text.startswith(_PREFIX):
+            return None
+        text = text[len(_PREFIX) :].strip()
+    if not text or "\n" in text:
+        return None
+    return os.path.realpath(where / text)
