@@ -2317,6 +2317,56 @@ def test_a_submodule_an_agent_checked_out_while_no_manager_watched_is_its_own_wo
     assert git(worktree / "lib", "rev-parse", "--is-inside-work-tree").strip() == "true"
 
 
+# Checks out the submodule `lib` in its worktree (git makes its git dir in the worktree's
+# admin dir) and ends.
+POPULATES = """
+import pathlib, subprocess
+subprocess.run(['git', '-c', 'protocol.file.allow=always', 'submodule', 'update', '--init',
+                'lib'], check=True, capture_output=True)
+pathlib.Path('a.txt').write_text('work\\n')
+"""
+
+
+def test_a_submodule_a_task_checked_out_watched_is_kept_by_the_run_resumed_after(
+    tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # The live guard took its git dir into its baseline but never saved that: the resumed
+    # run took it for the adopted task b's outside write, failed b and deleted a's config.
+    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    git(repo, "commit", "-q", "-m", "add lib")
+    gate = tmp_path / "gate"
+    populates = argv_toml(write_agent(POPULATES))
+    waits = argv_toml([*write_agent(WAITS_UNWATCHED), str(gate)])
+    text = (
+        f'[[task]]\nid = "a"\nprompt = "x"\nagent = {populates}\n'
+        f'[[task]]\nid = "b"\nprompt = "x"\nagent = {waits}\n'
+    )
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for((repo.parent / "repo.swarm" / "b" / "a.txt").exists, what="agent b")
+    wait_for(lambda: status_json(repo).get("a", {}).get("state") == "done", what="task a")
+    _kill_group(proc)  # agent b, in its shim's session, goes on
+    (config,) = (repo / ".git" / "worktrees").glob("*/modules/lib/config")
+    before = config.read_bytes()
+    gate.touch()
+    runs = repo / ".git" / "swarm" / "runs"
+
+    def ended() -> bool:
+        exits = runs.glob("*/b/*.exit.json")
+        return any(json.loads(p.read_text()).get("ended_at") for p in exits)
+
+    wait_for(ended, what="agent b to end unwatched")
+    out = swarm(repo, "resume")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = status_json(repo)
+    assert rows["a"]["state"] == rows["b"]["state"] == "done", rows
+    assert config.read_bytes() == before
+    worktree = repo.parent / "repo.swarm" / "a"
+    assert git(worktree / "lib", "rev-parse", "--is-inside-work-tree").strip() == "true"
+
+
 # Does its work, waits for the gate (argv[1]), then ends.
 WAITS_UNWATCHED = """
 import pathlib, sys, time

@@ -130,6 +130,7 @@ class GuardState:
     _store: store_dir.StoreId | None = None  # the object store's directory, when watched
     _dir_modes: DirModes | None = None  # the admin dirs' and task worktrees' bits, watched
     _last_surface: surface.Surface | None = None  # git's files as a killed manager left them
+    _surface_dirty = False  # the baseline of git's files changed since surface.json was saved
 
     def __init__(
         self,

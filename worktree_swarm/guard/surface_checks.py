@@ -89,6 +89,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                     self._surface.pop(label, None)
                 else:
                     self._surface[label] = entry
+                self._surface_dirty = True
             else:
                 left.append(label)
         return left
@@ -143,6 +144,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             self._surface.pop(label, None)
         else:
             self._surface[label] = new
+        self._surface_dirty = True
         return taken
 
     def _not_ties_settling(self, labels: list[str]) -> list[str]:
@@ -180,9 +182,27 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         ):
             labels.remove(surface.RERERE)  # git's own doing, and changes nothing: the baseline
             self._surface[surface.RERERE] = now[surface.RERERE]
+            self._surface_dirty = True
         return labels
 
     def _scan_surface(self, began: float) -> list[Violation]:
+        """Git's files compared with the baseline; the baseline kept for a resume if changed."""
+        try:
+            return self._compare_surface(began)
+        finally:
+            self._keep_surface()
+
+    def _keep_surface(self) -> None:
+        """Save the baseline for a resuming manager when it changed since last saved.
+
+        Not saved, a killed manager's successor would judge what this one took (a task's
+        own submodule checked out while its agent ran) as an outside write, and delete it.
+        """
+        if self._surface_dirty and self._resumable:
+            surface_kept.save(self._dir, self._surface)
+        self._surface_dirty = False
+
+    def _compare_surface(self, began: float) -> list[Violation]:
         common = self.repo.common_dir
         swapped = self._swapped_store(began)  # first: the surface's objects/info is in it
         self._put_back_again()
@@ -399,8 +419,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 self._surface.pop(label, None)
             else:
                 self._surface[label] = entry
-        if self._resumable:
-            surface_kept.save(self._dir, self._surface)
+        self._surface_dirty = True  # saved at the end of the scan (or of the next one)
 
     def _scan_graph(self, began: float) -> list[Violation]:
         """A commit graph that changed and does not match the commits it describes: removed."""

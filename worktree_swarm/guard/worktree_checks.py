@@ -85,6 +85,7 @@ class WorktreeChecks(Baselines, RefChecks):
                         self._surface.pop(label, None)
                     else:
                         self._surface[label] = entry
+                    self._surface_dirty = True
 
     def _users_worktrees(self) -> list[Path]:
         """The user's linked worktrees: not the main one, not swarm's (its roots, its branches)."""
@@ -342,6 +343,7 @@ class WorktreeChecks(Baselines, RefChecks):
             del self._linked[checkout]
             for label in surface.ties(common, checkout, admin):
                 self._surface.pop(label, None)
+            self._surface_dirty = True  # saved by the surface scan
             where = users_label(checkout)
             if self._places.pop(where, None) is not None:
                 self._changes.forget(where)
