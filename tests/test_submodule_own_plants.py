@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from tests.mergekit import LINES, RUN_ID, Brancher, conflicting
-from tests.test_run import argv_toml, manifest, status_json, swarm
+from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 
 # Checks out lib, commits inside it, then plants argv[2] (fsmonitor, hook or nothing).
 AGENT = """
@@ -136,3 +137,45 @@ def test_a_resolver_planting_in_the_merge_worktrees_own_submodule_git_dir_is_cau
     if (worktree / "lib").is_dir():
         subprocess.run(["git", "status"], cwd=worktree, check=True, capture_output=True)
     assert not marker.exists()
+
+
+POPULATE = "git -c protocol.file.allow=always submodule update --init -q"
+# Does its work, then waits for the gate (argv[1]).
+WAITS = """
+import pathlib, sys, time
+pathlib.Path('b.txt').write_text('work\\n')
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.02)
+"""
+
+
+@pytest.mark.long
+def test_a_merge_beside_a_live_run_checks_out_its_submodules_unblamed(
+    super_repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # The run's guard never heard of the merge's worktree: the check's submodule git dir
+    # was taken for the run's agent's outside write, and deleted.
+    first = argv_toml(write_agent("import pathlib\npathlib.Path('m.txt').write_text('m\\n')\n"))
+    text = f'[[task]]\nid = "m"\nprompt = "p"\nagent = {first}\n'
+    assert swarm(super_repo, "run", manifest(super_repo, text)).returncode == 0
+    (merged_run,) = (p.name for p in (super_repo / ".git" / "swarm" / "runs").iterdir())
+    gate = tmp_path / "gate"
+    waits = argv_toml([*write_agent(WAITS), str(gate)])
+    text = f'[[task]]\nid = "b"\nprompt = "p"\nagent = {waits}\n'
+    with (tmp_path / "run.log").open("wb") as log:
+        live = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(super_repo, text)],
+            cwd=super_repo, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        wait_for((super_repo.parent / "repo.swarm" / "b" / "b.txt").exists, what="agent b")
+        out = swarm(super_repo, "merge", "--run", merged_run, "--check", POPULATE, "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        gate.touch()
+        live.wait()
+
+    assert live.returncode == 0, (tmp_path / "run.log").read_text()
+    assert status_json(super_repo)["b"]["state"] == "done"
+    worktree = super_repo.parent / "repo.swarm" / f"_integration-{merged_run}"
+    assert git(worktree / "lib", "rev-parse", "HEAD") == git(super_repo, "rev-parse", "HEAD:lib")

@@ -96,6 +96,22 @@ def _swarms(repo: Repo, store: Store) -> Callable[[Path], bool]:
     return ours
 
 
+def merge_worktree(repo: Repo, store: Store, path: Path) -> bool:
+    """Whether *path* (real) is a merge's worktree of a run *store* records.
+
+    A run's integration worktree or an ``--into`` merge's, directly under that run's
+    worktree root. The store is read only for a path so named.
+    """
+    merge = _MERGE_DIR.fullmatch(path.name)
+    run_id = (merge["run"] or merge["scratch"]) if merge else None
+    for run in store.runs() if run_id is not None else ():
+        if run.run_id == run_id:
+            return real_path(run.settings.worktree_root or default_worktree_root(repo.root)) == (
+                path.parent
+            )
+    return False
+
+
 def remove_locked(half: HalfMade) -> bool:
     """Delete *half*'s admin dir and its directory (only its ``.git`` file) if still half-made.
 

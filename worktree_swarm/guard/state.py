@@ -142,12 +142,15 @@ class GuardState:
         on_record: Callable[[Violation], None] | None = None,
         others: Callable[[str], bool] | None = None,
         answers: bool = True,
+        merges: Callable[[Path], bool] | None = None,
     ) -> None:
         self.repo = repo
         self.restore = restore
         # Whether a task's branch is another swarm command's to move now (a run's, beside a
-        # merge): that command's guard judges its moves. *answers*: see Channel.
-        self._others = others
+        # merge): that command's guard judges its moves. *answers*: see Channel. *merges*:
+        # whether a worktree (its real path) is a merge's of a recorded run, a `swarm merge`
+        # beside this run, whose submodules' git dirs are that merge's (surface_checks).
+        self._others, self._merge_worktree = others, merges
         # Told of each violation as it is found, in the finding thread: the run records it
         # at once, so a manager killed before its loop drains it has it on record. With it,
         # each verdict is noted (under _VERDICTS, see _noted) until the run says it applied it.

@@ -122,10 +122,31 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         for label in labels:
             parts = label.split("/", 3)
             own = len(parts) == 4 and parts[0] == "worktrees" and parts[2] == "modules"  # noqa: PLR2004
-            mine = own and (parts[1] in self._trees.merges or owners.get(parts[1]) in ran)
+            mine = own and (
+                parts[1] in self._trees.merges
+                or owners.get(parts[1]) in ran
+                or self._merge_beside(parts[1])
+            )
             if not (mine and self._take_submodule_file(label, now.get(label))):
                 left.append(label)
         return left
+
+    def _merge_beside(self, name: str) -> bool:
+        """Whether the admin dir *name* is a `swarm merge`'s worktree beside this run.
+
+        Its resolver's and checks' submodules are that merge's (its own guard judges them);
+        known from then on as :meth:`own_worktree` makes it.
+        """
+        if self._merge_worktree is None:
+            return False
+        try:
+            named = fs.read_text(self.repo.common_dir / "worktrees" / name / "gitdir").strip()
+        except (OSError, UnicodeDecodeError):
+            return False
+        if not self._merge_worktree(Path(os.path.realpath(Path(named).parent))):
+            return False
+        self._trees.merges.add(name)
+        return True
 
     def _take_submodule_file(self, label: str, new: surface.Entry | None) -> bool:
         """Whether *new* is taken as the baseline of *label*, an own submodule git dir's file.

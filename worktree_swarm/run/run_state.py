@@ -21,6 +21,7 @@ from worktree_swarm.core.models import Emit, TaskState
 from worktree_swarm.core.paths import guard_dir, run_dir
 from worktree_swarm.core.run_settings import Executor, RunSpec
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.git import half_made
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.guard.watcher import Guard
@@ -90,6 +91,7 @@ class RunState:
             # Not the user's: where worktrees go, and where this run's own output goes.
             exclude=[*([spec.worktree_root] if spec.worktree_root else []), *proc.output_files()],
             on_record=self._record_verdict,
+            merges=lambda path: half_made.merge_worktree(repo, store, path),
         )
         self._guard_reasons: dict[str, str] = {}
         self._unrecorded: list[Violation] = []  # verdicts the store refused (busy, full)
