@@ -162,8 +162,9 @@ def _stop_task(repo: git.Repo, f: Finding, *, store: Store | None, grace: float)
     if run is not None:
         # The run's own kill_grace: its agents may need longer (or less) to checkpoint.
         grace = run.settings.kill_grace
-    control.stop(repo, store, f.run_id, [f.task_id], grace=grace)
-    return f"stopped task {f.task_id} (process tree killed, work checkpointed)"
+    told: list[str] = []  # what its agents changed in git's files meanwhile, put back
+    control.stop(repo, store, f.run_id, [f.task_id], grace=grace, tell=told.append)
+    return "; ".join([f"stopped task {f.task_id} (process tree killed, work checkpointed)", *told])
 
 
 def _kill(f: Finding, *, grace: float) -> str:

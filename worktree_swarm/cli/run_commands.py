@@ -226,10 +226,14 @@ def _dry_run(
     return ExitCode.OK
 
 
+def _err(line: str) -> None:
+    click.echo(line, err=True)
+
+
 def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str | None]:
     from worktree_swarm.run import runs
 
-    abandoned, next_step = runs.settle_before_run(repo, force=force)
+    abandoned, next_step = runs.settle_before_run(repo, force=force, tell=_err)
     for run_id in abandoned:
         click.echo(f"abandoned run {run_id} (its work checkpointed)", err=True)
     return next_step
@@ -340,7 +344,7 @@ def stop(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None) -> i
     repo = context_repo(ctx, empty_ok=True)
     with run_info.open_store(repo) as store:
         run_id = run_info.resolve_run(store, run_id)
-        stopped = control.stop(repo, store, run_id, task_ids)
+        stopped = control.stop(repo, store, run_id, task_ids, tell=_err)
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
     return ExitCode.OK
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import tampering, worktrees
@@ -30,6 +31,7 @@ from worktree_swarm.guard import (
     surface_restore,
     surface_ties,
 )
+from worktree_swarm.guard.dir_modes import DirModes
 from worktree_swarm.guard.model import REPOSITORY, Violation
 from worktree_swarm.guard.object_checks import ObjectChecks
 from worktree_swarm.guard.worktree_checks import WorktreeChecks
@@ -46,6 +48,36 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
     def _read_surface(self) -> surface.Surface:
         tops = list(self._trees.paths.values())  # a copy: workers add to it meanwhile
         return surface.read(self.repo.common_dir, self._hooks, self._linked, tops, self._dir_modes)
+
+    def _take_surface(self) -> None:
+        """Git's files as found now for the baseline; the killed manager's kept to judge with."""
+        self._hooks = hooks_dir.hooks_path(self.repo.root)
+        self._dir_modes = DirModes()
+        self._surface = self._read_surface()
+        self._last_surface = surface_kept.load(self._dir)  # see judge_unwatched_surface
+
+    def judge_ended_unwatched(self, suspects: Mapping[str, Path]) -> list[Violation]:
+        """A run whose manager died, ended without one (`swarm stop`, `swarm run --force`).
+
+        Git's files are judged against the killed manager's baseline as a resumed run's guard
+        judges them (:meth:`judge_unwatched_surface`), *suspects* the tasks whose agents ran
+        on unwatched: a change is put back and returned, noted for the caller to record and
+        apply (``settle_guard``); the baseline kept for a later manager is the one judged by.
+        Nothing is looked at without suspects or a kept baseline.
+        """
+        if not suspects:
+            return []
+        with self._lock:
+            for path in self._users_worktrees():  # their ties, as a run's guard reads them
+                with contextlib.suppress(SwarmError, OSError):
+                    self._linked[path] = git.git_dir(path)
+            self._take_surface()
+        if self._last_surface is None:
+            return []
+        self.judge_unwatched_surface(suspects)
+        with self._repo_lock:
+            surface_kept.save(self._dir, self._surface)
+        return self.drain()
 
     def _being_made(self, common: Path, labels: Sequence[str]) -> set[str]:
         """The labels of *labels* in the admin dir of a worktree being made (or made again).

@@ -51,17 +51,14 @@ from worktree_swarm.git import tampering
 from worktree_swarm.guard import (
     graph,
     held_files,
-    hooks_dir,
     integrity,
     packfiles,
     remotes,
     setuid,
     store_dir,
-    surface_kept,
 )
 from worktree_swarm.guard.attempt_checks import REMOTES, AttemptChecks
 from worktree_swarm.guard.checkout_checks import CheckoutChecks
-from worktree_swarm.guard.dir_modes import DirModes
 from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation
 from worktree_swarm.guard.object_checks import ObjectChecks
 from worktree_swarm.guard.objects import ObjectWatch
@@ -114,10 +111,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
                     self._watch(users_label(path), path, stop=interrupts.noted())
                     self._linked[path] = git.git_dir(path)
             interrupts.check()
-            self._hooks = hooks_dir.hooks_path(self.repo.root)
-            self._dir_modes = DirModes()
-            self._surface = self._read_surface()
-            self._last_surface = surface_kept.load(self._dir)  # see judge_unwatched_surface
+            self._take_surface()
             self._setuid = setuid.setuid_files(self.repo.common_dir)
             self._graph = graph.fingerprint(self.repo.common_dir)
             self._store = store_dir.store_id(self.repo.common_dir)

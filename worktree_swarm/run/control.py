@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow, task_from_json
 from worktree_swarm.report.run_info import commit_author, know_secrets_of, manager_frozen
-from worktree_swarm.run import provision, retry, task_checkpoint
+from worktree_swarm.run import provision, retry, task_checkpoint, unwatched
 from worktree_swarm.run.agent_watch import LOG_READ_LIMIT
 from worktree_swarm.run.attempt_record import attempt_outcome
 
@@ -38,6 +38,7 @@ def stop(
     task_ids: Sequence[str],
     *,
     grace: float | None = None,
+    tell: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Ask the manager to stop *task_ids* (all when empty); returns the tasks asked.
 
@@ -45,6 +46,7 @@ def stop(
     checkpoint their worktrees and mark them stopped, so no work or process is left: under
     the manager lock when no manager holds it (a `swarm resume`, `run --force` or doctor
     waits), and one such stop at a time. *grace*: the run's own ``kill_grace`` by default.
+    *tell*: gets a line for what its agents changed in git's files meanwhile (put back).
     """
     rows = {row.task_id: row for row in store.tasks(run_id)}
     for task_id in task_ids:
@@ -75,7 +77,7 @@ def stop(
             )
         # The manager died before it stopped them: stopped here, as with no manager.
     with _unmanaged_stop(repo, run_id) as beside:
-        stop_unmanaged(repo, store, run_id, left, grace=grace, announce=beside)
+        stop_unmanaged(repo, store, run_id, left, grace=grace, announce=beside, tell=tell)
         # As the manager would (under its lock: a resume must not start one meanwhile, nor
         # write the logs the end's redaction rewrites).
         _block_dependents(store, run_id)
@@ -237,11 +239,13 @@ def stop_unmanaged(
     *,
     grace: float = 5.0,
     announce: bool = False,
+    tell: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Stop *targets* of a run no manager watches: kill, checkpoint, mark stopped.
 
     One such stop at a time (`swarm stop`, `run --force`, doctor): two would checkpoint the
-    same worktree at once. The agents' trees are killed together, each given *grace*.
+    same worktree at once. The agents' trees are killed together, each given *grace*. Then
+    git's files are judged as a resume would (:func:`.unwatched.judge_git_files`, *tell*).
     """
     stopping = filelock.FileLock(repo.state_dir / STOP_LOCK, thread_local=False)
     try:
@@ -255,7 +259,7 @@ def stop_unmanaged(
         ) from None
     try:
         todo = _not_final(store, run_id, targets)
-        stopped = _stop_unmanaged(repo, store, run_id, todo, grace, announce=announce)
+        stopped = _stop_unmanaged(repo, store, run_id, todo, grace, announce=announce, tell=tell)
         scrub_ended(repo, store, run_id, stopped)  # their logs, as their manager's end would
         return stopped
     finally:
@@ -270,6 +274,7 @@ def _stop_unmanaged(
     grace: float,
     *,
     announce: bool,
+    tell: Callable[[str], None] | None,
 ) -> list[str]:
     run = store.get_run(run_id)
     if run is not None and run.settings.executor is Executor.RAY:  # agents on cluster nodes
@@ -277,40 +282,18 @@ def _stop_unmanaged(
 
         ray_stop.stop_unmanaged(repo, store, run_id, targets, spec=run.settings)
         return list(targets)
-    began = time.time()
     rows = {row.task_id: row for row in store.tasks(run_id)}
-    # A suspect of an outside write its manager judged before it died fails, stopped or not.
+    ended = _kill_left(repo, store, rows, targets, grace)
+    if not announce:  # beside a live manager, its guard judges git's files
+        unwatched.judge_git_files(repo, store, run_id, tell)
+    # A suspect of an outside write its manager judged before it died (or the judgement
+    # above) fails, stopped or not.
     verdicts, _ = retry.since_last_retry(
         store, run_id, {t for t, r in rows.items() if r.state.is_final}
     )
-    ended: dict[str, AgentResult | None] = {}  # how an agent that ended unwatched went
-    open_attempts: list[AttemptRow] = []
     for task_id in targets:
         task = task_from_json(rows[task_id].spec_json)
-        ended[task_id] = None
-        for attempt in store.attempts(run_id, task_id):
-            if attempt.ended_at is None:
-                # Read as the agent it ran (a fallback's, maybe) would be.
-                ended[task_id] = _ended_by_itself(store, attempt, attempt.agent or task.agent)
-                open_attempts.append(attempt)
-    # What they left, or all of them: at once, so that N agents take one grace, not N.
-    idents = [
-        ProcessIdentity(pid=a.pid, create_time=a.create_time, pgid=a.pgid) for a in open_attempts
-    ]
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(idents)))) as pool:
-        list(pool.map(lambda ident: proctree.kill_tree(ident, grace=grace), idents))
-    for attempt in open_attempts:
-        if ended[attempt.task_id] is None:
-            store.end_attempt(attempt.id, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
-    for task_id in targets:
-        task = task_from_json(rows[task_id].spec_json)
-        _kill_steps(repo.state_dir / "runs" / run_id / task_id, grace=grace)
         worktree = Path(rows[task_id].worktree)
-        # An agent its manager launched but was killed before recording.
-        stray = provision.unrecorded_agent(run_id, task_id, worktree) if worktree.is_dir() else None
-        if stray is not None:
-            proctree.kill_tree(stray, grace=grace)
-        _record_stopped_launch(repo, store, rows[task_id], stray, task.agent, since=began)
         # What the dead manager's git left: the locks of a checkpoint killed half-way, and a
         # checkout of a worktree it was making, still writing on if it was killed alone.
         populated = rows[task_id].base_commit is not None
@@ -326,6 +309,48 @@ def _stop_unmanaged(
         why = why if left is None else f"{why}; {left}"
         store.update_task(run_id, task_id, state=state, reason=why, ended_at=time.time())
     return list(targets)
+
+
+def _kill_left(
+    repo: git.Repo, store: Store, rows: Mapping[str, TaskRow], targets: Sequence[str], grace: float
+) -> dict[str, AgentResult | None]:
+    """Kill what *targets* left running (agents, setup and checks); how each agent went.
+
+    None for one that was stopped; its result for one that had ended by itself unwatched.
+    """
+    began = time.time()
+    ended: dict[str, AgentResult | None] = {}  # how an agent that ended unwatched went
+    open_attempts: list[AttemptRow] = []
+    for task_id in targets:
+        task = task_from_json(rows[task_id].spec_json)
+        ended[task_id] = None
+        for attempt in store.attempts(rows[task_id].run_id, task_id):
+            if attempt.ended_at is None:
+                # Read as the agent it ran (a fallback's, maybe) would be.
+                ended[task_id] = _ended_by_itself(store, attempt, attempt.agent or task.agent)
+                open_attempts.append(attempt)
+    # What they left, or all of them: at once, so that N agents take one grace, not N.
+    idents = [
+        ProcessIdentity(pid=a.pid, create_time=a.create_time, pgid=a.pgid) for a in open_attempts
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(idents)))) as pool:
+        list(pool.map(lambda ident: proctree.kill_tree(ident, grace=grace), idents))
+    for attempt in open_attempts:
+        if ended[attempt.task_id] is None:
+            store.end_attempt(attempt.id, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
+    for task_id in targets:
+        row = rows[task_id]
+        _kill_steps(repo.state_dir / "runs" / row.run_id / task_id, grace=grace)
+        worktree = Path(row.worktree)
+        # An agent its manager launched but was killed before recording.
+        stray = (
+            provision.unrecorded_agent(row.run_id, task_id, worktree) if worktree.is_dir() else None
+        )
+        if stray is not None:
+            proctree.kill_tree(stray, grace=grace)
+        agent = task_from_json(row.spec_json).agent
+        _record_stopped_launch(repo, store, row, stray, agent, since=began)
+    return ended
 
 
 def _record_stopped_launch(

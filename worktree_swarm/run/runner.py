@@ -39,6 +39,7 @@ from worktree_swarm.run.retry import settle_guard, since_last_retry
 from worktree_swarm.run.run_state import Observer
 from worktree_swarm.run.run_worker import Live, TaskOutcome, worktree_path
 from worktree_swarm.run.task_launch import STARVED_WAIT, TaskLaunch, port_slot
+from worktree_swarm.run.unwatched import ran_on
 
 __all__ = [
     "STOPPING_EVENT",
@@ -145,12 +146,7 @@ class Runner(TaskLaunch):
             attempts = store.attempts(run_id, row.task_id)
             # A task put back to pending (watch's retry) starts a new attempt in its kept
             # worktree; a retried task's attempts before the retry are history, not adopted.
-            if (
-                not row.state.is_final
-                and row.state is not TaskState.PENDING
-                and attempts
-                and attempts[-1].number > row.retry_base
-            ):
+            if ran_on(row, attempts):
                 # Its agent may run on: the block it was given stays its own.
                 slot = port_slot(attempts[-1], spec)
                 live = Live(task=runner._tasks[row.task_id], port_slot=slot)

@@ -138,12 +138,15 @@ def orphaned_runs(store: Store) -> list[RunRow]:
     return [r for r in store.runs() if left_unmanaged(store, r)]
 
 
-def refuse_or_abandon(repo: git.Repo, store: Store, *, force: bool) -> list[str]:
+def refuse_or_abandon(
+    repo: git.Repo, store: Store, *, force: bool, tell: Callable[[str], None] | None = None
+) -> list[str]:
     """Before a new run: refuse while a run has no manager, or (*force*) abandon those runs.
 
     Abandoning stops what the dead manager left running, checkpoints the worktrees of its
     unfinished tasks, marks them stopped and finishes what its guard was putting back (a
-    task worktree moved, remote-tracking refs). Returns the abandoned run ids.
+    task worktree moved, remote-tracking refs). Returns the abandoned run ids. *tell*: a line
+    for what their agents changed in git's files while no manager watched (put back).
     """
     orphans = orphaned_runs(store)
     if orphans and not force:
@@ -159,7 +162,7 @@ def refuse_or_abandon(repo: git.Repo, store: Store, *, force: bool) -> list[str]
         )
     for run in orphans:
         targets = [t.task_id for t in store.tasks(run.run_id) if not t.state.is_final]
-        control.stop_unmanaged(repo, store, run.run_id, targets)
+        control.stop_unmanaged(repo, store, run.run_id, targets, tell=tell)
         retry.settle_guard(repo, store, run.run_id)  # what its guard was at
         store.finish_run(run.run_id, status=RUN_STATUS_ABANDONED)
         control.scrub_ended(repo, store, run.run_id)  # as its manager's end would have
@@ -212,7 +215,7 @@ def _delete_one(row: TaskRow, run_id: str, rows: list[TaskRow], existing: set[st
 
 
 def settle_before_run(
-    repo: git.Repo, *, force: bool
+    repo: git.Repo, *, force: bool, tell: Callable[[str], None] | None = None
 ) -> tuple[list[str], Callable[[str], str | None]]:
     """Before `swarm run`: refuse while a run has no manager, or (*force*) abandon it.
 
@@ -227,7 +230,7 @@ def settle_before_run(
             if force and orphaned_runs(store):
                 with ManagerLock(repo.state_dir) as lock:
                     lock.acquire(guarded=False)
-                    abandoned = refuse_or_abandon(repo, store, force=True)
+                    abandoned = refuse_or_abandon(repo, store, force=True, tell=tell)
             refuse_or_abandon(repo, store, force=False)
 
     return abandoned, next_step_for(repo)

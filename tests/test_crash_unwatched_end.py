@@ -1,0 +1,94 @@
+"""A run whose manager died, ended without a resume (`swarm stop`, `swarm run --force`): git's
+own files an agent changed while no manager watched are put back and the agent's task failed,
+as a resume does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import git
+from tests.test_crash import PLANTS_UNWATCHED, _kill_group, _manager
+from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
+
+# As PLANTS_UNWATCHED, but it stays running once it planted them (until it is killed).
+PLANTS_AND_STAYS = PLANTS_UNWATCHED + "\nwhile True:\n    time.sleep(1)\n"
+REASON = "git's own files config, hooks/post-commit; restored"
+
+
+def _killed_with_planting_agent(
+    repo: Path, tmp_path: Path, source: str, write_agent: Callable[[str], list[str]]
+) -> Path:
+    """Run task a with the agent *source*, SIGKILL its manager, let the agent plant; `ran`."""
+    gate, ran = tmp_path / "gate", tmp_path / "ran"
+    agent = [*write_agent(source), str(gate), str(ran)]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for((repo.parent / "repo.swarm" / "a" / "a.txt").exists, what="the agent")
+    _kill_group(proc)  # the agent, in its shim's session, goes on
+    gate.touch()
+    return ran
+
+
+def _planted_nothing_runs(repo: Path, ran: Path) -> None:
+    """No `core.fsmonitor` or hook left of the agent's: your `git status` runs none."""
+    planted = subprocess.run(
+        ["git", "config", "--get-all", "core.fsmonitor"], cwd=repo, check=False
+    )
+    assert planted.returncode == 1  # none
+    assert not (repo / ".git" / "hooks" / "post-commit").exists()
+    git(repo, "status")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "yours")  # the post-commit hook's turn
+    assert not ran.exists()
+
+
+def test_swarm_stop_puts_back_git_files_an_agent_changed_while_no_manager_watched(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # `swarm stop` ended the run and left a `core.fsmonitor` the agent planted once its manager
+    # was killed: your next `git status` ran it.
+    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_AND_STAYS, write_agent)
+    hook = repo / ".git" / "hooks" / "post-commit"
+    wait_for(hook.exists, what="the agent to plant its hook")
+    wait_for(lambda: "touch" in hook.read_text(), what="the hook's command")
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stdout + out.stderr
+    said = [line for line in out.stderr.splitlines() if "git's own files" in line]
+    assert len(said) == 1, out.stderr
+    assert "config, hooks/post-commit changed while no manager watched: put back" in said[0]
+    assert "an outside write of a" in said[0]
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert REASON in str(row["reason"])
+    _planted_nothing_runs(repo, ran)
+    assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
+
+
+def test_swarm_run_force_puts_back_git_files_an_agent_changed_while_no_manager_watched(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # `swarm run --force` abandoned the run and left the agent's `core.fsmonitor` in place.
+    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_UNWATCHED, write_agent)
+    runs = repo / ".git" / "swarm" / "runs"
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")
+    (old,) = [p.name for p in runs.iterdir()]
+    writer = write_agent("import pathlib\npathlib.Path('b.txt').write_text('b\\n')\n")
+    text = f'[[task]]\nid = "b"\nprompt = "x"\nagent = {argv_toml(writer)}\n'
+    out = swarm(repo, "run", "--force", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"abandoned run {old}" in out.stderr
+    said = [line for line in out.stderr.splitlines() if "git's own files" in line]
+    assert len(said) == 1, out.stderr
+    assert f"run {old}: git's own files config, hooks/post-commit changed" in said[0]
+    row = status_json(repo, "--run", old)["a"]
+    assert row["state"] == "failed"
+    assert REASON in str(row["reason"])
+    assert status_json(repo)["b"]["state"] == "done"  # the new run's guard blamed it nothing
+    _planted_nothing_runs(repo, ran)
+    assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch

@@ -1,0 +1,90 @@
+"""What agents did while no manager watched, for the commands that end such a run without one.
+
+`swarm resume` judges git's own files (config, hooks, info, ...) against the baseline the
+killed manager's guard kept. `swarm stop` and `swarm run --force` end the run (or stop its
+tasks) instead: they judge the same files the same way (:func:`judge_git_files`), so that a
+`core.fsmonitor` or a hook an agent planted meanwhile does not run with your next `git status`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.paths import guard_dir
+from worktree_swarm.core.text import path_text
+from worktree_swarm.git import repo as git
+from worktree_swarm.guard.model import Violation
+from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptRow, TaskRow
+from worktree_swarm.run.retry import settle_guard
+
+
+def ran_on(row: TaskRow, attempts: Sequence[AttemptRow]) -> bool:
+    """Whether *row*'s task may have gone on unwatched once its manager died (a resume adopts it).
+
+    Not final, started, its last attempt one since its last `swarm retry`: its agent, setup or
+    checks may have run on.
+    """
+    return (
+        not row.state.is_final
+        and row.state is not TaskState.PENDING
+        and bool(attempts)
+        and attempts[-1].number > row.retry_base
+    )
+
+
+def judge_git_files(
+    repo: git.Repo, store: Store, run_id: str, tell: Callable[[str], None] | None = None
+) -> None:
+    """Git's files changed since the killed manager of *run_id* last looked: put back, failed.
+
+    Called once the agents its tasks left are killed, before those stopped are recorded: the
+    suspects are the tasks that :func:`ran_on`. What changed is put back and recorded as their
+    outside write (each fails once it ends, its work kept on its branch), and *tell* gets one
+    line saying so. Not to be called beside another run's live manager: its guard judges them.
+    """
+    run = store.get_run(run_id)
+    if run is None:
+        return
+    suspects = {
+        row.task_id: Path(row.worktree)
+        for row in store.tasks(run_id)
+        if ran_on(row, store.attempts(run_id, row.task_id))
+    }
+    if not suspects:
+        return
+    settings = run.settings
+    guard = Guard(
+        repo,
+        work_dir=guard_dir(repo, run_id),
+        restore=not settings.allow_outside_writes,
+        exclude=[settings.worktree_root] if settings.worktree_root else [],
+        on_record=lambda _: None,  # noted: settle_guard records and applies it
+    )
+    try:
+        found = guard.judge_ended_unwatched(suspects)
+    finally:
+        guard.stand_down()
+    settle_guard(repo, store, run_id)
+    for violation in found:
+        if tell is not None:
+            tell(_line(run_id, violation, allowed=settings.allow_outside_writes))
+
+
+def _line(run_id: str, violation: Violation, *, allowed: bool) -> str:
+    """The one line that tells of *violation*, found as run *run_id* ended without a manager."""
+    if allowed:
+        done = "left as found (allow_outside_writes)"
+    elif violation.restored:
+        done = "put back"
+    else:
+        done = "not put back"
+    blamed = ", ".join(violation.suspects)
+    patch = f" (patch {path_text(violation.patch)})" if violation.patch else ""
+    return (
+        f"swarm: run {run_id}: git's own files {', '.join(violation.git_files)} changed while"
+        f" no manager watched: {done}; an outside write of {blamed}{patch}"
+    )
