@@ -65,3 +65,28 @@ def test_clean_of_a_complete_checkout_says_nothing_of_a_repair(tmp_path: Path) -
     assert out.stdout.count("done: removed") == 3  # the integration worktree and the tasks'
     assert "incomplete" not in out.stdout
     assert "repaired" not in out.stdout
+
+
+def test_clean_commits_the_edits_in_a_worktree_whose_index_was_deleted(tmp_path: Path) -> None:
+    odd = "d/odd\nname -x.txt"  # -z listings; a name that looks like an option
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", "d/b.txt": "b\n", odd: "odd\n"})
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "one=write one.txt: 1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    worktree = repo.parent / "repo.swarm" / "one"
+    (worktree / "a.txt").write_text("edited\n")
+    (worktree / "d" / "b.txt").unlink()  # as a checkout killed half-way left it
+    (worktree / odd).unlink()
+    (Path(git(worktree, "rev-parse", "--absolute-git-dir")) / "index").unlink()
+    dry = swarm(repo, "clean")  # the edit alone is work to commit
+    assert "commit its uncommitted changes on swarm/one, then remove it" in dry.stdout, dry.stdout
+    (worktree / "new.txt").write_text("new\n")
+
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not worktree.exists()
+    files = git(repo, "ls-tree", "-r", "-z", "--name-only", "swarm/one").split("\0")
+    assert sorted(f for f in files if f) == sorted(["a.txt", "d/b.txt", odd, "new.txt", "one.txt"])
+    assert git(repo, "show", "swarm/one:a.txt") == "edited"
+    assert git(repo, "show", "swarm/one:new.txt") == "new"
+    assert git(repo, "show", "swarm/one:d/b.txt") == "b"
+    assert git(repo, "log", "-1", "--format=%s", "swarm/one") == "swarm: checkpoint one (clean)"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worktree_swarm.core.errors import GitError
+from worktree_swarm.git import runner
 from worktree_swarm.git.config_files import common_dir, git_dir
 from worktree_swarm.git.repo import rev_parse_in, run
 from worktree_swarm.infra import fs
@@ -203,12 +204,37 @@ def checkout_incomplete(worktree: Path) -> bool:
 
 
 def repair_checkout(worktree: Path) -> bool:
-    """Populate a checkout that was never populated (files and index from HEAD).
+    """Give a checkout without an index one from HEAD, and the files of HEAD it lacks.
 
-    Returns whether a repair was needed. Only an unpopulated checkout is touched: swarm
-    populates a worktree before any agent runs in it, so such a checkout holds no work.
+    Returns whether a repair was needed (see :func:`checkout_incomplete`). A checkout killed
+    half-way (never populated, or a removal cut short: the index goes first) gets its missing
+    files back, never committed as deletions. Files still there are left as they are: an
+    agent that deleted its index keeps its edits to tracked files, read as changes from HEAD.
+    A missing file under a path that is no directory now (a file or symlink in its place)
+    stays missing: what is there instead is the change.
     """
     if not checkout_incomplete(worktree):
         return False
-    run(worktree, ["read-tree", "--reset", "-u", "HEAD"])
+    run(worktree, ["read-tree", "HEAD"])  # the index alone: no file is written
+    sparse_on = run(worktree, ["config", "--bool", "core.sparseCheckout"], check=False)
+    if sparse_on.stdout.strip() == "true":  # skip the files outside the patterns, as -u does
+        run(worktree, ["sparse-checkout", "reapply"])
+    gone = runner.run_bytes(worktree, "ls-files", "-z", "--deleted").stdout
+    missing = [name for name in gone.split(b"\0") if name and _under_dirs(worktree, name)]
+    if missing:
+        names = b"".join(name + b"\0" for name in missing)
+        runner.run_bytes(worktree, "checkout-index", "-z", "--stdin", input_bytes=names)
+    return True
+
+
+def _under_dirs(worktree: Path, name: bytes) -> bool:
+    """Whether each directory on the way to the file *name* in *worktree* is one, or is absent."""
+    at = worktree
+    for part in os.fsdecode(name).split("/")[:-1]:
+        at /= part
+        try:
+            if not stat.S_ISDIR(at.lstat().st_mode):
+                return False
+        except FileNotFoundError:
+            return True  # checkout-index makes it, and those below it
     return True
