@@ -1257,6 +1257,35 @@ def test_a_merge_worktree_a_merge_killed_in_its_git_worktree_add_left_half_made_
     assert (f"worktree {added}\n" in listed) is kept
 
 
+@pytest.mark.long
+@pytest.mark.parametrize("into", [False, True])
+def test_a_dry_run_names_the_half_made_merge_worktree_the_merge_would_remove_first(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    *, into: bool,
+) -> None:  # fmt: skip
+    # A dry run changes nothing, so it cannot remove it; it failed on git's `failed to read
+    # .../commondir` instead of saying what the real merge would do first.
+    two_tasks_and_dev(base_repo, brancher)
+    target = ["--into", "dev"] if into else []
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", *target, "two"]
+    added = _killed_in_its_worktree_add(base_repo, tmp_path, monkeypatch, argv)
+    admin = base_repo / ".git" / "worktrees" / added.name
+    before = sorted((p.name, p.read_bytes()) for p in admin.iterdir())
+
+    dry = swarm(base_repo, "merge", "--dry-run", *target, "two")
+    assert dry.returncode == 2, dry.stdout + dry.stderr
+    said = (
+        f"swarm: a killed `swarm merge` left the worktree registration of {added} half-made"
+        " (git lists no worktree while it is there); `swarm merge` removes it first, a dry run"
+        " changes nothing: remove it with `swarm doctor --yes`, then run this again"
+    )
+    assert dry.stderr.splitlines() == [said]
+    assert sorted((p.name, p.read_bytes()) for p in admin.iterdir()) == before  # untouched
+    assert swarm(base_repo, "doctor", "--yes").returncode == 0
+    again = swarm(base_repo, "merge", "--dry-run", *target, "two")
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
 @pytest.mark.parametrize(
     "name",
     [

@@ -207,10 +207,16 @@ def _target(
 
     Unless *look* (a dry run, which changes nothing), a merge worktree a killed merge left
     half-made goes first: git writes its ``commondir`` in place, and lists no worktree while
-    it is empty.
+    it is empty. A dry run, which cannot look past one, says what the merge would remove.
     """
     if not look:
         half_made.drop(repo, store)
+    elif half := half_made.find(repo, store):
+        raise BadInputError(
+            f"a killed `swarm merge` left the worktree registration of {half[0].path} half-made"
+            " (git lists no worktree while it is there); `swarm merge` removes it first, a dry"
+            " run changes nothing: remove it with `swarm doctor --yes`, then run this again"
+        )
     branch = into if into is not None else INTEGRATION_PREFIX + ref_safe_run(run_id)
     own = None if into is not None else integration_path(repo, store, run_id)
     return branch, own, validate_target(repo, store, branch, own=own, checkout=checkout)
