@@ -171,3 +171,31 @@ def test_a_removal_killed_after_git_deleted_the_git_file_is_finished_too(
     assert git(repo, "for-each-ref", "refs/swarm/rescued/") == ""  # nothing left to rescue
     doctor = swarm(repo, "doctor")
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+
+@pytest.mark.parametrize("then", ["removed", "made again"])
+def test_doctor_deletes_a_record_that_names_no_removal_any_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    # A swarm killed once git was done left its record; nothing deleted it.
+    repo, path, _ = finished_task(tmp_path)
+    git(repo, "worktree", "lock", str(path))
+    killed_in_git_remove(tmp_path, monkeypatch, repo, "clean", "--yes", "--force")
+    records = repo / ".git" / "swarm" / "removing"
+    assert [p.name for p in records.iterdir()] == ["one"]
+    git(repo, "worktree", "remove", "--force", "--force", str(path))  # git's removal, done
+    if then == "made again":  # under the same name: an admin dir without the token
+        git(repo, "worktree", "add", "-q", str(path), "swarm/one")
+        git(repo, "worktree", "lock", str(path))  # yours: doctor leaves it
+        (repo / ".git" / "worktrees" / "one" / "swarm-removing").write_text("another token")
+    assert [p.name for p in records.iterdir()] == ["one"]
+    swarm(repo, "doctor")  # a dry run changes nothing
+    assert [p.name for p in records.iterdir()] == ["one"]
+
+    out = swarm(repo, "doctor", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert list(records.iterdir()) == []
+    if then == "made again":
+        assert (path / "one.txt").is_file()
+        assert worktrees(repo) == [str(repo), str(path)]
+        assert not (repo / ".git" / "worktrees" / "one" / "swarm-removing").exists()

@@ -45,6 +45,7 @@ from worktree_swarm.cleanup.repo_repairs import (
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.paths import merge_guard_dir, store_path
 from worktree_swarm.core.units import parse_duration
+from worktree_swarm.git import removing
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import snapshot
 from worktree_swarm.infra import lock
@@ -111,6 +112,9 @@ def doctor(
             results = [r for r in results if (r.finding.kind, r.finding.target) not in again]
             results += apply(repo, more, store=store, force=force, grace=grace)
         _drop_merge_baselines(repo)
+        if (repo.state_dir / removing.DIR).is_dir():  # no lock file where swarm never ran
+            with git.repo_lock(repo):  # what a swarm killed once git was done left
+                removing.sweep(repo)
         notes = _left_open(store)  # after the fixes: stopping its last agents may end one
     finally:
         if store is not None:

@@ -82,6 +82,48 @@ def recorded(repo: Repo, path: Path) -> Iterator[None]:
     forget(record, admin)
 
 
+def sweep(repo: Repo) -> None:
+    """Delete the records that name no removal any more.
+
+    A swarm killed after git's removal was done leaves its record with no admin dir; one
+    whose worktree was made again since (by you, under that name) with an admin dir that holds
+    another token or none. A token no record names, and a write killed before its rename, go
+    too. For a caller holding the repository lock, which every removal is recorded under.
+    """
+    records = repo.state_dir / DIR
+    try:
+        paths = list(records.iterdir())
+    except OSError:
+        return
+    for path in paths:
+        if path.name.endswith(".tmp") or _names_nothing(repo, path):
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        for admin in (repo.common_dir / "worktrees").iterdir():
+            for left in admin.glob(f"{TOKEN}*"):
+                if left.name != TOKEN or not record_of(repo, admin).exists():
+                    left.unlink(missing_ok=True)
+
+
+def _names_nothing(repo: Repo, record: Path) -> bool:
+    """Whether *record* names no removal: garbage, or its admin dir lacks its token."""
+    try:
+        token = json.loads(_read(record))["token"]
+        if not isinstance(token, str):
+            return True
+    except (ValueError, KeyError, TypeError):
+        return True
+    except OSError:
+        return False  # unreadable here: left as it is
+    try:
+        held = _read(repo.common_dir / "worktrees" / record.name / TOKEN).decode()
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return True
+    except OSError:
+        return False
+    return held != token
+
+
 def forget(record: Path, admin: Path) -> None:
     """Delete the *record* of a removal, then its token in *admin* (if that is still there)."""
     record.unlink(missing_ok=True)
