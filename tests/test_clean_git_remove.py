@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,9 @@ import pytest
 
 from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, make_repo
 from tests.test_run import swarm, wait_for
+from worktree_swarm.cleanup.findings import Action, Finding, Kind
+from worktree_swarm.cleanup.fixes import apply
+from worktree_swarm.git.repo import open_repo
 
 FILES = {f"d/f{i}.txt": f"{i}\n" for i in range(5)}
 FINISHED = "finished the removal a killed swarm began (nothing in it committed), removed"
@@ -199,3 +203,76 @@ def test_doctor_deletes_a_record_that_names_no_removal_any_more(
         assert (path / "one.txt").is_file()
         assert worktrees(repo) == [str(repo), str(path)]
         assert not (repo / ".git" / "worktrees" / "one" / "swarm-removing").exists()
+
+
+def killed_doctor_removing_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, gone: tuple[str, ...]
+) -> tuple[Path, Path]:
+    """A worktree no task owns, `extra`, whose removal by `swarm doctor --yes` was killed.
+
+    It has a submodule checked out, so git removes it; git had deleted *gone*. The repository
+    and the worktree's path.
+    """
+    repo, _, _ = finished_task(tmp_path, submodule=True)
+    path = repo.parent / "repo.swarm" / "extra"
+    git(repo, "worktree", "add", "-q", "-b", "extra", str(path))
+    git(path, "-c", "protocol.file.allow=always", "submodule", "update", "-q", "--init")
+    killed_in_git_remove(tmp_path, monkeypatch, repo, "doctor", "--yes", gone=gone)
+    assert not (path / ".git").exists()
+    assert (path / "d" / "f1.txt").is_file()
+    return repo, path
+
+
+def test_doctor_finishes_a_removal_of_a_worktree_no_task_owns_after_git_deleted_its_git_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # git takes it for prunable: pruned, its files were left for a rescue to save.
+    repo, path = killed_doctor_removing_extra(tmp_path, monkeypatch, gone=(".git", "d/f0.txt"))
+    assert "prunable" in git(repo, "worktree", "list", "--porcelain")
+
+    look = swarm(repo, "doctor")
+    assert f"{path}: prunable" in look.stdout, look.stdout
+    assert "would: finish removing it (nothing in it is committed)" in look.stdout, look.stdout
+    out = swarm(repo, "doctor", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"done: {FINISHED}" in out.stdout, out.stdout
+    assert not path.exists()
+    assert str(path) not in worktrees(repo)
+    assert git(repo, "for-each-ref", "refs/swarm/rescued/") == ""  # nothing left to rescue
+    assert list((repo / ".git" / "swarm" / "removing").iterdir()) == []
+
+
+def test_a_prune_planned_for_a_worktree_a_killed_swarm_was_removing_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Planned before the record was looked at (as an older plan was): its files not rescued.
+    repo, path = killed_doctor_removing_extra(tmp_path, monkeypatch, gone=(".git",))
+    planned = Finding(
+        kind=Kind.WORKTREE, target=str(path), reason="prunable", action=Action.PRUNE,
+        fix="prune it from git's worktree list",
+    )  # fmt: skip
+    [result] = apply(open_repo(repo), [planned], store=None, force=False)
+    assert (result.fixed, result.detail) == (True, FINISHED)
+    assert not path.exists()
+    assert str(path) not in worktrees(repo)
+    assert list((repo / ".git" / "swarm" / "removing").iterdir()) == []
+
+
+def test_doctor_finishes_a_removal_of_a_locked_worktree_whose_directory_git_had_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Locked, git never calls it prunable: it was kept as on a drive that may be unmounted.
+    repo, _, _ = finished_task(tmp_path)
+    path = repo.parent / "repo.swarm" / "extra"
+    git(repo, "worktree", "add", "-q", "-b", "extra", str(path))
+    git(repo, "worktree", "lock", str(path))
+    killed_in_git_remove(tmp_path, monkeypatch, repo, "doctor", "--yes", "--force")
+    shutil.rmtree(path)  # the rest of git's removal: all its files, then the directory
+
+    look = swarm(repo, "doctor")
+    assert f"{path}: its directory is missing; a killed swarm was removing it" in look.stdout
+    out = swarm(repo, "doctor", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"done: {FINISHED}" in out.stdout, out.stdout
+    assert str(path) not in worktrees(repo)
+    assert list((repo / ".git" / "swarm" / "removing").iterdir()) == []

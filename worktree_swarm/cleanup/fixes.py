@@ -119,6 +119,8 @@ def _apply_one(
         return ("removed" if ref_moves.forget_abandoned(Path(f.target)) else "in use again"), None
     if f.action is Action.REMOVE_WORKTREE:
         return remove_worktree(repo, f, force=force, moves=moves, store=store)
+    if f.action is Action.PRUNE:
+        return prune(repo, f, moves=moves), None
     if f.action is Action.RESCUE_DIRECTORY:
         return rescue_directory(repo, f)
     if f.action is Action.RESCUE_WORKTREE:
@@ -136,7 +138,6 @@ def _by_repo() -> dict[Action, Callable[[git.Repo, Finding], str]]:
         Action.MEND_REF: mend_ref,
         Action.REMOVE_STAGING: remove_staging,
         Action.REMOVE_INITIALIZING: remove_initializing,
-        Action.PRUNE: prune,
     }
 
 

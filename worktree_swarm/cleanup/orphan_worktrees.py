@@ -18,6 +18,7 @@ from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.orphan_context import Context, integration_run
 from worktree_swarm.cleanup.processes import adding_process
 from worktree_swarm.cleanup.worktree_plan import (
+    finish_finding,
     locked_missing,
     sealed_worktree,
     worktree_finding,
@@ -25,8 +26,8 @@ from worktree_swarm.cleanup.worktree_plan import (
 from worktree_swarm.cleanup.worktree_removal import RESCUE_PREFIX
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.task import INTEGRATION_DIR_PREFIX, INTEGRATION_PREFIX, SCRATCH_PREFIX
+from worktree_swarm.git import removing, tampering, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import tampering, worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra import fs
 
@@ -137,6 +138,11 @@ def _broken_worktree(ctx: Context, info: WorktreeInfo, *, force: bool) -> Findin
         )
     if info.prunable is not None and fs.sealed(path):
         return sealed_worktree(path)
+    gone = info.prunable is not None or not os.path.lexists(path)
+    if gone and removing.interrupted(ctx.repo, path) is not None:
+        # git deleted its `.git` file (or all of it) before it was killed: swarm's to finish.
+        why = f"prunable: {info.prunable}" if info.prunable else "its directory is missing"
+        return finish_finding(info, kind=Kind.WORKTREE, reason=why, force=force)
     if info.prunable is not None:
         return Finding(
             kind=Kind.WORKTREE,

@@ -377,11 +377,18 @@ def _rescue_ref(repo: git.Repo, name: str, sha: str) -> str:
     return f"{ref}-{sha[:12]}"
 
 
-def prune(repo: git.Repo, f: Finding) -> str:
-    """Prune the registration of finding *f*'s vanished worktree."""
+def prune(repo: git.Repo, f: Finding, *, moves: ref_moves.RefMoves) -> str:
+    """Prune the registration of finding *f*'s vanished worktree.
+
+    One a killed swarm was removing (git had deleted its ``.git`` file) is finished instead:
+    what is left of its files is swarm's deletion to finish, not files to rescue.
+    """
     path = Path(f.target)
     if real_path(path) not in registered_locked(repo):
         return "already gone"
+    begun = removing.interrupted(repo, path)
+    if begun is not None:
+        return _finish_interrupted(repo, path, begun, moves=moves)
     if path.is_dir() and not path.is_symlink():
         with contextlib.suppress(OSError):
             path.rmdir()  # empty: a worktree's removal cut short after its `.git` file
