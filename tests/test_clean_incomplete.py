@@ -69,13 +69,16 @@ def test_clean_of_a_complete_checkout_says_nothing_of_a_repair(tmp_path: Path) -
 
 def test_clean_commits_the_edits_in_a_worktree_whose_index_was_deleted(tmp_path: Path) -> None:
     odd = "d/odd\nname -x.txt"  # -z listings; a name that looks like an option
-    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", "d/b.txt": "b\n", odd: "odd\n"})
+    files = {"a.txt": "a\n", "d/b.txt": "b\n", odd: "odd\n", "cut.txt": "first\nsecond\n"}
+    repo = make_repo(tmp_path / "repo", {**files, "empty.txt": "e\n"})
     out = swarm(repo, "run", "--agent", "scripted", "-t", "one=write one.txt: 1")
     assert out.returncode == 0, out.stdout + out.stderr
     worktree = repo.parent / "repo.swarm" / "one"
     (worktree / "a.txt").write_text("edited\n")
     (worktree / "d" / "b.txt").unlink()  # as a checkout killed half-way left it
     (worktree / odd).unlink()
+    (worktree / "cut.txt").write_text("first\nsec")  # a write the kill cut short
+    (worktree / "empty.txt").write_text("")  # made, not yet written
     (Path(git(worktree, "rev-parse", "--absolute-git-dir")) / "index").unlink()
     dry = swarm(repo, "clean")  # the edit alone is work to commit
     assert "commit its uncommitted changes on swarm/one, then remove it" in dry.stdout, dry.stdout
@@ -85,7 +88,10 @@ def test_clean_commits_the_edits_in_a_worktree_whose_index_was_deleted(tmp_path:
     assert out.returncode == 0, out.stdout + out.stderr
     assert not worktree.exists()
     files = git(repo, "ls-tree", "-r", "-z", "--name-only", "swarm/one").split("\0")
-    assert sorted(f for f in files if f) == sorted(["a.txt", "d/b.txt", odd, "new.txt", "one.txt"])
+    expected = ["a.txt", "cut.txt", "d/b.txt", "empty.txt", odd, "new.txt", "one.txt"]
+    assert sorted(f for f in files if f) == sorted(expected)
+    assert git(repo, "show", "swarm/one:cut.txt") == "first\nsecond"
+    assert git(repo, "show", "swarm/one:empty.txt") == "e"
     assert git(repo, "show", "swarm/one:a.txt") == "edited"
     assert git(repo, "show", "swarm/one:new.txt") == "new"
     assert git(repo, "show", "swarm/one:d/b.txt") == "b"

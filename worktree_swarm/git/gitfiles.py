@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from worktree_swarm.core.errors import GitError
 from worktree_swarm.git import runner
 from worktree_swarm.git.config_files import common_dir, git_dir
+from worktree_swarm.git.object_reader import ObjectReader
 from worktree_swarm.git.repo import rev_parse_in, run
 from worktree_swarm.infra import fs
 
@@ -208,8 +209,9 @@ def repair_checkout(worktree: Path) -> bool:
 
     Returns whether a repair was needed (see :func:`checkout_incomplete`). A checkout killed
     half-way (never populated, or a removal cut short: the index goes first) gets its missing
-    files back, never committed as deletions. Files still there are left as they are: an
-    agent that deleted its index keeps its edits to tracked files, read as changes from HEAD.
+    files back, never committed as deletions, and the file it was writing (HEAD's bytes cut
+    short) whole. Other files are left as they are: an agent that deleted its index keeps its
+    edits to tracked files, read as changes from HEAD.
     A missing file under a path that is no directory now (a file or symlink in its place)
     stays missing: what is there instead is the change.
     """
@@ -221,10 +223,44 @@ def repair_checkout(worktree: Path) -> bool:
         run(worktree, ["sparse-checkout", "reapply"])
     gone = runner.run_bytes(worktree, "ls-files", "-z", "--deleted").stdout
     missing = [name for name in gone.split(b"\0") if name and _under_dirs(worktree, name)]
+    missing += _cut_short(worktree, set(gone.split(b"\0")))
     if missing:
         names = b"".join(name + b"\0" for name in missing)
-        runner.run_bytes(worktree, "checkout-index", "-z", "--stdin", input_bytes=names)
+        runner.run_bytes(worktree, "checkout-index", "-f", "-z", "--stdin", input_bytes=names)
     return True
+
+
+_FILE_MODES = {b"100644", b"100755"}
+
+
+def _cut_short(worktree: Path, gone: set[bytes]) -> list[bytes]:
+    """The files of *worktree* a killed checkout left part-written: HEAD's bytes, cut short.
+
+    git writes each file in place, so a checkout killed mid-file leaves its first bytes (none,
+    when killed between creating and writing it); an edit is anything else.
+    """
+    listed = runner.run_bytes(worktree, "ls-files", "-z", "--stage", "--modified").stdout
+    found: list[bytes] = []
+    if not listed:
+        return found
+    with ObjectReader(worktree) as reader:
+        for line in dict.fromkeys(listed.split(b"\0")):
+            info, _, name = line.partition(b"\t")
+            mode = info.split(maxsplit=1)[0] if info else b""
+            if not name or name in gone or mode not in _FILE_MODES:
+                continue
+            sha = info.split()[1].decode()
+            path = worktree / os.fsdecode(name)
+            try:
+                if not stat.S_ISREG(path.lstat().st_mode):
+                    continue
+                data = path.read_bytes()
+                blob = reader.read(sha, limit=len(data) + 1)
+            except (OSError, GitError):
+                continue
+            if len(blob) > len(data) and blob.startswith(data):
+                found.append(name)
+    return found
 
 
 def _under_dirs(worktree: Path, name: bytes) -> bool:
