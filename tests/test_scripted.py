@@ -105,6 +105,22 @@ def test_a_symlink_out_of_the_worktree_is_not_written_through(tmp_path: Path) ->
     assert "Traceback" not in log
 
 
+def test_a_symlink_into_git_s_own_files_is_not_written_through(tmp_path: Path) -> None:
+    # `.git` in a path is refused as written; a tracked link to it is refused once resolved.
+    repo = make_repo(tmp_path / "repo")
+    (repo / "link").symlink_to(".git")
+    git(repo, "add", "link")
+    git(repo, "commit", "-qm", "a link to .git")
+    out = scripted(repo, "lnk=write ok.txt: fine\nwrite link: gitdir: /elsewhere")
+    assert out.returncode == 1
+    assert status_json(repo)["lnk"]["state"] == "failed"
+    worktree = repo.parent / "repo.swarm" / "lnk"
+    assert (worktree / ".git").read_text().startswith("gitdir: ")
+    assert "/elsewhere" not in (worktree / ".git").read_text()
+    log = swarm(repo, "logs", "lnk").stdout
+    assert "scripted agent: refusing to write git's own file: link" in log
+
+
 BAD = [
     (
         "sleep soon",

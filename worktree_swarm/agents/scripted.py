@@ -112,10 +112,13 @@ def _relative_path(path: str) -> str:
 
 
 def _target(root: Path, rel: str) -> Path:
-    """The file *rel* names, once no symlink on its way leads out of *root*."""
+    """The file *rel* names, once no symlink on its way leads out of *root* or into git's."""
     path = (root / rel).resolve()
     if not path.is_relative_to(root):
         msg = f"refusing to write outside the worktree: {rel}"
+        raise DirectiveError(msg)
+    if any(part.casefold() == ".git" for part in path.relative_to(root).parts):
+        msg = f"refusing to write git's own file: {rel}"
         raise DirectiveError(msg)
     return path
 
