@@ -64,6 +64,8 @@ def test_swarm_stop_puts_back_git_files_an_agent_changed_while_no_manager_watche
     assert REASON in str(row["reason"])
     _planted_nothing_runs(repo, ran)
     assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
+    # The record of git's files (your config's bytes) goes with the run's end.
+    assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/surface.json"))
 
 
 def test_swarm_run_force_puts_back_git_files_an_agent_changed_while_no_manager_watched(

@@ -181,16 +181,16 @@ def drop_baselines(guard_dir: Path, *, keep_base: bool = False) -> None:
     big repository, which a finished run has no use for. Its held object files go too: they
     keep on disk what a `git gc` freed since. So does its store, but with *keep_base* while
     the tree of your checkout's last baseline is kept (``MAIN_TREE``, a run whose manager was
-    killed): the next manager of the run compares your checkout with it, and it lies there;
-    and the record of git's own files (``SURFACE_KEPT``), kept with *keep_base* too.
+    killed): the next manager of the run compares your checkout with it, and it lies there.
+    The record of git's own files (``SURFACE_KEPT``, your config's bytes among them) goes in
+    any case: only a resume that adopts agents still running uses it, and the run has ended.
     """
     for pattern in ("*.index", "*.scratch-index", "*.scratch-index.lock"):
         for copy in guard_dir.glob(pattern):
             with contextlib.suppress(OSError):
                 copy.unlink()
-    if not keep_base:  # it holds your config's bytes
-        with contextlib.suppress(OSError):
-            (guard_dir / SURFACE_KEPT).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (guard_dir / SURFACE_KEPT).unlink(missing_ok=True)
     if not (keep_base and (guard_dir / MAIN_TREE).exists()):
         shutil.rmtree(guard_dir / OWN_OBJECTS, ignore_errors=True)  # what its captures hashed
     held_files.let_go(guard_dir / held_files.HELD)
