@@ -81,11 +81,12 @@ class WorktreeChecks(Baselines, RefChecks):
                 if admin is not None and admin.parent == worktrees_dir:
                     label = f"worktrees/{admin.name}/config.worktree"
                     entry = surface.read_one(common, label)
+                    if entry != self._surface.get(label):  # as a rule: none before, none now
+                        self._surface_dirty = True
                     if entry is None:
                         self._surface.pop(label, None)
                     else:
                         self._surface[label] = entry
-                    self._surface_dirty = True
 
     def _users_worktrees(self) -> list[Path]:
         """The user's linked worktrees: not the main one, not swarm's (its roots, its branches)."""
