@@ -2177,6 +2177,35 @@ hook.chmod(0o755)
 """
 
 
+def _agent_ends_unwatched(
+    repo: Path,
+    agent: list[str],
+    gate: Path,
+    *,
+    started: Callable[[], bool],
+    meanwhile: Callable[[], None] | None = None,
+) -> Path:
+    """Run task `a` with *agent* and kill its manager once *started* (the agent goes on, in
+    its shim's session); do *meanwhile*, open *gate*, wait until the agent ended unwatched.
+
+    Returns the runs' directory.
+    """
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    runs = repo / ".git" / "swarm" / "runs"
+    wait_for(started, what="the agent")
+    _kill_group(proc)
+    if meanwhile is not None:
+        meanwhile()
+    gate.touch()
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")
+    return runs
+
+
 def test_git_files_an_agent_changed_while_no_manager_watched_are_put_back_by_resume(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -2184,17 +2213,8 @@ def test_git_files_an_agent_changed_while_no_manager_watched_are_put_back_by_res
     # an agent planted while no manager ran stayed, to run with your next `git status`.
     gate, ran = tmp_path / "gate", tmp_path / "ran"
     agent = [*write_agent(PLANTS_UNWATCHED), str(gate), str(ran)]
-    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
-    proc = _manager(repo, "run", manifest(repo, text))
-    runs = repo / ".git" / "swarm" / "runs"
-    wait_for((repo.parent / "repo.swarm" / "a" / "a.txt").exists, what="the agent")
-    _kill_group(proc)  # the agent, in its shim's session, goes on
-    gate.touch()
-
-    def ended() -> bool:
-        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
-
-    wait_for(ended, what="the agent to end unwatched")
+    started = (repo.parent / "repo.swarm" / "a" / "a.txt").exists
+    _agent_ends_unwatched(repo, agent, gate, started=started)
     out = swarm(repo, "resume")
     assert out.returncode == 1, out.stdout + out.stderr
     row = status_json(repo)["a"]
@@ -2227,17 +2247,8 @@ def test_the_rerere_cache_a_commit_made_while_no_manager_watched_is_no_outside_w
     git(repo, "config", "rerere.enabled", "true")
     gate = tmp_path / "gate"
     agent = [*write_agent(COMMITS_UNWATCHED), str(gate)]
-    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
-    proc = _manager(repo, "run", manifest(repo, text))
     runs = repo / ".git" / "swarm" / "runs"
-    wait_for(lambda: list(runs.rglob("attempt-1.exit.json")), what="the agent")
-    _kill_group(proc)  # the agent, in its shim's session, goes on
-    gate.touch()
-
-    def ended() -> bool:
-        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
-
-    wait_for(ended, what="the agent to end unwatched")
+    _agent_ends_unwatched(repo, agent, gate, started=lambda: any(runs.rglob("attempt-1.exit.json")))
     assert (repo / ".git" / "rr-cache").is_dir()
     out = swarm(repo, "resume")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -2251,17 +2262,8 @@ def test_doctor_names_a_run_whose_manager_died_after_its_agents_ended(
     # "nothing to clean" and left its tasks unfinished, their work uncommitted.
     gate = tmp_path / "gate"
     agent = [*write_agent(GATED), str(gate), "0"]
-    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
-    proc = _manager(repo, "run", manifest(repo, text))
     runs = repo / ".git" / "swarm" / "runs"
-    wait_for(lambda: list(runs.rglob("attempt-1.exit.json")), what="the agent")
-    _kill_group(proc)  # the agent, in its shim's session, goes on
-    gate.touch()
-
-    def ended() -> bool:
-        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
-
-    wait_for(ended, what="the agent to end unwatched")
+    _agent_ends_unwatched(repo, agent, gate, started=lambda: any(runs.rglob("attempt-1.exit.json")))
     (run_id,) = [p.name for p in runs.iterdir()]
     note = (
         f"run {run_id}: 1 task not final, their work in their worktrees: `swarm resume`"
@@ -2298,18 +2300,8 @@ def test_a_submodule_an_agent_checked_out_while_no_manager_watched_is_its_own_wo
     git(repo, "commit", "-q", "-m", "add lib")
     gate = tmp_path / "gate"
     agent = [*write_agent(POPULATES_UNWATCHED), str(gate)]
-    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
-    proc = _manager(repo, "run", manifest(repo, text))
-    runs = repo / ".git" / "swarm" / "runs"
     worktree = repo.parent / "repo.swarm" / "a"
-    wait_for((worktree / "a.txt").exists, what="the agent")
-    _kill_group(proc)  # the agent, in its shim's session, goes on
-    gate.touch()
-
-    def ended() -> bool:
-        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
-
-    wait_for(ended, what="the agent to end unwatched")
+    _agent_ends_unwatched(repo, agent, gate, started=(worktree / "a.txt").exists)
     out = swarm(repo, "resume")
     assert out.returncode == 0, out.stdout + out.stderr
     assert status_json(repo)["a"]["state"] == "done"
@@ -2384,18 +2376,12 @@ def test_your_worktree_moved_while_no_manager_watched_is_followed_not_put_back(
     git(repo, "worktree", "add", "-q", "-b", "mine", str(tmp_path / "mine"))
     gate = tmp_path / "gate"
     agent = [*write_agent(WAITS_UNWATCHED), str(gate)]
-    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
-    proc = _manager(repo, "run", manifest(repo, text))
-    runs = repo / ".git" / "swarm" / "runs"
-    wait_for((repo.parent / "repo.swarm" / "a" / "a.txt").exists, what="the agent")
-    _kill_group(proc)  # the agent, in its shim's session, goes on
-    git(repo, "worktree", "move", str(tmp_path / "mine"), str(tmp_path / "moved"))
-    gate.touch()
 
-    def ended() -> bool:
-        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+    def move() -> None:
+        git(repo, "worktree", "move", str(tmp_path / "mine"), str(tmp_path / "moved"))
 
-    wait_for(ended, what="the agent to end unwatched")
+    started = (repo.parent / "repo.swarm" / "a" / "a.txt").exists
+    _agent_ends_unwatched(repo, agent, gate, started=started, meanwhile=move)
     out = swarm(repo, "resume")
     assert out.returncode == 0, out.stdout + out.stderr
     assert status_json(repo)["a"]["state"] == "done"
@@ -2414,24 +2400,16 @@ def test_your_worktrees_commondir_pointed_at_a_copy_while_no_manager_watched_is_
     before = commondir.read_bytes()
     gate = tmp_path / "gate"
     agent = [*write_agent(WAITS_UNWATCHED), str(gate)]
-    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
-    proc = _manager(repo, "run", manifest(repo, text))
-    runs = repo / ".git" / "swarm" / "runs"
-    wait_for((repo.parent / "repo.swarm" / "a" / "a.txt").exists, what="the agent")
-    _kill_group(proc)  # the agent, in its shim's session, goes on: it plants the copy
-    copy = tmp_path / "copy"
-    shutil.copytree(repo / ".git", copy, symlinks=True, ignore=shutil.ignore_patterns("swarm"))
-    marker = tmp_path / "planted-program-ran"
-    git(
-        repo, "config", "--file", str(copy / "config"), "core.fsmonitor", f"touch {marker}; false #"
-    )
-    commondir.write_text(f"{copy}\n")
-    gate.touch()
+    copy, marker = tmp_path / "copy", tmp_path / "planted-program-ran"
 
-    def ended() -> bool:
-        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+    def plant() -> None:  # as the agent, going on unwatched, does
+        shutil.copytree(repo / ".git", copy, symlinks=True, ignore=shutil.ignore_patterns("swarm"))
+        config = str(copy / "config")
+        git(repo, "config", "--file", config, "core.fsmonitor", f"touch {marker}; false #")
+        commondir.write_text(f"{copy}\n")
 
-    wait_for(ended, what="the agent to end unwatched")
+    started = (repo.parent / "repo.swarm" / "a" / "a.txt").exists
+    _agent_ends_unwatched(repo, agent, gate, started=started, meanwhile=plant)
     out = swarm(repo, "resume")
 
     assert out.returncode == 1, out.stdout + out.stderr
