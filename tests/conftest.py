@@ -96,6 +96,13 @@ def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
 READ_ONLY_COMMANDS = frozenset({"status", "report", "runs", "diff", "notes", "logs"})
 
 
+def add_submodule(repo: Path, origin: Path) -> None:
+    """Add the submodule `lib` to *repo*: a repository made at *origin* (a README), committed."""
+    lib = make_repo(origin, {"README.md": "lib\n"})
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    git(repo, "commit", "-q", "-m", "add lib")
+
+
 def reads_only(args: tuple[str, ...]) -> bool:
     """Whether ``swarm ARGS`` only reads and returns (not `logs -f`, which waits)."""
     return bool(args) and args[0] in READ_ONLY_COMMANDS and not {"-f", "--follow"} & set(args)

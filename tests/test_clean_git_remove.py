@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, make_repo
+from tests.conftest import GIT_SUBCOMMAND, add_submodule, git, git_first_on_path, make_repo
 from tests.test_run import swarm, wait_for
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.fixes import apply
@@ -35,9 +35,7 @@ def finished_task(tmp_path: Path, *, submodule: bool = False) -> tuple[Path, Pat
     """
     repo = make_repo(tmp_path / "repo", FILES)
     if submodule:
-        lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
-        git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
-        git(repo, "commit", "-q", "-m", "add lib")
+        add_submodule(repo, tmp_path / "lib-origin")
     out = swarm(repo, "run", "--agent", "scripted", "-t", "one=write one.txt: 1")
     assert out.returncode == 0, out.stdout + out.stderr
     path = repo.parent / "repo.swarm" / "one"

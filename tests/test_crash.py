@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from tests.conftest import (
+    add_submodule,
     as_owner_only,
     checkpoint_lines,
     git,
@@ -2294,10 +2295,8 @@ def test_a_submodule_an_agent_checked_out_while_no_manager_watched_is_its_own_wo
 ) -> None:
     # Its git dir, made in the task's own admin dir, is the task's: a resumed guard that
     # judged it as a change of git's files failed the task and deleted the git dir.
-    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
     repo = make_repo(tmp_path / "repo")
-    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
-    git(repo, "commit", "-q", "-m", "add lib")
+    add_submodule(repo, tmp_path / "lib-origin")
     gate = tmp_path / "gate"
     agent = [*write_agent(POPULATES_UNWATCHED), str(gate)]
     worktree = repo.parent / "repo.swarm" / "a"
@@ -2324,10 +2323,8 @@ def test_a_submodule_a_task_checked_out_watched_is_kept_by_the_run_resumed_after
 ) -> None:
     # The live guard took its git dir into its baseline but never saved that: the resumed
     # run took it for the adopted task b's outside write, failed b and deleted a's config.
-    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
     repo = make_repo(tmp_path / "repo")
-    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
-    git(repo, "commit", "-q", "-m", "add lib")
+    add_submodule(repo, tmp_path / "lib-origin")
     gate = tmp_path / "gate"
     populates = argv_toml(write_agent(POPULATES))
     waits = argv_toml([*write_agent(WAITS_UNWATCHED), str(gate)])

@@ -27,7 +27,7 @@ from typing import cast
 import psutil
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import add_submodule, git, make_repo
 from tests.test_run import swarm as run_swarm
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'worktree-swarm[ray]')")
@@ -1120,10 +1120,8 @@ def test_work_left_in_a_submodule_of_the_clone_fails_the_task(
 ) -> None:
     # The node's clone has the submodule `lib` as an empty directory, as a local worktree
     # does: files written there are seen by no `git status` and go with the clone.
-    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
     repo = make_repo(tmp_path / "repo")
-    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
-    git(repo, "commit", "-q", "-m", "add lib")
+    add_submodule(repo, tmp_path / "lib-origin")
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
     git(repo, "remote", "add", "origin", str(remote))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import add_submodule, git, make_repo
 from tests.test_clean_git_remove import FILES, GONE, killed_in_git_remove, worktrees
 from tests.test_run import argv_toml, manifest, status_json, swarm
 
@@ -33,9 +33,7 @@ def failed_task(
     """A repository whose task `one` failed; its worktree (locked, or with `lib` checked out)."""
     repo = make_repo(tmp_path / "repo", FILES)
     if kind == "submodules":
-        lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
-        git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
-        git(repo, "commit", "-q", "-m", "add lib")
+        add_submodule(repo, tmp_path / "lib-origin")
     flag = tmp_path / "succeed"
     agent = argv_toml([*write_agent(AGENT), str(flag)])
     text = f'[[task]]\nid = "one"\nprompt = "p"\nagent = {agent}\n'

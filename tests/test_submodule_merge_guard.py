@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import add_submodule, git, make_repo
 from tests.mergekit import LINES, RUN_ID, Brancher, conflicting, merge_results
 from tests.test_run import manifest, status_json, swarm
 
@@ -45,10 +45,8 @@ config.write_text(config.read_text() + '[core]\\n\\tfsmonitor = touch MARKER; fa
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A repository with the submodule `lib` (a local repository) and f.txt to conflict on."""
-    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
     made = make_repo(tmp_path / "repo", {"f.txt": LINES, "README.md": "mine\n"})
-    git(made, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
-    git(made, "commit", "-q", "-m", "add lib")
+    add_submodule(made, tmp_path / "lib-origin")
     return made
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import add_submodule, git, make_repo
 from tests.mergekit import LINES, RUN_ID, Brancher, conflicting
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 
@@ -45,10 +45,8 @@ pathlib.Path('own.txt').write_text('own work\\n')
 @pytest.fixture
 def super_repo(tmp_path: Path) -> Path:
     """A repository with the submodule `lib` (a local repository) and f.txt to conflict on."""
-    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
     repo = make_repo(tmp_path / "repo", {"f.txt": LINES})
-    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
-    git(repo, "commit", "-q", "-m", "add lib")
+    add_submodule(repo, tmp_path / "lib-origin")
     return repo
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import add_submodule, git, make_repo
 from tests.test_run import argv_toml, manifest, status_json, swarm
 
 AgentFactory = Callable[[str], list[str]]
@@ -43,10 +43,8 @@ if action == 'populate-and-commit':  # a new commit of the submodule: its pointe
 @pytest.fixture
 def super_repo(tmp_path: Path) -> Path:
     """A repository with the submodule `lib` (a local repository)."""
-    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
     repo = make_repo(tmp_path / "repo")
-    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
-    git(repo, "commit", "-q", "-m", "add lib")
+    add_submodule(repo, tmp_path / "lib-origin")
     return repo
 
 
