@@ -77,8 +77,8 @@ def test_clean_commits_the_edits_in_a_worktree_whose_index_was_deleted(tmp_path:
     (worktree / "a.txt").write_text("edited\n")
     (worktree / "d" / "b.txt").unlink()  # as a checkout killed half-way left it
     (worktree / odd).unlink()
-    (worktree / "cut.txt").write_text("first\nsec")  # a write the kill cut short
-    (worktree / "empty.txt").write_text("")  # made, not yet written
+    (worktree / "cut.txt").write_text("first\nsec")  # the agent's: its tail deleted
+    (worktree / "empty.txt").write_text("")
     (Path(git(worktree, "rev-parse", "--absolute-git-dir")) / "index").unlink()
     dry = swarm(repo, "clean")  # the edit alone is work to commit
     assert "commit its uncommitted changes on swarm/one, then remove it" in dry.stdout, dry.stdout
@@ -90,9 +90,37 @@ def test_clean_commits_the_edits_in_a_worktree_whose_index_was_deleted(tmp_path:
     files = git(repo, "ls-tree", "-r", "-z", "--name-only", "swarm/one").split("\0")
     expected = ["a.txt", "cut.txt", "d/b.txt", "empty.txt", odd, "new.txt", "one.txt"]
     assert sorted(f for f in files if f) == sorted(expected)
-    assert git(repo, "show", "swarm/one:cut.txt") == "first\nsecond"
-    assert git(repo, "show", "swarm/one:empty.txt") == "e"
+    assert git(repo, "show", "swarm/one:cut.txt") == "first\nsec"  # edits, kept
+    assert git(repo, "show", "swarm/one:empty.txt") == ""
     assert git(repo, "show", "swarm/one:a.txt") == "edited"
     assert git(repo, "show", "swarm/one:new.txt") == "new"
     assert git(repo, "show", "swarm/one:d/b.txt") == "b"
     assert git(repo, "log", "-1", "--format=%s", "swarm/one") == "swarm: checkpoint one (clean)"
+
+
+def test_a_file_a_killed_checkout_of_a_merge_cut_short_is_checked_out_whole(
+    tmp_path: Path,
+) -> None:
+    # git writes each file in place: a merge's checkout killed mid-file leaves HEAD's first
+    # bytes (none, killed between making the file and writing it). No agent works in a
+    # merge's worktree, so that is git's cut write, never an edit to keep.
+    repo = make_repo(tmp_path / "repo", {"cut.txt": "first\nsecond\n", "empty.txt": "e\n"})
+    (repo / "edited.txt").write_text("one\n")
+    git(repo, "add", "edited.txt")
+    git(repo, "commit", "-qm", "edited")
+    made: dict[bool, Path] = {}
+    for killed in (True, False):
+        worktree = tmp_path / f"wt-{killed}"
+        git(repo, "worktree", "add", "-q", "--detach", str(worktree))
+        (worktree / "cut.txt").write_text("first\nsec")
+        (worktree / "empty.txt").write_text("")
+        (worktree / "edited.txt").write_text("two\n")  # not HEAD's bytes cut short
+        (Path(git(worktree, "rev-parse", "--absolute-git-dir")) / "index").unlink()
+        assert gitfiles.repair_checkout(worktree, killed_checkout=killed)
+        made[killed] = worktree
+    assert (made[True] / "cut.txt").read_text() == "first\nsecond\n"
+    assert (made[True] / "empty.txt").read_text() == "e\n"
+    assert (made[True] / "edited.txt").read_text() == "two\n"
+    # Where an agent works, a file it cut short is its edit: kept.
+    assert (made[False] / "cut.txt").read_text() == "first\nsec"
+    assert (made[False] / "empty.txt").read_text() == ""

@@ -204,14 +204,15 @@ def checkout_incomplete(worktree: Path) -> bool:
     return res.returncode == 0 and bool(res.stdout.strip())
 
 
-def repair_checkout(worktree: Path) -> bool:
+def repair_checkout(worktree: Path, *, killed_checkout: bool = False) -> bool:
     """Give a checkout without an index one from HEAD, and the files of HEAD it lacks.
 
     Returns whether a repair was needed (see :func:`checkout_incomplete`). A checkout killed
     half-way (never populated, or a removal cut short: the index goes first) gets its missing
-    files back, never committed as deletions, and the file it was writing (HEAD's bytes cut
-    short) whole. Other files are left as they are: an agent that deleted its index keeps its
-    edits to tracked files, read as changes from HEAD.
+    files back, never committed as deletions. Files still there are left as they are: an
+    agent that deleted its index keeps its edits to tracked files, read as changes from HEAD.
+    *killed_checkout*: no agent works there (a merge's worktree), so a file holding HEAD's
+    bytes cut short is the one the killed checkout was writing, and is checked out whole.
     A missing file under a path that is no directory now (a file or symlink in its place)
     stays missing: what is there instead is the change.
     """
@@ -223,7 +224,8 @@ def repair_checkout(worktree: Path) -> bool:
         run(worktree, ["sparse-checkout", "reapply"])
     gone = runner.run_bytes(worktree, "ls-files", "-z", "--deleted").stdout
     missing = [name for name in gone.split(b"\0") if name and _under_dirs(worktree, name)]
-    missing += _cut_short(worktree, set(gone.split(b"\0")))
+    if killed_checkout:
+        missing += _cut_short(worktree, set(gone.split(b"\0")))
     if missing:
         names = b"".join(name + b"\0" for name in missing)
         runner.run_bytes(worktree, "checkout-index", "-f", "-z", "--stdin", input_bytes=names)
