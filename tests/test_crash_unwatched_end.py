@@ -94,3 +94,5 @@ def test_swarm_run_force_puts_back_git_files_an_agent_changed_while_no_manager_w
     assert status_json(repo)["b"]["state"] == "done"  # the new run's guard blamed it nothing
     _planted_nothing_runs(repo, ran)
     assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
+    # The record of git's files (your config's bytes) goes with the abandoned run.
+    assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/surface.json"))

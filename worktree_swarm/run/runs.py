@@ -11,11 +11,12 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import RunStatus
-from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.paths import guard_dir, store_path
 from worktree_swarm.core.run_settings import Executor
 from worktree_swarm.core.task import INTEGRATION_PREFIX
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
+from worktree_swarm.guard import snapshot
 from worktree_swarm.infra.lock import ManagerLock, refuse_while_state_is_gone
 from worktree_swarm.infra.store import RUN_STATUS_RUNNING, Store
 from worktree_swarm.infra.store_rows import RunRow, TaskRow
@@ -164,6 +165,8 @@ def refuse_or_abandon(
         targets = [t.task_id for t in store.tasks(run.run_id) if not t.state.is_final]
         control.stop_unmanaged(repo, store, run.run_id, targets, tell=tell)
         retry.settle_guard(repo, store, run.run_id)  # what its guard was at
+        # As `swarm stop`'s end of it: the record of git's files (your config's bytes) goes.
+        snapshot.drop_baselines(guard_dir(repo, run.run_id), keep_base=True)
         store.finish_run(run.run_id, status=RUN_STATUS_ABANDONED)
         control.scrub_ended(repo, store, run.run_id)  # as its manager's end would have
     return [r.run_id for r in orphans]
