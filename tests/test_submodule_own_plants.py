@@ -22,7 +22,7 @@ from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 
 # Checks out lib, commits inside it, then plants argv[2] (fsmonitor, hook or nothing).
 AGENT = """
-import pathlib, subprocess, sys
+import pathlib, shutil, subprocess, sys
 marker, plant = sys.argv[1:]
 def git(*args):
     return subprocess.run(['git', '-c', 'protocol.file.allow=always', *args], check=True,
@@ -38,6 +38,15 @@ if plant == 'hook':
     hook = gitdir / 'hooks' / 'post-checkout'
     hook.write_text(f'#!/bin/sh\\ntouch {marker}\\n')
     hook.chmod(0o755)
+if plant == 'update':  # run by your `git submodule update` of a submodule of lib's
+    git('-C', 'lib', 'config', 'submodule.inner.update', f'!touch {marker}')
+if plant == 'attributes':
+    git('-C', 'lib', 'config', 'core.attributesFile', str(gitdir.parent / 'planted-attributes'))
+if plant == 'commondir':  # lib's git then reads a copy's config, with an fsmonitor
+    copy = gitdir.parent / 'copy'
+    shutil.copytree(gitdir, copy)
+    git('config', '--file', str(copy / 'config'), 'core.fsmonitor', f'touch {marker}; false #')
+    (gitdir / 'commondir').write_text(f'{copy}\\n')
 pathlib.Path('own.txt').write_text('own work\\n')
 """
 
@@ -51,7 +60,14 @@ def super_repo(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("plant", "label"), [("fsmonitor", "modules/lib/config"), ("hook", "hooks/post-checkout")]
+    ("plant", "label"),
+    [
+        ("fsmonitor", "modules/lib/config"),
+        ("hook", "hooks/post-checkout"),
+        ("update", "modules/lib/config"),
+        ("attributes", "modules/lib/config"),
+        ("commondir", "modules/lib/commondir"),
+    ],
 )
 def test_a_program_planted_in_a_tasks_own_submodule_git_dir_is_put_back(
     super_repo: Path,
@@ -72,8 +88,10 @@ def test_a_program_planted_in_a_tasks_own_submodule_git_dir_is_put_back(
     assert row["state"] == "failed", row
     assert label in str(row["reason"]), row
     (config,) = (super_repo / ".git" / "worktrees").glob("*/modules/lib/config")
-    assert "fsmonitor" not in config.read_text()
+    for planted in ("fsmonitor", "\tupdate = ", "attributesfile"):
+        assert planted not in config.read_text().lower()
     assert not (config.parent / "hooks" / "post-checkout").exists()
+    assert not (config.parent / "commondir").exists()
     worktree = super_repo.parent / "repo.swarm" / "t"
     assert (worktree / "lib" / "README.md").read_text() == "committed inside the submodule\n"
     subprocess.run(["git", "status"], cwd=worktree, check=True, capture_output=True)

@@ -87,17 +87,36 @@ _ALWAYS_KEYS = frozenset(key.lower() for key, _ in ALWAYS)
 _ASKED_SECTIONS = {"difftool": "cmd", "mergetool": "cmd", "browser": "cmd", "man": "cmd"}
 
 
+# Settings that make a later git of yours run a program, or fetch through one, which swarm's
+# own commands never meet (no `-c` needed): judged where an agent may write config.
+_JUDGED_KEYS = frozenset({"core.attributesfile", "interactive.difffilter", "web.browser"})
+_JUDGED_LEAVES = {  # <section>.<name>.<leaf>
+    "submodule": {"update"},  # `!command`: run by your `git submodule update`
+    "protocol": {"allow"},  # `ext::` remotes run a command
+    "url": {"insteadof", "pushinsteadof"},  # a remote turned into an `ext::` one
+    "remote": {"vcs"},  # a remote helper program
+    "trailer": {"command", "cmd"},
+    "tar": {"command"},
+    "sendemail": {"tocmd", "cccmd", "sendmailcmd", "smtpserver"},
+}
+
+
 def runs_program(name: str) -> bool:
     """Whether the config key *name* can make git run a program (or read a file that may).
 
     :data:`ALWAYS`'s keys, the program-running ones of repository-level config (drivers,
     helpers, ssh and gpg programs, ``remote.<x>.uploadpack``), ``include.path`` and
-    ``includeIf.<cond>.path``, pagers, aliases and the tools' commands.
+    ``includeIf.<cond>.path``, pagers, aliases and the tools' commands, and what only a
+    later git of yours runs (:data:`_JUDGED_KEYS`, :data:`_JUDGED_LEAVES`).
     """
     lowered = name.lower()
     section, _, rest = lowered.partition(".")
     middle, _, leaf = rest.rpartition(".")
     if lowered in _ALWAYS_KEYS or lowered in _EXEC_KEYS or lowered == "diff.external":
+        return True
+    if lowered in _JUDGED_KEYS or lowered == "protocol.allow":
+        return True
+    if leaf in _JUDGED_LEAVES.get(section, ()) and (middle or section == "sendemail"):
         return True
     if section in {"include", "includeif"} and leaf == "path":
         return True

@@ -5,7 +5,8 @@ A task's submodules' git dirs (``worktrees/<task>/modules/``, made by `git submo
 hooks, ``info/exclude``, taken as found. But your `git status` in that worktree later looks
 inside a checked-out submodule under its git dir's config, hooks and attributes: a setting
 that runs a program there (config_overrides' list, ``include.path``), a hook that is not a
-sample, ``info/attributes`` or a symlink is judged as any other change of git's files.
+sample, ``info/attributes``, a ``commondir`` (git would read another git dir's config) or a
+symlink is judged as any other change of git's files.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def runs_code(root: Path, label: str, old: Entry | None, new: Entry | None) -> b
     if new.kind not in _TAKEN_KINDS:  # a symlink (to a config of anyone's), a pipe
         return True
     parent, leaf = _tail(label)
+    if leaf == "commondir":  # never git's in a submodule's git dir: its config is another's
+        return True
     if leaf in _CONFIGS and new.kind == "file":  # before hooks/: git runs no hook so named
         return _programs(root, old) != _programs(root, new)
     if new.kind != "file":

@@ -476,7 +476,7 @@ def _add_modules(found: Surface, common: Path, modules: Path, depth: int = 0) ->
         gitdir = modules / name
         if _is_git_dir(gitdir):
             _add_shut_dir(found, common, gitdir)
-            for file in ("config", "config.worktree"):
+            for file in ("config", "config.worktree", "commondir"):  # commondir: another's
                 _add(found, common, gitdir / file)
             for tree in ("hooks", "info"):
                 _add_tree(found, common, gitdir / tree)
