@@ -207,6 +207,7 @@ def _recordable(path: Path | None) -> None:
 
 _thread_locks: dict[Path, threading.RLock] = {}
 _thread_locks_guard = threading.Lock()
+_depth: dict[Path, int] = {}  # how many times the thread holding a path's lock took it
 
 
 @contextmanager
@@ -216,6 +217,9 @@ def repo_lock(repo: Repo) -> Iterator[None]:
     Threads of this process queue on an in-process lock first, so a release wakes the next
     thread at once; only the thread at the head polls the cross-process file lock (whose
     polling between threads of one process would otherwise cap worktree creation at ~14/s).
+    Taken again by the thread that holds it (a guard's look at the worktrees inside `swarm
+    doctor`'s fixes), it is held already: a second file lock of the process would wait on the
+    first for ever.
     """
     repo.state_dir.mkdir(parents=True, exist_ok=True)
     # The lock file is never deleted: deleting it would let a waiter and a newcomer hold
@@ -224,6 +228,13 @@ def repo_lock(repo: Repo) -> Iterator[None]:
     with _thread_locks_guard:
         local = _thread_locks.setdefault(path, threading.RLock())
     with local:
+        if _depth.get(path):  # held by this thread: only its holder gets past `local`
+            _depth[path] += 1
+            try:
+                yield
+            finally:
+                _depth[path] -= 1
+            return
         lock = filelock.FileLock(path, poll_interval=0.005)
         try:
             lock.acquire(timeout=REPO_LOCK_QUIET)
@@ -242,9 +253,11 @@ def repo_lock(repo: Repo) -> Iterator[None]:
                     f"{path} has been held for {REPO_LOCK_WAIT / 60:.0f} minutes; find what holds"
                     f" it (`fuser {path}`) and try again"
                 ) from None
+        _depth[path] = 1
         try:
             yield
         finally:
+            _depth[path] = 0
             lock.release()
 
 
