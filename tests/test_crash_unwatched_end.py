@@ -9,7 +9,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import git
+import pytest
+
+from tests.conftest import git, unrecord_launch
 from tests.test_crash import PLANTS_UNWATCHED, _kill_group, _manager
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 
@@ -96,3 +98,26 @@ def test_swarm_run_force_puts_back_git_files_an_agent_changed_while_no_manager_w
     assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
     # The record of git's files (your config's bytes) goes with the abandoned run.
     assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/surface.json"))
+
+
+@pytest.mark.parametrize("end", ["resume", "stop"])
+def test_an_agent_whose_launch_went_unrecorded_is_a_suspect_of_git_files_changed_unwatched(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], end: str
+) -> None:
+    # A manager killed between an agent's launch and its attempt's record: the agent, no
+    # suspect, planted a `core.fsmonitor` and a hook that became the resume's baseline.
+    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_UNWATCHED, write_agent)
+    runs = repo / ".git" / "swarm" / "runs"
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")
+    unrecord_launch(repo, "a", 1)
+    out = swarm(repo, end)
+    assert out.returncode == (1 if end == "resume" else 0), out.stdout + out.stderr  # a failed
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert REASON in str(row["reason"])
+    _planted_nothing_runs(repo, ran)
+    assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch

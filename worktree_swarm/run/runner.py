@@ -39,7 +39,7 @@ from worktree_swarm.run.retry import settle_guard, since_last_retry
 from worktree_swarm.run.run_state import Observer
 from worktree_swarm.run.run_worker import Live, TaskOutcome, worktree_path
 from worktree_swarm.run.task_launch import STARVED_WAIT, TaskLaunch, port_slot
-from worktree_swarm.run.unwatched import ran_on
+from worktree_swarm.run.unwatched import may_have_run, ran_on
 
 __all__ = [
     "STOPPING_EVENT",
@@ -218,9 +218,12 @@ class Runner(TaskLaunch):
         interrupts.check()
         if (unwatched := self.guard.unwatched()) is not None:  # a resumed run
             self._emit(UNWATCHED_EVENT, None, unwatched.as_dict())
-        self.guard.judge_unwatched_surface(  # what they did unwatched
-            {t: worktree_path(self.spec, live.task) for t, live in self._adopt.items()}
-        )
+        suspects = {t: worktree_path(self.spec, live.task) for t, live in self._adopt.items()}
+        for row in self.store.tasks(self.run_id) if self._resumed else ():
+            # And one a killed manager launched but did not record (no attempt to adopt).
+            if may_have_run(row, self.store.attempts(self.run_id, row.task_id)):
+                suspects.setdefault(row.task_id, worktree_path(self.spec, self._tasks[row.task_id]))
+        self.guard.judge_unwatched_surface(suspects)  # what they did unwatched
         self.guard.keep_base_for_resume()
         self.guard.watch_in_background()
 

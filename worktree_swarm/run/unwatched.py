@@ -36,13 +36,28 @@ def ran_on(row: TaskRow, attempts: Sequence[AttemptRow]) -> bool:
     )
 
 
+def may_have_run(row: TaskRow, attempts: Sequence[AttemptRow]) -> bool:
+    """Whether *row*'s task's agent may have written while no manager watched.
+
+    One that :func:`ran_on`, or one a killed manager launched (``launching``) but recorded no
+    attempt of: a suspect of what changed meanwhile all the same.
+    """
+    launching = row.launching
+    unrecorded = (
+        launching is not None
+        and launching > row.retry_base
+        and launching not in {a.number for a in attempts}
+    )
+    return ran_on(row, attempts) or (unrecorded and not row.state.is_final)
+
+
 def judge_git_files(
     repo: git.Repo, store: Store, run_id: str, tell: Callable[[str], None] | None = None
 ) -> None:
     """Git's files changed since the killed manager of *run_id* last looked: put back, failed.
 
     Called once the agents its tasks left are killed, before those stopped are recorded: the
-    suspects are the tasks that :func:`ran_on`. What changed is put back and recorded as their
+    suspects are the tasks that :func:`may_have_run`. What changed is put back and recorded as their
     outside write (each fails once it ends, its work kept on its branch), and *tell* gets one
     line saying so. Not to be called beside another run's live manager: its guard judges them.
     """
@@ -52,7 +67,7 @@ def judge_git_files(
     suspects = {
         row.task_id: Path(row.worktree)
         for row in store.tasks(run_id)
-        if ran_on(row, store.attempts(run_id, row.task_id))
+        if may_have_run(row, store.attempts(run_id, row.task_id))
     }
     if not suspects:
         return
