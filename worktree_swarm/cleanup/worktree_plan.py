@@ -8,7 +8,6 @@ its removal must checkpoint first.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -170,10 +169,9 @@ def finish_finding(
 def worktree_dirty(path: Path) -> bool:
     """Whether the worktree *path* holds work that removing it would need to commit first."""
     if gitfiles.checkout_incomplete(path):
-        # Never populated, a removal cut short (the index goes first), or an index deleted:
-        # repaired from HEAD before anything, so a file HEAD lacks or one that differs from
-        # HEAD's is work, not every file read as deleted.
-        return bool(_beyond_head(path)) or _edited_from_head(path)
+        # Never populated, or a removal cut short (the index goes first): repaired from HEAD
+        # before anything, so only a file HEAD lacks is work, not every file read as deleted.
+        return bool(_beyond_head(path))
     # A directory git cannot read may hide work, and so may an index flag.
     return git_status.full_status(path) != "" or git_index.hides_edits(path)
 
@@ -183,23 +181,6 @@ def _beyond_head(path: Path) -> set[bytes]:
     there = runner.run_bytes(path, "ls-files", "-z", "--others", "--exclude-standard").stdout
     head = runner.run_bytes(path, "ls-tree", "-r", "-z", "--name-only", "HEAD").stdout
     return set(there.split(b"\0")) - set(head.split(b"\0")) - {b""}
-
-
-_TRACKED_STATUS = ("--no-optional-locks", "status", "--porcelain", "-z", "--untracked-files=no",
-                   "--no-renames")  # fmt: skip
-
-
-def _edited_from_head(path: Path) -> bool:
-    """Whether a file of HEAD that the checkout *path* (without an index) has differs from it.
-
-    Looked at through an index of HEAD made aside: the checkout's own is never written.
-    """
-    with tempfile.TemporaryDirectory(prefix="swarm-index-") as aside:
-        env = {"GIT_INDEX_FILE": str(Path(aside) / "index")}
-        runner.run(path, "read-tree", "HEAD", env=env)
-        found = runner.run_bytes(path, *_TRACKED_STATUS, env=env).stdout
-    # A missing file is no work: the repair checks it out again.
-    return any(entry[:2] != b" D" for entry in found.split(b"\0") if entry)
 
 
 def kept_commit(repo: git.Repo, info: WorktreeInfo) -> bool:

@@ -26,13 +26,7 @@ from worktree_swarm.cleanup.worktree_plan import kept_commit, scratch, submodule
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR, DEFAULT_MAX_FILE
-from worktree_swarm.core.task import (
-    INTEGRATION_DIR_PREFIX,
-    INTEGRATION_PREFIX,
-    SCRATCH_PREFIX,
-    Task,
-    is_valid_task_id,
-)
+from worktree_swarm.core.task import INTEGRATION_PREFIX, Task, is_valid_task_id
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import (
     checkpoints,
@@ -178,8 +172,7 @@ def _checkpoint_and_remove(
         tampering.unplant(repo, path, info.branch)  # nothing of git's below writes through one
         _unlock_index(repo, path)
         # A checkout killed half-way is populated from HEAD, never committed as deletions.
-        merges = path.name.startswith((INTEGRATION_DIR_PREFIX, SCRATCH_PREFIX))  # no agent's
-        repaired = gitfiles.repair_checkout(path, killed_checkout=merges)
+        repaired = gitfiles.repair_checkout(path)
         # One `status` settles the usual case (a finished task's checkout holds nothing new):
         # no checkpoint, and the files go without `git worktree remove`, which runs its own.
         # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.

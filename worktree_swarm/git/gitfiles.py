@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worktree_swarm.core.errors import GitError
-from worktree_swarm.git import runner
 from worktree_swarm.git.config_files import common_dir, git_dir
-from worktree_swarm.git.object_reader import ObjectReader
 from worktree_swarm.git.repo import rev_parse_in, run
 from worktree_swarm.infra import fs
 
@@ -204,75 +202,13 @@ def checkout_incomplete(worktree: Path) -> bool:
     return res.returncode == 0 and bool(res.stdout.strip())
 
 
-def repair_checkout(worktree: Path, *, killed_checkout: bool = False) -> bool:
-    """Give a checkout without an index one from HEAD, and the files of HEAD it lacks.
+def repair_checkout(worktree: Path) -> bool:
+    """Populate a checkout that was never populated (files and index from HEAD).
 
-    Returns whether a repair was needed (see :func:`checkout_incomplete`). A checkout killed
-    half-way (never populated, or a removal cut short: the index goes first) gets its missing
-    files back, never committed as deletions. Files still there are left as they are: an
-    agent that deleted its index keeps its edits to tracked files, read as changes from HEAD.
-    *killed_checkout*: no agent works there (a merge's worktree), so a file holding HEAD's
-    bytes cut short is the one the killed checkout was writing, and is checked out whole.
-    A missing file under a path that is no directory now (a file or symlink in its place)
-    stays missing: what is there instead is the change.
+    Returns whether a repair was needed. Only an unpopulated checkout is touched: swarm
+    populates a worktree before any agent runs in it, so such a checkout holds no work.
     """
     if not checkout_incomplete(worktree):
         return False
-    run(worktree, ["read-tree", "HEAD"])  # the index alone: no file is written
-    sparse_on = run(worktree, ["config", "--bool", "core.sparseCheckout"], check=False)
-    if sparse_on.stdout.strip() == "true":  # skip the files outside the patterns, as -u does
-        run(worktree, ["sparse-checkout", "reapply"])
-    gone = runner.run_bytes(worktree, "ls-files", "-z", "--deleted").stdout
-    missing = [name for name in gone.split(b"\0") if name and _under_dirs(worktree, name)]
-    if killed_checkout:
-        missing += _cut_short(worktree, set(gone.split(b"\0")))
-    if missing:
-        names = b"".join(name + b"\0" for name in missing)
-        runner.run_bytes(worktree, "checkout-index", "-f", "-z", "--stdin", input_bytes=names)
-    return True
-
-
-_FILE_MODES = {b"100644", b"100755"}
-
-
-def _cut_short(worktree: Path, gone: set[bytes]) -> list[bytes]:
-    """The files of *worktree* a killed checkout left part-written: HEAD's bytes, cut short.
-
-    git writes each file in place, so a checkout killed mid-file leaves its first bytes (none,
-    when killed between creating and writing it); an edit is anything else.
-    """
-    listed = runner.run_bytes(worktree, "ls-files", "-z", "--stage", "--modified").stdout
-    found: list[bytes] = []
-    if not listed:
-        return found
-    with ObjectReader(worktree) as reader:
-        for line in dict.fromkeys(listed.split(b"\0")):
-            info, _, name = line.partition(b"\t")
-            mode = info.split(maxsplit=1)[0] if info else b""
-            if not name or name in gone or mode not in _FILE_MODES:
-                continue
-            sha = info.split()[1].decode()
-            path = worktree / os.fsdecode(name)
-            try:
-                if not stat.S_ISREG(path.lstat().st_mode):
-                    continue
-                data = path.read_bytes()
-                blob = reader.read(sha, limit=len(data) + 1)
-            except (OSError, GitError):
-                continue
-            if len(blob) > len(data) and blob.startswith(data):
-                found.append(name)
-    return found
-
-
-def _under_dirs(worktree: Path, name: bytes) -> bool:
-    """Whether each directory on the way to the file *name* in *worktree* is one, or is absent."""
-    at = worktree
-    for part in os.fsdecode(name).split("/")[:-1]:
-        at /= part
-        try:
-            if not stat.S_ISDIR(at.lstat().st_mode):
-                return False
-        except FileNotFoundError:
-            return True  # checkout-index makes it, and those below it
+    run(worktree, ["read-tree", "--reset", "-u", "HEAD"])
     return True

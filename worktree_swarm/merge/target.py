@@ -196,8 +196,7 @@ def open_target(
                 saved = save_left(repo, info.path, branch, parent=start)
                 removal.remove_worktree(repo, info.path, force=True)
                 break
-            # A merge killed while it checked the target out.
-            gitfiles.repair_checkout(info.path, killed_checkout=True)
+            gitfiles.repair_checkout(info.path)  # a merge killed while it checked the target out
             cut_off = half_merged(info.path) or checks_cut_off(info.path)
             saved = save_left(repo, info.path, branch) if cut_off else None
             if half_merged(info.path):
