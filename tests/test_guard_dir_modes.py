@@ -33,13 +33,8 @@ def layout(tmp_path: Path) -> tuple[Path, list[Path]]:
     return common, tops
 
 
-def test_a_read_looks_again_only_at_entries_inotify_saw_change(
-    layout: tuple[Path, list[Path]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    common, tops = layout
-    modes = DirModes()
-    first = surface.read(common, None, None, tops, modes)
-    assert first == surface.read(common, None, None, tops)
+def lstats_of(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths `os.lstat` is called for from now on, in order (each call still made)."""
     looked: list[str] = []
     real_lstat = os.lstat
 
@@ -48,6 +43,17 @@ def test_a_read_looks_again_only_at_entries_inotify_saw_change(
         return real_lstat(path, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "lstat", lstat)
+    return looked
+
+
+def test_a_read_looks_again_only_at_entries_inotify_saw_change(
+    layout: tuple[Path, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common, tops = layout
+    modes = DirModes()
+    first = surface.read(common, None, None, tops, modes)
+    assert first == surface.read(common, None, None, tops)
+    looked = lstats_of(monkeypatch)
     assert surface.read(common, None, None, tops, modes) == first
     admins = [p for p in looked if p.startswith(f"{common}/worktrees/t") and p[-1].isdigit()]
     fan_outs = [p for p in looked if p.startswith(f"{common}/objects/") and len(Path(p).name) == 2]
@@ -74,14 +80,7 @@ def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
     worktrees = common / "worktrees"
     modes = DirModes()
     first = surface.read(common, None, None, tops, modes)
-    looked: list[str] = []
-    real_lstat = os.lstat
-
-    def lstat(path: str | Path, **kwargs: object) -> os.stat_result:
-        looked.append(os.fspath(path))
-        return real_lstat(path, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "lstat", lstat)
+    looked = lstats_of(monkeypatch)
     assert surface.read(common, None, None, tops, modes) == first
     assert [p for p in looked if p.endswith("/config.worktree")] == []
     planted = "[core]\n\tfsmonitor = touch planted\n"
