@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import add_submodule, git, make_repo
 from tests.mergekit import LINES, RUN_ID, Brancher, conflicting
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
+from tests.test_submodule_merge_guard import RESOLVER as CHECKS_OUT_LIB
 
 # Checks out lib, commits inside it, then plants argv[2] (fsmonitor, hook or nothing).
 AGENT = """
@@ -113,19 +114,15 @@ def test_a_task_checking_out_and_configuring_its_own_submodule_stays_done(
     assert "tagOpt" in config.read_text()
 
 
-# Resolves the conflict by keeping both sides, checks out lib, and plants an fsmonitor in
-# lib's git dir (the merge worktree's own).
-RESOLVER = """
-import pathlib, re, subprocess, sys
-for path in pathlib.Path('.').glob('*.txt'):
-    text = path.read_text()
-    if '<<<<<<<' in text:
-        path.write_text(re.sub(r'^(<<<<<<<|=======|>>>>>>>).*\\n', '', text, flags=re.M))
-subprocess.run(['git', '-c', 'protocol.file.allow=always', 'submodule', 'update', '--init',
-                '-q'], check=True)
+# Resolves the conflict and checks out lib (as the merge tests' resolver), then plants an
+# fsmonitor in lib's git dir (the merge worktree's own).
+RESOLVER = (
+    CHECKS_OUT_LIB
+    + """
 subprocess.run(['git', '-C', 'lib', 'config', 'core.fsmonitor', 'touch MARKER; false #'],
                check=True)
 """
+)
 
 
 @pytest.mark.long
