@@ -1,0 +1,109 @@
+"""Which worktree ties, changed while no manager watched, are git's own writing.
+
+`git worktree move`, `repair` and `remove` rewrite a linked worktree's ``.git`` file and its
+admin dir's ``gitdir`` and ``commondir``: a resumed guard follows them (put back, they would
+name the old place). A tie pointed anywhere else (a copy of the repository whose config your
+git there would read) is not git's. Real repositories, real `git worktree` commands.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from worktree_swarm.guard.surface import Entry
+from worktree_swarm.guard.surface_ties import moved_by_git
+
+
+def _linked(tmp_path: Path) -> tuple[Path, Path]:
+    """A repository's git dir and a linked worktree ``mine`` of it."""
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(tmp_path / "mine"))
+    return repo / ".git", tmp_path / "mine"
+
+
+def _entry(path: Path) -> Entry | None:
+    return Entry(kind="file", data=path.read_bytes()) if path.exists() else None
+
+
+def test_every_tie_git_worktree_move_writes_is_gits(tmp_path: Path) -> None:
+    common, mine = _linked(tmp_path)
+    moved = tmp_path / "moved"
+    git(common.parent, "worktree", "move", str(mine), str(moved))
+    for label in (f"{moved}/.git", "worktrees/mine/gitdir", f"{mine}/.git"):
+        path = Path(label) if label.startswith("/") else common / label
+        assert moved_by_git(common, label, _entry(path)), label
+
+
+def test_the_ties_git_worktree_repair_writes_after_a_hand_move_are_gits(tmp_path: Path) -> None:
+    common, mine = _linked(tmp_path)
+    moved = tmp_path / "moved"
+    mine.rename(moved)
+    git(moved, "worktree", "repair")
+    assert moved_by_git(common, "worktrees/mine/gitdir", _entry(common / "worktrees/mine/gitdir"))
+    assert moved_by_git(common, f"{moved}/.git", _entry(moved / ".git"))
+
+
+def test_an_admin_dir_git_worktree_remove_took_away_is_gits(tmp_path: Path) -> None:
+    common, mine = _linked(tmp_path)
+    git(common.parent, "worktree", "remove", str(mine))
+    for tie in ("gitdir", "commondir"):
+        assert moved_by_git(common, f"worktrees/mine/{tie}", None), tie
+
+
+def test_a_tie_deleted_from_an_admin_dir_left_in_place_is_not_gits(tmp_path: Path) -> None:
+    common, _ = _linked(tmp_path)
+    (common / "worktrees/mine/gitdir").unlink()
+    assert not moved_by_git(common, "worktrees/mine/gitdir", None)
+
+
+def test_a_commondir_naming_a_copy_of_the_repository_is_not_gits(tmp_path: Path) -> None:
+    common, _ = _linked(tmp_path)
+    label = "worktrees/mine/commondir"
+    assert moved_by_git(common, label, _entry(common / label))  # as git wrote it
+    copy = tmp_path / "copy"
+    shutil.copytree(common, copy, symlinks=True)
+    assert not moved_by_git(common, label, Entry(kind="file", data=f"{copy}\n".encode()))
+
+
+def test_a_worktree_git_file_naming_a_copys_admin_dir_is_not_gits(tmp_path: Path) -> None:
+    common, mine = _linked(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(common, copy, symlinks=True)  # its worktrees/mine/gitdir names mine/.git
+    planted = Entry(kind="file", data=f"gitdir: {copy}/worktrees/mine\n".encode())
+    assert not moved_by_git(common, f"{mine}/.git", planted)
+
+
+def test_a_gitdir_naming_a_git_file_that_does_not_name_it_back_is_not_gits(
+    tmp_path: Path,
+) -> None:
+    common, _ = _linked(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".git").write_text(f"gitdir: {tmp_path}/elsewhere\n")
+    label = "worktrees/mine/gitdir"
+    assert not moved_by_git(common, label, Entry(kind="file", data=f"{other}/.git\n".encode()))
+    nowhere = Entry(kind="file", data=f"{tmp_path}/absent/.git\n".encode())
+    assert not moved_by_git(common, label, nowhere)
+    not_a_git_file = Entry(kind="file", data=f"{other}/config\n".encode())
+    assert not moved_by_git(common, label, not_a_git_file)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        Entry(kind="file", data=b"ref: not a gitdir line\n"),
+        Entry(kind="file", data=b"gitdir: \xff\xfe\n"),
+        Entry(kind="file", data=b"gitdir: one\ngitdir: two\n"),
+        Entry(kind="file", data=b"gitdir:   \n"),
+        Entry(kind="link", data=b"/somewhere/else"),
+        Entry(kind="dir", bits=0o755),
+    ],
+    ids=["no-prefix", "not-utf8", "two-lines", "empty", "symlink", "directory"],
+)
+def test_a_worktree_git_file_git_would_not_write_is_not_gits(tmp_path: Path, entry: Entry) -> None:
+    common, mine = _linked(tmp_path)
+    assert not moved_by_git(common, f"{mine}/.git", entry)
