@@ -222,12 +222,15 @@ def test_a_killed_merge_leaves_no_decrypted_file_once_cleaned(
 
 
 # Deletes the guard's own store (no --sandbox: it can), then, once told, writes into your
-# checkout.
+# checkout. Renamed away first: a guard writing into the store meanwhile would make a plain
+# `rmtree` fail (the agent ended before its write).
 STORE_DELETER = """
 import pathlib, shutil, sys, time
 repo, flags = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 (store,) = repo.glob('.git/swarm/runs/*/guard/snapshot-objects')
-shutil.rmtree(store)
+gone = store.with_name('gone')
+store.rename(gone)
+shutil.rmtree(gone, ignore_errors=True)
 while not (flags / 'go').exists():
     time.sleep(0.05)
 (repo / 'README.md').write_text('agent\\n')
@@ -253,7 +256,10 @@ def test_the_guards_store_deleted_is_told_and_later_writes_are_put_back(
 
 # Deletes the guard's whole directory, its store with it (no --sandbox: it can), not the
 # state directory `.git/swarm`, which the manager writes back.
-GUARD_DIR_DELETER = STORE_DELETER.replace("shutil.rmtree(store)", "shutil.rmtree(store.parent)")
+GUARD_DIR_DELETER = STORE_DELETER.replace(
+    "gone = store.with_name('gone')\nstore.rename(gone)",
+    "gone = store.parent.with_name('gone')\nstore.parent.rename(gone)",
+)
 
 
 def test_the_guards_directory_deleted_by_an_agent_is_its_outside_write(
