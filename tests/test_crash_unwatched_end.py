@@ -18,6 +18,7 @@ from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 # As PLANTS_UNWATCHED, but it stays running once it planted them (until it is killed).
 PLANTS_AND_STAYS = PLANTS_UNWATCHED + "\nwhile True:\n    time.sleep(1)\n"
 REASON = "git's own files config, hooks/post-commit; restored"
+PLANTED = "config, hooks/post-commit"
 
 
 def _killed_with_planting_agent(
@@ -57,6 +58,8 @@ def test_swarm_stop_puts_back_git_files_an_agent_changed_while_no_manager_watche
     wait_for(lambda: "touch" in hook.read_text(), what="the hook's command")
     out = swarm(repo, "stop")
     assert out.returncode == 0, out.stdout + out.stderr
+    # Its agent stopped here, though its task fails: not "nothing to stop".
+    assert out.stdout == f"stopped: a; put back git's own files {PLANTED}\n", out.stdout
     said = [line for line in out.stderr.splitlines() if "git's own files" in line]
     assert len(said) == 1, out.stderr
     assert "config, hooks/post-commit changed while no manager watched: put back" in said[0]
@@ -68,6 +71,33 @@ def test_swarm_stop_puts_back_git_files_an_agent_changed_while_no_manager_watche
     assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
     # The record of git's files (your config's bytes) goes with the run's end.
     assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/surface.json"))
+
+
+def test_swarm_stop_of_agents_that_ended_says_what_it_put_back_not_nothing_to_stop(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Its agent had ended by itself: `swarm stop` printed "nothing to stop" beside the line
+    # saying what it put back.
+    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_UNWATCHED, write_agent)
+    _wait_ended(repo)
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout == f"no agent was left to stop; put back git's own files {PLANTED}\n"
+    (said,) = out.stderr.splitlines()
+    assert f"{PLANTED} changed while no manager watched: put back" in said, said
+    assert status_json(repo)["a"]["state"] == "failed"
+    _planted_nothing_runs(repo, ran)
+    assert swarm(repo, "stop").stdout == "nothing to stop\n"  # and then nothing is left
+
+
+def _wait_ended(repo: Path) -> None:
+    """Wait until the agent, going on unwatched, has ended (its shim recorded it)."""
+    runs = repo / ".git" / "swarm" / "runs"
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")
 
 
 def test_swarm_run_force_puts_back_git_files_an_agent_changed_while_no_manager_watched(

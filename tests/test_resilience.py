@@ -1652,7 +1652,7 @@ def test_a_stop_beside_another_runs_stop_waits_for_no_guard(
             raise AssertionError("waited for a guard's verdict beside a stop")
 
         monkeypatch.setattr(ref_moves, "_await_verdict", no_verdict)
-        assert control.stop(git_repo, store, run_id, ["w"], grace=5) == ["w"]
+        assert control.stop(git_repo, store, run_id, ["w"], grace=5).tasks == ("w",)
         assert store.task(run_id, "w").state is TaskState.STOPPED
     assert not pid_alive(int((tmp_path / "w.pid").read_text()))
 

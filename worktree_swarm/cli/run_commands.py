@@ -344,8 +344,12 @@ def stop(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None) -> i
     repo = context_repo(ctx, empty_ok=True)
     with run_info.open_store(repo) as store:
         run_id = run_info.resolve_run(store, run_id)
-        stopped = control.stop(repo, store, run_id, task_ids, tell=_err)
-    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
+        done = control.stop(repo, store, run_id, task_ids, tell=_err)
+    said = [f"stopped: {', '.join(done.tasks)}"] if done.tasks else []
+    if done.put_back:  # changed while no manager watched (its line on stderr says by whom)
+        said = said or ["no agent was left to stop"]
+        said.append(f"put back git's own files {', '.join(done.put_back)}")
+    click.echo("; ".join(said) or "nothing to stop")
     return ExitCode.OK
 
 

@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
@@ -31,6 +32,14 @@ from worktree_swarm.run.agent_watch import LOG_READ_LIMIT
 from worktree_swarm.run.attempt_record import attempt_outcome
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stopped:
+    """What a stop did: the tasks it stopped; git's own files changed unwatched it put back."""
+
+    tasks: tuple[str, ...] = ()
+    put_back: tuple[str, ...] = ()
+
+
 def stop(
     repo: git.Repo,
     store: Store,
@@ -39,8 +48,8 @@ def stop(
     *,
     grace: float | None = None,
     tell: Callable[[str], None] | None = None,
-) -> list[str]:
-    """Ask the manager to stop *task_ids* (all when empty); returns the tasks asked.
+) -> Stopped:
+    """Ask the manager to stop *task_ids* (all when empty); what was stopped and put back.
 
     When the run has no manager alive (it crashed), stop the recorded agent trees directly,
     checkpoint their worktrees and mark them stopped, so no work or process is left: under
@@ -68,7 +77,7 @@ def stop(
             repo, store, run_id, targets, deadline=deadline, frozen=stopped, patience=grace
         )
         if not left:
-            return targets
+            return Stopped(tasks=tuple(targets))
         if _managed(repo, store, run_id):
             if run is not None and (frozen := manager_frozen(run)):  # acting on nothing
                 raise SwarmError(f"{frozen}; it stops {', '.join(left)} then")
@@ -77,15 +86,15 @@ def stop(
             )
         # The manager died before it stopped them: stopped here, as with no manager.
     with _unmanaged_stop(repo, run_id) as beside:
-        stop_unmanaged(repo, store, run_id, left, grace=grace, announce=beside, tell=tell)
+        here = stop_unmanaged(repo, store, run_id, left, grace=grace, announce=beside, tell=tell)
         # As the manager would (under its lock: a resume must not start one meanwhile, nor
         # write the logs the end's redaction rewrites).
         _block_dependents(store, run_id)
         end_if_final(repo, store, run_id)  # nothing left to resume: a `swarm run` may start
     # Not one whose agent had ended by itself meanwhile (recorded done or failed): never said
-    # to be stopped.
-    ended = {row.task_id: row.state for row in store.tasks(run_id)}
-    return [t for t in targets if t not in left or ended.get(t) is TaskState.STOPPED]
+    # to be stopped; one stopped here and failed for what it changed in git's files is.
+    said = tuple(t for t in targets if t not in left or t in here.tasks)
+    return Stopped(tasks=said, put_back=here.put_back)
 
 
 DEFAULT_GRACE = 5.0
@@ -240,12 +249,14 @@ def stop_unmanaged(
     grace: float = 5.0,
     announce: bool = False,
     tell: Callable[[str], None] | None = None,
-) -> list[str]:
+) -> Stopped:
     """Stop *targets* of a run no manager watches: kill, checkpoint, mark stopped.
 
     One such stop at a time (`swarm stop`, `run --force`, doctor): two would checkpoint the
     same worktree at once. The agents' trees are killed together, each given *grace*. Then
     git's files are judged as a resume would (:func:`.unwatched.judge_git_files`, *tell*).
+    Returns the tasks whose agents it stopped (or that never ran; not one that had ended by
+    itself), and git's files it put back.
     """
     stopping = filelock.FileLock(repo.state_dir / STOP_LOCK, thread_local=False)
     try:
@@ -260,7 +271,7 @@ def stop_unmanaged(
     try:
         todo = _not_final(store, run_id, targets)
         stopped = _stop_unmanaged(repo, store, run_id, todo, grace, announce=announce, tell=tell)
-        scrub_ended(repo, store, run_id, stopped)  # their logs, as their manager's end would
+        scrub_ended(repo, store, run_id, todo)  # their logs, as their manager's end would
         return stopped
     finally:
         stopping.release()
@@ -275,22 +286,25 @@ def _stop_unmanaged(
     *,
     announce: bool,
     tell: Callable[[str], None] | None,
-) -> list[str]:
+) -> Stopped:
     run = store.get_run(run_id)
     if run is not None and run.settings.executor is Executor.RAY:  # agents on cluster nodes
         from worktree_swarm.run import ray_stop  # noqa: PLC0415 - Ray only for such runs
 
         ray_stop.stop_unmanaged(repo, store, run_id, targets, spec=run.settings)
-        return list(targets)
+        states = {row.task_id: row.state for row in store.tasks(run_id)}
+        return Stopped(tasks=tuple(t for t in targets if states.get(t) is TaskState.STOPPED))
     rows = {row.task_id: row for row in store.tasks(run_id)}
     ended = _kill_left(repo, store, rows, targets, grace)
+    put_back: tuple[str, ...] = ()
     if not announce:  # beside a live manager, its guard judges git's files
-        unwatched.judge_git_files(repo, store, run_id, tell)
+        put_back = unwatched.judge_git_files(repo, store, run_id, tell)
     # A suspect of an outside write its manager judged before it died (or the judgement
     # above) fails, stopped or not.
     verdicts, _ = retry.since_last_retry(
         store, run_id, {t for t, r in rows.items() if r.state.is_final}
     )
+    stopped: list[str] = []
     for task_id in targets:
         task = task_from_json(rows[task_id].spec_json)
         worktree = Path(rows[task_id].worktree)
@@ -308,7 +322,11 @@ def _stop_unmanaged(
         )
         why = why if left is None else f"{why}; {left}"
         store.update_task(run_id, task_id, state=state, reason=why, ended_at=time.time())
-    return list(targets)
+        # Its agent killed here (or none ran), failed or not; or recorded stopped (one that
+        # had ended by itself before its checks).
+        if ended[task_id] is None or state is TaskState.STOPPED:
+            stopped.append(task_id)
+    return Stopped(tasks=tuple(stopped), put_back=put_back)
 
 
 def _kill_left(

@@ -53,24 +53,25 @@ def may_have_run(row: TaskRow, attempts: Sequence[AttemptRow]) -> bool:
 
 def judge_git_files(
     repo: git.Repo, store: Store, run_id: str, tell: Callable[[str], None] | None = None
-) -> None:
+) -> tuple[str, ...]:
     """Git's files changed since the killed manager of *run_id* last looked: put back, failed.
 
     Called once the agents its tasks left are killed, before those stopped are recorded: the
     suspects are the tasks that :func:`may_have_run`. What changed is put back and recorded as their
     outside write (each fails once it ends, its work kept on its branch), and *tell* gets one
     line saying so. Not to be called beside another run's live manager: its guard judges them.
+    Returns the files put back.
     """
     run = store.get_run(run_id)
     if run is None:
-        return
+        return ()
     suspects = {
         row.task_id: Path(row.worktree)
         for row in store.tasks(run_id)
         if may_have_run(row, store.attempts(run_id, row.task_id))
     }
     if not suspects:
-        return
+        return ()
     settings = run.settings
     guard = Guard(
         repo,
@@ -87,6 +88,8 @@ def judge_git_files(
     for violation in found:
         if tell is not None:
             tell(_line(run_id, violation, allowed=settings.allow_outside_writes))
+    allowed = settings.allow_outside_writes
+    return tuple(f for v in found if v.restored and not allowed for f in v.git_files)
 
 
 def _line(run_id: str, violation: Violation, *, allowed: bool) -> str:

@@ -34,9 +34,10 @@ class ActionResult:
 def stop(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResult:
     """Stop one task's agent (its whole process tree), keeping its work (`swarm stop TASK`)."""
     told: list[str] = []  # what its agents changed in git's files unwatched, put back
-    asked = control.stop(repo, store, run_id, [task_id], tell=told.append)
-    if not asked:
-        return ActionResult(ok=False, message=f"{task_id} is not running; nothing to stop")
+    done = control.stop(repo, store, run_id, [task_id], tell=told.append)
+    if not done.tasks:
+        said = "; ".join([f"{task_id} is not running", *(told or ["nothing to stop"])])
+        return ActionResult(ok=False, message=said)
     said = "; ".join([f"stopped {task_id}; its work is on its branch", *told])
     return ActionResult(ok=True, message=said)
 
