@@ -2386,6 +2386,30 @@ def test_your_worktree_moved_while_no_manager_watched_is_followed_not_put_back(
     assert str(tmp_path / "moved") in git(repo, "worktree", "list")
 
 
+def test_your_worktrees_git_file_deleted_while_no_manager_watched_is_put_back(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Taken for git's move or removal (its admin dir still named it): left deleted, and your
+    # worktree was no checkout at all (`git status` there read the repository above, if any).
+    mine = tmp_path / "mine"
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(mine))
+    before = (mine / ".git").read_bytes()
+    gate = tmp_path / "gate"
+    agent = [*write_agent(WAITS_UNWATCHED), str(gate)]
+    started = (repo.parent / "repo.swarm" / "a" / "a.txt").exists
+    delete = (mine / ".git").unlink  # as the agent, going on unwatched, does
+    _agent_ends_unwatched(repo, agent, gate, started=started, meanwhile=delete)
+    out = swarm(repo, "resume")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", row
+    assert f"{mine}/.git" in str(row["reason"]), row
+    assert (mine / ".git").read_bytes() == before
+    assert git(mine, "rev-parse", "--abbrev-ref", "HEAD").strip() == "mine"
+    git(mine, "status")
+
+
 def test_your_worktrees_commondir_pointed_at_a_copy_while_no_manager_watched_is_put_back(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

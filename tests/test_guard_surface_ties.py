@@ -31,11 +31,14 @@ def _entry(path: Path) -> Entry | None:
 
 def test_every_tie_git_worktree_move_writes_is_gits(tmp_path: Path) -> None:
     common, mine = _linked(tmp_path)
+    was = _entry(mine / ".git")
     moved = tmp_path / "moved"
     git(common.parent, "worktree", "move", str(mine), str(moved))
-    for label in (f"{moved}/.git", "worktrees/mine/gitdir", f"{mine}/.git"):
+    for label in (f"{moved}/.git", "worktrees/mine/gitdir"):
         path = Path(label) if label.startswith("/") else common / label
         assert moved_by_git(common, label, _entry(path)), label
+    for old in (was, None):  # the `.git` it moved away: known from what it held, or not
+        assert moved_by_git(common, f"{mine}/.git", None, old)
 
 
 def test_the_ties_git_worktree_repair_writes_after_a_hand_move_are_gits(tmp_path: Path) -> None:
@@ -45,13 +48,43 @@ def test_the_ties_git_worktree_repair_writes_after_a_hand_move_are_gits(tmp_path
     git(moved, "worktree", "repair")
     assert moved_by_git(common, "worktrees/mine/gitdir", _entry(common / "worktrees/mine/gitdir"))
     assert moved_by_git(common, f"{moved}/.git", _entry(moved / ".git"))
+    was = _entry(moved / ".git")
+    assert moved_by_git(common, f"{mine}/.git", None, was)  # where it was: gone with it
 
 
 def test_an_admin_dir_git_worktree_remove_took_away_is_gits(tmp_path: Path) -> None:
     common, mine = _linked(tmp_path)
+    was = _entry(mine / ".git")
     git(common.parent, "worktree", "remove", str(mine))
     for tie in ("gitdir", "commondir"):
         assert moved_by_git(common, f"worktrees/mine/{tie}", None), tie
+    for old in (was, None):
+        assert moved_by_git(common, f"{mine}/.git", None, old)
+
+
+def test_a_worktree_git_file_deleted_while_its_admin_dir_names_it_is_not_gits(
+    tmp_path: Path,
+) -> None:
+    # Taken for git's move or removal: left deleted, your worktree no checkout at all.
+    common, mine = _linked(tmp_path)
+    was = _entry(mine / ".git")
+    (mine / ".git").unlink()
+    for old in (was, None, Entry(kind="file", data=b"gitdir: /not/an/admin/dir\n")):
+        assert not moved_by_git(common, f"{mine}/.git", None, old), old
+
+
+def test_a_worktree_git_file_deleted_with_its_gitdir_pointed_elsewhere_is_not_gits(
+    tmp_path: Path,
+) -> None:
+    # Not a move: the `.git` the admin dir names now does not name it back.
+    common, mine = _linked(tmp_path)
+    was = _entry(mine / ".git")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".git").write_text(f"gitdir: {tmp_path}/elsewhere\n")
+    (common / "worktrees/mine/gitdir").write_text(f"{other}/.git\n")
+    (mine / ".git").unlink()
+    assert not moved_by_git(common, f"{mine}/.git", None, was)
 
 
 def test_a_tie_deleted_from_an_admin_dir_left_in_place_is_not_gits(tmp_path: Path) -> None:

@@ -336,7 +336,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 labels = self._not_worktrees_made(common, now, labels)
             if surface.RERERE in labels and surface_diff.rerere_made(self.repo.root, last, now):
                 labels.remove(surface.RERERE)  # git's own (any commit makes it), empty
-            labels = self._not_theirs_unwatched(labels, suspects, now)
+            labels = self._not_theirs_unwatched(labels, suspects, last, now)
             if not labels:
                 self._surface = now
                 return
@@ -350,13 +350,18 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 self._surface.pop(label, None)
 
     def _not_theirs_unwatched(
-        self, labels: list[str], suspects: Mapping[str, Path], now: surface.Surface
+        self,
+        labels: list[str],
+        suspects: Mapping[str, Path],
+        last: surface.Surface,
+        now: surface.Surface,
     ) -> list[str]:
         """*labels* less what git and the adopted tasks' own work changed while unwatched.
 
         The ties of a worktree as `git worktree move` or `repair` writes them, which a live
         guard follows (put back, they would name the old place): its ``.git`` file and its
-        admin dir's ``gitdir`` naming each other, its ``commondir`` naming this repository.
+        admin dir's ``gitdir`` naming each other, its ``commondir`` naming this repository
+        (its ``.git`` gone: its admin dir removed, or naming it no more; *last*, the baseline).
         Any other change of a tie is judged (pointed at a copy of the repository, your git
         there would read the copy's config). And the git dirs of an adopted task's own
         submodules (`git submodule update --init` in its worktree): as found, as a live guard
@@ -375,7 +380,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             if label.endswith("/.git") or (
                 in_admin and len(parts) == 3 and parts[2] in surface.TIES  # noqa: PLR2004
             ):
-                if not surface_ties.moved_by_git(common, label, now.get(label)):
+                if not surface_ties.moved_by_git(common, label, now.get(label), last.get(label)):
                     left.append(label)
             elif not (
                 in_admin

@@ -4,11 +4,13 @@
 ``gitdir`` so that each names the other, and leave ``commondir`` naming the repository; `git
 worktree remove` takes them away with the admin dir. Any other tie (a ``commondir`` or a
 ``.git`` naming a copy of the repository an agent made, whose config your git there would
-read) is judged by the resumed guard (surface_checks).
+read) is judged by the resumed guard (surface_checks), and so is a ``.git`` deleted while
+its admin dir still names it (git deletes one only as it moves or removes the worktree).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -18,14 +20,14 @@ from worktree_swarm.infra import fs
 _PREFIX = "gitdir:"
 
 
-def moved_by_git(common: Path, label: str, new: Entry | None) -> bool:
-    """Whether the tie *label* of the git dir *common*, now *new*, is one git wrote."""
+def moved_by_git(common: Path, label: str, new: Entry | None, old: Entry | None = None) -> bool:
+    """Whether the tie *label* of the git dir *common*, now *new* (*old* before), is git's."""
     real_common = os.path.realpath(common)
     parts = label.split("/")
     if parts[0] != "worktrees" or len(parts) != 3:  # noqa: PLR2004 - a worktree's `.git`
-        if new is None:  # moved away or removed: no `.git` there makes git read nothing
-            return True
         checkout = path_of(common, label)
+        if new is None:
+            return _taken_by_git(common, checkout, old)
         named = _named(checkout.parent, new, prefix=True)
         if named is None or Path(named).parent != Path(real_common) / "worktrees":
             return False
@@ -36,6 +38,41 @@ def moved_by_git(common: Path, label: str, new: Entry | None) -> bool:
     if parts[2] == "commondir":
         return _named(admin, new, prefix=False) == real_common
     dotgit = _named(admin, new, prefix=False)
+    if dotgit is None or os.path.basename(dotgit) != ".git":  # noqa: PTH119
+        return False
+    return _names(Path(dotgit).parent, ".git", os.path.realpath(admin), prefix=True)
+
+
+def _taken_by_git(common: Path, dotgit: Path, old: Entry | None) -> bool:
+    """Whether git took away the linked worktree's ``.git`` file *dotgit* (*old* before).
+
+    With its admin dir (`git worktree remove`, or a prune), or moving it (the admin dir names
+    a ``.git`` elsewhere that names it back). Its admin dir: the one *old* named, else the one
+    whose ``gitdir`` names *dotgit*; with neither, nothing of git's names it.
+    """
+    admins = Path(os.path.realpath(common)) / "worktrees"
+    named = _named(dotgit.parent, old, prefix=True) if old is not None else None
+    if named is None or Path(named).parent != admins:
+        real = os.path.realpath(dotgit)
+        with contextlib.suppress(OSError):
+            named = next(
+                (str(a) for a in admins.iterdir() if _names(a, "gitdir", real, prefix=False)),
+                None,
+            )
+        if named is None or Path(named).parent != admins:
+            return True
+    if not os.path.lexists(named):
+        return True
+    return _ties_back(Path(named))
+
+
+def _ties_back(admin: Path) -> bool:
+    """Whether the admin dir *admin*'s ``gitdir`` names a ``.git`` file that names it back."""
+    try:
+        entry = Entry(kind="file", data=fs.read_file(admin / "gitdir"))
+    except OSError:
+        return False
+    dotgit = _named(admin, entry, prefix=False)
     if dotgit is None or os.path.basename(dotgit) != ".git":  # noqa: PTH119
         return False
     return _names(Path(dotgit).parent, ".git", os.path.realpath(admin), prefix=True)
