@@ -7,6 +7,12 @@ inside a checked-out submodule under its git dir's config, hooks and attributes:
 that runs a program there (config_overrides' list, ``include.path``), a hook that is not a
 sample, ``info/attributes``, a ``commondir`` (git would read another git dir's config) or a
 symlink is judged as any other change of git's files.
+
+A config so judged is put back by its program-running settings only: the agent's other
+changes (``submodule.<x>.active``, ``core.worktree``, a remote's fetch refspecs, written by
+its `git submodule update`) are kept. Where swarm's git cannot give it exactly the settings
+it had (a key with no value, an ``include.path`` whose place among the rest counts), it goes
+back whole.
 """
 
 from __future__ import annotations
@@ -49,22 +55,36 @@ def runs_code(root: Path, label: str, old: Entry | None, new: Entry | None) -> b
 def kept(root: Path, label: str, old: Entry | None, new: Entry | None) -> Entry | None:
     """The baseline of *label*, whose change :func:`runs_code`, to be put back to.
 
-    *old* when there was one; a config new with it (the submodule's, as `git submodule
-    update --init` made it) is kept without its program-running settings.
+    *old*, but for a config: *new* with the program-running settings *old* had (none for one
+    new, as `git submodule update --init` made it), when swarm's git can write exactly those;
+    else *old* whole.
     """
-    if old is not None or new is None or new.kind != "file" or _tail(label)[1] not in _CONFIGS:
+    if new is None or new.kind != "file" or _tail(label)[1] not in _CONFIGS:
         return old
-    programs = _programs(root, new)
-    if programs is None:  # not a config git reads: none is better
+    if old is not None and old.kind != "file":
+        return old
+    was, now = _settings(root, old), _settings(root, new)
+    if was is None or now is None:  # not a config git reads: as it was is better
+        return old
+    changed = {n for n, _ in (*was, *now) if _values(was, n) != _values(now, n)}
+    back = [(n, v) for n, v in was if n in changed]
+    # Written back at its section's end: an include's place decides what it overrides.
+    if any(v is None or n.startswith("include") for n, v in back):
         return old
     with tempfile.TemporaryDirectory(prefix="swarm-config-") as aside:
         path = Path(aside) / "config"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(new.data)
-        for name in sorted({name for name, _ in programs}):
+        for name in sorted(changed):
             execute(root, ["config", "--file", str(path), "--unset-all", name], check=False)
-        return Entry(kind="file", data=path.read_bytes(), bits=new.bits)
+        for name, value in back:
+            execute(root, ["config", "--file", str(path), "--add", name, str(value)], check=False)
+        data = path.read_bytes()
+    ended = _settings(root, Entry(kind="file", data=data))
+    if ended is None or any(_values(ended, n) != _values(was, n) for n, _ in (*was, *ended)):
+        return old
+    return Entry(kind="file", data=data, bits=(old or new).bits)
 
 
 def _tail(label: str) -> tuple[str, str]:
@@ -72,18 +92,32 @@ def _tail(label: str) -> tuple[str, str]:
     return parent.rpartition("/")[2], leaf
 
 
-def _programs(root: Path, entry: Entry | None) -> frozenset[tuple[str, str]] | None:
+def _programs(root: Path, entry: Entry | None) -> frozenset[tuple[str, str | None]] | None:
     """The program-running settings in the config *entry*; None when git cannot read it."""
+    found = _settings(root, entry)
+    return None if found is None else frozenset(found)
+
+
+def _settings(root: Path, entry: Entry | None) -> tuple[tuple[str, str | None], ...] | None:
+    """The program-running settings in the config *entry*, in order; None if git cannot read it.
+
+    A key with no value (``[filter "x"] required``, true) has the value None.
+    """
     if entry is None or entry.kind != "file":
-        return frozenset()
+        return ()
     out = execute_bytes(
         root, ["config", "--file", "-", "--list", "-z"], check=False, input_bytes=entry.data
     )
     if out.returncode != 0:
         return None
-    found = set()
+    found = []
     for item in out.stdout.split(b"\0"):
-        name, _, value = os.fsdecode(item).partition("\n")
+        name, newline, value = os.fsdecode(item).partition("\n")
         if name and runs_program(name):
-            found.add((name, value))
-    return frozenset(found)
+            found.append((name, value if newline else None))
+    return tuple(found)
+
+
+def _values(settings: tuple[tuple[str, str | None], ...], name: str) -> list[str | None]:
+    """The values of *name* in *settings*, in order."""
+    return [value for key, value in settings if key == name]
