@@ -171,8 +171,11 @@ def _checkpoint_and_remove(
         _refuse_when_not_ours_to_remove(repo, path, force=force)
         tampering.unplant(repo, path, info.branch)  # nothing of git's below writes through one
         _unlock_index(repo, path)
-        # A checkout killed half-way is populated from HEAD, never committed as deletions.
-        repaired = gitfiles.repair_checkout(path)
+        # A checkout killed half-way is populated from HEAD, never committed as deletions;
+        # one whose index a task's agent deleted keeps its files, committed as they are.
+        known = _task_of(store, f)
+        ran = known is not None and known[0].agent_started
+        repaired = gitfiles.repair_checkout(path, agent_ran=ran)
         # One `status` settles the usual case (a finished task's checkout holds nothing new):
         # no checkpoint, and the files go without `git worktree remove`, which runs its own.
         # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
@@ -183,7 +186,6 @@ def _checkpoint_and_remove(
         if not clean:
             ref = f"refs/heads/{info.branch}" if info.branch else None
             tip = None if ref is None else moves.announce(ref, at=info.head)
-            known = _task_of(store, f)
             if known is not None:  # its own secrets too (`env`, `copy` files'): files stay out
                 run_info.know_secrets_of(repo.root, [known[1]])
             sha = checkpoints.checkpoint(

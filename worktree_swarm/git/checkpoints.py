@@ -60,6 +60,7 @@ def checkpoint(
     droppings: Sequence[str] = (),
     report_secrets: bool = False,
     max_file: int | None = DEFAULT_MAX_FILE,
+    agent_ran: bool = False,
 ) -> str | None:
     """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
 
@@ -73,15 +74,16 @@ def checkpoint(
     a merge (cherry-pick, revert, rebase) waits with unresolved conflicts. Hooks are skipped
     (``--no-verify``) and *author* (``Name <email>``) is also the committer. A checkout that
     was never populated (see :func:`checkout_incomplete`) is repaired first instead of
-    committing its missing files as deletions. A file holding the value of a secret
-    environment variable is left out (staged as it was); with *report_secrets* that raises
-    SecretLeftOutError once the rest is committed. So is a file over *max_file* bytes (None:
-    no cap), raising TooBigError: git hashes it once, it is never committed; and a file whose
-    filter swarm's git does not run, raising FilteredError: never added (nor hashed), or,
-    staged by the agent, unstaged (:func:`unstage_filtered`).
+    committing its missing files as deletions; where an agent ran (*agent_ran*), one whose
+    index it deleted gets an index of HEAD alone, its files committed as they are. A file
+    holding the value of a secret environment variable is left out (staged as it was); with
+    *report_secrets* that raises SecretLeftOutError once the rest is committed. So is a file
+    over *max_file* bytes (None: no cap), raising TooBigError: git hashes it once, it is never
+    committed; and a file whose filter swarm's git does not run, raising FilteredError: never
+    added (nor hashed), or, staged by the agent, unstaged (:func:`unstage_filtered`).
     """
     env = identity_env(author)
-    repair_checkout(worktree)
+    repair_checkout(worktree, agent_ran=agent_ran)
     restore_deleted_branch(worktree)
     if mid_operation(worktree) and run(worktree, ["ls-files", "-z", "-u"]).stdout:
         # `add --all` would take the conflict markers as the resolution, and the commit

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worktree_swarm.core.errors import GitError
+from worktree_swarm.git import sparse
 from worktree_swarm.git.config_files import common_dir, git_dir
 from worktree_swarm.git.repo import rev_parse_in, run
 from worktree_swarm.infra import fs
@@ -202,13 +203,44 @@ def checkout_incomplete(worktree: Path) -> bool:
     return res.returncode == 0 and bool(res.stdout.strip())
 
 
-def repair_checkout(worktree: Path) -> bool:
-    """Populate a checkout that was never populated (files and index from HEAD).
+# Left in a worktree's admin dir by swarm's own writes of its files, when killed half-way: its
+# checkout (written before ``read-tree -u``, removed after) and its removal (the index aside).
+POPULATING = "swarm-populating"
+REMOVING_INDEX = "index.swarm-removing"
 
-    Returns whether a repair was needed. Only an unpopulated checkout is touched: swarm
-    populates a worktree before any agent runs in it, so such a checkout holds no work.
+
+def populate(path: Path, cone: sparse.Cone | None) -> None:
+    """Check out HEAD into the new worktree *path* (only *cone*'s directories when given).
+
+    Marked meanwhile (:data:`POPULATING`): killed half-way, it is checked out whole again.
+    """
+    admin = git_dir(path)
+    if cone is not None:
+        sparse.write(admin, cone)
+    (admin / POPULATING).touch()
+    run(path, ["read-tree", "--reset", "-u", "HEAD"])
+    (admin / POPULATING).unlink(missing_ok=True)
+
+
+def repair_checkout(worktree: Path, *, agent_ran: bool = False) -> bool:
+    """Give a checkout without an index (:func:`checkout_incomplete`) one from HEAD.
+
+    Returns whether a repair was needed. Where no agent ran since swarm checked it out, or
+    swarm's own checkout or removal was killed there, HEAD is checked out whole: its missing
+    files are never committed as deletions, nor a half-written file as work. Where an agent
+    ran (*agent_ran*, as the store records) only the index is made: the agent deleted it,
+    and its edits, new files and deletions stay for the checkpoint to commit.
     """
     if not checkout_incomplete(worktree):
         return False
+    admin = git_dir(worktree)
+    if agent_ran and not any(os.path.lexists(admin / n) for n in (POPULATING, REMOVING_INDEX)):
+        run(worktree, ["read-tree", "HEAD"])  # the index alone: no file is written
+        sparse_on = run(worktree, ["config", "--bool", "core.sparseCheckout"], check=False)
+        if sparse_on.stdout.strip() == "true":  # outside the cone is no deletion, as after -u
+            run(worktree, ["sparse-checkout", "reapply"])
+        return True
     run(worktree, ["read-tree", "--reset", "-u", "HEAD"])
+    with suppress(OSError):  # a directory planted there stays: the next repair is whole too
+        (admin / POPULATING).unlink()
     return True

@@ -21,6 +21,7 @@ from pathlib import Path
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import quarantine, removing, runner
 from worktree_swarm.git.checkpoints import embedded_repos
+from worktree_swarm.git.gitfiles import REMOVING_INDEX
 from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
 from worktree_swarm.git.staged import disk_blobs, filtered_on_disk, holding_secrets, named_blobs
 from worktree_swarm.git.worktrees import REGISTRATIONS, linked_admin
@@ -62,7 +63,7 @@ def delete_locked(repo: Repo, path: Path) -> bool:
     admin = None if path.is_symlink() else linked_admin(repo, path)
     if admin is None or (admin / "locked").exists() or (admin / "modules").exists():
         return False
-    index, aside = admin / "index", admin / "index.swarm-removing"
+    index, aside = admin / "index", admin / REMOVING_INDEX
     with contextlib.suppress(FileNotFoundError):
         index.replace(aside)
     try:

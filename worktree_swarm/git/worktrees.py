@@ -23,6 +23,7 @@ from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.text import one_line, without_escapes
 from worktree_swarm.git import runner, sparse
 from worktree_swarm.git.branches import branch_exists, branches
+from worktree_swarm.git.gitfiles import populate
 from worktree_swarm.git.repo import (
     Repo,
     commit_of,
@@ -459,13 +460,6 @@ def _write_whole(path: Path, text: str) -> None:
     new = path.with_name(f"{path.name}.new")
     new.write_text(text, encoding="utf-8")
     new.replace(path)
-
-
-def populate(path: Path, cone: sparse.Cone | None) -> None:
-    """Check out HEAD into the new worktree *path* (only *cone*'s directories when given)."""
-    if cone is not None:
-        sparse.write(git_dir(path), cone)
-    git(path, "read-tree", "--reset", "-u", "HEAD")
 
 
 def _new_branch(repo: Repo, branch: str, commit: str, start: str) -> None:

@@ -23,8 +23,8 @@ import psutil
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.text import path_text
+from worktree_swarm.git import gitfiles, runner, tampering, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner, tampering, worktrees
 from worktree_swarm.guard import surface
 from worktree_swarm.guard.baselines import Baselines, drop_copies, seed
 from worktree_swarm.guard.model import WORKTREE_PREFIX, Violation
@@ -287,7 +287,7 @@ class WorktreeChecks(Baselines, RefChecks):
                 branch = f"swarm/{task_id}"
                 git.git(self.repo.root, "worktree", "add", "--quiet", "--no-checkout", "--",
                         str(path), branch)  # fmt: skip
-                worktrees.populate(path, None)
+                gitfiles.populate(path, None)
         place = self._places.get(task_id)
         if place is not None:
             if moved is None:

@@ -137,6 +137,15 @@ class TaskRow:
         """
         return bool(self.start_commit or self.base_commit)
 
+    @property
+    def agent_started(self) -> bool:
+        """Whether an attempt's agent started (or was being launched) in its worktree.
+
+        A fresh retry's worktree is made anew: only the attempts since that retry count.
+        """
+        last = max(self.attempts, self.launching or 0)
+        return last > (self.retry_base if self.retry_fresh else 0)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptRow:

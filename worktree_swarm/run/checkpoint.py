@@ -149,6 +149,7 @@ class Checkpoints(RunWorker):
                     droppings=task_checkpoint.droppings({agent, *ran}),
                     report_secrets=True,  # the task fails, saying so
                     max_file=self.spec.max_file,
+                    agent_ran=True,
                 ),
                 self.store.on_full,
             )

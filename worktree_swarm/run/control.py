@@ -163,6 +163,7 @@ def _checkpoint_stopped(
                 exclude=kept.exclude,
                 droppings=kept.droppings,
                 max_file=run.settings.max_file if run is not None else DEFAULT_MAX_FILE,
+                agent_ran=row.agent_started,  # else only swarm's checkout wrote there
             )
         except checkpoints.LeftOutError as exc:  # the rest is committed; they stay in the worktree
             tip, left, left_out = exc.head, str(exc), tuple(status.status_paths(worktree))

@@ -216,6 +216,7 @@ class DiskBudget:
             exclude=kept.exclude,
             droppings=kept.droppings,
             max_file=self.spec.max_file,
+            agent_ran=row is not None and row.agent_started,
         )
 
     def _remove(self, task_id: str, *, used: int, need: int) -> None:

@@ -114,6 +114,7 @@ def restore(
     start: str,
     unlock: bool,
     cone: sparse.Cone | None = None,
+    agent_ran: bool = False,
 ) -> bool:
     """Make *path* a complete checkout of *branch* again; returns whether anything was done.
 
@@ -121,7 +122,9 @@ def restore(
     ``swarm clean``) means it is added again on its branch (made at *start* when the branch is
     gone too); an incomplete checkout is repopulated from HEAD. With *unlock* (no process of
     the task can be running), lock files a killed git left in it are removed. A worktree
-    added again is sparse to *cone* when given, as it was made.
+    added again is sparse to *cone* when given, as it was made. Where an agent ran
+    (*agent_ran*), a checkout without an index has its index alone made again
+    (:func:`gitfiles.repair_checkout`).
     """
     path = path.absolute()
     changed = False
@@ -134,7 +137,7 @@ def restore(
         changed = True
     if unlock:
         changed |= _unlink_stale_locks(repo, path, branch)
-    return gitfiles.repair_checkout(path) or changed
+    return gitfiles.repair_checkout(path, agent_ran=agent_ran) or changed
 
 
 def _reattach(
@@ -151,7 +154,7 @@ def _reattach(
         else:
             args = ["--no-track", "-b", branch, "--", str(path), start]
         git.git(repo.root, "worktree", "add", "--quiet", "--no-checkout", *args)
-    worktrees.populate(path, cone)
+    gitfiles.populate(path, cone)
 
 
 def _discard_admin_dirs(repo: git.Repo, path: Path) -> None:

@@ -201,6 +201,7 @@ class NodeClone:
                     droppings=adapter_for(self.a.task.agent).droppings,
                     report_secrets=True,
                     max_file=self.a.max_file,
+                    agent_ran=True,  # its agent started in this clone
                 )
             except checkpoints.LeftOutError as exc:  # embedded repositories, secrets, big files
                 if exc.head is not None:  # everything else is committed: pushed, as locally

@@ -306,7 +306,7 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
     if not (path / ".git").exists():
         return
     tampering.unplant(repo, path, row.branch)  # nothing of git's below writes through one
-    gitfiles.repair_checkout(path)
+    gitfiles.repair_checkout(path, agent_ran=row.agent_started)
     run = store.get_run(row.run_id)
     settings = run.settings if run is not None else None
     task = task_from_json(row.spec_json)

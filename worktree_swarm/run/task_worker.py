@@ -104,6 +104,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
                     start=base,
                     unlock=unlock,
                     cone=sparse.of_task(task),
+                    agent_ran=row.agent_started,
                 )
         else:
             # A start commit recorded by an earlier manager is kept: a dependency merge made

@@ -1,0 +1,107 @@
+"""An agent that deletes its worktree's index keeps its work: the checkpoint makes the index
+alone again from HEAD where an agent ran, while a checkout swarm's own git left half-written
+(no agent ran there since) is still checked out whole, never committed as work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, hang_git_at, make_repo
+from tests.test_crash import _agent_ends_unwatched, _kill_group, _manager
+from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
+from worktree_swarm.git import gitfiles
+
+WriteAgent = Callable[[str], list[str]]
+
+# Edits a tracked file, deletes another, writes a new one, deletes its worktree's index; with
+# an argument, waits for that file to exist first.
+DELETES_INDEX = """
+import os, pathlib, subprocess, sys, time
+while len(sys.argv) > 1 and not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.02)
+pathlib.Path('README.md').write_text('edited\\n')
+pathlib.Path('gone.txt').unlink()
+pathlib.Path('new.txt').write_text('new\\n')
+admin = subprocess.run(['git', 'rev-parse', '--absolute-git-dir'], capture_output=True,
+                       text=True, check=True).stdout.strip()
+os.remove(os.path.join(admin, 'index'))
+"""
+
+
+@pytest.fixture
+def files_repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo", {"README.md": "hello\n", "gone.txt": "g\n", "k.txt": "k\n"})
+
+
+def _has_the_agents_work(repo: Path) -> None:
+    files = git(repo, "ls-tree", "-r", "--name-only", "swarm/a").split("\n")
+    assert sorted(files) == ["README.md", "k.txt", "new.txt"]  # gone.txt deleted, k.txt kept
+    assert git(repo, "show", "swarm/a:README.md") == "edited"
+    assert git(repo, "show", "swarm/a:new.txt") == "new"
+
+
+def test_an_agent_that_deletes_its_index_has_its_edits_committed(
+    files_repo: Path, write_agent: WriteAgent
+) -> None:
+    agent = argv_toml(write_agent(DELETES_INDEX))
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {agent}\n'
+    out = swarm(files_repo, "run", manifest(files_repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(files_repo)["a"]["state"] == "done"
+    _has_the_agents_work(files_repo)
+    worktree = files_repo.parent / "repo.swarm" / "a"
+    assert (worktree / "README.md").read_text() == "edited\n"
+    assert git(worktree, "status", "--porcelain") == ""
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("settle", ["resume", "stop"])
+def test_an_index_deleted_while_no_manager_watched_keeps_the_agents_edits(
+    files_repo: Path, tmp_path: Path, write_agent: WriteAgent, settle: str
+) -> None:
+    # The agent ends (its index deleted) after its manager was killed: `swarm resume` (or
+    # `swarm stop`) repairs the checkout before committing it, from the store's attempt.
+    gate = tmp_path / "gate"
+    agent = [*write_agent(DELETES_INDEX), str(gate)]
+    runs = files_repo / ".git" / "swarm" / "runs"
+    started = lambda: any(runs.rglob("attempt-1.exit.json"))  # noqa: E731
+    _agent_ends_unwatched(files_repo, agent, gate, started=started)
+    worktree = files_repo.parent / "repo.swarm" / "a"
+    assert gitfiles.checkout_incomplete(worktree)
+    out = swarm(files_repo, settle)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(files_repo)["a"]["state"] == "done"
+    _has_the_agents_work(files_repo)
+
+
+@pytest.mark.long
+def test_a_checkout_killed_as_a_retry_makes_a_removed_worktree_again_is_made_whole(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: WriteAgent
+) -> None:
+    # An agent ran in that worktree before: its new checkout, killed half-way, is swarm's
+    # own all the same, and none of its missing files is committed as a deletion.
+    agent = write_agent(
+        "import pathlib, sys\npathlib.Path('t1.txt').write_text('work')\nsys.exit(3)\n"
+    )
+    text = f'[[task]]\nid = "t1"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1, out.stdout + out.stderr
+    worktree = repo.parent / "repo.swarm" / "t1"
+    shutil.rmtree(worktree)
+    hung = hang_git_at(tmp_path, monkeypatch, "read-tree")
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    proc = _manager(repo, "retry", "t1", "--run", run_id)
+    wait_for(hung.exists, timeout=120, what="the checkout to start")
+    _kill_group(proc)
+    assert gitfiles.checkout_incomplete(worktree)
+    out = swarm(repo, "resume")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert status_json(repo)["t1"]["state"] == "failed"  # its agent's second attempt failed too
+    files = git(repo, "ls-tree", "-r", "--name-only", "swarm/t1").split("\n")
+    assert sorted(files) == ["README.md", "t1.txt"]
+    assert (worktree / "README.md").read_text() == "hello\n"
