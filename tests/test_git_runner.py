@@ -122,6 +122,22 @@ def test_a_planted_upload_or_receive_pack_never_runs(repo: Path, tmp_path: Path)
     assert Path(f"{marker}-uploadpack").exists()
 
 
+def test_a_planted_git_proxy_never_runs(repo: Path, tmp_path: Path) -> None:
+    # `core.gitProxy` runs a program for a git:// remote. git keeps the first value that
+    # matches the host, the repository's config before any `-c`: swarm's was ignored.
+    marker = tmp_path / "pwned"
+    proxy = tmp_path / "proxy"
+    proxy.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    proxy.chmod(0o755)
+    git(repo, "config", "core.gitProxy", str(proxy))
+    url = "git://127.0.0.1:1/x.git"  # nothing listens there: no proxy, no answer
+    assert runner.run(repo, "ls-remote", url, check=False).returncode != 0
+    runner.run(repo, "fetch", "-q", url, check=False)
+    assert not marker.exists()
+    subprocess.run(["git", "ls-remote", url], cwd=repo, capture_output=True, check=False)
+    assert marker.exists()  # without the runner it runs: the test is real
+
+
 def test_a_planted_push_signing_never_runs(repo: Path, tmp_path: Path) -> None:
     # A push certificate (`push.gpgSign`) runs the signing program, or with ssh signing the
     # command asked for the key: a program of the repository's config's choosing.

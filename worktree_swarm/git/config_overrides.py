@@ -81,6 +81,10 @@ _EXEC_KEYS = {
     "gpg.openpgp.program": "gpg",
     "uploadpack.packobjectshook": "",
 }
+# Plain keys git takes the first value of (``core.gitProxy``: the first that matches the host),
+# so a `-c` read after the repository's config is ignored: the variable that git reads before
+# any config is set instead (empty: no proxy, unless your environment names one).
+_ENV_KEYS = {"core.gitproxy": "GIT_PROXY_COMMAND"}
 _UNTRUSTED_SCOPES = ("local", "worktree")
 _ALWAYS_KEYS = frozenset(key.lower() for key, _ in ALWAYS)
 # Settings git runs a program for only when you ask (`git difftool`, `git help`, an alias).
@@ -132,7 +136,8 @@ def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
 
     Each is ``-c KEY=VALUE``, but for a key whose name holds ``=`` (a driver named ``a=b``,
     which an attribute ``filter=a=b`` selects): git splits ``-c`` at the first ``=``, so that
-    one is ``--config-env=KEY=VAR`` (split at the last), its value in the returned variable.
+    one is ``--config-env=KEY=VAR`` (split at the last), its value in the returned variable;
+    a key git keeps the first value of is neutralised by its variable (:data:`_ENV_KEYS`).
     In a sparse task worktree (one with its own ``info/sparse-checkout``) they also switch
     sparse checkout on, so that git applies the patterns and, reading the index, takes back
     into view any skipped file an agent wrote (otherwise its work there would go unseen).
@@ -142,6 +147,10 @@ def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
     values: dict[str, str] = {}
     for key, value in (*ALWAYS, *_repository_exec_settings(cwd, files), *_sparse_settings(files)):
         if key.startswith("remote."):
+            continue
+        if key.lower() in _ENV_KEYS:  # git keeps the first value it reads: no `-c` wins
+            variable = _ENV_KEYS[key.lower()]
+            values[variable] = os.environ.get(variable, "")  # yours, else none
             continue
         if "=" in key:
             var = f"SWARM_GIT_CONFIG_{len(values)}"
