@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path
+from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, make_repo
 from tests.test_run import wait_for
 from tests.test_trust import FORGE_GRAPH
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
@@ -120,6 +120,31 @@ def test_a_planted_upload_or_receive_pack_never_runs(repo: Path, tmp_path: Path)
     assert git(remote, "rev-parse", "pushed") == git(repo, "rev-parse", "HEAD")
     git(repo, "fetch", "-q", "origin")  # without the runner it runs: the test is real
     assert Path(f"{marker}-uploadpack").exists()
+
+
+def test_a_planted_upload_pack_never_runs_in_a_lazy_fetch(repo: Path, tmp_path: Path) -> None:
+    # A partial clone fetches an object it lacks by starting `git fetch` itself, with no
+    # `--upload-pack`: a planted one ran in any command reading that object.
+    source = make_repo(tmp_path / "source", {"lazy.txt": "lazy\n"})
+    blob = git(source, "rev-parse", "HEAD:lazy.txt")
+    marker = tmp_path / "pwned"
+    git(repo, "config", "extensions.partialClone", "origin")
+    git(repo, "config", "remote.origin.url", str(source))
+    git(repo, "config", "remote.origin.uploadpack", f"touch {marker}; git-upload-pack")
+    out = runner.run(repo, "cat-file", "-p", blob, check=False)
+    assert out.returncode != 0  # not fetched: swarm's git reads what the repository holds
+    assert not marker.exists()
+    # Without the runner it runs: the test is real.
+    subprocess.run(["git", "cat-file", "-p", blob], cwd=repo, capture_output=True, check=False)
+    assert marker.exists()
+
+
+def test_a_partial_clone_still_fetches_what_it_lacks(repo: Path, tmp_path: Path) -> None:
+    git(repo, "config", "uploadpack.allowFilter", "true")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "--filter=blob:none", "--no-checkout", f"file://{repo}", "clone")
+    blob = git(repo, "rev-parse", "HEAD:README.md")
+    assert runner.run(clone, "cat-file", "-p", blob).stdout == "hello\n"
 
 
 def test_a_planted_git_proxy_never_runs(repo: Path, tmp_path: Path) -> None:

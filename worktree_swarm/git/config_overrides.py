@@ -138,6 +138,8 @@ def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
     which an attribute ``filter=a=b`` selects): git splits ``-c`` at the first ``=``, so that
     one is ``--config-env=KEY=VAR`` (split at the last), its value in the returned variable;
     a key git keeps the first value of is neutralised by its variable (:data:`_ENV_KEYS`).
+    A planted ``remote.<x>.uploadpack`` turns lazy fetching off (``GIT_NO_LAZY_FETCH``): the
+    fetch git starts itself for an object a partial clone lacks gets no ``--upload-pack``.
     In a sparse task worktree (one with its own ``info/sparse-checkout``) they also switch
     sparse checkout on, so that git applies the patterns and, reading the index, takes back
     into view any skipped file an agent wrote (otherwise its work there would go unseen).
@@ -147,6 +149,8 @@ def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
     values: dict[str, str] = {}
     for key, value in (*ALWAYS, *_repository_exec_settings(cwd, files), *_sparse_settings(files)):
         if key.startswith("remote."):
+            if key.endswith(".uploadpack"):  # what a lazy fetch of a partial clone starts
+                values["GIT_NO_LAZY_FETCH"] = "1"
             continue
         if key.lower() in _ENV_KEYS:  # git keeps the first value it reads: no `-c` wins
             variable = _ENV_KEYS[key.lower()]
