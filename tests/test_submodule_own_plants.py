@@ -41,6 +41,9 @@ if plant == 'hook':
     hook.chmod(0o755)
 if plant == 'update':  # run by your `git submodule update` of a submodule of lib's
     git('-C', 'lib', 'config', 'submodule.inner.update', f'!touch {marker}')
+if plant == 'difftool':  # run by your `git difftool` in lib
+    git('-C', 'lib', 'config', 'diff.tool', 'vimdiff')
+    git('-C', 'lib', 'config', 'difftool.vimdiff.path', str(marker))
 if plant == 'attributes':
     git('-C', 'lib', 'config', 'core.attributesFile', str(gitdir.parent / 'planted-attributes'))
 if plant == 'commondir':  # lib's git then reads a copy's config, with an fsmonitor
@@ -67,6 +70,7 @@ def super_repo(tmp_path: Path) -> Path:
         ("hook", "hooks/post-checkout"),
         ("update", "modules/lib/config"),
         ("attributes", "modules/lib/config"),
+        ("difftool", "modules/lib/config"),
         ("commondir", "modules/lib/commondir"),
     ],
 )
@@ -89,7 +93,7 @@ def test_a_program_planted_in_a_tasks_own_submodule_git_dir_is_put_back(
     assert row["state"] == "failed", row
     assert label in str(row["reason"]), row
     (config,) = (super_repo / ".git" / "worktrees").glob("*/modules/lib/config")
-    for planted in ("fsmonitor", "\tupdate = ", "attributesfile"):
+    for planted in ("fsmonitor", "\tupdate = ", "attributesfile", "\tpath = "):
         assert planted not in config.read_text().lower()
     assert not (config.parent / "hooks" / "post-checkout").exists()
     assert not (config.parent / "commondir").exists()

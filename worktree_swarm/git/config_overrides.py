@@ -88,7 +88,14 @@ _ENV_KEYS = {"core.gitproxy": "GIT_PROXY_COMMAND"}
 _UNTRUSTED_SCOPES = ("local", "worktree")
 _ALWAYS_KEYS = frozenset(key.lower() for key, _ in ALWAYS)
 # Settings git runs a program for only when you ask (`git difftool`, `git help`, an alias).
-_ASKED_SECTIONS = {"difftool": "cmd", "mergetool": "cmd", "browser": "cmd", "man": "cmd"}
+# `<tool>.path` is the program git runs for a tool it knows (`diff.tool = vimdiff`).
+_ASKED_SECTIONS = {
+    "difftool": {"cmd", "path"},
+    "mergetool": {"cmd", "path"},
+    "browser": {"cmd", "path"},
+    "man": {"cmd", "path"},
+    "guitool": {"cmd"},  # `git gui`'s Tools menu
+}
 
 
 # Settings that make a later git of yours run a program, or fetch through one, which swarm's
@@ -126,7 +133,7 @@ def runs_program(name: str) -> bool:
         return True
     if section in {"pager", "alias"} or (section == "remote" and leaf in PACK_KEYS):
         return True
-    if _ASKED_SECTIONS.get(section) == leaf and middle:
+    if leaf in _ASKED_SECTIONS.get(section, ()) and middle:
         return True
     return bool(middle) and leaf in _DRIVER_KEYS.get(section, {})
 
