@@ -44,6 +44,8 @@ if plant == 'update':  # run by your `git submodule update` of a submodule of li
 if plant == 'difftool':  # run by your `git difftool` in lib
     git('-C', 'lib', 'config', 'diff.tool', 'vimdiff')
     git('-C', 'lib', 'config', 'difftool.vimdiff.path', str(marker))
+if plant == 'lfs':  # run by the git-lfs of your global config, on each file it filters
+    git('-C', 'lib', 'config', 'lfs.extension.x.clean', f'touch {marker}; cat')
 if plant == 'attributes':
     git('-C', 'lib', 'config', 'core.attributesFile', str(gitdir.parent / 'planted-attributes'))
 if plant == 'commondir':  # lib's git then reads a copy's config, with an fsmonitor
@@ -71,6 +73,7 @@ def super_repo(tmp_path: Path) -> Path:
         ("update", "modules/lib/config"),
         ("attributes", "modules/lib/config"),
         ("difftool", "modules/lib/config"),
+        ("lfs", "modules/lib/config"),
         ("commondir", "modules/lib/commondir"),
     ],
 )
@@ -93,7 +96,7 @@ def test_a_program_planted_in_a_tasks_own_submodule_git_dir_is_put_back(
     assert row["state"] == "failed", row
     assert label in str(row["reason"]), row
     (config,) = (super_repo / ".git" / "worktrees").glob("*/modules/lib/config")
-    for planted in ("fsmonitor", "\tupdate = ", "attributesfile", "\tpath = "):
+    for planted in ("fsmonitor", "\tupdate = ", "attributesfile", "\tpath = ", "\tclean = "):
         assert planted not in config.read_text().lower()
     assert not (config.parent / "hooks" / "post-checkout").exists()
     assert not (config.parent / "commondir").exists()

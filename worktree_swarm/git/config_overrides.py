@@ -109,6 +109,9 @@ _JUDGED_LEAVES = {  # <section>.<name>.<leaf>
     "trailer": {"command", "cmd"},
     "tar": {"command"},
     "sendemail": {"tocmd", "cccmd", "sendmailcmd", "smtpserver"},
+    # git-lfs (its filter is in your global config) runs what the repository's config names:
+    # lfs.extension.<x>.clean/smudge on each file it filters, lfs.customtransfer.<x>.path.
+    "lfs": {"clean", "smudge", "path"},
 }
 
 
