@@ -140,3 +140,15 @@ def test_a_gitdir_naming_a_git_file_that_does_not_name_it_back_is_not_gits(
 def test_a_worktree_git_file_git_would_not_write_is_not_gits(tmp_path: Path, entry: Entry) -> None:
     common, mine = _linked(tmp_path)
     assert not moved_by_git(common, f"{mine}/.git", entry)
+
+
+def test_your_linked_worktrees_operation_is_gits_only_gone_with_its_admin_dir(
+    tmp_path: Path,
+) -> None:
+    common, mine = _linked(tmp_path)
+    todo = Entry(kind="file", data=b"exec touch pwned\n")
+    for label in ("worktrees/mine/MERGE_HEAD", "worktrees/mine/rebase-merge/git-rebase-todo"):
+        assert not moved_by_git(common, label, todo), label  # planted
+        assert not moved_by_git(common, label, None), label  # taken away, the worktree there
+    git(common.parent, "worktree", "remove", str(mine))
+    assert moved_by_git(common, "worktrees/mine/rebase-merge/git-rebase-todo", None)

@@ -273,11 +273,15 @@ pathlib.Path('work.txt').write_text('w\\n')
 """
 
 
+@pytest.mark.parametrize("merging", [False, True], ids=["clean", "merging"])
 def test_your_own_worktree_removed_during_a_run_is_watched_no_more_and_blames_nobody(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, merging: bool
 ) -> None:
     yours = tmp_path / "feature"
     git(repo, "worktree", "add", "-q", str(yours), "-b", "feature")
+    if merging:  # its operation in progress (in its admin dir) goes with it, not put back
+        git(repo, "commit", "-q", "--allow-empty", "-m", "to merge")
+        git(yours, "merge", "-q", "--no-ff", "--no-commit", "main")
     flags = tmp_path / "flags"
     flags.mkdir()
     agent = [*write_agent(WAIT_FOR_GO), str(flags)]
@@ -285,7 +289,8 @@ def test_your_own_worktree_removed_during_a_run_is_watched_no_more_and_blames_no
     running = swarm_bg(repo, "run", path)
     try:
         wait_for((flags / "started").exists, what="the agent to start")
-        git(repo, "worktree", "remove", str(yours))  # done with it, while the agent works
+        # Done with it, while the agent works.
+        git(repo, "worktree", "remove", *(["--force"] if merging else []), str(yours))
         (flags / "go").touch()
         assert running.wait(timeout=120) == 0, (repo.parent / "bg.log").read_text()
     finally:
@@ -296,6 +301,7 @@ def test_your_own_worktree_removed_during_a_run_is_watched_no_more_and_blames_no
     # Not made again as a worktree of one `.git` file.
     assert not yours.exists()
     assert str(yours) not in git(repo, "worktree", "list")
+    assert not (repo / ".git" / "worktrees" / "feature").exists()
 
 
 WAIT_THEN_WRITE_THERE = """

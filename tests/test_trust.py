@@ -1959,11 +1959,12 @@ IN_PROGRESS = (
     COMMON
     + """
 what = sys.argv[3]
+where = common / 'worktrees' / sys.argv[4] if sys.argv[4:] else common  # a linked one's admin
 def plant():
     if what == 'rebase-merge':
-        todo = common / 'rebase-merge'
+        todo = where / 'rebase-merge'
         todo.mkdir()
-        (todo / 'head-name').write_text('refs/heads/main\\n')
+        (todo / 'head-name').write_text((where / 'HEAD').read_text().removeprefix('ref: '))
         (todo / 'onto').write_text(subprocess.run(['git', 'rev-parse', 'HEAD'],
             capture_output=True, text=True, check=True).stdout)
         (todo / 'interactive').write_text('')
@@ -1971,7 +1972,7 @@ def plant():
     else:  # MERGE_HEAD: the next commit merges it; shallow: history ends there
         head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
                               check=True).stdout
-        (common / what).write_text(head)
+        (where / what).write_text(head)
 attempt(plant)
 """
 )
@@ -1991,6 +1992,26 @@ def test_an_operation_in_progress_planted_in_the_users_checkout_is_undone(
     # Nothing for the user's next `git rebase --continue` to go on with.
     again = subprocess.run(
         ["git", "rebase", "--continue"], cwd=repo, capture_output=True, check=False
+    )
+    assert again.returncode != 0
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("what", ["rebase-merge", "MERGE_HEAD"])
+def test_an_operation_in_progress_planted_in_your_linked_worktree_is_undone(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, what: str
+) -> None:
+    # In its admin dir: `git status` there says a rebase is going on, and your `git rebase
+    # --continue` ran the planted `exec` line.
+    mine = tmp_path / "mine"
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(mine))
+    marker = tmp_path / "planted-code-ran"
+    agent = [*write_agent(IN_PROGRESS), str(repo), str(marker), what, "mine"]
+    run_one(repo, agent, sandbox=False)
+    caught_or_impossible(repo, sandbox=False, what=f"worktrees/mine/{what}")
+    assert not (repo / ".git" / "worktrees" / "mine" / what).exists()
+    again = subprocess.run(
+        ["git", "rebase", "--continue"], cwd=mine, capture_output=True, check=False
     )
     assert again.returncode != 0
     assert not marker.exists()

@@ -35,20 +35,12 @@ from pathlib import Path
 from worktree_swarm.guard import known_bytes
 from worktree_swarm.guard.dir_modes import DirModes, lstat_mode
 from worktree_swarm.guard.hooks_dir import HOOK_NAMES
+from worktree_swarm.guard.in_progress import DIRS as _IN_PROGRESS_DIRS
+from worktree_swarm.guard.in_progress import FILES as IN_PROGRESS_FILES
 from worktree_swarm.guard.worktree_configs import MODULES, WorktreeConfigs
 from worktree_swarm.infra import fs
 
 _NAME_DEPTH = 8  # slashes in a submodule's name walked through under modules/
-
-# Your checkout's operations in progress: your next `git rebase --continue` runs the `exec`
-# lines of a planted to-do list, `--abort` resets your branch to a planted ORIG_HEAD, a planted
-# MERGE_HEAD puts a commit into your next commit's history. `shallow` hides history.
-_IN_PROGRESS_DIRS = ("rebase-merge", "rebase-apply", "sequencer")
-IN_PROGRESS_FILES = (
-    "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "MERGE_AUTOSTASH", "AUTO_MERGE", "CHERRY_PICK_HEAD",
-    "REVERT_HEAD", "BISECT_START", "BISECT_LOG", "BISECT_TERMS", "BISECT_NAMES",
-    "BISECT_EXPECTED_REV", "BISECT_ANCESTORS_OK", "BISECT_HEAD", "shallow",
-)  # fmt: skip
 
 
 # Written by git itself (`update-server-info`, which every repack runs: an agent's commit may
@@ -131,6 +123,8 @@ def read(
     _add_worktree_configs(found, common, dir_modes.configs)
     for name in ("hooks", "info", *_STEERING_DIRS, *_IN_PROGRESS_DIRS):
         _add_tree(found, common, common / name)
+    for admin in linked.values():
+        _add_in_progress(found, common, admin)
     _add_top(found, common, common / RERERE)
     _add_modules(found, common, common / "modules")
     if extra_hooks is not None:
@@ -267,9 +261,21 @@ def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None
             _add(found, common, path)
 
 
-def ties(common: Path, checkout: Path, admin: Path) -> set[str]:
-    """The labels of what ties the linked worktree *checkout* (git dir *admin*) to *common*."""
-    return {label_of(common, path) for path in (checkout / ".git", *(admin / n for n in TIES))}
+def _add_in_progress(found: Surface, common: Path, admin: Path) -> None:
+    for name in IN_PROGRESS_FILES:
+        _add(found, common, admin / name)
+    for name in _IN_PROGRESS_DIRS:
+        _add_tree(found, common, admin / name)
+
+
+def ties(common: Path, checkout: Path, admin: Path, *, held: Iterable[str] = ()) -> set[str]:
+    """The labels of what ties the linked worktree *checkout* (git dir *admin*) to *common*.
+
+    With those of *held* in *admin* (its operation in progress): what goes with it removed.
+    """
+    inside = label_of(common, admin) + "/"
+    tied = {label_of(common, path) for path in (checkout / ".git", *(admin / n for n in TIES))}
+    return tied | {label for label in held if label.startswith(inside)}
 
 
 def _add_worktree_configs(found: Surface, common: Path, configs: WorktreeConfigs) -> None:

@@ -208,10 +208,12 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         """
         common = self.repo.common_dir
         skip = {
-            t for old, admin, _ in self._gone_linked() for t in surface.ties(common, old, admin)
+            t
+            for old, admin, _ in self._gone_linked()
+            for t in surface.ties(common, old, admin, held=labels)
         }
         for checkout, admin in list(self._linked.items()):
-            ties = surface.ties(common, checkout, admin)
+            ties = surface.ties(common, checkout, admin, held=labels)
             if set(labels) & ties - skip and self._removing(checkout):
                 skip |= ties
         return [label for label in labels if label not in skip]
@@ -377,9 +379,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         for label in labels:
             parts = label.split("/", 3)
             in_admin = len(parts) >= 3 and parts[0] == "worktrees"  # noqa: PLR2004
-            if label.endswith("/.git") or (
-                in_admin and len(parts) == 3 and parts[2] in surface.TIES  # noqa: PLR2004
-            ):
+            if surface_ties.followed(label):
                 if not surface_ties.moved_by_git(common, label, now.get(label), last.get(label)):
                     left.append(label)
             elif not (

@@ -11,10 +11,10 @@ import os
 import stat
 from pathlib import Path
 
+from worktree_swarm.guard import in_progress
 from worktree_swarm.guard.restore import prune_empty, put_file, remove
 from worktree_swarm.guard.surface import (
     HARD_LINK,
-    IN_PROGRESS_FILES,
     MODE,
     SHARED_WRITE,
     UMASK,
@@ -47,7 +47,7 @@ def _unlink_other(common: Path, label: str, entry: Entry) -> None:
 
 
 # Files at the top of a git dir that are watched for their bytes (their own entries).
-_BY_CONTENT = frozenset({"config", "config.worktree", "commondir", "gitdir", *IN_PROGRESS_FILES})
+_BY_CONTENT = frozenset({"config", "config.worktree", "commondir", "gitdir", *in_progress.FILES})
 
 
 def _keeps_state(label: str) -> bool:

@@ -14,14 +14,28 @@ import contextlib
 import os
 from pathlib import Path
 
-from worktree_swarm.guard.surface import Entry, path_of
+from worktree_swarm.guard import in_progress
+from worktree_swarm.guard.surface import TIES, Entry, path_of
 from worktree_swarm.infra import fs
 
 _PREFIX = "gitdir:"
 
 
+def followed(label: str) -> bool:
+    """Whether *label* is a linked worktree's tie, or its operation in progress."""
+    parts = label.split("/")
+    tie = len(parts) == 3 and parts[0] == "worktrees" and parts[2] in TIES  # noqa: PLR2004
+    return label.endswith("/.git") or tie or in_progress.linked_admin(label) is not None
+
+
 def moved_by_git(common: Path, label: str, new: Entry | None, old: Entry | None = None) -> bool:
-    """Whether the tie *label* of the git dir *common*, now *new* (*old* before), is git's."""
+    """Whether the tie *label* of the git dir *common*, now *new* (*old* before), is git's.
+
+    A linked worktree's operation in progress is git's only gone with its admin dir.
+    """
+    admin_label = in_progress.linked_admin(label)
+    if admin_label is not None:
+        return new is None and not os.path.lexists(common / admin_label)
     real_common = os.path.realpath(common)
     parts = label.split("/")
     if parts[0] != "worktrees" or len(parts) != 3:  # noqa: PLR2004 - a worktree's `.git`

@@ -342,7 +342,8 @@ class WorktreeChecks(Baselines, RefChecks):
         common = self.repo.common_dir
         for checkout, admin, moved in self._gone_linked():
             del self._linked[checkout]
-            for label in surface.ties(common, checkout, admin):
+            held = list(self._surface) if moved is None else ()  # its operation: gone with it
+            for label in surface.ties(common, checkout, admin, held=held):
                 self._surface.pop(label, None)
             self._surface_dirty = True  # saved by the surface scan
             where = users_label(checkout)
