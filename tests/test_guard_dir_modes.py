@@ -51,10 +51,10 @@ def test_a_read_looks_again_only_at_entries_inotify_saw_change(
 ) -> None:
     common, tops = layout
     modes = DirModes()
-    first = surface.read(common, None, None, tops, modes)
-    assert first == surface.read(common, None, None, tops)
+    first = surface.read(common, (), None, tops, modes)
+    assert first == surface.read(common, (), None, tops)
     looked = lstats_of(monkeypatch)
-    assert surface.read(common, None, None, tops, modes) == first
+    assert surface.read(common, (), None, tops, modes) == first
     admins = [p for p in looked if p.startswith(f"{common}/worktrees/t") and p[-1].isdigit()]
     fan_outs = [p for p in looked if p.startswith(f"{common}/objects/") and len(Path(p).name) == 2]
     assert admins == []
@@ -65,12 +65,12 @@ def test_a_read_looks_again_only_at_entries_inotify_saw_change(
     fan_out = next(p for p in sorted((common / "objects").iterdir()) if len(p.name) == 2)
     fan_out.chmod(0o777)
     looked.clear()
-    changed = surface.read(common, None, None, tops, modes)
+    changed = surface.read(common, (), None, tops, modes)
     assert set(looked) >= {f"{common}/worktrees/t3", os.fspath(tops[5]), os.fspath(fan_out)}
     assert changed["worktrees/t3"].data == surface.LOOSER
     assert changed[f"objects/{fan_out.name}"].data == surface.LOOSER
     assert changed[os.fspath(tops[5])].data == surface.LOOSER
-    assert changed == surface.read(common, None, None, tops)
+    assert changed == surface.read(common, (), None, tops)
 
 
 def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
@@ -79,9 +79,9 @@ def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
     common, tops = layout
     worktrees = common / "worktrees"
     modes = DirModes()
-    first = surface.read(common, None, None, tops, modes)
+    first = surface.read(common, (), None, tops, modes)
     looked = lstats_of(monkeypatch)
-    assert surface.read(common, None, None, tops, modes) == first
+    assert surface.read(common, (), None, tops, modes) == first
     assert [p for p in looked if p.endswith("/config.worktree")] == []
     planted = "[core]\n\tfsmonitor = touch planted\n"
     (worktrees / "t1" / "config.worktree").write_text(planted)  # made in place
@@ -93,17 +93,17 @@ def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
     (swapped / "config.worktree").write_text(planted)
     (worktrees / "t4").rmdir()
     swapped.rename(worktrees / "t4")
-    now = surface.read(common, None, None, tops, modes)
-    assert now == surface.read(common, None, None, tops)
+    now = surface.read(common, (), None, tops, modes)
+    assert now == surface.read(common, (), None, tops)
     configs = {f"{worktrees}/t{i}/config.worktree" for i in (1, 2, 3, 4)}
     assert {f"{common}/{k}" for k in now if k.endswith("config.worktree")} == configs
     looked.clear()
     (worktrees / "t1" / "config.worktree").unlink()
-    now = surface.read(common, None, None, tops, modes)
+    now = surface.read(common, (), None, tops, modes)
     assert {p for p in looked if p.endswith("/config.worktree")} == configs  # t1's for the last
-    assert now == surface.read(common, None, None, tops)
+    assert now == surface.read(common, (), None, tops)
     looked.clear()
-    assert surface.read(common, None, None, tops, modes) == now
+    assert surface.read(common, (), None, tops, modes) == now
     assert {p for p in looked if p.endswith("/config.worktree")} == configs - {
         f"{worktrees}/t1/config.worktree"
     }
@@ -111,8 +111,8 @@ def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
     worktrees.rename(common / "worktrees.old")
     (worktrees / "t0").mkdir(parents=True)
     (worktrees / "t0" / "config.worktree").write_text(planted)
-    now = surface.read(common, None, None, tops, modes)
-    assert now == surface.read(common, None, None, tops)
+    now = surface.read(common, (), None, tops, modes)
+    assert now == surface.read(common, (), None, tops)
     assert "worktrees/t0/config.worktree" in now
 
 
@@ -124,7 +124,7 @@ def test_a_submodule_git_dir_made_in_a_known_empty_admin_dir_is_read(
     common, tops = layout
     worktrees = common / "worktrees"
     modes = DirModes()
-    first = surface.read(common, None, None, tops, modes)
+    first = surface.read(common, (), None, tops, modes)
     assert not [k for k in first if "/modules" in k]
     planted = "[core]\n\tfsmonitor = touch planted\n"
     for where, made_aside in (("t1", False), ("t2", True)):
@@ -134,11 +134,11 @@ def test_a_submodule_git_dir_made_in_a_known_empty_admin_dir_is_read(
         (sub / "config").write_text(planted)
         if made_aside:
             (tmp_path / "aside").rename(worktrees / where / "modules")
-    now = surface.read(common, None, None, tops, modes)
-    assert now == surface.read(common, None, None, tops)
+    now = surface.read(common, (), None, tops, modes)
+    assert now == surface.read(common, (), None, tops)
     assert {"worktrees/t1/modules/sub/config", "worktrees/t2/modules/sub/config"} <= set(now)
     (worktrees / "t1" / "modules" / "sub" / "config").write_text("[core]\n")
-    assert surface.read(common, None, None, tops, modes) == surface.read(common, None, None, tops)
+    assert surface.read(common, (), None, tops, modes) == surface.read(common, (), None, tops)
 
 
 def test_entries_made_removed_or_swapped_are_read_as_they_are_now(
@@ -148,9 +148,7 @@ def test_entries_made_removed_or_swapped_are_read_as_they_are_now(
     modes = DirModes()
 
     def same() -> None:
-        assert surface.read(common, None, None, tops, modes) == surface.read(
-            common, None, None, tops
-        )
+        assert surface.read(common, (), None, tops, modes) == surface.read(common, (), None, tops)
 
     same()
     (common / "worktrees" / "t0").rmdir()
@@ -188,18 +186,18 @@ from worktree_swarm.guard.dir_modes import DirModes
 common, tops = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
 fan_out = next(p for p in sorted((common / "objects").iterdir()) if len(p.name) == 2)
 modes = DirModes()
-surface.read(common, None, None, tops, modes)
+surface.read(common, (), None, tops, modes)
 for parent, child in ((fan_out.parent, fan_out), (common / "worktrees", common / "worktrees/t1")):
     child.chmod(0o777)
     parent.chmod(0o600)  # listed, not searched: each entry's lstat fails
 with contextlib.suppress(PermissionError):  # objects/info/alternates cannot be looked at
-    surface.read(common, None, None, tops, modes)
+    surface.read(common, (), None, tops, modes)
 for parent in (common / "objects", common / "worktrees"):
     parent.chmod(0o755)  # no event names the entries in it
-found = surface.read(common, None, None, tops, modes)
+found = surface.read(common, (), None, tops, modes)
 assert found[f"objects/{fan_out.name}"].data == surface.LOOSER, found
 assert found["worktrees/t1"].data == surface.LOOSER, found
-assert found == surface.read(common, None, None, tops)
+assert found == surface.read(common, (), None, tops)
 """
 
 
@@ -226,16 +224,16 @@ common = Path(sys.argv[1])
 (common / "modules" / "sub" / "hooks").mkdir(parents=True)
 (common / "modules" / "sub" / "HEAD").write_text("ref: refs/heads/main\\n")
 (common / "modules" / "sub" / "config").write_text("[core]\\n")
-before = surface.read(common, None)
+before = surface.read(common, ())
 shut = ["objects", "hooks", "refs/heads", "logs", "worktrees/t1", "modules"]
 for name in shut:
     (common / name).chmod(0o600)
-now = surface.read(common, None)  # raised PermissionError: no change was ever seen
+now = surface.read(common, ())  # raised PermissionError: no change was ever seen
 hooks_path = Path(os.path.realpath(common.parent / "hooks-elsewhere"))  # `core.hooksPath`
 hooks_path.mkdir()
 (hooks_path / "post-checkout").write_text("#!/bin/sh\\n")
 hooks_path.chmod(0o100)  # searched, not listed: git still runs the hook
-elsewhere = surface.read(common, hooks_path)
+elsewhere = surface.read(common, [hooks_path])
 assert elsewhere[str(hooks_path)].kind == surface.UNREADABLE, elsewhere
 assert elsewhere[f"{hooks_path}/post-checkout"].data == b"#!/bin/sh\\n", elsewhere
 assert now["objects/info/alternates"].kind == surface.UNREACHED, now

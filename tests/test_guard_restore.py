@@ -37,15 +37,15 @@ def test_a_hook_rewritten_in_place_with_its_size_and_time_kept_is_read_again(
     hook = common / "hooks" / "pre-commit"
     hook.write_text("#!/bin/sh\nexit 0\n")
     hook.chmod(0o755)
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     info = hook.stat()
     hook.write_text("#!/bin/sh\ncurl x\n")  # as many bytes
     os.utime(hook, ns=(info.st_atime_ns, info.st_mtime_ns))  # and its old time
     assert hook.stat().st_size == info.st_size
-    after = surface.read(common, None)
+    after = surface.read(common, ())
     assert surface_diff.changed(before, after) == ["hooks/pre-commit"]
     assert after["hooks/pre-commit"].data == b"#!/bin/sh\ncurl x\n"
-    assert surface.read(common, None) == after
+    assert surface.read(common, ()) == after
 
 
 def test_every_kind_of_surface_change_is_shown_and_undone(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_every_kind_of_surface_change_is_shown_and_undone(tmp_path: Path) -> Non
     (common / "hooks" / "shown").symlink_to("pre-commit.sample")
     (common / "info" / "gone").write_text("was here\n")
     os.mkfifo(common / "info" / "fifo")
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     assert before["info/fifo"].kind == "other"
     assert before["hooks/keep"].kind == "dir"
 
@@ -78,7 +78,7 @@ def test_every_kind_of_surface_change_is_shown_and_undone(tmp_path: Path) -> Non
     (common / "info" / "fifo").unlink()
     (common / "info" / "fifo").write_text("now a file\n")
 
-    after = surface.read(common, None)
+    after = surface.read(common, ())
     labels = surface_diff.changed(before, after)
     assert labels == [
         "config", "hooks/keep", "hooks/new", "hooks/new/deep", "hooks/new/deep/x",
@@ -105,7 +105,7 @@ def test_every_kind_of_surface_change_is_shown_and_undone(tmp_path: Path) -> Non
 
     surface_restore.put_back(common, before, labels)
     # A fifo cannot be made again: it is the only entry left different.
-    assert surface_diff.changed(before, surface.read(common, None)) == ["info/fifo"]
+    assert surface_diff.changed(before, surface.read(common, ())) == ["info/fifo"]
     assert not (common / "hooks" / "new").exists()
     assert not hook.exists()
     assert (common / "hooks" / "shown").readlink() == Path("pre-commit.sample")
@@ -119,10 +119,10 @@ def test_a_git_file_named_with_a_newline_or_an_escape_is_shown_quoted(tmp_path: 
     """A hook's name (or a link's target) from an agent adds no line to the patch."""
     repo = make_repo(tmp_path / "repo")
     common = repo / ".git"
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     (common / "hooks" / "x\n# config: forged").write_text("evil\n")
     (common / "hooks" / "y\x1b[31m").symlink_to("t\nu")
-    after = surface.read(common, None)
+    after = surface.read(common, ())
     labels = surface_diff.changed(before, after)
     text = surface_diff.patch(common, before, after, labels)
     assert '# "hooks/x\\n# config: forged": (absent) -> file 644, 5 bytes\n' in text
@@ -137,40 +137,38 @@ def test_a_directory_the_baseline_had_comes_back_in_place_of_a_file_or_link(
 ) -> None:
     repo = make_repo(tmp_path / "repo")
     common = repo / ".git"
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     hooks = common / "hooks"
     sample = (hooks / "pre-push.sample").read_bytes()
     hooks.rename(common / "hooks-moved")
     hooks.symlink_to(tmp_path)  # the agent points hooks/ somewhere it controls
-    labels = surface_diff.changed(before, surface.read(common, None))
+    labels = surface_diff.changed(before, surface.read(common, ()))
     surface_restore.put_back(common, before, labels)
     assert hooks.is_dir()
     assert not hooks.is_symlink()
     assert (hooks / "pre-push.sample").read_bytes() == sample
-    assert surface_diff.changed(before, surface.read(common, None)) == []
+    assert surface_diff.changed(before, surface.read(common, ())) == []
     # The same with a plain file where the directory was.
     (common / "info" / "exclude").unlink()
     (common / "info").rmdir()
     (common / "info").write_text("not a dir")
-    surface_restore.put_back(
-        common, before, surface_diff.changed(before, surface.read(common, None))
-    )
-    assert surface_diff.changed(before, surface.read(common, None)) == []
+    surface_restore.put_back(common, before, surface_diff.changed(before, surface.read(common, ())))
+    assert surface_diff.changed(before, surface.read(common, ())) == []
 
 
 def test_hooks_outside_the_git_dir_are_watched_at_their_top_level(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     common = repo / ".git"
-    assert hooks_dir.hooks_path(repo) is None
+    assert hooks_dir.hooks_paths(repo) == ()
     git(repo, "config", "core.hooksPath", "githooks")
-    hooks = hooks_dir.hooks_path(repo)
+    (hooks,) = hooks_dir.hooks_paths(repo)
     assert hooks == repo / "githooks"
     hooks.mkdir()
     (hooks / "pre-commit").write_text("#!/bin/sh\n")
     (hooks / "lib").mkdir()
     (hooks / "lib" / "helper.sh").write_text("not run by git\n")
     (hooks / "linked").symlink_to(hooks / "lib")
-    before = surface.read(common, hooks)
+    before = surface.read(common, [hooks])
     label = str(hooks / "pre-commit")
     assert label in before
     assert str(hooks / "linked") in before  # a link, even to a directory, could run
@@ -178,7 +176,7 @@ def test_hooks_outside_the_git_dir_are_watched_at_their_top_level(tmp_path: Path
     assert str(hooks / "lib" / "helper.sh") not in before
     (hooks / "pre-commit").write_text("#!/bin/sh\nrm -rf ~\n")
     (hooks / "post-merge").write_text("#!/bin/sh\n")
-    after = surface.read(common, hooks)
+    after = surface.read(common, [hooks])
     labels = surface_diff.changed(before, after)
     assert labels == [str(hooks / "post-merge"), label]
     assert f"+++ b/{label}\n" in surface_diff.patch(common, before, after, labels)
@@ -186,7 +184,7 @@ def test_hooks_outside_the_git_dir_are_watched_at_their_top_level(tmp_path: Path
     assert (hooks / "pre-commit").read_text() == "#!/bin/sh\n"
     assert not (hooks / "post-merge").exists()
     # core.hooksPath naming the git dir's own hooks: not read twice under two labels.
-    inside = surface.read(common, common / "hooks")
+    inside = surface.read(common, [common / "hooks"])
     assert not any(Path(k).is_absolute() for k, v in inside.items() if v.kind != surface.MODE)
 
 
@@ -195,9 +193,9 @@ def test_a_worktrees_own_config_is_on_the_surface(tmp_path: Path) -> None:
     git(repo, "config", "extensions.worktreeConfig", "true")
     git(repo, "worktree", "add", "-q", "-b", "feature", str(tmp_path / "wt"))
     common = repo / ".git"
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     git(tmp_path / "wt", "config", "--worktree", "core.fsmonitor", "/tmp/evil")
-    after = surface.read(common, None)
+    after = surface.read(common, ())
     assert surface_diff.changed(before, after) == ["worktrees/wt/config.worktree"]
     surface_restore.put_back(common, before, ["worktrees/wt/config.worktree"])
     assert not (common / "worktrees" / "wt" / "config.worktree").exists()
@@ -215,14 +213,14 @@ def test_a_worktrees_submodule_git_dir_goes_with_its_admin_dir_as_gits_doing(
     (lib / "hooks").mkdir(parents=True)
     (lib / "HEAD").write_text("ref: refs/heads/main\n")
     (lib / "config").write_text("[core]\n\tbare = false\n")
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     label = "worktrees/wt/modules/lib/config"
     assert label in before
     (lib / "config").unlink()
-    after = surface.read(common, None)
+    after = surface.read(common, ())
     assert not surface_diff.worktree_made(common, before, after, label)
     git(repo, "worktree", "remove", "--force", "--force", str(tmp_path / "wt"))
-    after = surface.read(common, None)
+    after = surface.read(common, ())
     assert label in surface_diff.changed(before, after)
     assert surface_diff.worktree_made(common, before, after, label)
 

@@ -32,11 +32,11 @@ def test_a_hard_link_swapped_for_a_symlink_loses_the_symlink_and_nothing_it_poin
     message = backup.read_bytes()
     victim = tmp_path / "victim"
     victim.write_bytes(b"a file of yours\n")
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     assert before["COMMIT_EDITMSG"].kind == surface.HARD_LINK
     (common / "COMMIT_EDITMSG").unlink()
     (common / "COMMIT_EDITMSG").symlink_to(victim)  # your next commit would write through it
-    labels = surface_diff.changed(before, surface.read(common, None))
+    labels = surface_diff.changed(before, surface.read(common, ()))
     assert labels == ["COMMIT_EDITMSG"]
     surface_restore.put_back(common, before, labels)
     assert not os.path.lexists(common / "COMMIT_EDITMSG")  # git writes it again on a commit
@@ -51,11 +51,11 @@ def test_a_reflog_swapped_for_a_directory_holding_a_link_is_cleared_and_git_logs
     reflog = backup.read_bytes()
     victim = tmp_path / "victim"
     victim.write_bytes(b"a file of yours\n")
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     (common / "logs" / "HEAD").unlink()
     (common / "logs" / "HEAD").mkdir()
     os.link(victim, common / "logs" / "HEAD" / "planted")
-    labels = surface_diff.changed(before, surface.read(common, None))
+    labels = surface_diff.changed(before, surface.read(common, ()))
     assert labels == ["logs/HEAD", "logs/HEAD/planted"]
     surface_restore.put_back(common, before, labels)  # the directory first, with what it held
     assert not os.path.lexists(common / "logs" / "HEAD")
@@ -75,10 +75,10 @@ def test_a_reflog_swapped_for_another_hard_link_is_cut_from_it_with_its_bytes_ke
     planted = tmp_path / "planted"  # an object file of yours in the agent's hands
     planted.write_bytes(b"an agent's reflog\n")
     planted.chmod(0o444)
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     target.unlink()
     os.link(planted, target)
-    labels = surface_diff.changed(before, surface.read(common, None))
+    labels = surface_diff.changed(before, surface.read(common, ()))
     assert labels == ["logs/HEAD"]
     surface_restore.put_back(common, before, labels)
     assert target.read_bytes() == b"an agent's reflog\n"  # cut, not removed: a reflog is state
@@ -101,11 +101,11 @@ def test_a_hard_link_swapped_for_another_where_git_keeps_no_state_is_removed(
     os.link(common / "gitdir", backup)
     planted = tmp_path / "planted"
     planted.write_bytes(b"planted\n")
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     assert before["gitdir"].kind == surface.HARD_LINK
     (common / "gitdir").unlink()
     os.link(planted, common / "gitdir")
-    labels = surface_diff.changed(before, surface.read(common, None))
+    labels = surface_diff.changed(before, surface.read(common, ()))
     assert labels == ["gitdir"]
     surface_restore.put_back(common, before, labels)
     assert not os.path.lexists(common / "gitdir")
@@ -119,10 +119,10 @@ def test_a_file_git_made_again_in_place_of_a_planted_link_is_kept(tmp_path: Path
     # and renamed over, as git writes a reflog it rewrites): a file of one name is git's own.
     common, backup = linked_repo(tmp_path, "logs/HEAD")
     target = common / "logs" / "HEAD"
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     target.unlink()
     target.symlink_to(tmp_path / "victim")
-    labels = surface_diff.changed(before, surface.read(common, None))
+    labels = surface_diff.changed(before, surface.read(common, ()))
     assert labels == ["logs/HEAD"]
     aside = target.with_name("HEAD.lock")
     aside.write_bytes(b"rewritten by git\n")
@@ -138,11 +138,11 @@ def test_a_hard_link_planted_at_a_reflog_is_cut_with_its_bytes_kept(tmp_path: Pa
     target = common / "logs" / "HEAD"
     victim = tmp_path / "victim"  # a file of yours your next commit would append to
     victim.write_bytes(b"yours\n")
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     assert "logs/HEAD" not in before
     target.unlink()
     os.link(victim, target)
-    labels = surface_diff.changed(before, surface.read(common, None))
+    labels = surface_diff.changed(before, surface.read(common, ()))
     assert labels == ["logs/HEAD"]
     surface_restore.put_back(common, before, labels)
     assert target.read_bytes() == b"yours\n"
@@ -157,7 +157,7 @@ def test_ref_directories_get_their_bits_back_and_a_swapped_one_is_made_again(
     common = make_repo(tmp_path / "repo") / ".git"
     heads = common / "refs" / "heads"
     mode = stat.S_IMODE(heads.stat().st_mode)
-    before = surface.read(common, None)
+    before = surface.read(common, ())
     heads.chmod(0o777)  # another local user could plant a branch of theirs
     new = common / "refs" / "tags" / "new"  # looser than git would make it under refs/tags
     new.mkdir()
@@ -165,7 +165,7 @@ def test_ref_directories_get_their_bits_back_and_a_swapped_one_is_made_again(
     elsewhere = tmp_path / "elsewhere"
     (common / "logs" / "refs").rename(elsewhere)
     (common / "logs" / "refs").symlink_to(elsewhere)  # your reflogs written there
-    after = surface.read(common, None)
+    after = surface.read(common, ())
     labels = surface_diff.changed(before, after)
     assert labels == ["logs/refs", "refs/heads", "refs/tags/new"]
     surface_restore.put_back(common, before, labels, after)
@@ -174,4 +174,4 @@ def test_ref_directories_get_their_bits_back_and_a_swapped_one_is_made_again(
     assert (common / "logs" / "refs").is_dir()
     assert not (common / "logs" / "refs").is_symlink()
     assert (elsewhere / "heads" / "main").is_file()
-    assert surface_diff.changed(before, surface.read(common, None)) == []
+    assert surface_diff.changed(before, surface.read(common, ())) == []

@@ -20,7 +20,7 @@ from inotify_simple import INotify, flags
 
 from tests.conftest import git, make_repo, tmpfs
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
-from tests.test_trust import AgentFactory, outside_writes
+from tests.test_trust import AgentFactory, husky_hooks, outside_writes
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.proctree import identity_of
@@ -279,9 +279,10 @@ def test_your_own_worktree_removed_during_a_run_is_watched_no_more_and_blames_no
 ) -> None:
     yours = tmp_path / "feature"
     git(repo, "worktree", "add", "-q", str(yours), "-b", "feature")
-    if merging:  # its operation in progress (in its admin dir) goes with it, not put back
+    if merging:  # its operation in progress and its hooks go with it, not put back
         git(repo, "commit", "-q", "--allow-empty", "-m", "to merge")
         git(yours, "merge", "-q", "--no-ff", "--no-commit", "main")
+        husky_hooks(repo, yours)
     flags = tmp_path / "flags"
     flags.mkdir()
     agent = [*write_agent(WAIT_FOR_GO), str(flags)]
@@ -314,16 +315,18 @@ pathlib.Path(sys.argv[2]).write_text('agent\\n')
 """
 
 
+@pytest.mark.parametrize("written", ["mine.txt", ".husky/_/pre-commit"])
 def test_your_own_worktree_moved_during_a_run_blames_nobody_and_is_watched_where_it_is(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, written: str
 ) -> None:
     yours = tmp_path / "feature"
     git(repo, "worktree", "add", "-q", str(yours), "-b", "feature")
     (yours / "mine.txt").write_text("mine\n")
+    husky_hooks(repo, yours)  # its hooks directory (ignored) is watched where it is too
     moved = tmp_path / "feature2"
     flags = tmp_path / "flags"
     flags.mkdir()
-    agent = [*write_agent(WAIT_THEN_WRITE_THERE), str(flags), str(moved / "mine.txt")]
+    agent = [*write_agent(WAIT_THEN_WRITE_THERE), str(flags), str(moved / written)]
     path = manifest(repo, f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(agent)}\n')
     running = swarm_bg(repo, "run", path)
     try:
@@ -342,9 +345,13 @@ def test_your_own_worktree_moved_during_a_run_blames_nobody_and_is_watched_where
             running.kill()
     # Only the agent's write into it, at its new place: the move itself is nobody's fault.
     [event] = outside_writes(repo)
-    assert event["where"] == f"worktree {moved}", event
-    assert event["git_files"] == [], event
+    if written == "mine.txt":
+        assert event["where"] == f"worktree {moved}", event
+        assert event["git_files"] == [], event
+    else:
+        assert event["git_files"] == [f"{moved}/{written}"], event
     assert (moved / "mine.txt").read_text() == "mine\n"  # put back there
+    assert (moved / ".husky/_/pre-commit").read_text() == "#!/bin/sh\n"
     # Its ties not written back at the old place: no worktree of one `.git` file.
     assert not yours.exists()
     assert f"{moved} " in git(repo, "worktree", "list")

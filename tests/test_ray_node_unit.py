@@ -341,7 +341,7 @@ def test_a_node_snapshot_leaves_the_clones_split_index_readable(node: NodeAgent)
         git(ended.work, "config", key, value)
     (ended.work / "mine.txt").write_text("mine\n")
     git(ended.work, "add", "mine.txt")  # the clone's index, split: its shared index in .git
-    ended._surface = surface.read(ended.work / ".git", None)  # that config is the user's
+    ended._surface = surface.read(ended.work / ".git", ())  # that config is the user's
     assert ended._snapshot()
     assert git(ended.work, "status", "--porcelain") == "A  mine.txt\n?? work.txt"
 

@@ -2017,6 +2017,40 @@ def test_an_operation_in_progress_planted_in_your_linked_worktree_is_undone(
     assert not marker.exists()
 
 
+def husky_hooks(repo: Path, *checkouts: Path) -> None:
+    """`core.hooksPath = .husky/_` (husky 9's): a directory of each checkout that git ignores."""
+    git(repo, "config", "core.hooksPath", ".husky/_")
+    for checkout in checkouts:
+        hooks = checkout / ".husky" / "_"
+        hooks.mkdir(parents=True)
+        (hooks / ".gitignore").write_text("*\n")
+        (hooks / "pre-commit").write_text("#!/bin/sh\n")
+        (hooks / "pre-commit").chmod(0o755)
+
+
+def test_a_hook_planted_in_your_linked_worktrees_own_hooks_directory_is_put_back(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # A relative `core.hooksPath` (husky 9's `.husky/_`, ignored) names a directory in each
+    # checkout: the one of your linked worktree was not watched, and your next commit there
+    # ran the planted hook.
+    mine = tmp_path / "mine"
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(mine))
+    husky_hooks(repo, repo, mine)
+    marker = tmp_path / "planted-code-ran"
+    plant = f"""
+import os, pathlib
+hook = pathlib.Path({str(mine)!r}) / '.husky' / '_' / 'pre-commit'
+hook.write_text('#!/bin/sh\\ntouch {marker}\\n')
+pathlib.Path('own.txt').write_text('own work\\n')
+"""
+    run_one(repo, write_agent(plant), sandbox=False)
+    caught_or_impossible(repo, sandbox=False, what=f"{mine}/.husky/_/pre-commit")
+    assert (mine / ".husky/_/pre-commit").read_text() == "#!/bin/sh\n"
+    git(mine, "commit", "-q", "--allow-empty", "-m", "yours")
+    assert not marker.exists()
+
+
 # -- your objects moved where swarm clean deletes them ----------------------------------------
 
 # Moves objects/pack (argv[3] == "pack") or the fan-out directory of HEAD's commit into its
@@ -3025,7 +3059,7 @@ def test_a_linked_worktrees_reflog_is_looked_at_for_hard_links_and_its_head_not(
     admin = repo / ".git" / "worktrees" / "feature"
     os.link(admin / "HEAD", tmp_path / "head-backup")
     os.link(admin / "logs" / "HEAD", tmp_path / "reflog-backup")
-    found = surface.read(repo / ".git", None, {tmp_path / "feature": admin})
+    found = surface.read(repo / ".git", (), {tmp_path / "feature": admin})
     assert found["worktrees/feature/logs/HEAD"].kind == surface.HARD_LINK
     assert "worktrees/feature/HEAD" not in found
 

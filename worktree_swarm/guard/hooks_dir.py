@@ -1,4 +1,4 @@
-"""Where git looks for hooks outside the git dir: the directory ``core.hooksPath`` names.
+"""Where git looks for hooks outside the git dir: the directories ``core.hooksPath`` names.
 
 And the names of the hooks git runs, looked up one by one in such a directory while it
 refuses its listing (the surface read, surface.py).
@@ -6,6 +6,7 @@ refuses its listing (the surface read, surface.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from worktree_swarm.git import repo as git
@@ -21,11 +22,13 @@ HOOK_NAMES = (
 )  # fmt: skip
 
 
-def hooks_path(root: Path) -> Path | None:
-    """The directory ``core.hooksPath`` names, when it is set (relative: to the checkout).
+def hooks_paths(root: Path, linked: Iterable[Path] = ()) -> tuple[Path, ...]:
+    """The directories ``core.hooksPath`` names, when it is set: one, or one per checkout.
 
-    The git runner passes ``-c core.hooksPath=/dev/null`` to every command, so the value
-    asked for is the last one set in a config file, not on the command line.
+    A relative value is taken in the checkout git runs in: in *root* and in each of your
+    *linked* worktrees (`core.hooksPath = .husky/_`, an ignored directory of each). The git
+    runner passes ``-c core.hooksPath=/dev/null`` to every command, so the value asked for is
+    the last one set in a config file, not on the command line.
     """
     out = git.git(root, "config", "--show-scope", "--get-all", "core.hooksPath", check=False)
     values = [
@@ -33,5 +36,8 @@ def hooks_path(root: Path) -> Path | None:
         if scope != "command"
     ]  # fmt: skip
     if not values or not values[-1]:
-        return None
-    return root / Path(values[-1]).expanduser()
+        return ()
+    named = Path(values[-1]).expanduser()
+    if named.is_absolute():
+        return (named,)
+    return tuple(checkout / named for checkout in (root, *linked))

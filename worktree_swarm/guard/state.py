@@ -188,7 +188,7 @@ class GuardState:
         self._objects_checked = self._stash_checked = self._graph_checked = now
         self._settled_from = 0.0  # monotonic time the last check of git's files etc. began
         self._surface: surface.Surface = {}
-        self._hooks: Path | None = None
+        self._hooks: tuple[Path, ...] = ()  # the core.hooksPath directories
         self._graph: graph.Fingerprint = ()  # the commit graph as last found matching
         self._good: dict[str, str] = {}  # ref -> its last tip seen complete
         self._walked: dict[str, str] = {}  # ref -> its last tip whose every object was seen

@@ -94,12 +94,12 @@ SHARED_WRITE = 0o022  # group and other write: another local user's way in
 
 def read(
     common: Path,
-    extra_hooks: Path | None,
+    extra_hooks: Iterable[Path],
     linked: Mapping[Path, Path] | None = None,
     tops: Iterable[Path] = (),
     dir_modes: DirModes | None = None,
 ) -> Surface:
-    """Every watched file of the git dir *common* (and of *extra_hooks*, its top level).
+    """Every watched file of the git dir *common* (and of each of *extra_hooks*, its top level).
 
     Also every symlink and hard link where git writes for your checkouts: at the top of
     *common* and of the admin dir of each of your linked worktrees (*linked*: worktree ->
@@ -127,8 +127,8 @@ def read(
         _add_in_progress(found, common, admin)
     _add_top(found, common, common / RERERE)
     _add_modules(found, common, common / "modules")
-    if extra_hooks is not None:
-        _add_hooks_path(found, common, Path(os.path.realpath(extra_hooks)))
+    for hooks in extra_hooks:
+        _add_hooks_path(found, common, Path(os.path.realpath(hooks)))
     return found
 
 
@@ -271,9 +271,10 @@ def _add_in_progress(found: Surface, common: Path, admin: Path) -> None:
 def ties(common: Path, checkout: Path, admin: Path, *, held: Iterable[str] = ()) -> set[str]:
     """The labels of what ties the linked worktree *checkout* (git dir *admin*) to *common*.
 
-    With those of *held* in *admin* (its operation in progress): what goes with it removed.
+    With those of *held* in *admin* or *checkout* (its operation in progress, its hooks
+    directory): what goes with it removed.
     """
-    inside = label_of(common, admin) + "/"
+    inside = (label_of(common, admin) + "/", os.fspath(checkout) + "/")
     tied = {label_of(common, path) for path in (checkout / ".git", *(admin / n for n in TIES))}
     return tied | {label for label in held if label.startswith(inside)}
 

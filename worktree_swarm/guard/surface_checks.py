@@ -51,7 +51,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
 
     def _take_surface(self) -> None:
         """Git's files as found now for the baseline; the killed manager's kept to judge with."""
-        self._hooks = hooks_dir.hooks_path(self.repo.root)
+        self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)
         self._dir_modes = DirModes()
         self._surface = self._read_surface()
         self._last_surface = surface_kept.load(self._dir)  # see judge_unwatched_surface
@@ -274,7 +274,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             # Nobody of ours was running: the user changed it. Take it as the new baseline
             # (but what an agent's put-back is owed: it is tried again).
             self._adopt_surface(now)
-            self._hooks = hooks_dir.hooks_path(self.repo.root)
+            self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)
             self._surface_checked = began
             return swapped
         return [*swapped, self._undo_surface(labels, now, suspects, began)]
@@ -311,7 +311,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         else:  # recorded and left as it is (`allow_outside_writes`): the new baseline, so
             # that it is recorded once
             self._adopt_surface(now)
-            self._hooks = hooks_dir.hooks_path(self.repo.root)
+            self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)
             self._surface_checked = began
         return self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
 

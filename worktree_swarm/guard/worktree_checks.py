@@ -25,7 +25,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import gitfiles, runner, tampering, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import surface
+from worktree_swarm.guard import hooks_dir, surface
 from worktree_swarm.guard.baselines import Baselines, drop_copies, seed
 from worktree_swarm.guard.model import WORKTREE_PREFIX, Violation
 from worktree_swarm.guard.recovery import MOVING, move_back, moved_to
@@ -342,9 +342,11 @@ class WorktreeChecks(Baselines, RefChecks):
         common = self.repo.common_dir
         for checkout, admin, moved in self._gone_linked():
             del self._linked[checkout]
-            held = list(self._surface) if moved is None else ()  # its operation: gone with it
+            # Gone with it: its operation in progress (kept when moved), its hooks directory.
+            held = [x for x in self._surface if moved is None or x.startswith(f"{checkout}/")]
             for label in surface.ties(common, checkout, admin, held=held):
                 self._surface.pop(label, None)
+            self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)
             self._surface_dirty = True  # saved by the surface scan
             where = users_label(checkout)
             if self._places.pop(where, None) is not None:
@@ -356,6 +358,11 @@ class WorktreeChecks(Baselines, RefChecks):
             for label in surface.ties(common, moved, admin):
                 entry = surface.read_one(common, label)
                 if entry is not None:
+                    self._surface[label] = entry
+            self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)
+            there = [hooks for hooks in self._hooks if hooks.is_relative_to(moved)]
+            for label, entry in surface.read(common, there).items():  # its hooks directory
+                if label.startswith(f"{moved}/"):
                     self._surface[label] = entry
             self._keep_out(moved)  # moved into your checkout: not new files of it
             with self._job(users_label(moved)):

@@ -50,7 +50,7 @@ class NodeAgent(NodeClone):
         """Start the agent under the shim; the shim's pid on this node."""
         task = self.a.task
         # git's own files of the clone (config, hooks, info) as setup left them: the baseline.
-        self._surface = surface.read(self.work / ".git", None)
+        self._surface = surface.read(self.work / ".git", ())
         adapter = adapter_for(task.agent)
         self.logs.mkdir(parents=True, exist_ok=True)
         # $SWARM_CONTEXT: the run's findings so far; what the agent adds goes back to the run.

@@ -308,7 +308,7 @@ class NodeClone:
         clone, and is undone before swarm runs git there.
         """
         dotgit = self.work / ".git"
-        now = surface.read(dotgit, None)
+        now = surface.read(dotgit, ())
         labels = surface_diff.changed(self._surface, now)
         if surface.RERERE in labels and surface_diff.rerere_made(self.work, self._surface, now):
             labels.remove(surface.RERERE)  # git's own on any commit (a node's config turns it on)
