@@ -2034,9 +2034,11 @@ while not gate.exists():
 """
 
 
+@pytest.mark.parametrize("end", ["resume", "stop"])
 def test_a_silent_agent_that_ended_unrecorded_is_not_launched_again(
-    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], end: str
 ) -> None:
+    # `swarm stop` recorded such an attempt stopped (its task too), not as it went.
     launches, gate = tmp_path / "launches", tmp_path / "gate"
     agent = [*write_agent(SILENT), str(launches), str(gate)]
     proc = _manager(
@@ -2050,7 +2052,7 @@ def test_a_silent_agent_that_ended_unrecorded_is_not_launched_again(
     wait_for(lambda: not pid_alive(pid), timeout=120, what="the agent to end")
     unrecord_launch(repo, "a", 1)
     assert not next((repo / ".git" / "swarm" / "runs").rglob("attempt-1.log")).read_text()
-    out = swarm(repo, "resume")
+    out = swarm(repo, end)
     assert out.returncode == 0, out.stdout + out.stderr
     assert launches.read_text().split() == [str(pid)]  # its shim's record proves the launch
     assert status_json(repo)["a"]["state"] == "done"  # the exit code the shim recorded

@@ -368,7 +368,8 @@ def _kill_left(
         if stray is not None:
             proctree.kill_tree(stray, grace=grace)
         agent = task_from_json(row.spec_json).agent
-        _record_stopped_launch(repo, store, row, stray, agent, since=began)
+        by_itself = _record_stopped_launch(repo, store, row, stray, agent, since=began)
+        ended[task_id] = ended[task_id] or by_itself
     return ended
 
 
@@ -380,34 +381,38 @@ def _record_stopped_launch(
     own: str,
     *,
     since: float,
-) -> None:
-    """Record the attempt a killed manager launched but did not record, as stopped.
+) -> AgentResult | None:
+    """Record the attempt a killed manager launched but did not record; how it went.
 
     Left unrecorded, a later `swarm retry` took the stop's own SIGTERM in its shim's record
     for how that attempt failed, and failed the task without running its agent. One whose
-    shim recorded its end before this stop began (*since*) ended by itself: left for
-    `swarm retry` or `resume` to read, as they do. *agent*: the one found running. Its
-    profile is the one launched (a fallback's, maybe); *own*, the task's, when not on record.
+    shim recorded its end before this stop began (*since*) ended by itself: recorded as it
+    went (as a resume reads it), its result returned; any other, as stopped. *agent*: the
+    one found running. Its profile is the one launched (a fallback's, maybe); *own*, the
+    task's, when not on record.
     """
     number = row.launching
     if number is None or number in {a.number for a in store.attempts(row.run_id, row.task_id)}:
-        return
+        return None
     log = repo.state_dir / "runs" / row.run_id / row.task_id / f"attempt-{number}.log"
     record = shim_record.read_record(shim_record.record_path(log))
     if agent is None and record is None and not log.exists():
-        return  # never launched: the next attempt is that number
-    if record is not None and record.ended_at is not None and record.ended_at < since:
-        return
+        return None  # never launched: the next attempt is that number
+    by_itself = record is not None and record.ended_at is not None and record.ended_at < since
     started = (
         starts.as_wall(agent.create_time) if agent else record.started_at if record else time.time()
     )
+    profile = row.launching_agent or own
     attempt = store.start_attempt(
         row.run_id, row.task_id, number=number, log_path=str(log), started_at=started,
-        identity=agent or ProcessIdentity(pid=0, create_time=0.0, pgid=0),
-        agent=row.launching_agent or own,
+        identity=agent or ProcessIdentity(pid=0, create_time=0.0, pgid=0), agent=profile,
     )  # fmt: skip
-    store.end_attempt(attempt, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
     store.update_task(row.run_id, row.task_id, attempts=number, launching=None)
+    opened = next(a for a in store.attempts(row.run_id, row.task_id) if a.id == attempt)
+    result = _ended_by_itself(store, opened, profile) if by_itself else None
+    if result is None:
+        store.end_attempt(attempt, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
+    return result
 
 
 def _ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResult | None:
