@@ -1595,6 +1595,57 @@ def test_a_stale_plan_never_destroys_anything(repo: Path, tmp_path: Path) -> Non
     assert res.detail == "already gone"
 
 
+def test_a_stale_rescue_of_a_cut_off_worktree_never_deletes_it(repo: Path, tmp_path: Path) -> None:
+    # Each was a worktree whose .git file named no git dir when planned; by the time it is
+    # applied it is gone, repaired, in use, or locked (git's "never prune it"; its directory
+    # was deleted, then the prune refused). One inside the main checkout is never removed.
+    r = g.open_repo(repo)
+
+    def cut_off(path: Path, *, lock: bool = False) -> Path:
+        git(repo, "worktree", "add", "-q", "--detach", str(path))
+        if lock:
+            git(repo, "worktree", "lock", "--reason", "on a USB drive", str(path))
+        (path / ".git").write_text("gitdir: /nonexistent\n")
+        (path / "mine.txt").write_text("mine\n")
+        return path
+
+    repaired = tmp_path / "wt" / "repaired"
+    git(repo, "worktree", "add", "-q", "--detach", str(repaired))
+    used = cut_off(tmp_path / "wt" / "used")
+    user = subprocess.Popen([*agent_python(), "-c", "import time; time.sleep(600)"], cwd=used)
+    stale = {
+        "already gone": tmp_path / "wt" / "never",
+        "is no longer cut off": repaired,
+        "is inside the main checkout": cut_off(repo / "inner"),
+        f"(pid {user.pid}) is using": used,
+        "is locked (on a USB drive); `git worktree unlock": cut_off(
+            tmp_path / "wt" / "locked", lock=True
+        ),
+    }
+    planned = [
+        findings.Finding(
+            kind=findings.Kind.WORKTREE,
+            target=str(path),
+            reason="planned earlier",
+            action=findings.Action.RESCUE_WORKTREE,
+            fix="",
+        )
+        for path in stale.values()
+    ]
+    try:
+        results = fixes.apply(r, planned, store=None, force=False)
+    finally:
+        user.kill()
+        user.wait()
+    by_target = {res.finding.target: res for res in results}
+    for words, path in stale.items():
+        res = by_target[str(path)]
+        assert words in res.detail, (words, res.detail)
+        assert res.fixed == (words == "already gone"), res.detail
+        assert path == stale["already gone"] or (path / "README.md").exists()
+    assert git(repo, "for-each-ref", "refs/swarm/rescued/") == ""
+
+
 def _branches(repo: Path) -> list[str]:
     return git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/").split()
 

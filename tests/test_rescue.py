@@ -171,6 +171,25 @@ def test_doctor_saves_and_removes_a_task_worktree_whose_git_file_names_no_git_di
     assert swarm(repo, "doctor").stdout.strip() == "nothing to clean"
 
 
+def test_doctor_keeps_a_locked_task_worktree_whose_git_file_names_no_git_dir(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Locked: git never prunes it (its drive may be unmounted, its .git file the old
+    # mount's). Rescued, its directory was deleted, then the prune refused.
+    path = edits_done(repo, write_agent)
+    git(repo, "worktree", "lock", "--reason", "on a USB drive", str(path))
+    (path / ".git").write_text(f"gitdir: {repo / '.git' / 'worktrees' / 'none'}\n")
+
+    found = report(repo, "doctor", "--yes", code=1)[str(path)]
+
+    assert found["action"] == "keep", found
+    unlock = f"kept: it is locked (on a USB drive); `git worktree unlock {path}`"
+    assert found["fix"] == unlock, found
+    assert (path / "README.md").exists()
+    assert str(path) in worktree_paths(repo)
+    assert _rescued(repo) == []
+
+
 def test_a_rescue_keeps_a_repository_inside_the_directory_with_its_commits(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -5,7 +5,7 @@ Git keeps such a worktree registered and never prunes it (its admin dir still na
 a commit under a rescue ref, a child of its HEAD commit, like a stray directory's; the
 directory is deleted and the registration pruned, the removal named to a running guard (a
 finished task's worktree during a run: no live agent is blamed). Its branch is left to the
-usual rules.
+usual rules; a locked one (``git worktree lock``) is left alone.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def rescue_worktree(
     real, root = real_path(path), real_path(repo.root)
     if root.is_relative_to(real) or real.is_relative_to(root):
         raise SwarmError(f"{path} is inside the main checkout; never removed")
+    if info.locked is not None:  # git's "never prune it": its directory may come back
+        reason = info.locked or "no reason given"
+        raise SwarmError(f"{path} is locked ({reason}); `git worktree unlock {path}` first")
     users = processes_using(path)
     if users:
         raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")

@@ -162,18 +162,24 @@ def _broken_worktree(ctx: Context, info: WorktreeInfo, *, force: bool) -> Findin
 def _cut_off(ctx: Context, info: WorktreeInfo, why: str) -> Finding:
     """A worktree whose ``.git`` file names no git dir: git keeps it and never prunes it.
 
-    Under a worktree root (swarm's) its files are saved and it goes; elsewhere it is yours.
+    Under a worktree root (swarm's) its files are saved and it goes, unless it is locked;
+    elsewhere it is yours.
     """
     path = info.path
     ours = any(real_path(path).is_relative_to(root) for root in ctx.roots)
+    if not ours:
+        fix = f"kept: `git worktree repair {path}` makes it a checkout again"
+    elif info.locked is not None:  # git's "never prune it" (its drive, say): nor does swarm
+        locked = info.locked or "no reason given"
+        fix = f"kept: it is locked ({locked}); `git worktree unlock {path}`"
+    else:
+        fix = f"save its files as a commit under {RESCUE_PREFIX}, delete it, prune it"
     return Finding(
         kind=Kind.WORKTREE,
         target=str(path),
         reason=why,
-        action=Action.RESCUE_WORKTREE if ours else Action.KEEP,
-        fix=f"save its files as a commit under {RESCUE_PREFIX}, delete it, prune it"
-        if ours
-        else f"kept: `git worktree repair {path}` makes it a checkout again",
+        action=Action.RESCUE_WORKTREE if ours and info.locked is None else Action.KEEP,
+        fix=fix,
         branch=info.branch,
         admin_dir=worktrees.admin_of(ctx.repo, path),
     )
