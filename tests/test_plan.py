@@ -840,6 +840,47 @@ def test_repository_picture_is_bounded(tmp_path: Path) -> None:
     assert "more characters]" in picture  # the README is cut
 
 
+def test_repository_picture_of_too_many_top_level_files_lists_the_first_and_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    from worktree_swarm.plan.prompt import PICTURE_CHARS, repository_picture  # noqa: PLC0415
+
+    # No directory to summarise them by: as many as fit, in order, and how many more there are.
+    files = {f"generated_{i:04d}.json": "{}\n" for i in range(1500)}
+    repo = make_repo(tmp_path / "flat", files)
+
+    picture = repository_picture(repo)
+
+    assert len(picture) <= PICTURE_CHARS
+    listed = [line for line in picture.splitlines() if line.startswith("generated_")]
+    assert listed[0] == "generated_0000.json  3B", listed[0]
+    assert f"[... {1500 - len(listed)} more entries]" in picture
+    assert picture.rstrip().endswith("- initial")  # the commits still follow
+
+
+def test_repository_picture_shows_a_readme_that_is_not_utf8_and_leaves_out_one_not_a_file(
+    tmp_path: Path,
+) -> None:
+    from worktree_swarm.plan.prompt import repository_picture  # noqa: PLC0415
+
+    repo = make_repo(tmp_path / "latin1", {"app.py": "print()\n"})
+    (repo / "README.md").write_bytes("caf\u00e9 menu\n".encode("latin-1"))
+    git(repo, "add", "README.md")
+    git(repo, "commit", "-qm", "readme")
+    assert "## README.md\ncaf\ufffd menu\n" in repository_picture(repo)
+    # A submodule named like one (a docs repository): no text to show, and no failure.
+    git(repo, "rm", "-q", "README.md")
+    head = git(repo, "rev-parse", "HEAD")
+    git(repo, "update-index", "--add", "--cacheinfo", f"160000,{head},README")
+    git(repo, "commit", "-qm", "readme as a submodule")
+
+    picture = repository_picture(repo)
+
+    assert "README  0B" in picture  # listed among the files
+    assert "## README" not in picture
+    assert "- readme as a submodule" in picture
+
+
 # --- the TOML writer ---------------------------------------------------------------------------
 
 ALPHABET = ['"', "'", "\\", "\n", "\r", "\t", "\b", "\f", "\x00", "\x1b", "\x7f", "\x85"]

@@ -142,7 +142,7 @@ def _by_directory(files: Mapping[str, int], depth: int) -> list[str]:
 
 
 def _blob(repo_root: Path, path: str) -> str | None:
-    try:
+    try:  # not UTF-8: read with replacement characters, as every git output is
         return git.git(repo_root, "cat-file", "blob", f"HEAD:{path}")
-    except (CommandError, UnicodeDecodeError):
+    except CommandError:  # not a blob (a submodule so named)
         return None
