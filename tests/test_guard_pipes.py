@@ -174,3 +174,25 @@ def test_pipes_are_looked_for_where_git_looks_not_in_what_it_takes_for_another_r
         ["git", "status", "--porcelain"], cwd=repo, check=True, timeout=30, capture_output=True
     )
     assert shown.stdout == b"?? linked/\n?? nested/\n"
+
+
+def test_a_git_dir_is_told_by_a_symlinked_head_or_the_common_dir_it_names(tmp_path: Path) -> None:
+    # As git tells them: an old git's HEAD symlink into refs/, an admin dir's `commondir`
+    # naming a dir with objects and refs (its HEAD unreadable as one). A `commondir` that is
+    # no text git reads names no repository: walked, its pipe found.
+    root = tmp_path / "checkout"
+    linked_head = root / "old" / ".git"
+    (linked_head / "refs" / "heads").mkdir(parents=True)
+    (linked_head / "HEAD").symlink_to("refs/heads/main")
+    common = root / "shared" / "common"
+    for name in ("objects", "refs"):
+        (common / name).mkdir(parents=True)
+    for where, named in (("by-common", b"../../common\n"), ("bad-common", b"\xff\xfe\n")):
+        admin = root / "shared" / where / ".git"
+        admin.mkdir(parents=True)
+        (admin / "HEAD").write_text("not a ref\n")
+        (admin / "commondir").write_bytes(named)
+    for where in ("old", "old/.git", "shared/by-common/.git", "shared/bad-common/.git"):
+        os.mkfifo(root / where / "p")
+
+    assert sorted(special_files(root)) == ["shared/bad-common/.git/p"]
