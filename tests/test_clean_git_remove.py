@@ -21,6 +21,7 @@ from tests.conftest import GIT_SUBCOMMAND, add_submodule, git, git_first_on_path
 from tests.test_run import swarm, wait_for
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.fixes import apply
+from worktree_swarm.git import removing
 from worktree_swarm.git.repo import open_repo
 
 FILES = {f"d/f{i}.txt": f"{i}\n" for i in range(5)}
@@ -274,3 +275,47 @@ def test_doctor_finishes_a_removal_of_a_locked_worktree_whose_directory_git_had_
     assert f"done: {FINISHED}" in out.stdout, out.stdout
     assert str(path) not in worktrees(repo)
     assert list((repo / ".git" / "swarm" / "removing").iterdir()) == []
+
+
+def test_a_removal_is_recorded_for_its_own_worktree_and_forgotten_after(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    r = open_repo(repo)
+    records = repo / ".git" / "swarm" / "removing"
+    removing.sweep(r)  # none made yet: nothing to sweep, nothing made
+    with removing.recorded(r, tmp_path / "never-added"):  # git has no files of it to delete
+        assert not records.exists()
+    a, b = tmp_path / "a", tmp_path / "b"
+    for path in (a, b):
+        git(repo, "worktree", "add", "-q", "--detach", str(path))
+
+    with removing.recorded(r, a):
+        assert removing.interrupted(r, a) == repo / ".git" / "worktrees" / "a"
+        assert removing.interrupted(r, b) is None  # a record names one worktree
+
+    assert removing.interrupted(r, a) is None
+    assert list(records.iterdir()) == []
+    assert not (repo / ".git" / "worktrees" / "a" / removing.TOKEN).exists()
+
+
+def test_sweep_deletes_garbage_records_and_keeps_what_it_cannot_read(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    r = open_repo(repo)
+    git(repo, "worktree", "add", "-q", "--detach", str(tmp_path / "held"))
+    admin = repo / ".git" / "worktrees" / "held"
+    (admin / removing.TOKEN).mkdir()  # no token file git's removal could have left
+    records = repo / ".git" / "swarm" / "removing"
+    records.mkdir(parents=True)
+    (records / "garbage").write_text("{not json")
+    (records / "no-token").write_text('{"path": "/x", "token": 7}')
+    (records / "a-directory").mkdir()
+    (records / "held").write_text('{"path": "/x", "token": "t"}')
+
+    removing.sweep(r)
+
+    assert sorted(p.name for p in records.iterdir()) == ["a-directory", "held"]
+    # Swarm's own write of a record for it fails whole: no file left half-made beside it.
+    with pytest.raises(IsADirectoryError), removing.recorded(r, tmp_path / "held"):
+        pytest.fail("the removal ran without its record")
+    assert sorted(p.name for p in admin.iterdir() if p.name.startswith(removing.TOKEN)) == [
+        removing.TOKEN
+    ]
