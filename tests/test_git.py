@@ -834,3 +834,68 @@ def test_a_checkpoint_goes_past_a_stale_lock_another_task_planted_on_its_branch(
     assert tip is not None
     assert git(repo, "show", "swarm/b:work.txt") == "b's work"
     assert not lock.exists()
+
+
+def test_only_a_stale_lock_in_the_repository_git_names_is_removed(
+    repo: Path, tmp_path: Path
+) -> None:
+    def said(lock: Path) -> str:
+        return f"fatal: Unable to create '{lock}': File exists.\n"
+
+    def aged(lock: Path) -> Path:
+        lock.write_text("")
+        old = lock.stat().st_mtime - 60
+        os.utime(lock, (old, old))
+        return lock
+
+    fresh = repo / ".git" / "refs" / "heads" / "fresh.lock"
+    fresh.write_text("")  # a git writing it right now
+    outside = aged(tmp_path / "outside.lock")  # named by an agent's message, not git's dir
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for cwd, lock in ((repo, fresh), (repo, outside), (repo, repo / ".git" / "gone.lock")):
+        assert not gitfiles.removed_stale_lock(cwd, said(lock))
+    assert not gitfiles.removed_stale_lock(plain, said(aged(plain / "x.lock")))  # no repository
+    assert fresh.exists()
+    assert outside.exists()
+    assert (plain / "x.lock").exists()
+    stale = aged(repo / ".git" / "index.lock")
+    assert gitfiles.removed_stale_lock(repo, said(stale))
+    assert not stale.exists()
+
+
+def test_a_broken_ref_file_is_a_regular_file_of_garbage(repo: Path) -> None:
+    heads = repo / ".git" / "refs" / "heads"
+    (heads / "garbage").write_bytes(b"\0\0 not a ref\n")
+    (heads / "linked").symlink_to("main")
+    (heads / "dir").mkdir()
+    (heads / "dir" / "x").write_text(git(repo, "rev-parse", "HEAD") + "\n")
+    assert gitfiles.broken_ref_file(heads / "garbage")
+    for path in ("main", "linked", "dir", "dir/x", "missing"):
+        assert not gitfiles.broken_ref_file(heads / path), path
+
+
+def test_no_operation_is_told_under_way_where_no_checkout_is(tmp_path: Path) -> None:
+    # Nothing to tell: no operation to name, and a commit is taken as landing inside one.
+    assert gitfiles.operation_in_progress(tmp_path) is None
+    assert gitfiles.mid_operation(tmp_path)
+
+
+def test_only_a_branch_deleted_at_a_commit_still_there_is_put_back(repo: Path) -> None:
+    tip = git(repo, "rev-parse", "HEAD")
+    git(repo, "update-ref", "-d", "refs/heads/main")
+    assert gitfiles.restore_deleted_branch(repo) == tip
+    assert git(repo, "rev-parse", "refs/heads/main") == tip
+    # HEAD at a ref outside refs/heads: no branch of the worktree's to put back.
+    git(repo, "symbolic-ref", "HEAD", "refs/tags/none")
+    assert gitfiles.restore_deleted_branch(repo) is None
+    assert git(repo, "tag") == ""
+    # The commit HEAD's reflog names is gone too (an agent's gc): nothing to put back at.
+    git(repo, "symbolic-ref", "HEAD", "refs/heads/lost")
+    logged = repo / ".git" / "logs" / "HEAD"
+    with logged.open("a") as log:
+        log.write(f"{tip} {'1' * 40} A <a@b> 1 +0000\tcommit: gone\n")
+    assert gitfiles.restore_deleted_branch(repo) is None
+    logged.unlink()  # no reflog (core.logAllRefUpdates off): nothing to go by
+    assert gitfiles.restore_deleted_branch(repo) is None
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/") == "refs/heads/main"
