@@ -7,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,8 @@ import worktree_swarm
 from tests.conftest import git, git_first_on_path, make_repo
 from tests.test_run import wait_for
 from worktree_swarm.core import paths
-from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
+from worktree_swarm.core.run_settings import CopyMode
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import checkpoints, local_files, removal, status
 from worktree_swarm.git import repo as g
@@ -520,6 +522,69 @@ def test_copy_into_refuses_escapes(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="outside"):
         local_files.copy_into(repo, dst, ["conf/*.local"])
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_copied_secrets_reads_settings_files_in_the_repository_only(
+    repo: Path, tmp_path: Path
+) -> None:
+    # What the redactor is given: the values of the `copy` files an agent gets, not those of
+    # files reached through a link out of the repository (never copied), a binary file's, or
+    # a link to nothing's (no failure either).
+    (repo / ".env").write_text("API_TOKEN=q8Zr4vW2nK7pL1xT\n")
+    (repo / "model.bin").write_bytes(b"\0\x01\nAPI_TOKEN=binaryZr4vW2nK7pL1\n")
+    (repo / "dangling.env").symlink_to("nothing.env")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "x.env").write_text("HOME_TOKEN=outsideZr4vW2nK7p\n")
+    (repo / "cfg").symlink_to(tmp_path / "home")
+    globs = [".env", "model.bin", "dangling.*", "cfg/*"]
+
+    assert local_files.copied_secrets(repo, globs) == [("API_TOKEN in .env", "q8Zr4vW2nK7pL1xT")]
+
+
+def test_link_into_keeps_its_own_link_and_never_links_through_one_out_of_the_worktree(
+    repo: Path, tmp_path: Path
+) -> None:
+    (repo / "node_modules").mkdir()
+    (repo / "sub" / "cache").mkdir(parents=True)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    local_files.link_into(repo, dst, ["node_modules"])
+    local_files.link_into(repo, dst, ["node_modules"])  # a resumed task: kept as it is
+    assert (dst / "node_modules").readlink() == repo / "node_modules"
+    (tmp_path / "elsewhere").mkdir()
+    (dst / "sub").symlink_to(tmp_path / "elsewhere")  # an agent's link out of its worktree
+    with pytest.raises(SwarmError, match=r"link 'sub/cache': .* leads outside the worktree"):
+        local_files.link_into(repo, dst, ["sub/cache"])
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_hard_linked_copy_across_file_systems_is_a_copy(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    src = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        (src / ".env").write_text("K=v\n")
+        dst = tmp_path / "dst"
+        dst.mkdir()
+        assert local_files.copy_into(src, dst, [".env"], mode=CopyMode.HARDLINK) == [".env"]
+        assert (dst / ".env").read_text() == "K=v\n"
+        assert (dst / ".env").stat().st_nlink == 1
+    finally:
+        shutil.rmtree(src)
+
+
+def test_a_file_that_became_a_pipe_before_its_copy_is_not_copied(tmp_path: Path) -> None:
+    # copy_sources skipped pipes; one swapped in since is refused without being waited on.
+    # The copy of one file is called directly: the swap is a race, between walk and copy.
+    os.mkfifo(tmp_path / "was-a-file")
+    (tmp_path / "dst").mkdir()
+    for mode in (CopyMode.AUTO, CopyMode.COPY):
+        dst = tmp_path / "dst" / "copy"
+        assert not local_files._copy_file(
+            tmp_path / "was-a-file", dst, mode=mode, inside=dst.parent
+        )
+        assert list(dst.parent.iterdir()) == []
 
 
 def test_a_registration_read_from_its_admin_dir_agrees_with_gits_listing(
