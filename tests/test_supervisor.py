@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -22,7 +23,14 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.infra import proc_scan, shim_record, starts
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.proc_scan import processes_in
-from worktree_swarm.infra.proctree import descendants, identity_of, is_alive, kill_tree, shim_alive
+from worktree_swarm.infra.proctree import (
+    descendants,
+    identity_of,
+    is_alive,
+    is_frozen,
+    kill_tree,
+    shim_alive,
+)
 from worktree_swarm.infra.shim_record import read_record
 from worktree_swarm.infra.supervisor import (
     SHIM_AVAILABLE,
@@ -655,3 +663,75 @@ def test_a_marked_process_whose_pid_is_taken_meanwhile_leaves_the_new_owner_alon
     assert parent.wait(timeout=10) == -signal.SIGKILL
     parent.stdout.close()
     assert owner.poll() is None  # the PID's new owner runs on
+
+
+def test_kill_tree_of_a_leader_gone_at_sigterm_kills_its_stray_without_its_empty_group(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    # The leader dies at SIGTERM, its group with it; its child left the group and ignores
+    # SIGTERM. The group's number, free now, is not signalled with the SIGKILL.
+    code = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {GRANDCHILD!r}, {str(tmp_path / 'gc')!r}])\n"
+        "time.sleep(3600)\n"
+    )
+    leader = reaper.popen(subprocess.Popen([*agent_python(), "-c", code], start_new_session=True))
+    stray = reaper.pid(read_pid(tmp_path / "gc"))
+    stray_started = psutil.Process(stray).create_time()
+    identity = identity_of(leader.pid)
+    assert identity is not None
+    kill_tree(identity, grace=0.3)
+    assert leader.wait(timeout=30) == -signal.SIGTERM
+    assert gone(stray, stray_started)
+
+
+@pytest.mark.parametrize("marked", [["--grace", "soon"], ["--grace"]])
+def test_a_process_marked_as_a_shim_with_no_grace_it_can_read_is_stopped_as_any_other(
+    reaper: Reaper, marked: list[str]
+) -> None:
+    from worktree_swarm.infra.shim import MARKER  # noqa: PLC0415
+
+    argv = [*agent_python(), "-c", "import time; time.sleep(3600)", MARKER, *marked]
+    popen = reaper.popen(subprocess.Popen(argv, start_new_session=True))
+    wait_for(lambda: MARKER in psutil.Process(popen.pid).cmdline())
+    identity = identity_of(popen.pid)
+    assert identity is not None
+    kill_tree(identity, grace=5)
+    assert popen.wait(timeout=30) == -signal.SIGTERM
+
+
+def test_a_process_that_ends_while_it_is_looked_at_is_taken_for_gone(
+    monkeypatch: pytest.MonkeyPatch, reaper: Reaper
+) -> None:
+    # It ends (and is reaped) between two of proctree's reads of it. No real process can be
+    # timed to end there, so the read of its start (in `starts`, not proctree) is wrapped to
+    # end it, for real, right after: each asking then finds no process, and raises nothing.
+    def ending(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def read_then_end(arg: Any) -> Any:
+            value = read(arg)
+            if sleeper.poll() is None:
+                sleeper.kill()
+                sleeper.wait()
+            return value
+
+        return read_then_end
+
+    start_time, of = starts.start_time, starts.of
+    for ask in ("identity_of", "is_frozen", "kill_tree"):
+        sleeper = reaper.popen(
+            subprocess.Popen(
+                [*agent_python(), "-c", "import time; time.sleep(3600)"], start_new_session=True
+            )
+        )
+        identity = identity_of(sleeper.pid)
+        assert identity is not None
+        monkeypatch.setattr(starts, "start_time", ending(start_time))
+        monkeypatch.setattr(starts, "of", ending(of))
+        if ask == "identity_of":
+            assert identity_of(sleeper.pid) is None
+        elif ask == "is_frozen":
+            assert not is_frozen(identity)
+        else:
+            kill_tree(identity, grace=5)
+        monkeypatch.undo()
+        assert sleeper.returncode == -signal.SIGKILL, ask  # ended by the wrapper, not swarm
