@@ -6,8 +6,10 @@ commands are small programs, and escapes are looked for by the mark each one car
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -436,3 +438,87 @@ def test_a_reply_already_there_is_taken_by_a_manager_stopped_past_its_deadline()
         assert server.recv(100) == b"ask\n"
         # Nothing there, past the deadline: given up at once, as before.
         assert shim_server._exchange(manager.fileno(), b"ask\n", past) == b""
+
+
+@pytest.mark.parametrize("left", [0, 2], ids=["no channel", "no server process"])
+def test_a_manager_out_of_files_starts_no_server_and_its_commands_start_their_own_shims(
+    tmp_path: Path, left: int
+) -> None:
+    # `ulimit -n` met: with no descriptor left the channel cannot be made; with two left
+    # the channel is, and the server's process cannot start. The caller starts the shim
+    # itself (start: None), then and after: no server is tried again.
+    shims = shim_server.ShimServer()
+    record = tmp_path / "a.record"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest = os.dup(0)  # every descriptor from the lowest free one up: refused
+    os.close(lowest)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest + left, hard))
+        try:
+            started = shims.start(
+                ["true"], cwd=tmp_path, env={}, log_path=tmp_path / "a.log", record=record,
+                grace=1.0,
+            )  # fmt: skip
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert started is None
+        assert not record.exists()  # nothing forked
+        assert _running_servers() == []
+        agent = supervisor.spawn(
+            ["sh", "-c", "exit 5"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "b.log",
+            shims=shims,
+        )  # fmt: skip
+        assert agent.popen is not None  # a shim of its own
+        assert agent.wait(timeout=60) == 5
+        assert _running_servers() == []
+    finally:
+        shims.close()
+
+
+def test_a_command_the_system_refused_is_said_to_be_the_systems_doing() -> None:
+    # fork or exec failed for a limit of the system's: `swarm retry` can start it later.
+    refused = shim_server.not_started(
+        "claude", Path("/w"), errno.EAGAIN, "Resource temporarily unavailable"
+    )
+    assert str(refused) == (
+        "cannot start agent 'claude' in /w: Resource temporarily unavailable; the system "
+        "refused it (`ulimit -u`); `swarm retry` runs it"
+    )
+
+
+def test_a_request_the_server_does_not_take_or_cannot_receive_gets_no_reply() -> None:
+    # Past the deadline, a request the server does not read (its buffer full) is given up;
+    # one to a server whose end is closed fails (EPIPE): no reply either way.
+    manager, server = socket.socketpair()
+    with manager, server:
+        past = time.monotonic() - 60
+        assert shim_server._exchange(manager.fileno(), b"x" * (1 << 24), past) == b""
+    manager, server = socket.socketpair()
+    with manager:
+        server.close()
+        later = time.monotonic() + 60
+        assert shim_server._exchange(manager.fileno(), b"ask\n", later) == b""
+
+
+def test_a_start_the_server_never_answered_is_not_made_again_while_its_shim_may_run_it(
+    tmp_path: Path,
+) -> None:
+    # The log is a named pipe no one reads: the forked shim has written its record and waits
+    # to open it, holding the server's channel, and the server waits for the shim. Past the
+    # reply's deadline the server is killed; its shim may still start the command (it does,
+    # once the log is read), so starting it again would run it twice in one worktree.
+    shims = shim_server.ShimServer(reply_timeout=0.5)
+    log, record, runs = tmp_path / "a.log", tmp_path / "a.record", tmp_path / "runs.txt"
+    os.mkfifo(log)
+    try:
+        with pytest.raises(SwarmError, match="may have started it: not started a second time"):
+            shims.start(
+                ["sh", "-c", f"echo once >> {runs}"], cwd=tmp_path, env=clean_env(),
+                log_path=log, record=record, grace=1.0,
+            )  # fmt: skip
+        assert _running_servers() == []  # killed, not left waiting
+        with log.open("rb") as reader:  # the shim goes on
+            reader.read()  # to the end: the shim and its command are done with the log
+        assert runs.read_text() == "once\n"
+    finally:
+        shims.close()

@@ -186,9 +186,7 @@ class ShimServer:
         The channel ends only once a shim it forked has let go of it, after writing its
         record: then the record tells whether that shim was forked.
         """
-        server = self._servers.pop(grace, None)
-        if server is None:
-            return True
+        server = self._servers.pop(grace)  # the one just asked, under the same lock
         channel = self._channels.pop(grace)
         self._restarts += 1
         with contextlib.suppress(OSError):
