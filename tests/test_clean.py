@@ -49,6 +49,7 @@ from tests.test_trust import CHECK_THEN_WAIT, outside_writes
 from worktree_swarm.cleanup import branches, findings, fixes, processes
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as g
+from worktree_swarm.git.gitfiles import REMOVING_INDEX
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.report.run_info import open_store
 from worktree_swarm.ui import watch_actions
@@ -1323,10 +1324,11 @@ def _cleaned_and_kept(repo: Path, path: Path, tip: str) -> None:
 def test_a_worktree_removal_cut_short_is_finished_without_committing_deletions(
     tmp_path: Path, write_agent: AgentFactory, left: str
 ) -> None:
-    # What a kill after each step of a worktree's removal leaves behind.
+    # What a kill after each step of a worktree's removal leaves behind: its index set aside
+    # first (an index its agent deleted is another matter: the agent's deletions are work).
     repo, path, tip = _finished_big_task(tmp_path, write_agent, files=200)
     admin = g.git_dir(path)
-    (admin / "index").unlink()
+    (admin / "index").replace(admin / REMOVING_INDEX)
     folders = sorted(p for p in path.iterdir() if p.is_dir())
     if left != "the index":
         for folder in folders if left != "half the folders" else folders[::2]:
