@@ -34,15 +34,24 @@ def layout(tmp_path: Path) -> tuple[Path, list[Path]]:
 
 
 def lstats_of(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths `os.lstat` is called for from now on, in order (each call still made)."""
+    """The paths looked at unfollowed from now on (`os.lstat`, `Path.lstat`), in order.
+
+    Each call is still made.
+    """
     looked: list[str] = []
-    real_lstat = os.lstat
+    real_lstat, real_stat = os.lstat, os.stat
 
     def lstat(path: str | Path, **kwargs: object) -> os.stat_result:
         looked.append(os.fspath(path))
         return real_lstat(path, **kwargs)  # type: ignore[arg-type]
 
+    def stat(path: str | Path, **kwargs: object) -> os.stat_result:
+        if kwargs.get("follow_symlinks") is False:
+            looked.append(os.fspath(path))
+        return real_stat(path, **kwargs)  # type: ignore[arg-type]
+
     monkeypatch.setattr(os, "lstat", lstat)
+    monkeypatch.setattr(os, "stat", stat)
     return looked
 
 
@@ -82,7 +91,7 @@ def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
     first = surface.read(common, (), None, tops, modes)
     looked = lstats_of(monkeypatch)
     assert surface.read(common, (), None, tops, modes) == first
-    assert [p for p in looked if p.endswith("/config.worktree")] == []
+    assert [p for p in looked if p.startswith(f"{worktrees}/")] == []
     planted = "[core]\n\tfsmonitor = touch planted\n"
     (worktrees / "t1" / "config.worktree").write_text(planted)  # made in place
     (worktrees / "t2" / "config.worktree").symlink_to(tmp_path / "elsewhere")
@@ -100,13 +109,13 @@ def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
     looked.clear()
     (worktrees / "t1" / "config.worktree").unlink()
     now = surface.read(common, (), None, tops, modes)
-    assert {p for p in looked if p.endswith("/config.worktree")} == configs  # t1's for the last
+    in_admins = {p for p in looked if p.startswith(f"{worktrees}/")}
+    assert in_admins == configs  # t1's for the last
     assert now == surface.read(common, (), None, tops)
     looked.clear()
     assert surface.read(common, (), None, tops, modes) == now
-    assert {p for p in looked if p.endswith("/config.worktree")} == configs - {
-        f"{worktrees}/t1/config.worktree"
-    }
+    # Each one that was there looked at once a read (t1's, gone, until its admin dir is new).
+    assert sorted(p for p in looked if p.startswith(f"{worktrees}/")) == sorted(configs)
     # The whole directory of admin dirs swapped for another: each looked in again.
     worktrees.rename(common / "worktrees.old")
     (worktrees / "t0").mkdir(parents=True)
@@ -139,6 +148,39 @@ def test_a_submodule_git_dir_made_in_a_known_empty_admin_dir_is_read(
     assert {"worktrees/t1/modules/sub/config", "worktrees/t2/modules/sub/config"} <= set(now)
     (worktrees / "t1" / "modules" / "sub" / "config").write_text("[core]\n")
     assert surface.read(common, (), None, tops, modes) == surface.read(common, (), None, tops)
+
+
+def test_admin_dirs_holding_a_config_worktree_are_looked_in_once_a_read(
+    layout: tuple[Path, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sparse checkout's repository: `git worktree add` copies its config.worktree into every
+    # admin dir. Each is read every time (one look), its modules/ looked for only when made.
+    common, tops = layout
+    worktrees = common / "worktrees"
+    for i in range(TASKS):
+        (worktrees / f"t{i}" / "config.worktree").write_text("[core]\n\tsparseCheckout = true\n")
+    modes = DirModes()
+    first = surface.read(common, (), None, tops, modes)
+    looked = lstats_of(monkeypatch)
+    assert surface.read(common, (), None, tops, modes) == first
+    in_admins = [p for p in looked if p.startswith(f"{worktrees}/t")]
+    assert sorted(in_admins) == sorted(f"{worktrees}/t{i}/config.worktree" for i in range(TASKS))
+    planted = "[core]\n\tfsmonitor = touch planted\n"
+    (worktrees / "t1" / "config.worktree").write_text(planted)  # written in place
+    sub = worktrees / "t2" / "modules" / "sub"
+    sub.mkdir(parents=True)
+    (sub / "HEAD").write_text("ref: refs/heads/main\n")
+    (sub / "config").write_text(planted)
+    (worktrees / "t3" / "config.worktree").unlink()
+    now = surface.read(common, (), None, tops, modes)
+    assert now == surface.read(common, (), None, tops)
+    assert now["worktrees/t1/config.worktree"].data == planted.encode()
+    assert now["worktrees/t2/modules/sub/config"].data == planted.encode()
+    assert "worktrees/t3/config.worktree" not in now
+    (worktrees / "t3" / "config.worktree").write_text(planted)  # made again
+    now = surface.read(common, (), None, tops, modes)
+    assert now == surface.read(common, (), None, tops)
+    assert now["worktrees/t3/config.worktree"].data == planted.encode()
 
 
 def test_entries_made_removed_or_swapped_are_read_as_they_are_now(

@@ -2,10 +2,12 @@
 
 The surface read looks in every admin dir (``worktrees/*``) for its ``config.worktree``, which
 git makes only for ``git config --worktree``, and its ``modules/`` (the git dirs of the
-submodules checked out in that worktree): both nearly always absent. One `lstat` each per
-admin dir a read, and a read after every attempt, so a run's reads grew with the square of its
-tasks. Here an admin dir found without either gets an inotify watch for names made in it (on
-before it is looked in), and is not looked in again while it holds:
+submodules checked out in that worktree): both nearly always absent (but in a repository whose
+sparse checkout makes ``config.worktree``, which `git worktree add` copies into every admin
+dir). One `lstat` each per admin dir a read, and a read after every attempt, so a run's reads
+grew with the square of its tasks. Here an admin dir found without one of them gets an inotify
+watch for names made in it (on before it is looked in), and is not looked in for the names it
+lacked again while it holds:
 
 - each admin dir is known by its inode, as the listing of ``worktrees/`` gives it (no call of
   its own): a directory made anew at its name, or swapped in by a rename, is looked in again;
@@ -13,7 +15,7 @@ before it is looked in), and is not looked in again while it holds:
   admin dir moved or removed), events lost, or no inotify at all (another OS, the per-user
   limits): looked in again, every time while it is not watched;
 - one that is there, or that could not be looked for (its admin dir made unsearchable), is
-  read every time, as before.
+  read every time, as before (without a look of its own here: the read finds whether it is).
 
 Events are read before the listing, so a ``config.worktree`` made before a read is in it (one
 made during it, in the next); likewise ``modules/``.
@@ -36,7 +38,7 @@ _LOST = inotify.Q_OVERFLOW | inotify.IGNORED | inotify.DELETE_SELF | inotify.MOV
 
 
 class WorktreeConfigs:
-    """The admin dirs known to hold neither ``config.worktree`` nor ``modules``, watched.
+    """The admin dirs known to lack ``config.worktree`` or ``modules``, watched.
 
     Thread-safe.
     """
@@ -44,7 +46,8 @@ class WorktreeConfigs:
     def __init__(self, *, watch: bool = True) -> None:
         """*watch* False: every admin dir is looked in on every call."""
         self._lock = threading.Lock()
-        self._absent: dict[str, tuple[int, int]] = {}  # admin dir -> its inode, its watch
+        # admin dir -> its inode, its watch, the names to read there (the others are absent)
+        self._absent: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self._by_wd: dict[int, str] = {}
         self._ino: inotify.Inotify | None = None
         if watch:
@@ -66,7 +69,9 @@ class WorktreeConfigs:
             for entry in entries:
                 known = self._absent.get(entry.path)
                 if known is not None and known[0] == entry.inode():
-                    continue  # the same directory, neither made in it since
+                    # The same directory, none of the absent names made in it since.
+                    found += [f"{entry.path}/{name}" for name in known[2]]
+                    continue
                 if known is not None:
                     self._forget(entry.path)
                 found += [f"{entry.path}/{name}" for name in self._looked_in(entry)]
@@ -96,13 +101,13 @@ class WorktreeConfigs:
             except OSError:  # its admin dir made unsearchable: not known now
                 pass
             read.append(name)
-        if not read and wd is not None and wd not in self._by_wd:
+        if len(read) < len(_NAMES) and wd is not None and wd not in self._by_wd:
             # Another directory swapped in since the listing has another inode: looked in
             # again at the next listing.
-            self._absent[entry.path] = (entry.inode(), wd)
+            self._absent[entry.path] = (entry.inode(), wd, tuple(read))
             self._by_wd[wd] = entry.path
-        elif read and wd is not None and wd not in self._by_wd and self._ino is not None:
-            self._ino.remove(wd)  # read every time: no watch needed
+        elif wd is not None and wd not in self._by_wd and self._ino is not None:
+            self._ino.remove(wd)  # both read every time: no watch needed
         return read
 
     def _read_events(self) -> None:
@@ -122,7 +127,7 @@ class WorktreeConfigs:
                 self._forget(where)
 
     def _forget(self, path: str) -> None:
-        _, wd = self._absent.pop(path)
+        _, wd, _ = self._absent.pop(path)
         self._by_wd.pop(wd, None)
         if self._ino is not None:
             self._ino.remove(wd)
