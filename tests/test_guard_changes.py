@@ -215,6 +215,8 @@ def test_a_file_every_place_names_is_looked_at_once_a_pass_and_flags_each_of_the
 
     monkeypatch.setattr(os, "stat", spied)
     assert changes.changed() == set()
+    assert looked == []  # nothing their watches told of: not looked at again
+    assert changes.changed(full=True) == set()
     assert looked.count(os.fspath(packed)) == 1
     assert sorted(looked) == sorted([os.fspath(packed), *(f"{p}/index" for p in places)])
     git(repo, "branch", "moved")

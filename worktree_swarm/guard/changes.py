@@ -5,7 +5,9 @@ nested repository or worktree, not a root it excludes; in a big tree not the dir
 ignores as a whole), which reports any write, create, delete, rename, chmod or mtime reset of
 an entry there, and a stat signature (inode, size, mtime, ctime) of its index and HEAD files;
 ctime cannot be set back by an unprivileged process. A place with no event and the same
-signature is as it was when last compared, and needs no git command at all.
+signature is as it was when last compared, and needs no git command at all. Those files' stat
+is taken again only where a watch of theirs told of a change, and in a full pass (see
+file_stats.py).
 
 A place that cannot be watched (no inotify on this system, the per-user watch limit reached)
 counts as changed every time: its caller compares it with git, as before. Events are read
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.git import runner
+from worktree_swarm.guard.file_stats import FileStats, Stat
 from worktree_swarm.infra import inotify
 
 # Above this many directories, git is asked which ones it ignores as a whole (node_modules,
@@ -32,32 +35,20 @@ _BIG_TREE = 1000
 _GONE = (errno.ENOENT, errno.ENOTDIR)  # a directory removed while being watched: skipped
 _LEAF_LINKS = 2  # a directory's link count without subdirectories, where they are counted
 
-Signature = tuple[tuple[int, int, int, int] | None, ...]
+Signature = tuple[Stat, ...]
 
 
-def signature(
-    files: Iterable[Path | str], seen: dict[str, tuple[int, int, int, int] | None] | None = None
-) -> Signature:
-    """Inode, size, mtime and ctime of each of *files* (None when missing).
+def signature(files: Iterable[str], stats: FileStats, seen: dict[str, Stat]) -> Signature:
+    """Inode, size, mtime and ctime of each of *files* (None when missing), from *stats*.
 
     *seen*: those of files already looked at in the same pass, by name (``packed-refs``, which
     every place's signature holds), added to as more are looked at.
     """
-    out: list[tuple[int, int, int, int] | None] = []
-    for name in files:
-        path = os.fspath(name)
-        if seen is not None and path in seen:
-            out.append(seen[path])
-            continue
-        try:
-            st = os.stat(path)  # noqa: PTH116 - a name, not a Path: kept all run per place
-        except OSError:
-            one = None
-        else:
-            one = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        out.append(one)
-        if seen is not None:
-            seen[path] = one
+    out: list[Stat] = []
+    for path in files:
+        if path not in seen:
+            seen[path] = stats.stat(path)
+        out.append(seen[path])
     return tuple(out)
 
 
@@ -85,6 +76,8 @@ class Changes:
             self._ino = None
         self._places: dict[str, _Place] = {}
         self._wds: dict[int, tuple[set[str], Path]] = {}  # wd -> keys and the directory
+        self._stats = FileStats(watch=self._ino is not None)  # of the places' git files
+        self._uses: dict[str, int] = {}  # a git file -> how many places name it
 
     @property
     def live(self) -> bool:
@@ -108,13 +101,17 @@ class Changes:
         with self._lock:
             self._forget(key)
             real = Path(os.path.realpath(root))
+            names = tuple(map(os.fspath, git_files))
+            self._stats.read_events()  # what changed since the last pass: looked at afresh
             place = _Place(
                 root=real,
-                git_files=tuple(map(os.fspath, git_files)),
+                git_files=names,
                 skip={Path(os.path.realpath(p)) for p in skip},
-                signature=signature(map(os.fspath, git_files)),
+                signature=signature(names, self._stats, {}),
             )
             self._places[key] = place
+            for name in set(names):
+                self._uses[name] = self._uses.get(name, 0) + 1
             if unignored:  # polled too: skipped() tells what a walk of it leaves out
                 self._ignore_ignored(real, place)
             if self._ino is None:
@@ -157,12 +154,16 @@ class Changes:
             place = self._places.get(key)
             return place is not None and place.watched
 
-    def changed(self) -> set[str]:
-        """The places that may have changed since the last call, or cannot be watched."""
+    def changed(self, *, full: bool = False) -> set[str]:
+        """The places that may have changed since the last call, or cannot be watched.
+
+        *full*: every place's git files looked at afresh (as in the last scan).
+        """
         with self._lock:
             self._read_events()
+            self._stats.begin(full=full)
             found = set()
-            stats: dict[str, tuple[int, int, int, int] | None] = {}  # each file looked at once
+            stats: dict[str, Stat] = {}  # each file looked at once
             for key, place in self._places.items():
                 if place.rewalk and place.watched:
                     place.rewalk = False
@@ -172,7 +173,7 @@ class Changes:
                         self._drop_watches(key, place)
                     else:
                         self._drop_watches(key, place, place.wds - seen)
-                now = signature(place.git_files, stats)
+                now = signature(place.git_files, self._stats, stats)
                 if now != place.signature:
                     place.signature = now
                     place.dirty = True
@@ -187,6 +188,7 @@ class Changes:
             if self._ino is not None:
                 self._ino.close()
                 self._ino = None
+            self._stats.close()
             for place in self._places.values():
                 place.watched = False
             self._wds.clear()
@@ -197,6 +199,13 @@ class Changes:
         place = self._places.pop(key, None)
         if place is not None:
             self._drop_watches(key, place)
+            unused = set()
+            for name in set(place.git_files):
+                self._uses[name] -= 1
+                if not self._uses[name]:
+                    del self._uses[name]
+                    unused.add(name)
+            self._stats.drop(unused)
 
     def _drop_watches(self, key: str, place: _Place, wds: set[int] | None = None) -> None:
         """Stop *place*'s watches *wds* (all of them by default) where no other place shares one."""

@@ -352,7 +352,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
                 self._follow_linked()
                 # Before your checkout: a worktree moved into it goes back, not away.
                 found += self._scan_worktrees(began, pending)
-            changed = self._changes.changed()
+            changed = self._changes.changed(full=self._closing.is_set())
             self._seen_untouched(changed, began)
             sweep = None if final else self._sweep_pick()
             compared = time.monotonic()

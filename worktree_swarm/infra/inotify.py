@@ -44,6 +44,12 @@ _NAMES = CREATE | MOVED_TO | DELETE_SELF | MOVE_SELF | flags.ONLYDIR | flags.DON
 # A file written to, or opened for writing (a write through a shared map raises no event of
 # its own, but the file's last close does, which comes when the map goes: after its writes).
 _WRITES = MODIFY | CLOSE_WRITE | flags.DONT_FOLLOW
+# A file changed in any way that shows in its stat (a write, a chmod, a time reset, a link made
+# or removed, through any of its names), or gone.
+_FILE = MODIFY | ATTRIB | CLOSE_WRITE | DELETE_SELF | MOVE_SELF | flags.DONT_FOLLOW
+# A directory itself moved or removed; *entries*: also a name made, renamed or removed in it.
+_SELF = DELETE_SELF | MOVE_SELF | flags.ONLYDIR | flags.DONT_FOLLOW
+_ENTRIES = _SELF | CREATE | MOVED_TO | MOVED_FROM | DELETE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +88,18 @@ class Inotify:
         if self._ino is None:
             raise OSError("inotify closed")
         return int(self._ino.add_watch(os.fsencode(path), _WRITES))
+
+    def add_file(self, path: Path) -> int:
+        """Watch the file *path* for any change its stat shows, or its going; its descriptor."""
+        if self._ino is None:
+            raise OSError("inotify closed")
+        return int(self._ino.add_watch(os.fsencode(path), _FILE))
+
+    def add_dir(self, path: Path, *, entries: bool) -> int:
+        """Watch the directory *path* moved or removed (*entries*: its names too)."""
+        if self._ino is None:
+            raise OSError("inotify closed")
+        return int(self._ino.add_watch(os.fsencode(path), _ENTRIES if entries else _SELF))
 
     def remove(self, wd: int) -> None:
         """Stop watching *wd* (gone already: nothing to do)."""

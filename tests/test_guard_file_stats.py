@@ -1,0 +1,175 @@
+"""The change test's stat of git files, taken again only where a watch told of a change."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from worktree_swarm.guard.file_stats import FileStats, look
+
+
+@pytest.fixture
+def admin(tmp_path: Path) -> Path:
+    """An admin dir with an index and a HEAD, as a linked worktree's."""
+    where = tmp_path / "common" / "worktrees" / "t0"
+    where.mkdir(parents=True)
+    (where / "index").write_bytes(b"DIRC" + bytes(60))
+    (where / "HEAD").write_text("ref: refs/heads/swarm/t0\n")
+    return where
+
+
+def stats_of(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths `os.stat` and `os.lstat` are called for from now on (each call still made)."""
+    looked: list[str] = []
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def spied_stat(path: str | Path, **kwargs: object) -> os.stat_result:
+        looked.append(os.fspath(path))
+        return real_stat(path, **kwargs)  # type: ignore[arg-type]
+
+    def spied_lstat(path: str | Path, **kwargs: object) -> os.stat_result:
+        looked.append(os.fspath(path))
+        return real_lstat(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", spied_stat)
+    monkeypatch.setattr(os, "lstat", spied_lstat)
+    return looked
+
+
+def test_unchanged_files_are_not_looked_at_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats = FileStats()
+    files = []
+    for i in range(40):
+        where = tmp_path / "common" / "worktrees" / f"t{i}"
+        where.mkdir(parents=True)
+        (where / "index").write_text(f"index {i}\n")
+        files += [f"{where}/index", f"{where}/HEAD"]  # HEAD: not there
+    stats.begin()
+    first = [stats.stat(f) for f in files]
+    assert first == [look(f) for f in files]
+    looked = stats_of(monkeypatch)
+    for _ in range(3):
+        stats.begin()
+        assert [stats.stat(f) for f in files] == first
+    assert looked == []
+    (tmp_path / "common" / "worktrees" / "t3" / "index").write_text("index 3\n")  # a new ctime
+    (tmp_path / "common" / "worktrees" / "t5" / "HEAD").write_text("ref: refs/heads/x\n")
+    stats.begin()
+    now = [stats.stat(f) for f in files]
+    assert set(looked) == {files[6], files[11]}  # those two only (an lstat and a stat each)
+    assert now == [look(f) for f in files]
+    looked.clear()
+    stats.begin(full=True)  # every file looked at again, once
+    now = [stats.stat(f) for f in files]
+    assert sorted(looked) == sorted(files)
+    assert now == [look(f) for f in files]
+
+
+def changes(admin: Path, tmp_path: Path) -> list[tuple[str, Callable[[], None]]]:
+    """Writes to the index that a stat shows, each made a way the guard's watch must see."""
+    index = admin / "index"
+
+    def same_bytes_time_set_back() -> None:
+        before = index.stat()
+        index.write_bytes(index.read_bytes())
+        os.utime(index, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    def through_another_name() -> None:
+        other = tmp_path / "other-name"
+        other.unlink(missing_ok=True)
+        os.link(index, other)
+        with other.open("r+b") as out:
+            out.write(b"X")
+
+    def renamed_over() -> None:  # as git writes it
+        (admin / "index.lock").write_bytes(b"DIRC" + bytes(61))
+        (admin / "index.lock").rename(index)
+
+    def removed() -> None:
+        index.unlink()
+
+    def made_again() -> None:
+        index.write_bytes(b"DIRC")
+
+    def admin_dir_swapped() -> None:  # another admin dir at its path, the same sizes and times
+        twin = admin.with_name("twin")
+        shutil.copytree(admin, twin, copy_function=shutil.copy2)
+        admin.rename(admin.with_name("old"))
+        twin.rename(admin)
+
+    def a_directory_above_swapped() -> None:
+        common = admin.parent.parent
+        twin = common.with_name("common-twin")
+        shutil.copytree(common, twin, copy_function=shutil.copy2, symlinks=True)
+        common.rename(common.with_name("common-old"))
+        twin.rename(common)
+
+    def chmod() -> None:
+        index.chmod(0o600)
+
+    return [
+        ("same bytes, time set back", same_bytes_time_set_back),
+        ("through another name", through_another_name),
+        ("renamed over", renamed_over),
+        ("chmod", chmod),
+        ("removed", removed),
+        ("made again", made_again),
+        ("admin dir swapped", admin_dir_swapped),
+        ("a directory above swapped", a_directory_above_swapped),
+    ]
+
+
+def test_every_change_a_stat_shows_is_seen_at_the_next_pass(admin: Path, tmp_path: Path) -> None:
+    stats = FileStats()
+    files = [f"{admin}/index", f"{admin}/HEAD"]
+    stats.begin()
+    kept = [stats.stat(f) for f in files]
+    for what, change in changes(admin, tmp_path):
+        change()
+        stats.begin()
+        now = [stats.stat(f) for f in files]
+        assert now == [look(f) for f in files], what
+        assert now != kept, what
+        kept = now
+
+
+def test_a_write_through_a_shared_map_is_seen_by_the_next_full_pass(admin: Path) -> None:
+    stats = FileStats()
+    index = f"{admin}/index"
+    stats.begin()
+    before = stats.stat(index)
+    fd = os.open(index, os.O_RDWR)
+    mapped = mmap.mmap(fd, 0)
+    os.close(fd)
+    try:
+        stats.begin()
+        assert stats.stat(index) == before
+        os.utime(index, ns=(0, 0))  # the map's write below stamps the times anew
+        stats.begin()
+        before = stats.stat(index)
+        mapped[0:1] = b"X"
+        mapped.flush()
+        stats.begin(full=True)
+        assert stats.stat(index) == look(index) != before
+    finally:
+        mapped.close()
+
+
+def test_without_inotify_every_file_is_looked_at_every_time(
+    admin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats = FileStats(watch=False)
+    stats.begin()
+    index = f"{admin}/index"
+    assert stats.stat(index) == look(index)
+    looked = stats_of(monkeypatch)
+    stats.begin()
+    assert stats.stat(index) == look(index)
+    assert looked.count(index) == 2  # the kept one's and the test's own

@@ -1,0 +1,206 @@
+"""The stat data of a few files, looked at again only where inotify saw a change.
+
+The change test (changes.py) takes the inode, size, mtime and ctime of every watched
+checkout's index, HEAD and branch on each pass: a `stat` each per place a pass, so a run's
+passes grew with the square of its tasks. Here each such file gets an inotify watch of its own
+(a write, a truncate, a chmod or time reset, a link made or removed, through any of its
+names), its directory one for names (a file made, renamed or removed there) and each
+directory above it one for itself (moved or removed: the path may name another file now). A
+file's stat is taken again only once one of them told of a change:
+
+- the watches are on before the file is looked at, and events are read before a kept stat is
+  used, so a change made before a pass is seen in it;
+- events lost (the queue overflowed), a watch that could not be made (the per-user limit),
+  a symlink or another kind of file, a directory that is not there, or no inotify at all:
+  looked at every time, as before;
+- a write through a shared memory map raises no event until the map goes, but stamps the
+  mtime: a full pass (the caller's, at least every :data:`FULL_EVERY` seconds and in the
+  last scan) looks at every file again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+from pathlib import Path
+
+from worktree_swarm.infra import inotify
+
+FULL_EVERY = 5.0  # seconds between passes that look at every file again
+
+Stat = tuple[int, int, int, int] | None  # inode, size, mtime, ctime; None: not there
+
+# A watched directory's own watch gone: every path below it may name another file now.
+_DIR_LOST = inotify.DELETE_SELF | inotify.MOVE_SELF | inotify.IGNORED
+
+
+def look(path: str) -> Stat:
+    """*path*'s inode, size, mtime and ctime (followed), None when it cannot be looked at."""
+    try:
+        st = os.stat(path)  # noqa: PTH116 - a name: kept all run per place
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class FileStats:
+    """The kept stat of files by path, each valid while its watches tell of no change.
+
+    Not thread-safe: its owner's lock guards it.
+    """
+
+    def __init__(self, *, watch: bool = True) -> None:
+        """*watch* False: every file is looked at every time."""
+        self._ino: inotify.Inotify | None = None
+        if watch:
+            with contextlib.suppress(OSError):  # no inotify here: every file looked at
+                self._ino = inotify.Inotify()
+        self._kept: dict[str, tuple[Stat, int | None]] = {}  # path -> stat, its own watch
+        self._files: dict[int, set[str]] = {}  # a file's watch -> its paths kept
+        self._dirs: dict[str, tuple[int, bool]] = {}  # a directory -> its watch, of names too
+        self._dir_of: dict[int, str] = {}
+        self._full_at = time.monotonic() + FULL_EVERY
+        self._full = True
+
+    def begin(self, *, full: bool = False) -> None:
+        """Start a pass: what changed since the last is read; *full*: every file looked at."""
+        now = time.monotonic()
+        self._full = full or now >= self._full_at
+        if self._full:
+            self._full_at = now + FULL_EVERY
+        self._read_events()
+
+    def read_events(self) -> None:
+        """Take in what changed since the last pass (before looking at a file outside one)."""
+        self._read_events()
+
+    def stat(self, path: str) -> Stat:
+        """*path*'s stat as it is now (kept, unless a watch told of a change or a full pass)."""
+        kept = self._kept.get(path)
+        if kept is not None and not self._full:
+            return kept[0]
+        if kept is not None:  # a full pass: looked at again, its watches kept if the same
+            now = look(path)
+            if now == kept[0]:
+                return now
+            self._unkeep(path)
+        return self._keep(path)
+
+    def drop(self, paths: set[str]) -> None:
+        """Keep the stat of *paths* no more (their watches let go)."""
+        for path in paths:
+            self._unkeep(path)
+
+    def close(self) -> None:
+        """Release inotify: every file is looked at every time from now on."""
+        if self._ino is not None:
+            self._ino.close()
+        self._ino = None
+        self._kept.clear()
+        self._files.clear()
+        self._dirs.clear()
+        self._dir_of.clear()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _keep(self, path: str) -> Stat:
+        """Watch *path* (its directories first), then look at it; kept when all that held."""
+        if self._ino is None:
+            return look(path)
+        parent = os.path.dirname(path)  # noqa: PTH120 - strings: one call per file per pass
+        above = _upwards(parent)
+        if not self._watch_dir(parent, entries=True) or not all(map(self._watch_dir, above)):
+            return look(path)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            self._kept[path] = (None, None)  # its directory's watch tells of one made
+            return None
+        except OSError:
+            return None  # not known: looked at again next time
+        if not stat.S_ISREG(info.st_mode):
+            return look(path)  # a symlink (followed by the stat) or another kind: every time
+        try:
+            wd = self._ino.add_file(Path(path))
+        except OSError:
+            return look(path)  # the watch limit, gone meanwhile
+        now = look(path)  # after the watch: a change from now on raises an event
+        if now is None or now[0] != info.st_ino:  # replaced meanwhile: its name's event
+            return now  # looked at again next time
+        self._kept[path] = (now, wd)
+        self._files.setdefault(wd, set()).add(path)
+        return now
+
+    def _watch_dir(self, directory: str, *, entries: bool = False) -> bool:
+        """Whether *directory* is watched (for its *entries* too), made so if need be."""
+        known = self._dirs.get(directory)
+        if known is not None and (known[1] or not entries):
+            return True
+        assert self._ino is not None  # noqa: S101 - callers check
+        try:  # the same directory: its watch's mask widened (never narrowed)
+            wd = self._ino.add_dir(Path(directory), entries=entries or bool(known and known[1]))
+        except OSError:
+            return False  # not there, a symlink, the watch limit: its files looked at every time
+        if known is not None and known[0] != wd:  # another directory there since: afresh
+            self._forget_dir(directory)
+        if wd in self._dir_of and self._dir_of[wd] != directory:
+            return False  # the same directory by another path: its files looked at every time
+        self._dirs[directory] = (wd, entries)
+        self._dir_of[wd] = directory
+        return True
+
+    def _unkeep(self, path: str) -> None:
+        kept = self._kept.pop(path, None)
+        if kept is None or kept[1] is None:
+            return
+        paths = self._files.get(kept[1], set())
+        paths.discard(path)
+        if not paths:
+            self._files.pop(kept[1], None)
+            if self._ino is not None:
+                self._ino.remove(kept[1])
+
+    def _forget_dir(self, directory: str) -> None:
+        wd, _ = self._dirs.pop(directory)
+        self._dir_of.pop(wd, None)
+        if self._ino is not None:
+            self._ino.remove(wd)
+        for path in [p for p in self._kept if p.startswith(f"{directory}/")]:
+            self._unkeep(path)
+
+    def _read_events(self) -> None:
+        if self._ino is None:
+            return
+        try:
+            events = self._ino.read()
+        except OSError:
+            events = [inotify.Event(wd=-1, mask=inotify.Q_OVERFLOW, name="")]
+        for event in events:
+            self._note(event)
+
+    def _note(self, event: inotify.Event) -> None:
+        """Let go of the kept stat of each file *event* may tell a change of."""
+        if event.mask & inotify.Q_OVERFLOW:  # events lost: every file looked at again
+            for path in list(self._kept):
+                self._unkeep(path)
+            for name in list(self._dirs):
+                self._forget_dir(name)
+            return
+        for path in list(self._files.get(event.wd, ())):
+            self._unkeep(path)  # the file changed, or a name of it made or removed
+        directory = self._dir_of.get(event.wd)
+        if directory is not None and event.mask & _DIR_LOST:
+            self._forget_dir(directory)
+        elif directory is not None and event.name:
+            self._unkeep(f"{directory}/{event.name}")
+
+
+def _upwards(directory: str) -> list[str]:
+    """Each directory above *directory*, up to the root."""
+    found = []
+    while (up := os.path.dirname(directory)) != directory:  # noqa: PTH120
+        found.append(up)
+        directory = up
+    return found
