@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import git, make_repo
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard import file_stats
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.model import MAIN
 from worktree_swarm.guard.watcher import Guard
@@ -191,6 +192,7 @@ def test_the_index_and_head_are_compared_by_their_stat(tmp_path: Path) -> None:
 def test_a_file_every_place_names_is_looked_at_once_a_pass_and_flags_each_of_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(file_stats, "FULL_EVERY", 3600.0)  # no full pass but when asked
     repo = make_repo(tmp_path / "repo")
     changes = Changes()
     if not changes.live:

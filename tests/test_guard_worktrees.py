@@ -22,6 +22,7 @@ from tests.conftest import git, make_repo, tmpfs
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_trust import AgentFactory, husky_hooks, outside_writes
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard import file_stats
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.proctree import identity_of
 
@@ -582,3 +583,49 @@ def test_a_task_worktree_whose_move_stays_half_way_is_moved_back(tmp_path: Path,
     assert not moved.exists()
     assert guard.scan() == []
     assert git(path, "status", "--porcelain") == "?? work.txt"
+
+
+def test_untouched_task_worktrees_are_not_looked_at_again_and_a_removed_one_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each scan looked at every task worktree's `.git`: the scans of a run grew with the
+    # square of its tasks. Only a watch's event (or a full look) has it looked at again.
+    monkeypatch.setattr(file_stats, "FULL_EVERY", 3600.0)  # no full look within the test
+    repo = make_repo(tmp_path / "repo")
+    paths = {f"t{i}": tmp_path / "wt" / f"t{i}" for i in range(12)}
+    for task_id, path in paths.items():
+        git(repo, "worktree", "add", "-q", "-b", f"swarm/{task_id}", str(path))
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    for task_id, path in paths.items():
+        with guard.busy(task_id, path):
+            pass
+    assert guard.scan() == []
+    looked: list[str] = []
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def spied_stat(path: str | Path, **kwargs: object) -> os.stat_result:
+        looked.append(os.fspath(path))
+        return real_stat(path, **kwargs)  # type: ignore[arg-type]
+
+    def spied_lstat(path: str | Path, **kwargs: object) -> os.stat_result:
+        looked.append(os.fspath(path))
+        return real_lstat(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", spied_stat)
+    monkeypatch.setattr(os, "lstat", spied_lstat)
+    assert guard.scan() == []
+    links = {f"{p}/.git" for p in paths.values()}
+    assert not links & set(looked)
+    guard.agent_started("y", identity_of(os.getpid()))
+    (paths["t3"] / ".git").unlink()
+    moved = tmp_path / "wt-moved"
+    (tmp_path / "wt").rename(moved)  # every worktree gone from its path at once
+    shutil.copytree(moved, tmp_path / "wt", symlinks=True)  # a copy there, but t3's .git
+    guard.agent_ended("y")
+    looked.clear()
+    assert guard.scan() == []  # looked at again: once more on the next scan
+    assert f"{paths['t3']}/.git" in looked
+    assert len([p for p in looked if p in links]) >= len(links)  # each one looked at afresh
+    [found] = guard.scan()
+    assert (found.where, found.worktree, found.suspects) == ("t3", "was removed", ("y",))

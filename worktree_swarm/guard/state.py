@@ -22,6 +22,7 @@ from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.channel import Channel
 from worktree_swarm.guard.dir_modes import DirModes
+from worktree_swarm.guard.file_stats import FileStats
 from worktree_swarm.guard.lock import TurnLock
 from worktree_swarm.guard.model import MAIN, WORKTREE_PREFIX, ScanFailure, Snapshot, Violation
 from worktree_swarm.guard.objects import ObjectWatch
@@ -207,7 +208,9 @@ class GuardState:
         self._pinned, self._unread, self._unrestored = set[str](), set[str](), set[str]()
         self._interval = MIN_INTERVAL
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
-        self._changes = Changes()  # which places may have changed: inotify and stat signatures
+        # Which places may have changed (inotify and stat signatures); each task worktree's
+        # `.git` as last seen there (under the repository's lock).
+        self._changes, self._git_links = Changes(), FileStats()
         self._sweep_at = 0.0  # monotonic time of the next sweep step
         self._linked: dict[Path, Path] = {}  # the user's linked worktrees -> their git dirs
         self._trees, self._remotes, self._noted = _Worktrees(), _Remotes(seen=now), {}

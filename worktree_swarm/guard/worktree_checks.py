@@ -107,27 +107,38 @@ class WorktreeChecks(Baselines, RefChecks):
     ) -> list[Violation]:
         """Each task worktree where swarm made it: one removed or moved is put back.
 
-        Two file lookups per task; git's admin dir is read only when a worktree's ``.git`` is
-        gone. Under the guard's lock and the repository's. *again*: a second look in the same
-        scan, which leaves a worktree this scan doubted to the next scan.
+        A worktree's ``.git`` is looked at again only where a watch saw a change that may
+        concern it (file_stats.py), and in the last scan; git's admin dir is read only when
+        it is gone. Under the guard's lock and the repository's. *again*: a second look in the
+        same scan, which leaves a worktree this scan doubted to the next scan.
         """
         found = []
+        self._git_links.begin(full=self._closing.is_set())
         for task_id, path in list(self._trees.paths.items()):
             if again and task_id in self._trees.doubted:
                 continue  # judged now, a move caught half way would be taken for a removal
-            violation = self._check_worktree(task_id, path, began, pending)
+            violation = self._check_worktree(task_id, path, began, pending, kept=True)
             if violation is not None:
                 found.append(violation)
         self._worktrees_checked = began
         return found
 
     def _check_worktree(
-        self, task_id: str, path: Path, began: float, pending: set[str], *, at_once: bool = False
+        self,
+        task_id: str,
+        path: Path,
+        began: float,
+        pending: set[str],
+        *,
+        at_once: bool = False,
+        kept: bool = False,
     ) -> Violation | None:
+        """*kept*: its ``.git`` as last seen there unless a watch saw a change (in a scan)."""
         # A doubt lasts until this look: the worktree is judged, left alone or doubted afresh.
         since = self._trees.doubted.pop(task_id, None)
         known = self._trees.admins.get(task_id)
-        if _present(path / ".git"):
+        there = kept and self._git_links.stat(f"{path}/.git") is not None
+        if there or _present(path / ".git"):
             if known is None:  # made by an earlier manager, or not yet seen whole
                 admin = tampering.own_admin(self.repo, path)
                 if admin is not None:
