@@ -39,7 +39,7 @@ from tests.test_run import (
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import announcements, surface
+from worktree_swarm.guard import announcements, surface, surface_checks, surface_kept
 from worktree_swarm.guard.ref_moves import moving_refs
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import starts
@@ -1648,6 +1648,42 @@ def test_worktrees_another_process_makes_and_removes_keep_gits_copy_and_lose_it(
     ]
     assert "fsmonitor" not in copied.read_text()
     assert not planted.exists()
+
+
+def test_gits_copies_of_sparse_settings_are_saved_for_a_resume_once_and_taken_by_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each worktree made copied your `config.worktree` into a new admin dir, and the guard
+    # saved its whole baseline for a resume once per worktree. A resumed guard takes git's
+    # copies as git's itself: they are saved with the next other change, or later.
+    repo = sparse_repo(tmp_path)
+    saves: list[int] = []
+    real_save = surface_kept.save
+
+    def save(guard_dir: Path, found: surface.Surface) -> None:
+        saves.append(len(found))
+        real_save(guard_dir, found)
+
+    monkeypatch.setattr(surface_kept, "save", save)
+    monkeypatch.setattr(surface_checks, "SURFACE_SAVE_EVERY", 3600.0, raising=False)  # slow VM
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    guard.keep_base_for_resume()
+    paths = {f"t{i}": tmp_path / f"t{i}" for i in range(5)}
+    saves.clear()
+    for task_id, path in paths.items():
+        with guard.provisioning(path):
+            git(repo, "worktree", "add", "-q", "-b", f"swarm/{task_id}", str(path))
+        assert guard.scan() == []
+    assert len(saves) <= 1  # the first, when nothing was owed before
+    copies = {t: repo / ".git" / "worktrees" / t / "config.worktree" for t in paths}
+    assert all(c.is_file() for c in copies.values())
+    # Its manager killed here, agents of the run went on: the next judges from what it saved.
+    judge = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    assert judge.judge_ended_unwatched(paths) == []
+    assert all(
+        c.read_text() == (repo / ".git" / "config.worktree").read_text() for c in copies.values()
+    )
 
 
 # -- a repository inside the worktree ----------------------------------------------------------

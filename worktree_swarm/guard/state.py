@@ -132,6 +132,11 @@ class GuardState:
     _dir_modes: DirModes | None = None  # the admin dirs' and task worktrees' bits, watched
     _last_surface: surface.Surface | None = None  # git's files as a killed manager left them
     _surface_dirty = False  # the baseline of git's files changed since surface.json was saved
+    # Changed only by git's own copies of config.worktree made or removed with admin dirs, which
+    # a resumed guard takes as git's too: saved with the next change, or SURFACE_SAVE_EVERY after
+    # the last save (monotonic time _surface_due).
+    _surface_owed = False
+    _surface_due = 0.0
 
     def __init__(
         self,

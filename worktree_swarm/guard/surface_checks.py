@@ -38,6 +38,7 @@ from worktree_swarm.guard.worktree_checks import WorktreeChecks
 from worktree_swarm.infra import fs
 
 SETUID_EVERY = 10.0  # seconds between walks of the git dir for setuid files
+SURFACE_SAVE_EVERY = 10.0  # seconds: git's copies of config.worktree saved for a resume
 # What a read could not look into: a watched directory shut to its owner may hide a change.
 _NOT_KNOWN = frozenset({surface.UNREACHED, surface.UNREADABLE})
 
@@ -108,8 +109,9 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         Another process's `git worktree add` (a run's new task, a merge's worktree) copies the
         repository's own ``config.worktree`` into the new admin dir, and `git worktree remove`
         takes the file away with its admin dir: neither can make git run anything the user's
-        own settings do not. Those are taken into the baseline as they are. The user's linked
-        worktrees are not swarm's to make or remove: theirs are judged as ever.
+        own settings do not. Those are taken into the baseline as they are (saved for a
+        resumed guard within :data:`SURFACE_SAVE_EVERY`: it takes them as git's too). The
+        user's linked worktrees are not swarm's to make or remove: theirs are judged as ever.
         """
         users = {os.path.realpath(admin) for admin in self._linked.values()}
         left = []
@@ -121,7 +123,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                     self._surface.pop(label, None)
                 else:
                     self._surface[label] = entry
-                self._surface_dirty = True
+                self._surface_owed = True
             else:
                 left.append(label)
         return left
@@ -252,9 +254,17 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
 
         Not saved, a killed manager's successor would judge what this one took (a task's
         own submodule checked out while its agent ran) as an outside write, and delete it.
+        git's copies of your ``config.worktree`` (one per worktree made, in a repository
+        with one), which the successor takes as git's too, are saved with the next other
+        change, at most :data:`SURFACE_SAVE_EVERY` later, and in the last scan.
         """
-        if self._surface_dirty and self._resumable:
+        now = time.monotonic()
+        owed = self._surface_owed and (self._closing.is_set() or now >= self._surface_due)
+        if (self._surface_dirty or owed) and self._resumable:
             surface_kept.save(self._dir, self._surface)
+            self._surface_due = now + SURFACE_SAVE_EVERY
+        if self._surface_dirty or owed:
+            self._surface_owed = False
         self._surface_dirty = False
 
     def _compare_surface(self, began: float) -> list[Violation]:

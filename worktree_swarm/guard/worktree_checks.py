@@ -25,7 +25,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import gitfiles, runner, tampering, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import hooks_dir, surface
+from worktree_swarm.guard import hooks_dir, surface, surface_diff
 from worktree_swarm.guard.baselines import Baselines, drop_copies, seed
 from worktree_swarm.guard.model import WORKTREE_PREFIX, Violation
 from worktree_swarm.guard.recovery import MOVING, move_back, moved_to
@@ -81,8 +81,12 @@ class WorktreeChecks(Baselines, RefChecks):
                 if admin is not None and admin.parent == worktrees_dir:
                     label = f"worktrees/{admin.name}/config.worktree"
                     entry = surface.read_one(common, label)
+                    after = {} if entry is None else {label: entry}
                     if entry != self._surface.get(label):  # as a rule: none before, none now
-                        self._surface_dirty = True
+                        if surface_diff.worktree_made(common, self._surface, after, label):
+                            self._surface_owed = True  # git's copy of yours: a resumed guard's
+                        else:
+                            self._surface_dirty = True
                     if entry is None:
                         self._surface.pop(label, None)
                     else:
