@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import as_owner_only, git, make_repo
 from tests.test_run import status_json
-from worktree_swarm.guard import surface
+from worktree_swarm.guard import file_stats, surface
 from worktree_swarm.guard.dir_modes import DirModes
 
 TASKS = 40
@@ -85,6 +85,7 @@ def test_a_read_looks_again_only_at_entries_inotify_saw_change(
 def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
     layout: tuple[Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(file_stats, "FULL_EVERY", 3600.0)  # no full pass within the test
     common, tops = layout
     worktrees = common / "worktrees"
     modes = DirModes()
@@ -109,13 +110,15 @@ def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
     looked.clear()
     (worktrees / "t1" / "config.worktree").unlink()
     now = surface.read(common, (), None, tops, modes)
-    in_admins = {p for p in looked if p.startswith(f"{worktrees}/")}
-    assert in_admins == configs  # t1's for the last
+    link = f"{worktrees}/t2/config.worktree"  # a symlink: followed, so read every time
+    assert {p for p in looked if p.startswith(f"{worktrees}/")} == {
+        f"{worktrees}/t1/config.worktree",
+        link,
+    }
     assert now == surface.read(common, (), None, tops)
     looked.clear()
     assert surface.read(common, (), None, tops, modes) == now
-    # Each one that was there looked at once a read (t1's, gone, until its admin dir is new).
-    assert sorted(p for p in looked if p.startswith(f"{worktrees}/")) == sorted(configs)
+    assert {p for p in looked if p.startswith(f"{worktrees}/")} == {link}
     # The whole directory of admin dirs swapped for another: each looked in again.
     worktrees.rename(common / "worktrees.old")
     (worktrees / "t0").mkdir(parents=True)
@@ -150,11 +153,13 @@ def test_a_submodule_git_dir_made_in_a_known_empty_admin_dir_is_read(
     assert surface.read(common, (), None, tops, modes) == surface.read(common, (), None, tops)
 
 
-def test_admin_dirs_holding_a_config_worktree_are_looked_in_once_a_read(
+def test_admin_dirs_holding_a_config_worktree_are_not_looked_in_again_while_unchanged(
     layout: tuple[Path, list[Path]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A sparse checkout's repository: `git worktree add` copies its config.worktree into every
-    # admin dir. Each is read every time (one look), its modules/ looked for only when made.
+    # admin dir. Each is read again only when its watch saw a change (or in a full pass), its
+    # modules/ looked for only when made.
+    monkeypatch.setattr(file_stats, "FULL_EVERY", 3600.0)  # no full pass within the test
     common, tops = layout
     worktrees = common / "worktrees"
     for i in range(TASKS):
@@ -163,8 +168,7 @@ def test_admin_dirs_holding_a_config_worktree_are_looked_in_once_a_read(
     first = surface.read(common, (), None, tops, modes)
     looked = lstats_of(monkeypatch)
     assert surface.read(common, (), None, tops, modes) == first
-    in_admins = [p for p in looked if p.startswith(f"{worktrees}/t")]
-    assert sorted(in_admins) == sorted(f"{worktrees}/t{i}/config.worktree" for i in range(TASKS))
+    assert [p for p in looked if p.startswith(f"{worktrees}/t")] == []
     planted = "[core]\n\tfsmonitor = touch planted\n"
     (worktrees / "t1" / "config.worktree").write_text(planted)  # written in place
     sub = worktrees / "t2" / "modules" / "sub"
@@ -178,9 +182,18 @@ def test_admin_dirs_holding_a_config_worktree_are_looked_in_once_a_read(
     assert now["worktrees/t2/modules/sub/config"].data == planted.encode()
     assert "worktrees/t3/config.worktree" not in now
     (worktrees / "t3" / "config.worktree").write_text(planted)  # made again
+    (worktrees / "t4" / "config.worktree").chmod(0o600)
+    os.utime(worktrees / "t5" / "config.worktree", ns=(0, 0))
     now = surface.read(common, (), None, tops, modes)
     assert now == surface.read(common, (), None, tops)
     assert now["worktrees/t3/config.worktree"].data == planted.encode()
+    assert now["worktrees/t4/config.worktree"].bits == 0o600
+    looked.clear()
+    assert surface.read(common, (), None, tops, modes) == now
+    # Only t2's, which holds modules/ (walked every time, as before).
+    assert {
+        Path(p).relative_to(worktrees).parts[0] for p in looked if p.startswith(f"{worktrees}/t")
+    } == {"t2"}
 
 
 def test_entries_made_removed_or_swapped_are_read_as_they_are_now(

@@ -57,7 +57,9 @@ class FileStats:
         if watch:
             with contextlib.suppress(OSError):  # no inotify here: every file looked at
                 self._ino = inotify.Inotify()
-        self._kept: dict[str, tuple[Stat, int | None]] = {}  # path -> stat, its own watch
+        # path -> its stat, its own watch, the turn it was kept at (see kept_at)
+        self._kept: dict[str, tuple[Stat, int | None, int]] = {}
+        self._turns = 0
         self._files: dict[int, set[str]] = {}  # a file's watch -> its paths kept
         self._dirs: dict[str, tuple[int, bool]] = {}  # a directory -> its watch, of names too
         self._dir_of: dict[int, str] = {}
@@ -88,6 +90,20 @@ class FileStats:
             self._unkeep(path)
         return self._keep(path)
 
+    def kept_at(self, path: str) -> int | None:
+        """When the stat of *path*, a file there, was kept; None: not kept (looked at each time).
+
+        The same number later: the file has not changed since (but for a write through a
+        shared map, until the next full pass), whatever was read of it after it was kept.
+        """
+        kept = self._kept.get(path)
+        return None if kept is None or kept[0] is None else kept[2]
+
+    def absent(self, path: str) -> bool:
+        """Whether *path* is known not to be there (no name made there since it was looked at)."""
+        kept = self._kept.get(path)
+        return kept is not None and kept[0] is None and not self._full
+
     def drop(self, paths: set[str]) -> None:
         """Keep the stat of *paths* no more (their watches let go)."""
         for path in paths:
@@ -116,7 +132,7 @@ class FileStats:
         try:
             info = os.lstat(path)
         except FileNotFoundError:
-            self._kept[path] = (None, None)  # its directory's watch tells of one made
+            self._kept[path] = (None, None, self._turn())  # its directory's watch tells of one
             return None
         except OSError:
             return None  # not known: looked at again next time
@@ -129,7 +145,7 @@ class FileStats:
         now = look(path)  # after the watch: a change from now on raises an event
         if now is None or now[0] != info.st_ino:  # replaced meanwhile: its name's event
             return now  # looked at again next time
-        self._kept[path] = (now, wd)
+        self._kept[path] = (now, wd, self._turn())
         self._files.setdefault(wd, set()).add(path)
         return now
 
@@ -150,6 +166,10 @@ class FileStats:
         self._dirs[directory] = (wd, entries)
         self._dir_of[wd] = directory
         return True
+
+    def _turn(self) -> int:
+        self._turns += 1
+        return self._turns
 
     def _unkeep(self, path: str) -> None:
         kept = self._kept.pop(path, None)

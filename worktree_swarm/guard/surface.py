@@ -285,7 +285,10 @@ def _add_worktree_configs(found: Surface, common: Path, configs: WorktreeConfigs
         if path.endswith(f"/{MODULES}"):
             _add_modules(found, common, Path(path))
             continue
-        _add(found, common, Path(path))
+        label = label_of(common, path)
+        entry = configs.entry(path, functools.partial(read_one, common, label))
+        if entry is not None:
+            found[label] = entry
 
 
 def read_one(common: Path, label: str) -> Entry | None:

@@ -18,7 +18,8 @@ lacked again while it holds:
   read every time, as before (without a look of its own here: the read finds whether it is).
 
 Events are read before the listing, so a ``config.worktree`` made before a read is in it (one
-made during it, in the next); likewise ``modules/``.
+made during it, in the next); likewise ``modules/``. A ``config.worktree`` that is there is
+read again only when its stat could have changed (file_stats.py): its entry is kept meanwhile.
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from worktree_swarm.guard.file_stats import FileStats
 from worktree_swarm.infra import inotify
+
+if TYPE_CHECKING:
+    from worktree_swarm.guard.surface import Entry
 
 CONFIG = "config.worktree"
 MODULES = "modules"
@@ -53,6 +60,8 @@ class WorktreeConfigs:
         if watch:
             with contextlib.suppress(OSError):  # no inotify here: every admin dir looked in
                 self._ino = inotify.Inotify()
+        self._stats = FileStats(watch=watch)  # each config.worktree read, kept while unchanged
+        self._entries: dict[str, tuple[int, Entry]] = {}  # its entry, by the turn it was kept
 
     def to_read(self, worktrees: str) -> list[str]:
         """Each admin dir's ``config.worktree`` and ``modules`` in *worktrees*, there or not known.
@@ -65,6 +74,7 @@ class WorktreeConfigs:
             entries = []
         with self._lock:
             self._read_events()
+            self._stats.begin()  # before any entry kept is used
             found = []
             for entry in entries:
                 known = self._absent.get(entry.path)
@@ -77,9 +87,33 @@ class WorktreeConfigs:
                 found += [f"{entry.path}/{name}" for name in self._looked_in(entry)]
             return found
 
+    def entry(self, path: str, read: Callable[[], Entry | None]) -> Entry | None:
+        """The entry of the ``config.worktree`` *path* from :meth:`to_read`: *read*, or kept.
+
+        Kept, the file has not changed since it was read (its watch on before); read, its
+        entry is kept when it is a file.
+        """
+        with self._lock:
+            turn = self._stats.kept_at(path)
+            known = self._entries.get(path)
+            if turn is not None and known is not None and known[0] == turn:
+                return known[1]
+            if self._stats.stat(path) is None and self._stats.absent(path):
+                self._entries.pop(path, None)
+                return None  # removed, and no name made there since
+            turn = self._stats.kept_at(path)  # kept, and watched, before it is read
+            found = read()
+            if turn is None or found is None or found.kind != "file":
+                self._entries.pop(path, None)
+            else:
+                self._entries[path] = (turn, found)
+            return found
+
     def close(self) -> None:
         """Release inotify: every admin dir is looked in on every call from now on."""
         with self._lock:
+            self._stats.close()
+            self._entries.clear()
             for path in list(self._absent):
                 self._forget(path)
             if self._ino is not None:
