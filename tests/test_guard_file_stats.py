@@ -53,23 +53,23 @@ def test_unchanged_files_are_not_looked_at_again(
         where.mkdir(parents=True)
         (where / "index").write_text(f"index {i}\n")
         files += [f"{where}/index", f"{where}/HEAD"]  # HEAD: not there
-    stats.begin()
+    stats.refresh()
     first = [stats.stat(f) for f in files]
     assert first == [look(f) for f in files]
     looked = stats_of(monkeypatch)
     for _ in range(3):
-        stats.begin()
+        stats.refresh()
         assert [stats.stat(f) for f in files] == first
     assert looked == []
     (tmp_path / "common" / "worktrees" / "t3" / "index").write_text("index 3\n")  # a new ctime
     (tmp_path / "common" / "worktrees" / "t5" / "HEAD").write_text("ref: refs/heads/x\n")
-    stats.begin()
+    stats.refresh()
     now = [stats.stat(f) for f in files]
     assert set(looked) == {files[6], files[11]}  # those two only (an lstat and a stat each)
     assert now == [look(f) for f in files]
     looked.clear()
-    stats.begin(full=True)  # every file looked at again, once
-    now = [stats.stat(f) for f in files]
+    stats.refresh()
+    now = [stats.stat(f, fresh=True) for f in files]  # a full pass: every file looked at, once
     assert sorted(looked) == sorted(files)
     assert now == [look(f) for f in files]
 
@@ -125,17 +125,19 @@ def changes(admin: Path, tmp_path: Path) -> list[tuple[str, Callable[[], None]]]
         ("made again", made_again),
         ("admin dir swapped", admin_dir_swapped),
         ("a directory above swapped", a_directory_above_swapped),
+        ("removed from the directories swapped in", removed),
+        ("made again there", made_again),  # the watches now on those, not the old ones
     ]
 
 
 def test_every_change_a_stat_shows_is_seen_at_the_next_pass(admin: Path, tmp_path: Path) -> None:
     stats = FileStats()
     files = [f"{admin}/index", f"{admin}/HEAD"]
-    stats.begin()
+    stats.refresh()
     kept = [stats.stat(f) for f in files]
     for what, change in changes(admin, tmp_path):
         change()
-        stats.begin()
+        stats.refresh()
         now = [stats.stat(f) for f in files]
         assert now == [look(f) for f in files], what
         assert now != kept, what
@@ -145,21 +147,21 @@ def test_every_change_a_stat_shows_is_seen_at_the_next_pass(admin: Path, tmp_pat
 def test_a_write_through_a_shared_map_is_seen_by_the_next_full_pass(admin: Path) -> None:
     stats = FileStats()
     index = f"{admin}/index"
-    stats.begin()
+    stats.refresh()
     before = stats.stat(index)
     fd = os.open(index, os.O_RDWR)
     mapped = mmap.mmap(fd, 0)
     os.close(fd)
     try:
-        stats.begin()
+        stats.refresh()
         assert stats.stat(index) == before
         os.utime(index, ns=(0, 0))  # the map's write below stamps the times anew
-        stats.begin()
+        stats.refresh()
         before = stats.stat(index)
         mapped[0:1] = b"X"
         mapped.flush()
-        stats.begin(full=True)
-        assert stats.stat(index) == look(index) != before
+        stats.refresh()
+        assert stats.stat(index, fresh=True) == look(index) != before  # a full pass
     finally:
         mapped.close()
 
@@ -168,10 +170,44 @@ def test_without_inotify_every_file_is_looked_at_every_time(
     admin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stats = FileStats(watch=False)
-    stats.begin()
+    stats.refresh()
     index = f"{admin}/index"
     assert stats.stat(index) == look(index)
     looked = stats_of(monkeypatch)
-    stats.begin()
+    stats.refresh()
     assert stats.stat(index) == look(index)
     assert looked.count(index) == 2  # the kept one's and the test's own
+
+
+def test_a_name_known_there_is_looked_for_again_only_once_it_may_have_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats = FileStats()
+    tops = [tmp_path / "root" / f"t{i}" for i in range(10)]
+    for top in tops:
+        top.mkdir(parents=True)
+        (top / ".git").write_text("gitdir: elsewhere\n")
+    links = [f"{top}/.git" for top in tops]
+    assert [stats.there(p) for p in links] == [True] * 10
+    looked = stats_of(monkeypatch)
+    stats.refresh()
+    assert [stats.there(p) for p in links] == [True] * 10
+    assert looked == []
+    (tops[1] / ".git").unlink()
+    (tops[2] / ".git").rename(tops[2] / "aside")
+    (tops[3] / ".git").write_text("gitdir: another\n")  # written: still there
+    stats.refresh()
+    assert [stats.there(p) for p in links] == [i not in (1, 2) for i in range(10)]
+    shutil.rmtree(tops[4])
+    moved = tmp_path / "moved"
+    (tmp_path / "root").rename(moved)  # every one gone from its path at once
+    (tmp_path / "root").mkdir()
+    tops[5].mkdir()
+    (tops[5] / ".git").write_text("gitdir: elsewhere\n")
+    stats.refresh()
+    now = [True if i == 5 else None for i in range(10)]  # None: no directory to watch there
+    assert [stats.there(p) for p in links] == now
+    assert [stats.there(p, fresh=True) for p in links] == now
+    (tops[5] / ".git").unlink()  # in the directory made since: its own watch tells
+    stats.refresh()
+    assert stats.there(links[5]) is False

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.git import runner
-from worktree_swarm.guard.file_stats import FileStats, Stat
+from worktree_swarm.guard.file_stats import FileStats, Pace, Stat
 from worktree_swarm.infra import inotify
 
 # Above this many directories, git is asked which ones it ignores as a whole (node_modules,
@@ -38,16 +38,18 @@ _LEAF_LINKS = 2  # a directory's link count without subdirectories, where they a
 Signature = tuple[Stat, ...]
 
 
-def signature(files: Iterable[str], stats: FileStats, seen: dict[str, Stat]) -> Signature:
+def signature(
+    files: Iterable[str], stats: FileStats, seen: dict[str, Stat], *, fresh: bool = False
+) -> Signature:
     """Inode, size, mtime and ctime of each of *files* (None when missing), from *stats*.
 
     *seen*: those of files already looked at in the same pass, by name (``packed-refs``, which
-    every place's signature holds), added to as more are looked at.
+    every place's signature holds), added to as more are looked at; *fresh*: looked at anew.
     """
     out: list[Stat] = []
     for path in files:
         if path not in seen:
-            seen[path] = stats.stat(path)
+            seen[path] = stats.stat(path, fresh=fresh)
         out.append(seen[path])
     return tuple(out)
 
@@ -67,7 +69,8 @@ class _Place:
 class Changes:
     """The change test of every watched place, by key. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: FileStats | None = None) -> None:
+        """*stats*: the guard's kept stats of files (one of its own by default)."""
         self._lock = threading.Lock()
         self._ino: inotify.Inotify | None
         try:
@@ -76,7 +79,9 @@ class Changes:
             self._ino = None
         self._places: dict[str, _Place] = {}
         self._wds: dict[int, tuple[set[str], Path]] = {}  # wd -> keys and the directory
-        self._stats = FileStats(watch=self._ino is not None)  # of the places' git files
+        self._own_stats = stats is None
+        self._stats = FileStats(watch=self._ino is not None) if stats is None else stats
+        self._pace = Pace()  # full passes of the places' git files
         self._uses: dict[str, int] = {}  # a git file -> how many places name it
 
     @property
@@ -102,7 +107,7 @@ class Changes:
             self._forget(key)
             real = Path(os.path.realpath(root))
             names = tuple(map(os.fspath, git_files))
-            self._stats.read_events()  # what changed since the last pass: looked at afresh
+            self._stats.refresh()  # what changed since the last pass: looked at afresh
             place = _Place(
                 root=real,
                 git_files=names,
@@ -161,7 +166,8 @@ class Changes:
         """
         with self._lock:
             self._read_events()
-            self._stats.begin(full=full)
+            self._stats.refresh()
+            fresh = self._pace.due(now=full)
             found = set()
             stats: dict[str, Stat] = {}  # each file looked at once
             for key, place in self._places.items():
@@ -173,7 +179,7 @@ class Changes:
                         self._drop_watches(key, place)
                     else:
                         self._drop_watches(key, place, place.wds - seen)
-                now = signature(place.git_files, self._stats, stats)
+                now = signature(place.git_files, self._stats, stats, fresh=fresh)
                 if now != place.signature:
                     place.signature = now
                     place.dirty = True
@@ -188,7 +194,8 @@ class Changes:
             if self._ino is not None:
                 self._ino.close()
                 self._ino = None
-            self._stats.close()
+            if self._own_stats:  # else its owner's to close
+                self._stats.close()
             for place in self._places.values():
                 place.watched = False
             self._wds.clear()

@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worktree_swarm.guard.file_stats import FileStats
 from worktree_swarm.guard.worktree_configs import WorktreeConfigs
 from worktree_swarm.infra import inotify
 
@@ -45,8 +46,8 @@ class _Dir:
 class DirModes:
     """The `lstat` modes of entries of watched directories. Thread-safe."""
 
-    def __init__(self, *, watch: bool = True) -> None:
-        """*watch* False: every entry is looked at on every call."""
+    def __init__(self, *, watch: bool = True, stats: FileStats | None = None) -> None:
+        """*watch* False: every entry is looked at on every call; *stats*: the guard's."""
         self._lock = threading.Lock()
         self._dirs: dict[str, _Dir] = {}
         self._by_wd: dict[int, str] = {}
@@ -55,7 +56,7 @@ class DirModes:
             with contextlib.suppress(OSError):  # no inotify here: every entry looked at
                 self._ino = inotify.Inotify()
         # Which admin dirs may hold a config.worktree, watched alike.
-        self.configs = WorktreeConfigs(watch=watch)
+        self.configs = WorktreeConfigs(watch=watch, stats=stats)
 
     def modes(self, parent: str, names: list[str] | None = None) -> dict[str, int]:
         """The mode of each of *names* in *parent* that is there (None: of every entry).

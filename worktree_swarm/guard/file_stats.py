@@ -1,21 +1,26 @@
-"""The stat data of a few files, looked at again only where inotify saw a change.
+"""The stat of a few files, and whether a name is there, looked at again only after a change.
 
-The change test (changes.py) takes the inode, size, mtime and ctime of every watched
-checkout's index, HEAD and branch on each pass: a `stat` each per place a pass, so a run's
-passes grew with the square of its tasks. Here each such file gets an inotify watch of its own
-(a write, a truncate, a chmod or time reset, a link made or removed, through any of its
-names), its directory one for names (a file made, renamed or removed there) and each
-directory above it one for itself (moved or removed: the path may name another file now). A
-file's stat is taken again only once one of them told of a change:
+The guard's checks look at the same files again and again: each checkout's index, HEAD and
+branch on every pass of the change test (changes.py), each task worktree's ``.git`` on every
+scan, each admin dir's ``config.worktree`` on every surface read: calls per place a pass, so a
+run's passes grew with the square of its tasks. Here a file whose stat is kept has an inotify
+watch of its own (a write, a truncate, a chmod or time reset, a link made or removed, through
+any of its names), its directory one for names (a file made, renamed or removed there) and each
+directory above it one for itself (moved or removed: the path may name another file now).
+Whether a name is there needs the last two only. What is kept is used until one of them tells
+of a change:
 
-- the watches are on before the file is looked at, and events are read before a kept stat is
-  used, so a change made before a pass is seen in it;
+- the watches are on before the file is looked at, and callers take in the events
+  (:meth:`FileStats.refresh`) before they use what is kept, so a change made before a pass is
+  seen in it;
 - events lost (the queue overflowed), a watch that could not be made (the per-user limit),
   a symlink or another kind of file, a directory that is not there, or no inotify at all:
   looked at every time, as before;
 - a write through a shared memory map raises no event until the map goes, but stamps the
-  mtime: a full pass (the caller's, at least every :data:`FULL_EVERY` seconds and in the
-  last scan) looks at every file again.
+  mtime: callers look at every file afresh at least every :data:`FULL_EVERY` seconds
+  (:class:`Pace`) and in the last scan.
+
+One instance serves the whole guard (one watch per directory and file, whoever asks).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -45,14 +51,30 @@ def look(path: str) -> Stat:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-class FileStats:
-    """The kept stat of files by path, each valid while its watches tell of no change.
+class Pace:
+    """When a caller's next full pass is due: at least every :data:`FULL_EVERY` seconds."""
 
-    Not thread-safe: its owner's lock guards it.
+    def __init__(self) -> None:
+        self._at = time.monotonic() + FULL_EVERY
+
+    def due(self, *, now: bool = False) -> bool:
+        """Whether this pass looks at everything afresh (*now*: it does, the last scan)."""
+        at = time.monotonic()
+        if not now and at < self._at:
+            return False
+        self._at = at + FULL_EVERY
+        return True
+
+
+class FileStats:
+    """Kept stats by path, and names known there, each valid while its watches are quiet.
+
+    Thread-safe.
     """
 
     def __init__(self, *, watch: bool = True) -> None:
         """*watch* False: every file is looked at every time."""
+        self._lock = threading.Lock()
         self._ino: inotify.Inotify | None = None
         if watch:
             with contextlib.suppress(OSError):  # no inotify here: every file looked at
@@ -60,35 +82,28 @@ class FileStats:
         # path -> its stat, its own watch, the turn it was kept at (see kept_at)
         self._kept: dict[str, tuple[Stat, int | None, int]] = {}
         self._turns = 0
+        self._there: set[str] = set()  # names known there (see there)
         self._files: dict[int, set[str]] = {}  # a file's watch -> its paths kept
         self._dirs: dict[str, tuple[int, bool]] = {}  # a directory -> its watch, of names too
         self._dir_of: dict[int, str] = {}
-        self._full_at = time.monotonic() + FULL_EVERY
-        self._full = True
 
-    def begin(self, *, full: bool = False) -> None:
-        """Start a pass: what changed since the last is read; *full*: every file looked at."""
-        now = time.monotonic()
-        self._full = full or now >= self._full_at
-        if self._full:
-            self._full_at = now + FULL_EVERY
-        self._read_events()
+    def refresh(self) -> None:
+        """Take in what changed since: before a pass uses what is kept."""
+        with self._lock:
+            self._read_events()
 
-    def read_events(self) -> None:
-        """Take in what changed since the last pass (before looking at a file outside one)."""
-        self._read_events()
-
-    def stat(self, path: str) -> Stat:
-        """*path*'s stat as it is now (kept, unless a watch told of a change or a full pass)."""
-        kept = self._kept.get(path)
-        if kept is not None and not self._full:
-            return kept[0]
-        if kept is not None:  # a full pass: looked at again, its watches kept if the same
-            now = look(path)
-            if now == kept[0]:
-                return now
-            self._unkeep(path)
-        return self._keep(path)
+    def stat(self, path: str, *, fresh: bool = False) -> Stat:
+        """*path*'s stat: kept unless a watch told of a change; *fresh*: looked at anyway."""
+        with self._lock:
+            kept = self._kept.get(path)
+            if kept is not None and not fresh:
+                return kept[0]
+            if kept is not None:  # looked at again, its watches kept if the same
+                now = look(path)
+                if now == kept[0]:
+                    return now
+                self._unkeep(path)
+            return self._keep(path)
 
     def kept_at(self, path: str) -> int | None:
         """When the stat of *path*, a file there, was kept; None: not kept (looked at each time).
@@ -96,38 +111,60 @@ class FileStats:
         The same number later: the file has not changed since (but for a write through a
         shared map, until the next full pass), whatever was read of it after it was kept.
         """
-        kept = self._kept.get(path)
-        return None if kept is None or kept[0] is None else kept[2]
+        with self._lock:
+            kept = self._kept.get(path)
+            return None if kept is None or kept[0] is None else kept[2]
 
     def absent(self, path: str) -> bool:
         """Whether *path* is known not to be there (no name made there since it was looked at)."""
-        kept = self._kept.get(path)
-        return kept is not None and kept[0] is None and not self._full
+        with self._lock:
+            kept = self._kept.get(path)
+            return kept is not None and kept[0] is None
+
+    def there(self, path: str, *, fresh: bool = False) -> bool | None:
+        """Whether a file of any kind is at *path*; None: not known (the caller looks).
+
+        Kept by the watches of its directory and those above (its own is not needed): no
+        name can go from there without an event of theirs.
+        """
+        with self._lock:
+            if path in self._there and not fresh:
+                return True
+            self._there.discard(path)
+            if self._ino is None or not self._watch_dirs(path):
+                return None
+            try:
+                os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            except OSError:
+                return None
+            self._there.add(path)
+            return True
 
     def drop(self, paths: set[str]) -> None:
         """Keep the stat of *paths* no more (their watches let go)."""
-        for path in paths:
-            self._unkeep(path)
+        with self._lock:
+            for path in paths:
+                self._unkeep(path)
 
     def close(self) -> None:
         """Release inotify: every file is looked at every time from now on."""
-        if self._ino is not None:
-            self._ino.close()
-        self._ino = None
-        self._kept.clear()
-        self._files.clear()
-        self._dirs.clear()
-        self._dir_of.clear()
+        with self._lock:
+            if self._ino is not None:
+                self._ino.close()
+            self._ino = None
+            self._kept.clear()
+            self._there.clear()
+            self._files.clear()
+            self._dirs.clear()
+            self._dir_of.clear()
 
     # -- internals ---------------------------------------------------------------------------
 
     def _keep(self, path: str) -> Stat:
         """Watch *path* (its directories first), then look at it; kept when all that held."""
-        if self._ino is None:
-            return look(path)
-        parent = os.path.dirname(path)  # noqa: PTH120 - strings: one call per file per pass
-        above = _upwards(parent)
-        if not self._watch_dir(parent, entries=True) or not all(map(self._watch_dir, above)):
+        if self._ino is None or not self._watch_dirs(path):
             return look(path)
         try:
             info = os.lstat(path)
@@ -149,6 +186,17 @@ class FileStats:
         self._files.setdefault(wd, set()).add(path)
         return now
 
+    def _watch_dirs(self, path: str) -> bool:
+        """Whether *path*'s directory (its names) and each one above it are watched."""
+        parent = os.path.dirname(path)  # noqa: PTH120 - strings: one call per file per pass
+        if not self._watch_dir(parent, entries=True):
+            return False
+        while (up := os.path.dirname(parent)) != parent:  # noqa: PTH120
+            if not self._watch_dir(up):
+                return False
+            parent = up
+        return True
+
     def _watch_dir(self, directory: str, *, entries: bool = False) -> bool:
         """Whether *directory* is watched (for its *entries* too), made so if need be."""
         known = self._dirs.get(directory)
@@ -163,7 +211,7 @@ class FileStats:
             self._forget_dir(directory)
         if wd in self._dir_of and self._dir_of[wd] != directory:
             return False  # the same directory by another path: its files looked at every time
-        self._dirs[directory] = (wd, entries)
+        self._dirs[directory] = (wd, entries or bool(known and known[1]))
         self._dir_of[wd] = directory
         return True
 
@@ -183,12 +231,19 @@ class FileStats:
                 self._ino.remove(kept[1])
 
     def _forget_dir(self, directory: str) -> None:
-        wd, _ = self._dirs.pop(directory)
-        self._dir_of.pop(wd, None)
-        if self._ino is not None:
-            self._ino.remove(wd)
-        for path in [p for p in self._kept if p.startswith(f"{directory}/")]:
+        """Let go of *directory*'s watch and of what is kept below it, directories too.
+
+        Moved or removed, its path (and each below) may name another directory now.
+        """
+        below = f"{directory}/"
+        for name in [directory, *(d for d in self._dirs if d.startswith(below))]:
+            wd, _ = self._dirs.pop(name)
+            self._dir_of.pop(wd, None)
+            if self._ino is not None:
+                self._ino.remove(wd)
+        for path in [p for p in self._kept if p.startswith(below)]:
             self._unkeep(path)
+        self._there -= {p for p in self._there if p.startswith(below)}
 
     def _read_events(self) -> None:
         if self._ino is None:
@@ -201,10 +256,11 @@ class FileStats:
             self._note(event)
 
     def _note(self, event: inotify.Event) -> None:
-        """Let go of the kept stat of each file *event* may tell a change of."""
+        """Let go of what is kept of each path *event* may tell a change of."""
         if event.mask & inotify.Q_OVERFLOW:  # events lost: every file looked at again
             for path in list(self._kept):
                 self._unkeep(path)
+            self._there.clear()
             for name in list(self._dirs):
                 self._forget_dir(name)
             return
@@ -215,12 +271,4 @@ class FileStats:
             self._forget_dir(directory)
         elif directory is not None and event.name:
             self._unkeep(f"{directory}/{event.name}")
-
-
-def _upwards(directory: str) -> list[str]:
-    """Each directory above *directory*, up to the root."""
-    found = []
-    while (up := os.path.dirname(directory)) != directory:  # noqa: PTH120
-        found.append(up)
-        directory = up
-    return found
+            self._there.discard(f"{directory}/{event.name}")

@@ -213,10 +213,11 @@ class GuardState:
         self._pinned, self._unread, self._unrestored = set[str](), set[str](), set[str]()
         self._interval = MIN_INTERVAL
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
-        # Which places may have changed (inotify and stat signatures); each task worktree's
-        # `.git` as last seen there (under the repository's lock).
-        self._changes, self._git_links = Changes(), FileStats()
-        self._sweep_at = 0.0  # monotonic time of the next sweep step
+        # Files' stats and names kept while their watches are quiet, for all the checks; which
+        # places may have changed (inotify and stat signatures).
+        self._file_stats = stats = FileStats()
+        # The sweep's next step (monotonic time).
+        self._changes, self._sweep_at = Changes(stats), 0.0
         self._linked: dict[Path, Path] = {}  # the user's linked worktrees -> their git dirs
         self._trees, self._remotes, self._noted = _Worktrees(), _Remotes(seen=now), {}
         self._unwatched, self._resumable = None, False  # see keep_base_for_resume

@@ -53,7 +53,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
     def _take_surface(self) -> None:
         """Git's files as found now for the baseline; the killed manager's kept to judge with."""
         self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)
-        self._dir_modes = DirModes()
+        self._dir_modes = DirModes(stats=self._file_stats)
         self._surface = self._read_surface()
         self._last_surface = surface_kept.load(self._dir)  # see judge_unwatched_surface
 

@@ -303,8 +303,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
 
     def _close_watches(self) -> None:
         self._changes.close()
-        with self._repo_lock:
-            self._git_links.close()
+        self._file_stats.close()
         if self._objects is not None:
             self._objects.close()
         if self._dir_modes is not None:

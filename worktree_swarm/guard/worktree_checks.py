@@ -117,7 +117,7 @@ class WorktreeChecks(Baselines, RefChecks):
         same scan, which leaves a worktree this scan doubted to the next scan.
         """
         found = []
-        self._git_links.begin(full=self._closing.is_set())
+        self._file_stats.refresh()
         for task_id, path in list(self._trees.paths.items()):
             if again and task_id in self._trees.doubted:
                 continue  # judged now, a move caught half way would be taken for a removal
@@ -141,7 +141,7 @@ class WorktreeChecks(Baselines, RefChecks):
         # A doubt lasts until this look: the worktree is judged, left alone or doubted afresh.
         since = self._trees.doubted.pop(task_id, None)
         known = self._trees.admins.get(task_id)
-        there = kept and self._git_links.stat(f"{path}/.git") is not None
+        there = kept and self._file_stats.there(f"{path}/.git", fresh=self._closing.is_set())
         if there or _present(path / ".git"):
             if known is None:  # made by an earlier manager, or not yet seen whole
                 admin = tampering.own_admin(self.repo, path)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from worktree_swarm.guard.file_stats import FileStats
+from worktree_swarm.guard.file_stats import FileStats, Pace
 from worktree_swarm.infra import inotify
 
 if TYPE_CHECKING:
@@ -50,8 +50,8 @@ class WorktreeConfigs:
     Thread-safe.
     """
 
-    def __init__(self, *, watch: bool = True) -> None:
-        """*watch* False: every admin dir is looked in on every call."""
+    def __init__(self, *, watch: bool = True, stats: FileStats | None = None) -> None:
+        """*watch* False: every admin dir is looked in on every call; *stats*: the guard's."""
         self._lock = threading.Lock()
         # admin dir -> its inode, its watch, the names to read there (the others are absent)
         self._absent: dict[str, tuple[int, int, tuple[str, ...]]] = {}
@@ -60,8 +60,11 @@ class WorktreeConfigs:
         if watch:
             with contextlib.suppress(OSError):  # no inotify here: every admin dir looked in
                 self._ino = inotify.Inotify()
-        self._stats = FileStats(watch=watch)  # each config.worktree read, kept while unchanged
-        self._entries: dict[str, tuple[int, Entry]] = {}  # its entry, by the turn it was kept
+        # Each config.worktree read, kept while unchanged: its entry, by the turn it was kept.
+        self._own_stats = stats is None or not watch
+        self._stats = FileStats(watch=watch) if self._own_stats or stats is None else stats
+        self._entries: dict[str, tuple[int, Entry]] = {}
+        self._pace, self._fresh = Pace(), True  # this read looks at each config.worktree anew
 
     def to_read(self, worktrees: str) -> list[str]:
         """Each admin dir's ``config.worktree`` and ``modules`` in *worktrees*, there or not known.
@@ -74,7 +77,8 @@ class WorktreeConfigs:
             entries = []
         with self._lock:
             self._read_events()
-            self._stats.begin()  # before any entry kept is used
+            self._stats.refresh()  # before any entry kept is used
+            self._fresh = self._pace.due()
             found = []
             for entry in entries:
                 known = self._absent.get(entry.path)
@@ -94,14 +98,14 @@ class WorktreeConfigs:
         entry is kept when it is a file.
         """
         with self._lock:
+            self._stats.stat(path, fresh=self._fresh)  # kept, so watched, before it is read
+            if self._stats.absent(path):
+                self._entries.pop(path, None)
+                return None  # removed, and no name made there since
             turn = self._stats.kept_at(path)
             known = self._entries.get(path)
             if turn is not None and known is not None and known[0] == turn:
                 return known[1]
-            if self._stats.stat(path) is None and self._stats.absent(path):
-                self._entries.pop(path, None)
-                return None  # removed, and no name made there since
-            turn = self._stats.kept_at(path)  # kept, and watched, before it is read
             found = read()
             if turn is None or found is None or found.kind != "file":
                 self._entries.pop(path, None)
@@ -112,8 +116,10 @@ class WorktreeConfigs:
     def close(self) -> None:
         """Release inotify: every admin dir is looked in on every call from now on."""
         with self._lock:
-            self._stats.close()
+            if self._own_stats:  # else the guard's to close
+                self._stats.close()
             self._entries.clear()
+            self._fresh = True
             for path in list(self._absent):
                 self._forget(path)
             if self._ino is not None:
