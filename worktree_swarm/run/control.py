@@ -11,7 +11,6 @@ from pathlib import Path
 
 import filelock
 
-from worktree_swarm.agents import adapter_for
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.errors import SwarmError, unknown_task
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunStatus, TaskState
@@ -22,14 +21,11 @@ from worktree_swarm.core.task import Task
 from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import held_files, ref_moves, snapshot
-from worktree_swarm.infra import lock, proc_scan, proctree, scrub, shim_record, starts
-from worktree_swarm.infra.logtail import read_log_end
+from worktree_swarm.infra import lock, proc_scan, proctree, scrub
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow, task_from_json
 from worktree_swarm.report.run_info import commit_author, know_secrets_of, manager_frozen
 from worktree_swarm.run import provision, retry, task_checkpoint, unwatched
-from worktree_swarm.run.agent_watch import LOG_READ_LIMIT
-from worktree_swarm.run.attempt_record import attempt_outcome
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -346,7 +342,8 @@ def _kill_left(
         for attempt in store.attempts(rows[task_id].run_id, task_id):
             if attempt.ended_at is None:
                 # Read as the agent it ran (a fallback's, maybe) would be.
-                ended[task_id] = _ended_by_itself(store, attempt, attempt.agent or task.agent)
+                agent = attempt.agent or task.agent
+                ended[task_id] = unwatched.ended_by_itself(store, attempt, agent)
                 open_attempts.append(attempt)
     # What they left, or all of them: at once, so that N agents take one grace, not N.
     idents = [
@@ -368,72 +365,9 @@ def _kill_left(
         if stray is not None:
             proctree.kill_tree(stray, grace=grace)
         agent = task_from_json(row.spec_json).agent
-        by_itself = _record_stopped_launch(repo, store, row, stray, agent, since=began)
+        by_itself = unwatched.record_launch(repo, store, row, stray, agent, since=began)
         ended[task_id] = ended[task_id] or by_itself
     return ended
-
-
-def _record_stopped_launch(
-    repo: git.Repo,
-    store: Store,
-    row: TaskRow,
-    agent: ProcessIdentity | None,
-    own: str,
-    *,
-    since: float,
-) -> AgentResult | None:
-    """Record the attempt a killed manager launched but did not record; how it went.
-
-    Left unrecorded, a later `swarm retry` took the stop's own SIGTERM in its shim's record
-    for how that attempt failed, and failed the task without running its agent. One whose
-    shim recorded its end before this stop began (*since*) ended by itself: recorded as it
-    went (as a resume reads it), its result returned; any other, as stopped. *agent*: the
-    one found running. Its profile is the one launched (a fallback's, maybe); *own*, the
-    task's, when not on record.
-    """
-    number = row.launching
-    if number is None or number in {a.number for a in store.attempts(row.run_id, row.task_id)}:
-        return None
-    log = repo.state_dir / "runs" / row.run_id / row.task_id / f"attempt-{number}.log"
-    record = shim_record.read_record(shim_record.record_path(log))
-    if agent is None and record is None and not log.exists():
-        return None  # never launched: the next attempt is that number
-    by_itself = record is not None and record.ended_at is not None and record.ended_at < since
-    started = (
-        starts.as_wall(agent.create_time) if agent else record.started_at if record else time.time()
-    )
-    profile = row.launching_agent or own
-    attempt = store.start_attempt(
-        row.run_id, row.task_id, number=number, log_path=str(log), started_at=started,
-        identity=agent or ProcessIdentity(pid=0, create_time=0.0, pgid=0), agent=profile,
-    )  # fmt: skip
-    store.update_task(row.run_id, row.task_id, attempts=number, launching=None)
-    opened = next(a for a in store.attempts(row.run_id, row.task_id) if a.id == attempt)
-    result = _ended_by_itself(store, opened, profile) if by_itself else None
-    if result is None:
-        store.end_attempt(attempt, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
-    return result
-
-
-def _ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResult | None:
-    """How the agent of open *attempt* went when it ended by itself with no manager watching.
-
-    Read, as `swarm resume` reads it, from its shim's record and its log; recorded with the
-    attempt. None when it did not (it runs still, or its shim recorded no end).
-    """
-    log = Path(attempt.log_path)
-    record = shim_record.read_record(shim_record.record_path(log))
-    if record is None or record.ended_at is None or record.stopped:
-        return None
-    now = time.time()
-    result = adapter_for(agent).interpret(
-        exit_code=record.exit_code, log_text=read_log_end(log, LOG_READ_LIMIT), now=now
-    )
-    outcome = attempt_outcome(result).value
-    store.end_attempt(
-        attempt.id, exit_code=record.exit_code, outcome=outcome, ended_at=record.ended_at
-    )
-    return result
 
 
 def _as_it_ended(

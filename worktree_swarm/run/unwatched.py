@@ -4,21 +4,30 @@
 killed manager's guard kept. `swarm stop` and `swarm run --force` end the run (or stop its
 tasks) instead: they judge the same files the same way (:func:`judge_git_files`), so that a
 `core.fsmonitor` or a hook an agent planted meanwhile does not run with your next `git status`.
+And how an agent that ended meanwhile went, read from its shim's record and its log
+(:func:`ended_by_itself`, :func:`record_launch`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from worktree_swarm.core.models import TaskState
+from worktree_swarm.agents import adapter_for
+from worktree_swarm.agents.base import AgentResult
+from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, TaskState
 from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra import shim_record, starts
+from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow
+from worktree_swarm.run.agent_watch import LOG_READ_LIMIT
+from worktree_swarm.run.attempt_record import attempt_outcome
 from worktree_swarm.run.retry import settle_guard
 
 
@@ -106,3 +115,66 @@ def _line(run_id: str, violation: Violation, *, allowed: bool) -> str:
         f"swarm: run {run_id}: git's own files {', '.join(violation.git_files)} changed while"
         f" no manager watched: {done}; an outside write of {blamed}{patch}"
     )
+
+
+def record_launch(
+    repo: git.Repo,
+    store: Store,
+    row: TaskRow,
+    agent: ProcessIdentity | None,
+    own: str,
+    *,
+    since: float,
+) -> AgentResult | None:
+    """Record the attempt a killed manager launched but did not record; how it went.
+
+    Left unrecorded, a later `swarm retry` took the stop's own SIGTERM in its shim's record
+    for how that attempt failed, and failed the task without running its agent. One whose
+    shim recorded its end before this stop began (*since*) ended by itself: recorded as it
+    went (as a resume reads it), its result returned; any other, as stopped. *agent*: the
+    one found running. Its profile is the one launched (a fallback's, maybe); *own*, the
+    task's, when not on record.
+    """
+    number = row.launching
+    if number is None or number in {a.number for a in store.attempts(row.run_id, row.task_id)}:
+        return None
+    log = repo.state_dir / "runs" / row.run_id / row.task_id / f"attempt-{number}.log"
+    record = shim_record.read_record(shim_record.record_path(log))
+    if agent is None and record is None and not log.exists():
+        return None  # never launched: the next attempt is that number
+    by_itself = record is not None and record.ended_at is not None and record.ended_at < since
+    started = (
+        starts.as_wall(agent.create_time) if agent else record.started_at if record else time.time()
+    )
+    profile = row.launching_agent or own
+    attempt = store.start_attempt(
+        row.run_id, row.task_id, number=number, log_path=str(log), started_at=started,
+        identity=agent or ProcessIdentity(pid=0, create_time=0.0, pgid=0), agent=profile,
+    )  # fmt: skip
+    store.update_task(row.run_id, row.task_id, attempts=number, launching=None)
+    opened = next(a for a in store.attempts(row.run_id, row.task_id) if a.id == attempt)
+    result = ended_by_itself(store, opened, profile) if by_itself else None
+    if result is None:
+        store.end_attempt(attempt, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
+    return result
+
+
+def ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResult | None:
+    """How the agent of open *attempt* went when it ended by itself with no manager watching.
+
+    Read, as `swarm resume` reads it, from its shim's record and its log; recorded with the
+    attempt. None when it did not (it runs still, or its shim recorded no end).
+    """
+    log = Path(attempt.log_path)
+    record = shim_record.read_record(shim_record.record_path(log))
+    if record is None or record.ended_at is None or record.stopped:
+        return None
+    now = time.time()
+    result = adapter_for(agent).interpret(
+        exit_code=record.exit_code, log_text=read_log_end(log, LOG_READ_LIMIT), now=now
+    )
+    outcome = attempt_outcome(result).value
+    store.end_attempt(
+        attempt.id, exit_code=record.exit_code, outcome=outcome, ended_at=record.ended_at
+    )
+    return result
