@@ -126,13 +126,8 @@ class DirModes:
     def _read_events(self) -> None:
         if self._ino is None:
             return
-        try:
-            events = self._ino.read()
-        except OSError:
-            self._forget_all()  # events lost: every record made afresh
-            return
-        for event in events:
-            if event.mask & inotify.Q_OVERFLOW:
+        for event in self._ino.read_or_lost():
+            if event.mask & inotify.Q_OVERFLOW:  # events lost: every record made afresh
                 self._forget_all()
                 continue
             parent = self._by_wd.get(event.wd)

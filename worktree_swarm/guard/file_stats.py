@@ -248,11 +248,7 @@ class FileStats:
     def _read_events(self) -> None:
         if self._ino is None:
             return
-        try:
-            events = self._ino.read()
-        except OSError:
-            events = [inotify.Event(wd=-1, mask=inotify.Q_OVERFLOW, name="")]
-        for event in events:
+        for event in self._ino.read_or_lost():
             self._note(event)
 
     def _note(self, event: inotify.Event) -> None:

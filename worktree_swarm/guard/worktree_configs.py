@@ -153,11 +153,7 @@ class WorktreeConfigs:
     def _read_events(self) -> None:
         if self._ino is None:
             return
-        try:
-            events = self._ino.read()
-        except OSError:
-            events = [inotify.Event(wd=-1, mask=inotify.Q_OVERFLOW, name="")]
-        for event in events:
+        for event in self._ino.read_or_lost():
             if event.mask & inotify.Q_OVERFLOW:
                 for path in list(self._absent):
                     self._forget(path)

@@ -113,6 +113,13 @@ class Inotify:
             return []
         return [Event(wd=e.wd, mask=e.mask, name=e.name) for e in self._ino.read(timeout=0)]
 
+    def read_or_lost(self) -> list[Event]:
+        """:meth:`read`, or one overflow event when reading fails: the events are lost."""
+        try:
+            return self.read()
+        except OSError:
+            return [Event(wd=-1, mask=Q_OVERFLOW, name="")]
+
     def close(self) -> None:
         """Release the instance and all its watches."""
         self._ino = None
