@@ -237,7 +237,10 @@ class FileStats:
         """
         below = f"{directory}/"
         for name in [directory, *(d for d in self._dirs if d.startswith(below))]:
-            wd, _ = self._dirs.pop(name)
+            known = self._dirs.pop(name, None)
+            if known is None:  # let go of already, with a directory above it
+                continue
+            wd, _ = known
             self._dir_of.pop(wd, None)
             if self._ino is not None:
                 self._ino.remove(wd)
