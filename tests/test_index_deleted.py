@@ -105,3 +105,23 @@ def test_a_checkout_killed_as_a_retry_makes_a_removed_worktree_again_is_made_who
     files = git(repo, "ls-tree", "-r", "--name-only", "swarm/t1").split("\n")
     assert sorted(files) == ["README.md", "t1.txt"]
     assert (worktree / "README.md").read_text() == "hello\n"
+
+
+def test_a_checkout_mark_left_beside_a_whole_checkout_costs_no_agent_its_work(
+    tmp_path: Path,
+) -> None:
+    # swarm killed once `read-tree -u` was done, before it took its mark away (a worktree a
+    # resume made again): the mark stayed, and an index the agent later deleted had HEAD
+    # checked out whole over its edits.
+    repo = make_repo(tmp_path / "repo", {"a.txt": "hello\n"})
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "--no-checkout", "-b", "t", str(worktree))
+    gitfiles.populate(worktree, None)
+    admin = gitfiles.git_dir(worktree)
+    (admin / gitfiles.POPULATING).touch()  # as the kill left it
+    assert not gitfiles.repair_checkout(worktree)  # as the resume does before the agent runs
+    (worktree / "a.txt").write_text("the agent's edit\n")
+    (admin / "index").unlink()
+    assert gitfiles.repair_checkout(worktree, agent_ran=True)
+    assert (worktree / "a.txt").read_text() == "the agent's edit\n"
+    assert git(worktree, "status", "--porcelain") == "M a.txt"

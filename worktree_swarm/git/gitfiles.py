@@ -229,9 +229,13 @@ def repair_checkout(worktree: Path, *, agent_ran: bool = False) -> bool:
     swarm's own checkout or removal was killed there, HEAD is checked out whole: its missing
     files are never committed as deletions, nor a half-written file as work. Where an agent
     ran (*agent_ran*, as the store records) only the index is made: the agent deleted it,
-    and its edits, new files and deletions stay for the checkpoint to commit.
+    and its edits, new files and deletions stay for the checkpoint to commit. A checkout
+    mark left beside an index (swarm killed once ``read-tree -u`` was done) is let go of:
+    that checkout was whole, and an index an agent deletes later is the agent's.
     """
     if not checkout_incomplete(worktree):
+        with suppress(OSError, GitError):
+            (git_dir(worktree) / POPULATING).unlink(missing_ok=True)
         return False
     admin = git_dir(worktree)
     if agent_ran and not any(os.path.lexists(admin / n) for n in (POPULATING, REMOVING_INDEX)):
