@@ -12,6 +12,8 @@ import pytest
 
 from worktree_swarm.guard import file_stats
 from worktree_swarm.guard.file_stats import FileStats, look
+from worktree_swarm.guard.surface import Entry
+from worktree_swarm.guard.worktree_configs import WorktreeConfigs
 
 
 @pytest.fixture
@@ -232,3 +234,36 @@ def test_events_lost_let_go_of_everything_kept_and_nothing_fails(tmp_path: Path)
     stats.refresh()
     assert stats.stat(f"{worktrees[0]}/.git") == look(f"{worktrees[0]}/.git")
     assert stats.kept_at(f"{worktrees[0]}/.git") is not None  # kept again, watched anew
+
+
+def test_the_last_read_of_a_config_worktree_reads_what_a_map_still_open_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write through a shared map raises no event: the guard's last scan read the entry it
+    # kept, and a `core.fsmonitor` written so within seconds of the end stayed.
+    monkeypatch.setattr(file_stats, "FULL_EVERY", 3600.0)  # no full pass but the last
+    worktrees = tmp_path / "common" / "worktrees"
+    (worktrees / "t0").mkdir(parents=True)
+    config = worktrees / "t0" / "config.worktree"
+    config.write_bytes(b"[core]\n\tsparseCheckout = true\n")
+    configs = WorktreeConfigs()
+
+    def read() -> list[bytes]:
+        listed = [p for p in configs.to_read(str(worktrees)) if p.endswith("config.worktree")]
+        entries = [configs.entry(p, lambda p=p: Entry(kind="file", data=Path(p).read_bytes()))
+                   for p in listed]  # fmt: skip
+        return [e.data for e in entries if e is not None]
+
+    assert read() == [config.read_bytes()]
+    fd = os.open(config, os.O_RDWR)
+    mapped = mmap.mmap(fd, 0)
+    os.close(fd)
+    try:
+        planted = b"[core]\n\tfsmonitor=touch /x #\n"[: len(mapped)].ljust(len(mapped), b"#")
+        mapped[:] = planted
+        mapped.flush()
+        configs.look_afresh()
+        assert read() == [planted]
+    finally:
+        mapped.close()
+        configs.close()

@@ -48,6 +48,8 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
 
     def _read_surface(self) -> surface.Surface:
         tops = list(self._trees.paths.values())  # a copy: workers add to it meanwhile
+        if self._closing.is_set() and self._dir_modes is not None:  # the last: nothing kept
+            self._dir_modes.configs.look_afresh()
         return surface.read(self.repo.common_dir, self._hooks, self._linked, tops, self._dir_modes)
 
     def _take_surface(self) -> None:

@@ -65,6 +65,8 @@ class WorktreeConfigs:
         self._stats = FileStats(watch=watch) if self._own_stats or stats is None else stats
         self._entries: dict[str, tuple[int, Entry]] = {}
         self._pace, self._fresh = Pace(), True  # this read looks at each config.worktree anew
+        # The next read (the guard's last) reads each one's bytes too (:meth:`look_afresh`).
+        self._afresh = self._whole = False
 
     def to_read(self, worktrees: str) -> list[str]:
         """Each admin dir's ``config.worktree`` and ``modules`` in *worktrees*, there or not known.
@@ -78,7 +80,8 @@ class WorktreeConfigs:
         with self._lock:
             self._read_events()
             self._stats.refresh()  # before any entry kept is used
-            self._fresh = self._pace.due()
+            self._whole, self._afresh = self._afresh, False
+            self._fresh = self._pace.due(now=self._whole)
             found = []
             for entry in entries:
                 known = self._absent.get(entry.path)
@@ -104,7 +107,7 @@ class WorktreeConfigs:
                 return None  # removed, and no name made there since
             turn = self._stats.kept_at(path)
             known = self._entries.get(path)
-            if turn is not None and known is not None and known[0] == turn:
+            if not self._whole and turn is not None and known is not None and known[0] == turn:
                 return known[1]
             found = read()
             if turn is None or found is None or found.kind != "file":
@@ -112,6 +115,15 @@ class WorktreeConfigs:
             else:
                 self._entries[path] = (turn, found)
             return found
+
+    def look_afresh(self) -> None:
+        """Have the next read look at each admin dir and read each file anew (the last scan).
+
+        A write through a shared map still open raises no event, nor, into a page already
+        written, a new mtime.
+        """
+        with self._lock:
+            self._afresh = True
 
     def close(self) -> None:
         """Release inotify: every admin dir is looked in on every call from now on."""
