@@ -125,3 +125,17 @@ def test_a_checkout_mark_left_beside_a_whole_checkout_costs_no_agent_its_work(
     assert gitfiles.repair_checkout(worktree, agent_ran=True)
     assert (worktree / "a.txt").read_text() == "the agent's edit\n"
     assert git(worktree, "status", "--porcelain") == "M a.txt"
+
+
+def test_a_worktree_made_again_and_never_checked_out_is_checked_out_whole(
+    tmp_path: Path,
+) -> None:
+    # A worktree an agent had run in, made again (the guard putting back one a sibling
+    # removed) and killed before its checkout began: no index, no mark, only `.git`. Its
+    # index made alone from HEAD, `swarm clean` committed every file as deleted.
+    repo = make_repo(tmp_path / "repo", {"a.txt": "hello\n"})
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "--no-checkout", "-b", "t", str(worktree))
+    assert gitfiles.repair_checkout(worktree, agent_ran=True)
+    assert (worktree / "a.txt").read_text() == "hello\n"
+    assert git(worktree, "status", "--porcelain") == ""

@@ -222,11 +222,25 @@ def populate(path: Path, cone: sparse.Cone | None) -> None:
     (admin / POPULATING).unlink(missing_ok=True)
 
 
+def _only_git(worktree: Path) -> bool:
+    """Whether *worktree* holds nothing but its ``.git`` (or cannot be listed).
+
+    As `git worktree add --no-checkout` leaves it: a worktree swarm made again where an agent
+    had run, killed before its checkout began (before :func:`populate` marks it).
+    """
+    try:
+        with os.scandir(worktree) as listed:
+            return all(entry.name == ".git" for entry in listed)
+    except OSError:
+        return True
+
+
 def repair_checkout(worktree: Path, *, agent_ran: bool = False) -> bool:
     """Give a checkout without an index (:func:`checkout_incomplete`) one from HEAD.
 
-    Returns whether a repair was needed. Where no agent ran since swarm checked it out, or
-    swarm's own checkout or removal was killed there, HEAD is checked out whole: its missing
+    Returns whether a repair was needed. Where no agent ran since swarm checked it out, where
+    swarm's own checkout or removal was killed there, or where nothing but ``.git`` is there
+    (made again, killed before its checkout), HEAD is checked out whole: its missing
     files are never committed as deletions, nor a half-written file as work. Where an agent
     ran (*agent_ran*, as the store records) only the index is made: the agent deleted it,
     and its edits, new files and deletions stay for the checkpoint to commit. A checkout
@@ -238,7 +252,8 @@ def repair_checkout(worktree: Path, *, agent_ran: bool = False) -> bool:
             (git_dir(worktree) / POPULATING).unlink(missing_ok=True)
         return False
     admin = git_dir(worktree)
-    if agent_ran and not any(os.path.lexists(admin / n) for n in (POPULATING, REMOVING_INDEX)):
+    marked = any(os.path.lexists(admin / n) for n in (POPULATING, REMOVING_INDEX))
+    if agent_ran and not marked and not _only_git(worktree):
         run(worktree, ["read-tree", "HEAD"])  # the index alone: no file is written
         sparse_on = run(worktree, ["config", "--bool", "core.sparseCheckout"], check=False)
         if sparse_on.stdout.strip() == "true":  # outside the cone is no deletion, as after -u
