@@ -73,33 +73,28 @@ class Inotify:
 
     def add(self, path: Path) -> int:
         """Watch the directory *path* (not followed if a symlink); its watch descriptor."""
-        if self._ino is None:
-            raise OSError("inotify closed")
-        return int(self._ino.add_watch(os.fsencode(path), _WATCH))
+        return self._add(path, _WATCH)
 
     def add_names(self, path: Path) -> int:
         """Watch the directory *path* for names made in it only; its watch descriptor."""
-        if self._ino is None:
-            raise OSError("inotify closed")
-        return int(self._ino.add_watch(os.fsencode(path), _NAMES))
+        return self._add(path, _NAMES)
 
     def add_writes(self, path: Path) -> int:
         """Watch the file *path* for writes through any of its names; its watch descriptor."""
-        if self._ino is None:
-            raise OSError("inotify closed")
-        return int(self._ino.add_watch(os.fsencode(path), _WRITES))
+        return self._add(path, _WRITES)
 
     def add_file(self, path: Path) -> int:
         """Watch the file *path* for any change its stat shows, or its going; its descriptor."""
-        if self._ino is None:
-            raise OSError("inotify closed")
-        return int(self._ino.add_watch(os.fsencode(path), _FILE))
+        return self._add(path, _FILE)
 
     def add_dir(self, path: Path, *, entries: bool) -> int:
         """Watch the directory *path* moved or removed (*entries*: its names too)."""
+        return self._add(path, _ENTRIES if entries else _SELF)
+
+    def _add(self, path: Path, mask: int) -> int:
         if self._ino is None:
             raise OSError("inotify closed")
-        return int(self._ino.add_watch(os.fsencode(path), _ENTRIES if entries else _SELF))
+        return int(self._ino.add_watch(os.fsencode(path), mask))
 
     def remove(self, wd: int) -> None:
         """Stop watching *wd* (gone already: nothing to do)."""
