@@ -319,3 +319,20 @@ def test_sweep_deletes_garbage_records_and_keeps_what_it_cannot_read(tmp_path: P
     assert sorted(p.name for p in admin.iterdir() if p.name.startswith(removing.TOKEN)) == [
         removing.TOKEN
     ]
+
+
+def test_sweep_goes_on_past_a_leftover_it_cannot_remove(tmp_path: Path) -> None:
+    # One leftover that would not go (a directory under a token's name) stopped the sweep of
+    # every admin dir after it, and of the rest of its own.
+    repo = make_repo(tmp_path / "repo")
+    r = open_repo(repo)
+    for name in ("a", "b", "c"):
+        git(repo, "worktree", "add", "-q", "--detach", str(tmp_path / name))
+        admin = repo / ".git" / "worktrees" / name
+        (admin / f"{removing.TOKEN}.stuck").mkdir()
+        (admin / f"{removing.TOKEN}.tmp").write_text("a write killed before its rename")
+    removing.sweep(r)
+    for name in ("a", "b", "c"):
+        admin = repo / ".git" / "worktrees" / name
+        left = sorted(p.name for p in admin.iterdir() if p.name.startswith(removing.TOKEN))
+        assert left == [f"{removing.TOKEN}.stuck"], name

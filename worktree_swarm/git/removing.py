@@ -93,15 +93,22 @@ def sweep(repo: Repo) -> None:
     records = repo.state_dir / DIR
     try:
         paths = list(records.iterdir())
-    except OSError:
+    except FileNotFoundError:  # none made: the admin dirs' tokens name nothing
+        paths = []
+    except OSError:  # not to be read: which tokens name a record is not known
         return
     for path in paths:
         if path.name.endswith(".tmp") or _names_nothing(repo, path):
-            path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        for admin in (repo.common_dir / "worktrees").iterdir():
-            for left in admin.glob(f"{TOKEN}*"):
-                if left.name != TOKEN or not record_of(repo, admin).exists():
+            with contextlib.suppress(OSError):  # one that cannot go keeps no other
+                path.unlink(missing_ok=True)
+    try:
+        admins = list((repo.common_dir / "worktrees").iterdir())
+    except OSError:
+        admins = []
+    for admin in admins:
+        for left in admin.glob(f"{TOKEN}*"):
+            if left.name != TOKEN or not record_of(repo, admin).exists():
+                with contextlib.suppress(OSError):
                     left.unlink(missing_ok=True)
 
 
