@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import time
+import traceback
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -58,7 +59,9 @@ class Verdicts(GuardState):
     def _job(self, job: str) -> Iterator[None]:
         """Run one part of a scan; a failure is recorded with its reason, the rest goes on.
 
-        One that failed in part (:meth:`_part_failed`) is recorded so too.
+        One that failed in part (:meth:`_part_failed`) is recorded so too, and so is a bug
+        (any other exception, its traceback logged): one part's bug ended the background scans
+        for the rest of the run.
         """
         self._partly.pop(job, None)
         try:
@@ -67,6 +70,10 @@ class Verdicts(GuardState):
             denied = isinstance(exc, PermissionError) or _DENIED in str(exc)  # before it is cut
             (self._denied.add if denied else self._denied.discard)(job)
             self._failed(job, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug of swarm's own: told, scans go on
+            self._log("".join(traceback.format_exception(exc)).rstrip("\n"))
+            self._denied.discard(job)
+            self._failed(job, f"internal error: {type(exc).__name__}: {exc}")
         else:
             if job in self._partly:
                 self._failed(job, self._partly.pop(job))
