@@ -267,3 +267,21 @@ def test_the_last_read_of_a_config_worktree_reads_what_a_map_still_open_wrote(
     finally:
         mapped.close()
         configs.close()
+
+
+def test_a_directory_reached_again_by_another_path_keeps_telling_of_names_made(
+    tmp_path: Path,
+) -> None:
+    # Watched again for itself alone through a symlink above it, the directory's watch lost
+    # the names made in it: a file made where one was known absent stayed absent.
+    (tmp_path / "real" / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    stats = FileStats()
+    packed = f"{tmp_path}/real/d/packed-refs"
+    assert stats.stat(packed) is None
+    assert stats.absent(packed)
+    stats.stat(f"{tmp_path}/link/d/sub/x")  # its directories by the other path
+    Path(packed).write_text("planted\n")
+    stats.refresh()
+    assert not stats.absent(packed)
+    assert stats.stat(packed) == look(packed)

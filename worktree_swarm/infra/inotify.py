@@ -88,8 +88,12 @@ class Inotify:
         return self._add(path, _FILE)
 
     def add_dir(self, path: Path, *, entries: bool) -> int:
-        """Watch the directory *path* moved or removed (*entries*: its names too)."""
-        return self._add(path, _ENTRIES if entries else _SELF)
+        """Watch the directory *path* moved or removed (*entries*: its names too).
+
+        Added to what it is watched for already (a directory reached again by another path
+        keeps the events it was watched for).
+        """
+        return self._add(path, (_ENTRIES if entries else _SELF) | flags.MASK_ADD)
 
     def _add(self, path: Path, mask: int) -> int:
         if self._ino is None:
