@@ -18,13 +18,13 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import REPOSITORY, Violation, short_ref
 from worktree_swarm.guard.ref_checks import STASH
 from worktree_swarm.guard.snapshot import index_path, symbolic_head
-from worktree_swarm.guard.surface_checks import SurfaceChecks
+from worktree_swarm.guard.unwatched_checks import UnwatchedChecks
 from worktree_swarm.infra import fs
 
 REMOTES = "remote refs"  # the job that checks the remote-tracking refs
 
 
-class AttemptChecks(SurfaceChecks):
+class AttemptChecks(UnwatchedChecks):
     """The checks after an attempt: the task's HEAD, branch and worktree, then git's files."""
 
     def own_head(self, task_id: str, path: Path, branch: str) -> Violation | None:

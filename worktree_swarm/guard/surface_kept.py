@@ -3,7 +3,7 @@
 A manager killed while agents run leaves them writing on unwatched: a `core.fsmonitor` or a
 hook one planted then would be the resumed guard's baseline, and run with your next `git
 status`. The resumed guard compares git's files with this record instead
-(:meth:`~worktree_swarm.guard.surface_checks.SurfaceChecks.judge_unwatched_surface`).
+(:meth:`~worktree_swarm.guard.unwatched_checks.UnwatchedChecks.judge_unwatched_surface`).
 Written beside and renamed over (whole or not at all), readable by its owner only: it holds
 the bytes of your config. Dropped with the guard's other baselines (``drop_baselines``).
 """
