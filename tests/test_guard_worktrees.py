@@ -19,6 +19,7 @@ import pytest
 from inotify_simple import INotify, flags
 
 from tests.conftest import git, make_repo, tmpfs
+from tests.test_guard_file_stats import stats_of
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_trust import AgentFactory, husky_hooks, outside_writes
 from worktree_swarm.git.repo import open_repo
@@ -601,19 +602,7 @@ def test_untouched_task_worktrees_are_not_looked_at_again_and_a_removed_one_is(
         with guard.busy(task_id, path):
             pass
     assert guard.scan() == []
-    looked: list[str] = []
-    real_stat, real_lstat = os.stat, os.lstat
-
-    def spied_stat(path: str | Path, **kwargs: object) -> os.stat_result:
-        looked.append(os.fspath(path))
-        return real_stat(path, **kwargs)  # type: ignore[arg-type]
-
-    def spied_lstat(path: str | Path, **kwargs: object) -> os.stat_result:
-        looked.append(os.fspath(path))
-        return real_lstat(path, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "stat", spied_stat)
-    monkeypatch.setattr(os, "lstat", spied_lstat)
+    looked = stats_of(monkeypatch)
     assert guard.scan() == []
     links = {f"{p}/.git" for p in paths.values()}
     assert not links & set(looked)
