@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import git, hang_git_at, make_repo
 from tests.test_crash import _agent_ends_unwatched, _kill_group, _manager
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
+from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import gitfiles
 
 WriteAgent = Callable[[str], list[str]]
@@ -139,3 +140,39 @@ def test_a_worktree_made_again_and_never_checked_out_is_checked_out_whole(
     assert gitfiles.repair_checkout(worktree, agent_ran=True)
     assert (worktree / "a.txt").read_text() == "hello\n"
     assert git(worktree, "status", "--porcelain") == ""
+
+
+def test_a_whole_checkout_cut_short_is_whole_again_where_an_agent_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The repair's own `read-tree -u` (a worktree made again, holding only `.git`) was not
+    # marked: killed with part of the files written, the next repair made the index alone,
+    # and the checkpoint committed every file not written yet as deleted.
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", "b.txt": "b\n"})
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "--no-checkout", "-b", "t", str(worktree))
+    hang_git_at(tmp_path, monkeypatch, "read-tree", then="echo a > a.txt; exit 137")
+    with pytest.raises(CommandError):  # killed with one file of two written
+        gitfiles.repair_checkout(worktree, agent_ran=True)
+    assert sorted(p.name for p in worktree.iterdir()) == [".git", "a.txt"]
+    assert gitfiles.repair_checkout(worktree, agent_ran=True)
+    assert (worktree / "b.txt").read_text() == "b\n"
+    assert git(worktree, "status", "--porcelain") == ""
+
+
+def test_a_removals_mark_goes_with_the_whole_checkout_it_asked_for(tmp_path: Path) -> None:
+    # A removal cut short (its index set aside, files gone) is checked out whole; its mark
+    # stayed, and an index an agent deleted later had HEAD checked out over its edits.
+    repo = make_repo(tmp_path / "repo", {"a.txt": "hello\n", "b.txt": "b\n"})
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "t", str(worktree))
+    admin = gitfiles.git_dir(worktree)
+    (admin / "index").replace(admin / gitfiles.REMOVING_INDEX)
+    (worktree / "b.txt").unlink()
+    assert gitfiles.repair_checkout(worktree, agent_ran=True)
+    assert (worktree / "b.txt").read_text() == "b\n"  # the removal's deletion is no work
+    (worktree / "a.txt").write_text("the agent's edit\n")
+    (admin / "index").unlink()
+    assert gitfiles.repair_checkout(worktree, agent_ran=True)
+    assert (worktree / "a.txt").read_text() == "the agent's edit\n"
+    assert git(worktree, "status", "--porcelain") == "M a.txt"

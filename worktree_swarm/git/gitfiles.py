@@ -243,13 +243,14 @@ def repair_checkout(worktree: Path, *, agent_ran: bool = False) -> bool:
     (made again, killed before its checkout), HEAD is checked out whole: its missing
     files are never committed as deletions, nor a half-written file as work. Where an agent
     ran (*agent_ran*, as the store records) only the index is made: the agent deleted it,
-    and its edits, new files and deletions stay for the checkpoint to commit. A checkout
-    mark left beside an index (swarm killed once ``read-tree -u`` was done) is let go of:
-    that checkout was whole, and an index an agent deletes later is the agent's.
+    and its edits, new files and deletions stay for the checkpoint to commit. A whole
+    checkout is marked as :func:`populate`'s is. Marks left beside an index (swarm killed
+    once ``read-tree -u`` was done, a removal's index set aside) are let go of, as after a
+    whole checkout: an index an agent deletes later is the agent's.
     """
     if not checkout_incomplete(worktree):
         with suppress(OSError, GitError):
-            (git_dir(worktree) / POPULATING).unlink(missing_ok=True)
+            _unmark(git_dir(worktree))
         return False
     admin = git_dir(worktree)
     marked = any(os.path.lexists(admin / n) for n in (POPULATING, REMOVING_INDEX))
@@ -259,7 +260,18 @@ def repair_checkout(worktree: Path, *, agent_ran: bool = False) -> bool:
         if sparse_on.stdout.strip() == "true":  # outside the cone is no deletion, as after -u
             run(worktree, ["sparse-checkout", "reapply"])
         return True
+    with suppress(OSError):  # killed half-way (or not to be marked), whole the next time too
+        (admin / POPULATING).touch()
     run(worktree, ["read-tree", "--reset", "-u", "HEAD"])
-    with suppress(OSError):  # a directory planted there stays: the next repair is whole too
-        (admin / POPULATING).unlink()
+    _unmark(admin)
     return True
+
+
+def _unmark(admin: Path) -> None:
+    """Let go of the marks of swarm's own checkout and removal: the checkout is whole now.
+
+    A directory planted under either name stays: the next repair is whole too.
+    """
+    for mark in (POPULATING, REMOVING_INDEX):
+        with suppress(OSError):
+            (admin / mark).unlink(missing_ok=True)
