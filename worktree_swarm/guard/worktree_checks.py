@@ -159,7 +159,7 @@ class WorktreeChecks(Baselines, RefChecks):
             if key in self._hear():
                 return None
             if not self._channel.explains(key, known, None):
-                if since is None and not at_once and self._midway(path, known):
+                if since is None and not at_once and self._look_again(path, known):
                     # Judged on the next scan from where this one's window began: an agent
                     # that removed it and ended meanwhile is still a suspect.
                     self._trees.doubted[task_id] = self._worktrees_checked
@@ -169,21 +169,22 @@ class WorktreeChecks(Baselines, RefChecks):
         self._forget_worktree(task_id)  # removed by `swarm clean`, as it said
         return None
 
-    def _midway(self, path: Path, known: str) -> bool:
+    def _look_again(self, path: Path, known: str) -> bool:
         """Whether to look at the missing worktree *path* once more before judging.
 
-        git moves a worktree by renaming it, then writes its new place into the admin dir: one
-        found gone while its admin dir still names *path* is looked at on the next scan too,
-        once (the final scan judges at once).
+        Once, on the next scan (the final scan judges at once): git moves a worktree by
+        renaming it, then writes its new place into the admin dir, and a root removed whole
+        (``rm -rf``) goes worktree by worktree before it goes itself. Caught half way, either
+        would be taken for a removal by a sibling.
         """
-        if self._closing.is_set():
+        if self._closing.is_set() or not path.parent.is_dir():
             return False
         gitdir = self.repo.common_dir / "worktrees" / known / "gitdir"
-        try:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
             named = fs.read_text(gitdir).strip()
-        except (OSError, UnicodeDecodeError):
-            return False
-        return os.path.realpath(Path(named).parent) == os.path.realpath(path)
+            if os.path.realpath(Path(named).parent) != os.path.realpath(path):
+                return False  # moved, and its new place written down: judged now
+        return True
 
     def _worktree_gone(
         self, task_id: str, path: Path, known: str, window: tuple[float, float]
