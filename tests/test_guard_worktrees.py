@@ -404,12 +404,30 @@ def test_your_own_worktree_half_way_through_its_git_worktree_remove_is_left_to_g
     assert str(yours) not in git(repo, "worktree", "list")
 
 
+def _task_worktrees(tmp_path: Path, *task_ids: str) -> tuple[Path, dict[str, Path], Guard]:
+    """A repository, each task's worktree on `swarm/<task>`, and a guard of them."""
+    repo = make_repo(tmp_path / "repo")
+    paths = {task_id: tmp_path / "wt" / task_id for task_id in task_ids}
+    for task_id, path in paths.items():
+        git(repo, "worktree", "add", "-q", "-b", f"swarm/{task_id}", str(path))
+    return repo, paths, Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+
+
 def _task_a(tmp_path: Path) -> tuple[Path, Path, Guard]:
     """A repository, task a's worktree on `swarm/a`, and a guard of it."""
-    repo = make_repo(tmp_path / "repo")
-    path = tmp_path / "wt" / "a"
-    git(repo, "worktree", "add", "-q", "-b", "swarm/a", str(path))
-    return repo, path, Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    repo, paths, guard = _task_worktrees(tmp_path, "a")
+    return repo, paths["a"], guard
+
+
+def _handed_over(tmp_path: Path, *task_ids: str) -> tuple[Path, dict[str, Path], Guard]:
+    """Task worktrees whose agents have run and ended, under a started guard past its first scan."""
+    repo, paths, guard = _task_worktrees(tmp_path, *task_ids)
+    guard.start()
+    for task_id, path in paths.items():
+        with guard.busy(task_id, path):
+            pass
+    assert guard.scan() == []
+    return repo, paths, guard
 
 
 def test_a_task_worktree_deleted_by_an_agent_that_ended_before_the_scan_is_blamed_on_it(
@@ -417,11 +435,8 @@ def test_a_task_worktree_deleted_by_an_agent_that_ended_before_the_scan_is_blame
 ) -> None:
     # Looked at once more on the next scan, it is judged from where the first look's window
     # began: the agent that deleted it is a suspect though it ended before either look.
-    _, path, guard = _task_a(tmp_path)
-    guard.start()
-    with guard.busy("a", path):
-        pass
-    assert guard.scan() == []
+    _, paths, guard = _handed_over(tmp_path, "a")
+    path = paths["a"]
     guard.agent_started("y", identity_of(os.getpid()))
     shutil.rmtree(path)  # git's registration of it stays
     guard.agent_ended("y")
@@ -440,16 +455,7 @@ def test_a_task_worktree_you_deleted_and_pruned_leaves_no_doubt_on_your_later_re
     # it is judged yours. Its doubt stayed, and kept every later removal judged from before
     # it: an agent that had run and ended long before was blamed for your own `git worktree
     # remove` of another, and that worktree made again.
-    repo = make_repo(tmp_path / "repo")
-    paths = {t: tmp_path / "wt" / t for t in ("a", "b")}
-    for task_id, path in paths.items():
-        git(repo, "worktree", "add", "-q", "-b", f"swarm/{task_id}", str(path))
-    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
-    guard.start()
-    for task_id, path in paths.items():
-        with guard.busy(task_id, path):
-            pass
-    assert guard.scan() == []
+    repo, paths, guard = _handed_over(tmp_path, "a", "b")
     shutil.rmtree(paths["a"])
     assert guard.scan() == []  # git's registration still names it: looked at again
     git(repo, "worktree", "prune")
@@ -592,16 +598,7 @@ def test_untouched_task_worktrees_are_not_looked_at_again_and_a_removed_one_is(
     # Each scan looked at every task worktree's `.git`: the scans of a run grew with the
     # square of its tasks. Only a watch's event (or a full look) has it looked at again.
     monkeypatch.setattr(file_stats, "FULL_EVERY", 3600.0)  # no full look within the test
-    repo = make_repo(tmp_path / "repo")
-    paths = {f"t{i}": tmp_path / "wt" / f"t{i}" for i in range(12)}
-    for task_id, path in paths.items():
-        git(repo, "worktree", "add", "-q", "-b", f"swarm/{task_id}", str(path))
-    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
-    guard.start()
-    for task_id, path in paths.items():
-        with guard.busy(task_id, path):
-            pass
-    assert guard.scan() == []
+    _, paths, guard = _handed_over(tmp_path, *(f"t{i}" for i in range(12)))
     looked = stats_of(monkeypatch)
     assert guard.scan() == []
     links = {f"{p}/.git" for p in paths.values()}
