@@ -35,6 +35,18 @@ def _killed_with_planting_agent(
     return ran
 
 
+def _ended_unwatched(repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]) -> Path:
+    """Task a's agent plants git's files and ends while no manager watches; `ran`."""
+    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_UNWATCHED, write_agent)
+    runs = repo / ".git" / "swarm" / "runs"
+
+    def ended() -> bool:
+        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
+
+    wait_for(ended, what="the agent to end unwatched")  # its shim recorded it
+    return ran
+
+
 def _planted_nothing_runs(repo: Path, ran: Path) -> None:
     """No `core.fsmonitor` or hook left of the agent's: your `git status` runs none."""
     planted = subprocess.run(
@@ -78,8 +90,7 @@ def test_swarm_stop_of_agents_that_ended_says_what_it_put_back_not_nothing_to_st
 ) -> None:
     # Its agent had ended by itself: `swarm stop` printed "nothing to stop" beside the line
     # saying what it put back.
-    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_UNWATCHED, write_agent)
-    _wait_ended(repo)
+    ran = _ended_unwatched(repo, tmp_path, write_agent)
     out = swarm(repo, "stop")
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout == f"no agent was left to stop; put back git's own files {PLANTED}\n"
@@ -90,27 +101,12 @@ def test_swarm_stop_of_agents_that_ended_says_what_it_put_back_not_nothing_to_st
     assert swarm(repo, "stop").stdout == "nothing to stop\n"  # and then nothing is left
 
 
-def _wait_ended(repo: Path) -> None:
-    """Wait until the agent, going on unwatched, has ended (its shim recorded it)."""
-    runs = repo / ".git" / "swarm" / "runs"
-
-    def ended() -> bool:
-        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
-
-    wait_for(ended, what="the agent to end unwatched")
-
-
 def test_swarm_run_force_puts_back_git_files_an_agent_changed_while_no_manager_watched(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
     # `swarm run --force` abandoned the run and left the agent's `core.fsmonitor` in place.
-    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_UNWATCHED, write_agent)
+    ran = _ended_unwatched(repo, tmp_path, write_agent)
     runs = repo / ".git" / "swarm" / "runs"
-
-    def ended() -> bool:
-        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
-
-    wait_for(ended, what="the agent to end unwatched")
     (old,) = [p.name for p in runs.iterdir()]
     writer = write_agent("import pathlib\npathlib.Path('b.txt').write_text('b\\n')\n")
     text = f'[[task]]\nid = "b"\nprompt = "x"\nagent = {argv_toml(writer)}\n'
@@ -127,7 +123,7 @@ def test_swarm_run_force_puts_back_git_files_an_agent_changed_while_no_manager_w
     _planted_nothing_runs(repo, ran)
     assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
     # The record of git's files (your config's bytes) goes with the abandoned run.
-    assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/surface.json"))
+    assert not list(runs.glob("*/guard/surface.json"))
 
 
 @pytest.mark.parametrize("end", ["resume", "stop"])
@@ -136,13 +132,7 @@ def test_an_agent_whose_launch_went_unrecorded_is_a_suspect_of_git_files_changed
 ) -> None:
     # A manager killed between an agent's launch and its attempt's record: the agent, no
     # suspect, planted a `core.fsmonitor` and a hook that became the resume's baseline.
-    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_UNWATCHED, write_agent)
-    runs = repo / ".git" / "swarm" / "runs"
-
-    def ended() -> bool:
-        return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
-
-    wait_for(ended, what="the agent to end unwatched")
+    ran = _ended_unwatched(repo, tmp_path, write_agent)
     unrecord_launch(repo, "a", 1)
     out = swarm(repo, end)
     assert out.returncode == (1 if end == "resume" else 0), out.stdout + out.stderr  # a failed

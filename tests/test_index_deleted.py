@@ -108,15 +108,23 @@ def test_a_checkout_killed_as_a_retry_makes_a_removed_worktree_again_is_made_who
     assert (worktree / "README.md").read_text() == "hello\n"
 
 
+def _worktree_on_t(tmp_path: Path, files: dict[str, str], *, checkout: bool = False) -> Path:
+    """A new repository of *files* and its worktree on branch `t`, made with no checkout
+    (only its `.git`) unless *checkout*."""
+    repo = make_repo(tmp_path / "repo", files)
+    worktree = tmp_path / "wt"
+    options = [] if checkout else ["--no-checkout"]
+    git(repo, "worktree", "add", "-q", *options, "-b", "t", str(worktree))
+    return worktree
+
+
 def test_a_checkout_mark_left_beside_a_whole_checkout_costs_no_agent_its_work(
     tmp_path: Path,
 ) -> None:
     # swarm killed once `read-tree -u` was done, before it took its mark away (a worktree a
     # resume made again): the mark stayed, and an index the agent later deleted had HEAD
     # checked out whole over its edits.
-    repo = make_repo(tmp_path / "repo", {"a.txt": "hello\n"})
-    worktree = tmp_path / "wt"
-    git(repo, "worktree", "add", "-q", "--no-checkout", "-b", "t", str(worktree))
+    worktree = _worktree_on_t(tmp_path, {"a.txt": "hello\n"})
     gitfiles.populate(worktree, None)
     admin = gitfiles.git_dir(worktree)
     (admin / gitfiles.POPULATING).touch()  # as the kill left it
@@ -134,9 +142,7 @@ def test_a_worktree_made_again_and_never_checked_out_is_checked_out_whole(
     # A worktree an agent had run in, made again (the guard putting back one a sibling
     # removed) and killed before its checkout began: no index, no mark, only `.git`. Its
     # index made alone from HEAD, `swarm clean` committed every file as deleted.
-    repo = make_repo(tmp_path / "repo", {"a.txt": "hello\n"})
-    worktree = tmp_path / "wt"
-    git(repo, "worktree", "add", "-q", "--no-checkout", "-b", "t", str(worktree))
+    worktree = _worktree_on_t(tmp_path, {"a.txt": "hello\n"})
     assert gitfiles.repair_checkout(worktree, agent_ran=True)
     assert (worktree / "a.txt").read_text() == "hello\n"
     assert git(worktree, "status", "--porcelain") == ""
@@ -148,9 +154,7 @@ def test_a_whole_checkout_cut_short_is_whole_again_where_an_agent_ran(
     # The repair's own `read-tree -u` (a worktree made again, holding only `.git`) was not
     # marked: killed with part of the files written, the next repair made the index alone,
     # and the checkpoint committed every file not written yet as deleted.
-    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", "b.txt": "b\n"})
-    worktree = tmp_path / "wt"
-    git(repo, "worktree", "add", "-q", "--no-checkout", "-b", "t", str(worktree))
+    worktree = _worktree_on_t(tmp_path, {"a.txt": "a\n", "b.txt": "b\n"})
     hang_git_at(tmp_path, monkeypatch, "read-tree", then="echo a > a.txt; exit 137")
     with pytest.raises(CommandError):  # killed with one file of two written
         gitfiles.repair_checkout(worktree, agent_ran=True)
@@ -163,9 +167,7 @@ def test_a_whole_checkout_cut_short_is_whole_again_where_an_agent_ran(
 def test_a_removals_mark_goes_with_the_whole_checkout_it_asked_for(tmp_path: Path) -> None:
     # A removal cut short (its index set aside, files gone) is checked out whole; its mark
     # stayed, and an index an agent deleted later had HEAD checked out over its edits.
-    repo = make_repo(tmp_path / "repo", {"a.txt": "hello\n", "b.txt": "b\n"})
-    worktree = tmp_path / "wt"
-    git(repo, "worktree", "add", "-q", "-b", "t", str(worktree))
+    worktree = _worktree_on_t(tmp_path, {"a.txt": "hello\n", "b.txt": "b\n"}, checkout=True)
     admin = gitfiles.git_dir(worktree)
     (admin / "index").replace(admin / gitfiles.REMOVING_INDEX)
     (worktree / "b.txt").unlink()
