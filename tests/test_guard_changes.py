@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
+from tests.test_inotify import lose_events
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import file_stats
@@ -171,6 +172,17 @@ def test_without_inotify_every_place_is_compared(tmp_path: Path) -> None:
     assert not changes.live
     assert changes.changed() == {"main"}
     assert changes.changed() == {"main"}
+
+
+def test_events_that_cannot_be_read_flag_every_place(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    changes = Changes()
+    changes.watch("main", repo, [repo / ".git" / "index"])
+    lose_events(changes._ino)
+    (repo / "new.txt").write_text("new\n")  # its event lost
+    assert changes.changed() == {"main"}
+    assert changes.changed() == {"main"}  # polled: no watch can be made now
+    assert not changes.watched("main")
 
 
 def test_the_index_and_head_are_compared_by_their_stat(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import as_owner_only, git, make_repo
+from tests.test_inotify import lose_events
 from tests.test_run import status_json
 from worktree_swarm.guard import file_stats, surface
 from worktree_swarm.guard.dir_modes import DirModes
@@ -228,6 +229,23 @@ def test_entries_made_removed_or_swapped_are_read_as_they_are_now(
     modes.close()  # from now on every entry is looked at
     tops[0].chmod(0o777)
     same()
+
+
+def test_events_that_cannot_be_read_have_every_entry_and_admin_dir_looked_at_again(
+    layout: tuple[Path, list[Path]],
+) -> None:
+    common, tops = layout
+    modes = DirModes()
+    first = surface.read(common, (), None, tops, modes)
+    lose_events(modes._ino)
+    lose_events(modes.configs._ino)
+    (common / "worktrees" / "t3").chmod(0o777)  # their events lost
+    tops[5].chmod(0o777)
+    (common / "worktrees" / "t7" / "config.worktree").write_text("[core]\n\tbare = false\n")
+    changed = surface.read(common, (), None, tops, modes)
+    assert changed == surface.read(common, (), None, tops) != first
+    assert changed["worktrees/t3"].data == surface.LOOSER
+    assert "worktrees/t7/config.worktree" in changed
 
 
 # As a user's manager (owner only): a parent made unsearchable, then searchable again.

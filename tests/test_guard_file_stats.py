@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_inotify import lose_events
 from worktree_swarm.guard import file_stats
 from worktree_swarm.guard.file_stats import FileStats, look
 from worktree_swarm.guard.surface import Entry
@@ -234,6 +235,18 @@ def test_events_lost_let_go_of_everything_kept_and_nothing_fails(tmp_path: Path)
     stats.refresh()
     assert stats.stat(f"{worktrees[0]}/.git") == look(f"{worktrees[0]}/.git")
     assert stats.kept_at(f"{worktrees[0]}/.git") is not None  # kept again, watched anew
+
+
+def test_events_that_cannot_be_read_let_go_of_every_stat_kept(admin: Path) -> None:
+    stats = FileStats()
+    index = f"{admin}/index"
+    kept = stats.stat(index)
+    assert stats.kept_at(index) is not None
+    lose_events(stats._ino)
+    (admin / "index").write_bytes(b"DIRC" + bytes(61))  # its event lost
+    stats.refresh()
+    assert stats.kept_at(index) is None  # looked at every time: no watch can be made now
+    assert stats.stat(index) == look(index) != kept
 
 
 def test_the_last_read_of_a_config_worktree_reads_what_a_map_still_open_wrote(

@@ -165,7 +165,7 @@ class Changes:
         *full*: every place's git files looked at afresh (as in the last scan).
         """
         with self._lock:
-            self._read_events()
+            inotify.drain(self._ino, self._note, self._all_changed)
             self._stats.refresh()
             fresh = self._pace.due(now=full)
             found = set()
@@ -284,18 +284,13 @@ class Changes:
             return  # watched whole: more events, never fewer
         place.skip |= {root / p.rstrip("/") for p in out.split("\0") if p.endswith("/")}
 
-    def _read_events(self) -> None:
-        if self._ino is None:
-            return
-        for event in self._ino.read_or_lost():
-            self._note(event)
+    def _all_changed(self) -> None:
+        """Events lost: any place may have changed (its watches renewed too)."""
+        for place in self._places.values():
+            place.dirty = place.rewalk = True
 
     def _note(self, event: inotify.Event) -> None:
         """Flag the places *event* concerns; watch a directory made there."""
-        if event.mask & inotify.Q_OVERFLOW:  # events were lost: any place may have changed
-            for place in self._places.values():
-                place.dirty = place.rewalk = True
-            return
         keys, directory = self._wds.get(event.wd, (set(), Path()))
         places = [(k, self._places[k]) for k in keys if k in self._places]
         # A file a place skips (the run's own log) changes nothing there.

@@ -29,7 +29,7 @@ from worktree_swarm.guard.worktree_configs import WorktreeConfigs
 from worktree_swarm.infra import inotify
 
 # A watch that no longer tells about the entries of the directory it was made for.
-_LOST = inotify.Q_OVERFLOW | inotify.IGNORED | inotify.DELETE_SELF | inotify.MOVE_SELF
+_LOST = inotify.IGNORED | inotify.DELETE_SELF | inotify.MOVE_SELF
 
 
 _UNKNOWN = -1  # a mode to look at (an event named the entry, or it is new)
@@ -65,7 +65,7 @@ class DirModes:
         """
         info = os.lstat(parent)
         with self._lock:
-            self._read_events()
+            inotify.drain(self._ino, self._note, self._forget_all)
             known = self._watched(parent, (info.st_dev, info.st_ino))
             if known is None:  # unwatched: every entry looked at
                 listed = os.listdir(parent) if names is None else names  # noqa: PTH208
@@ -123,20 +123,15 @@ class DirModes:
         self._by_wd[wd] = parent
         return known
 
-    def _read_events(self) -> None:
-        if self._ino is None:
-            return
-        for event in self._ino.read_or_lost():
-            if event.mask & inotify.Q_OVERFLOW:  # events lost: every record made afresh
-                self._forget_all()
-                continue
-            parent = self._by_wd.get(event.wd)
-            if parent is None:
-                continue  # a watch already dropped
-            if event.mask & _LOST:
-                self._forget(parent)
-            elif event.name:  # looked at again when next asked for (a new one, listed)
-                self._dirs[parent].modes[event.name] = _UNKNOWN
+    def _note(self, event: inotify.Event) -> None:
+        """Have the entry *event* names looked at again; its directory's, if its watch went."""
+        parent = self._by_wd.get(event.wd)
+        if parent is None:
+            return  # a watch already dropped
+        if event.mask & _LOST:
+            self._forget(parent)
+        elif event.name:  # looked at again when next asked for (a new one, listed)
+            self._dirs[parent].modes[event.name] = _UNKNOWN
 
     def _forget(self, parent: str) -> None:
         known = self._dirs.pop(parent)
@@ -145,6 +140,7 @@ class DirModes:
             self._ino.remove(known.wd)
 
     def _forget_all(self) -> None:
+        """Every record made afresh (events lost, or closing)."""
         for parent in list(self._dirs):
             self._forget(parent)
 

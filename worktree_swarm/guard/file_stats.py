@@ -90,7 +90,7 @@ class FileStats:
     def refresh(self) -> None:
         """Take in what changed since: before a pass uses what is kept."""
         with self._lock:
-            self._read_events()
+            inotify.drain(self._ino, self._note, self._unkeep_all)
 
     def stat(self, path: str, *, fresh: bool = False) -> Stat:
         """*path*'s stat: kept unless a watch told of a change; *fresh*: looked at anyway."""
@@ -248,21 +248,16 @@ class FileStats:
             self._unkeep(path)
         self._there -= {p for p in self._there if p.startswith(below)}
 
-    def _read_events(self) -> None:
-        if self._ino is None:
-            return
-        for event in self._ino.read_or_lost():
-            self._note(event)
+    def _unkeep_all(self) -> None:
+        """Events lost: let go of everything kept (every file looked at again)."""
+        for path in list(self._kept):
+            self._unkeep(path)
+        self._there.clear()
+        for name in list(self._dirs):
+            self._forget_dir(name)
 
     def _note(self, event: inotify.Event) -> None:
         """Let go of what is kept of each path *event* may tell a change of."""
-        if event.mask & inotify.Q_OVERFLOW:  # events lost: every file looked at again
-            for path in list(self._kept):
-                self._unkeep(path)
-            self._there.clear()
-            for name in list(self._dirs):
-                self._forget_dir(name)
-            return
         for path in list(self._files.get(event.wd, ())):
             self._unkeep(path)  # the file changed, or a name of it made or removed
         directory = self._dir_of.get(event.wd)

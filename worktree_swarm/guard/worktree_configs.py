@@ -41,7 +41,7 @@ CONFIG = "config.worktree"
 MODULES = "modules"
 _NAMES = (CONFIG, MODULES)
 # A watch that no longer tells about the names of the directory it was made for.
-_LOST = inotify.Q_OVERFLOW | inotify.IGNORED | inotify.DELETE_SELF | inotify.MOVE_SELF
+_LOST = inotify.IGNORED | inotify.DELETE_SELF | inotify.MOVE_SELF
 
 
 class WorktreeConfigs:
@@ -78,7 +78,7 @@ class WorktreeConfigs:
         except (FileNotFoundError, NotADirectoryError):
             entries = []
         with self._lock:
-            self._read_events()
+            inotify.drain(self._ino, self._note, self._forget_all)
             self._stats.refresh()  # before any entry kept is used
             self._whole, self._afresh = self._afresh, False
             self._fresh = self._pace.due(now=self._whole)
@@ -132,8 +132,7 @@ class WorktreeConfigs:
                 self._stats.close()
             self._entries.clear()
             self._fresh = True
-            for path in list(self._absent):
-                self._forget(path)
+            self._forget_all()
             if self._ino is not None:
                 self._ino.close()
             self._ino = None
@@ -162,17 +161,16 @@ class WorktreeConfigs:
             self._ino.remove(wd)  # both read every time: no watch needed
         return read
 
-    def _read_events(self) -> None:
-        if self._ino is None:
-            return
-        for event in self._ino.read_or_lost():
-            if event.mask & inotify.Q_OVERFLOW:
-                for path in list(self._absent):
-                    self._forget(path)
-                continue
-            where = self._by_wd.get(event.wd)
-            if where is not None and (event.mask & _LOST or event.name in _NAMES):
-                self._forget(where)
+    def _note(self, event: inotify.Event) -> None:
+        """Have the admin dir *event* may tell a name made in looked in again."""
+        where = self._by_wd.get(event.wd)
+        if where is not None and (event.mask & _LOST or event.name in _NAMES):
+            self._forget(where)
+
+    def _forget_all(self) -> None:
+        """Every admin dir looked in again (events lost, or closing)."""
+        for path in list(self._absent):
+            self._forget(path)
 
     def _forget(self, path: str) -> None:
         _, wd, _ = self._absent.pop(path)

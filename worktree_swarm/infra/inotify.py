@@ -1,6 +1,7 @@
 """Linux inotify (through inotify_simple): which watched directories saw an entry change.
 
-One non-blocking instance; :meth:`Inotify.read` returns what is pending and never waits.
+One non-blocking instance; :meth:`Inotify.read` returns what is pending and never waits, and
+:func:`drain` hands it to a caller's handler, events lost (an overflow) to a handler of their own.
 Not available (another OS, the per-user instance limit): the constructor raises OSError and
 callers poll instead.
 """
@@ -17,6 +18,7 @@ import inotify_simple
 from inotify_simple import flags
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 MODIFY = int(flags.MODIFY)
@@ -123,3 +125,18 @@ class Inotify:
         """Release the instance and all its watches."""
         self._ino = None
         self._release()
+
+
+def drain(ino: Inotify | None, note: Callable[[Event], None], lost: Callable[[], None]) -> None:
+    """Hand each pending event of *ino* to *note*, in order; call *lost* for an overflow.
+
+    An overflow (the kernel's queue full, or a read that failed) means events were lost:
+    *lost* has everything its caller keeps looked at afresh. No *ino*: nothing to read.
+    """
+    if ino is None:
+        return
+    for event in ino.read_or_lost():
+        if event.mask & Q_OVERFLOW:
+            lost()
+        else:
+            note(event)
