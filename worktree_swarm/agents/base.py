@@ -174,6 +174,20 @@ def resume_text(resume_prompt: str | None) -> str:
     return resume_prompt or DEFAULT_RESUME_PROMPT
 
 
+def argv_resumed_by_flag(
+    template: Sequence[str],
+    values: Mapping[str, str],
+    session_id: str | None,
+    resume_prompt: str | None,
+) -> list[str]:
+    """*template* rendered; for a resume, with the resume prompt and ``--resume <session_id>``."""
+    if session_id is None:
+        return render_argv(template, values)
+    require_session_id(session_id)
+    argv = render_argv(template, {**values, "prompt": resume_text(resume_prompt)})
+    return [*argv, "--resume", session_id]
+
+
 def json_objects(text: str) -> list[dict[str, Any]]:
     """Every JSON object in *text* that starts a line: JSONL events or one pretty-printed object.
 

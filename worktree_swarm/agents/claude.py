@@ -20,6 +20,7 @@ from worktree_swarm.agents.base import (
     SERVER_ERROR_STATUSES,
     AgentOutcome,
     AgentResult,
+    argv_resumed_by_flag,
     as_float,
     as_int,
     classify_rate_limit,
@@ -28,9 +29,6 @@ from worktree_swarm.agents.base import (
     is_session_id,
     json_objects,
     quote,
-    render_argv,
-    require_session_id,
-    resume_text,
     unavailable,
 )
 
@@ -70,11 +68,7 @@ class ClaudeAdapter:
         On resume the resume prompt is the ``-p`` prompt; run it in the same worktree and with
         the same ``CLAUDE_CONFIG_DIR``, where the session is stored.
         """
-        if session_id is None:
-            return render_argv(template, values)
-        require_session_id(session_id)
-        argv = render_argv(template, {**values, "prompt": resume_text(resume_prompt)})
-        return [*argv, "--resume", session_id]
+        return argv_resumed_by_flag(template, values, session_id, resume_prompt)
 
     def env(
         self,

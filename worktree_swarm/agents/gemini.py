@@ -23,6 +23,7 @@ from worktree_swarm.agents.base import (
     SERVER_ERROR_STATUSES,
     AgentOutcome,
     AgentResult,
+    argv_resumed_by_flag,
     as_int,
     classify_rate_limit,
     epoch_seconds,
@@ -31,9 +32,6 @@ from worktree_swarm.agents.base import (
     iter_dicts,
     json_objects,
     quote,
-    render_argv,
-    require_session_id,
-    resume_text,
     unavailable,
 )
 
@@ -85,11 +83,7 @@ class GeminiAdapter:
         On resume the resume prompt is the ``--prompt``; sessions are per project directory,
         so run it in the same worktree.
         """
-        if session_id is None:
-            return render_argv(template, values)
-        require_session_id(session_id)
-        argv = render_argv(template, {**values, "prompt": resume_text(resume_prompt)})
-        return [*argv, "--resume", session_id]
+        return argv_resumed_by_flag(template, values, session_id, resume_prompt)
 
     def env(
         self,
@@ -127,15 +121,7 @@ class GeminiAdapter:
         # Its start-up profiler's notes say nothing of how it ended: never the quoted line.
         log_text = _STARTUP_NOTE_RE.sub("", log_text)
         if final is None:
-            fallback = interpret_by_exit(
-                exit_code=exit_code, log_text=log_text, now=now, label="gemini", skip_json=True
-            )
-            return AgentResult(
-                outcome=fallback.outcome,
-                reason=fallback.reason,
-                retry_at=fallback.retry_at,
-                session_id=session_id,
-            )
+            return _by_exit(exit_code, log_text, now=now, accounting={"session_id": session_id})
         if not _resumable(objects, final.get("stats")):
             session_id = None
         accounting = {"session_id": session_id, **_tokens(final.get("stats"))}
@@ -169,15 +155,19 @@ class GeminiAdapter:
             )
         if exit_code in (0, None):
             return AgentResult(outcome=AgentOutcome.SUCCESS, **accounting)
-        fallback = interpret_by_exit(
-            exit_code=exit_code, log_text=log_text, now=now, label="gemini", skip_json=True
-        )
-        return AgentResult(
-            outcome=fallback.outcome,
-            reason=fallback.reason,
-            retry_at=fallback.retry_at,
-            **accounting,
-        )
+        return _by_exit(exit_code, log_text, now=now, accounting=accounting)
+
+
+def _by_exit(
+    exit_code: int | None, log_text: str, *, now: float, accounting: dict[str, Any]
+) -> AgentResult:
+    """The exit code and the log's last lines decide; *accounting* (its session, tokens) kept."""
+    fallback = interpret_by_exit(
+        exit_code=exit_code, log_text=log_text, now=now, label="gemini", skip_json=True
+    )
+    return AgentResult(
+        outcome=fallback.outcome, reason=fallback.reason, retry_at=fallback.retry_at, **accounting
+    )
 
 
 def _retry_after(message: str, *, now: float) -> float | None:
