@@ -44,19 +44,14 @@ class Checkpoints(RunWorker):
         """
         lost = self.guard.worktree_lost(task.id)  # first: it may put the worktree back
         if lost is not None:
-            return diffs.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
-                state=TaskState.FAILED, reason=_lost_reason(task, lost)
-            )
+            return _failed_uncommitted(_lost_reason(task, lost))
         if fs.sealed(path):  # no git can work there
-            return diffs.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
-                state=TaskState.FAILED, reason=sealed_reason(path)
-            )
+            return _failed_uncommitted(sealed_reason(path))
         admin = tampering.own_admin(self.repo, path)
         changed = None if admin is not None else tampering.tampered(self.repo, path)
         if changed is not None:  # git there would commit onto another checkout or branch
-            reason = f"{changed}: its work since the last checkpoint is left there, uncommitted"
-            return diffs.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
-                state=TaskState.FAILED, reason=reason
+            return _failed_uncommitted(
+                f"{changed}: its work since the last checkpoint is left there, uncommitted"
             )
         planted = tampering.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
@@ -169,6 +164,13 @@ def sealed_reason(path: Path) -> str:
     return (
         f"its worktree {path} cannot be read (its agent's `chmod`?): its work since the last "
         f"checkpoint is left there, uncommitted; `chmod u+rwx {path}` gives it back"
+    )
+
+
+def _failed_uncommitted(reason: str) -> tuple[diffs.DiffStat, TaskOutcome]:
+    """The task failed for *reason* before its checkpoint: nothing committed."""
+    return diffs.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
+        state=TaskState.FAILED, reason=reason
     )
 
 
