@@ -139,7 +139,7 @@ class AttemptChecks(UnwatchedChecks):
     def _settled_checks(self, began: float) -> None:
         self._settled_from = time.monotonic()
         with self._job(REPOSITORY):
-            self._scan_surface(began)
+            self._scan_surface(began, afresh=True)
             self._scan_graph(began)
         refs: dict[str, str] | None = None
         self._remotes.read = None

@@ -1,6 +1,8 @@
 """The bytes of the surface's files, read again only when their stat data changed.
 
-Every scan reads git's own files again; most of them are unchanged since the last read.
+Every scan reads git's own files again; most of them are unchanged since the last read. A
+write through a shared map into a page already written stamps no time: the reads after each
+attempt and the last one forget what is kept first (:func:`forget`).
 """
 
 from __future__ import annotations
@@ -38,3 +40,13 @@ def read(path: Path, info: os.stat_result) -> bytes:
             _KNOWN.clear()
         _KNOWN[key] = (signature, data)
     return data
+
+
+def forget() -> None:
+    """Read every file again from now on (until kept anew): what is kept may be stale.
+
+    A write through a shared memory map stamps the mtime and ctime at the first write into a
+    page only: one into a page already written (a byte written back as it was, then the
+    planted line) changes the bytes and none of the stat data.
+    """
+    _KNOWN.clear()

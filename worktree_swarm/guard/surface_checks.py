@@ -22,6 +22,7 @@ from worktree_swarm.git import worktrees
 from worktree_swarm.guard import (
     graph,
     hooks_dir,
+    known_bytes,
     setuid,
     submodule_dirs,
     surface,
@@ -44,17 +45,20 @@ NOT_KNOWN = frozenset({surface.UNREACHED, surface.UNREADABLE})
 class SurfaceChecks(WorktreeChecks, ObjectChecks):
     """Git's own files, setuid files and the commit graph: scans and put-backs."""
 
-    def _read_surface(self) -> surface.Surface:
+    def _read_surface(self, *, afresh: bool = False) -> surface.Surface:
+        """Git's files as they are now; *afresh* (and in the last scan): each file read anew."""
         tops = list(self._trees.paths.values())  # a copy: workers add to it meanwhile
         if self._closing.is_set() and self._dir_modes is not None:  # the last: nothing kept
             self._dir_modes.configs.look_afresh()
+        if afresh or self._closing.is_set():  # a write through a shared map stamps no time
+            known_bytes.forget()
         return surface.read(self.repo.common_dir, self._hooks, self._linked, tops, self._dir_modes)
 
     def _take_surface(self) -> None:
         """Git's files as found now for the baseline; the killed manager's kept to judge with."""
         self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)
         self._dir_modes = DirModes(stats=self._file_stats)
-        self._surface = self._read_surface()
+        self._surface = self._read_surface(afresh=True)
         self._last_surface = surface_kept.load(self._dir)  # see judge_unwatched_surface
 
     def _being_made(self, common: Path, labels: Sequence[str]) -> set[str]:
@@ -219,10 +223,13 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             self._surface_dirty = True
         return labels
 
-    def _scan_surface(self, began: float) -> list[Violation]:
-        """Git's files compared with the baseline; the baseline kept for a resume if changed."""
+    def _scan_surface(self, began: float, *, afresh: bool = False) -> list[Violation]:
+        """Git's files compared with the baseline; the baseline kept for a resume if changed.
+
+        *afresh*: each file read anew (after an attempt, before its checkpoint runs git).
+        """
         try:
-            return self._compare_surface(began)
+            return self._compare_surface(began, afresh=afresh)
         finally:
             self._keep_surface()
 
@@ -244,11 +251,11 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             self._surface_owed = False
         self._surface_dirty = False
 
-    def _compare_surface(self, began: float) -> list[Violation]:
+    def _compare_surface(self, began: float, *, afresh: bool = False) -> list[Violation]:
         common = self.repo.common_dir
         swapped = self._swapped_store(began)  # first: the surface's objects/info is in it
         self._put_back_again()
-        now = self._reach(self._read_surface(), (self._surface_checked, began))
+        now = self._reach(self._read_surface(afresh=afresh), (self._surface_checked, began))
         window = (self._surface_checked, began)
         labels = self._changed_by_others(now, window)
         if not labels:

@@ -330,7 +330,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
                     self._failed("ref announcements", why)
             # The git dir first: undoing an `info/exclude` entry shows the files it hid.
             with self._job(REPOSITORY):
-                found += self._scan_surface(began)
+                found += self._scan_surface(began, afresh=final)
                 found += self._scan_graph(began)
                 if final or time.monotonic() >= self._setuid_due:
                     found += self._scan_setuid(began)
