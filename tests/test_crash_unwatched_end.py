@@ -5,13 +5,14 @@ as a resume does."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, unrecord_launch
+from tests.conftest import git, hang_git_at, unrecord_launch
 from tests.test_crash import PLANTS_UNWATCHED, _kill_group, _manager
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 
@@ -141,3 +142,30 @@ def test_an_agent_whose_launch_went_unrecorded_is_a_suspect_of_git_files_changed
     assert REASON in str(row["reason"])
     _planted_nothing_runs(repo, ran)
     assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
+
+
+@pytest.mark.parametrize("end", ["stop", "resume"])
+def test_an_agent_whose_end_was_recorded_before_its_manager_died_in_its_checkpoint_ends_done(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_agent: Callable[[str], list[str]],
+    end: str,
+) -> None:
+    # `swarm stop` said "stopped: a" and recorded the task stopped (merge skips it) though
+    # its agent had succeeded, no agent was left to stop, and a resume ends it done.
+    path = os.environ["PATH"]
+    hung = hang_git_at(tmp_path, monkeypatch, "commit")  # the checkpoint after the attempt
+    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('work\\n')\n")
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(hung.exists, timeout=120, what="the checkpoint")
+    _kill_group(proc)
+    monkeypatch.setenv("PATH", path)
+    out = swarm(repo, end)
+    assert out.returncode == 0, out.stdout + out.stderr
+    if end == "stop":
+        assert out.stdout == "nothing to stop\n", out.stdout  # not "stopped: a"
+    row = status_json(repo)["a"]
+    assert (row["state"], row["reason"]) == ("done", "")
+    assert git(repo, "show", "swarm/a:a.txt") == "work"

@@ -331,15 +331,18 @@ def _kill_left(
 ) -> dict[str, AgentResult | None]:
     """Kill what *targets* left running (agents, setup and checks); how each agent went.
 
-    None for one that was stopped; its result for one that had ended by itself unwatched.
+    None for one that was stopped; its result for one that had ended by itself (unwatched, or
+    its end recorded by a manager that died after).
     """
     began = time.time()
     ended: dict[str, AgentResult | None] = {}  # how an agent that ended unwatched went
     open_attempts: list[AttemptRow] = []
     for task_id in targets:
         task = task_from_json(rows[task_id].spec_json)
-        ended[task_id] = None
-        for attempt in store.attempts(rows[task_id].run_id, task_id):
+        attempts = store.attempts(rows[task_id].run_id, task_id)
+        # Its end recorded, its manager dead in what came after (its checkpoint, say).
+        ended[task_id] = unwatched.ended_on_record(rows[task_id], attempts)
+        for attempt in attempts:
             if attempt.ended_at is None:
                 # Read as the agent it ran (a fallback's, maybe) would be.
                 agent = attempt.agent or task.agent

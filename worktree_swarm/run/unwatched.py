@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
-from worktree_swarm.agents.base import AgentResult
+from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, TaskState
 from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.core.text import path_text
@@ -178,3 +178,21 @@ def ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResul
         attempt.id, exit_code=record.exit_code, outcome=outcome, ended_at=record.ended_at
     )
     return result
+
+
+def ended_on_record(row: TaskRow, attempts: Sequence[AttemptRow]) -> AgentResult | None:
+    """How *row*'s agent went, as its manager recorded it before it died (in a checkpoint).
+
+    Its last attempt since the last retry, closed, succeeded or failed. None while a launch
+    is on record beyond it, or when it ended any other way (stopped, timed out, rate
+    limited, on a full disk).
+    """
+    if row.launching is not None or not attempts or attempts[-1].number <= row.retry_base:
+        return None
+    last = attempts[-1]
+    outcome = AttemptOutcome.parse(last.outcome) if last.ended_at is not None else None
+    if outcome is AttemptOutcome.SUCCEEDED:
+        return AgentResult(outcome=AgentOutcome.SUCCESS, reason=last.reason)
+    if outcome is AttemptOutcome.FAILED:
+        return AgentResult(outcome=AgentOutcome.FAILED, reason=last.reason)
+    return None
