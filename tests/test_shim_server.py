@@ -522,3 +522,20 @@ def test_a_start_the_server_never_answered_is_not_made_again_while_its_shim_may_
         assert runs.read_text() == "once\n"
     finally:
         shims.close()
+
+
+def test_an_empty_command_is_refused_before_any_server_starts(
+    tmp_path: Path, shims: shim_server.ShimServer
+) -> None:
+    log = tmp_path / "a.log"
+    with pytest.raises(SwarmError, match=r"^agent command is empty: set `agent` to a command"):
+        shims.start(
+            [], cwd=tmp_path, env=clean_env(), log_path=log, record=tmp_path / "rec", grace=0.5
+        )
+    servers = [c for c in psutil.Process().children() if shim.SERVE in c.cmdline()]
+    assert servers == []
+    assert not log.exists()
+    # The next command is served as usual.
+    agent = supervisor.spawn(["true"], cwd=tmp_path, env=clean_env(), log_path=log, shims=shims)
+    assert agent.popen is None  # forked by a server
+    assert agent.wait(timeout=60) == 0

@@ -77,8 +77,11 @@ class ShimServer:
     ) -> Forked | None:
         """A forked shim running *argv*; None when no server can fork it.
 
-        Raises SwarmError, as Popen would, when the command cannot start in *cwd*.
+        Raises SwarmError, as Popen would, when the command cannot start in *cwd*, and for
+        an empty *argv*, before any server is started.
         """
+        if not argv:
+            raise SwarmError("agent command is empty: set `agent` to a command array")
         fields = [
             "start", str(cwd), str(log_path), str(record), str(len(argv)), *argv,
             *(f"{name}={value}" for name, value in env.items()),
