@@ -2412,6 +2412,33 @@ def test_your_worktrees_git_file_deleted_while_no_manager_watched_is_put_back(
     git(mine, "status")
 
 
+def test_your_worktree_deleted_while_no_manager_watched_is_not_made_again_nor_blamed(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Its folder deleted by hand (no `git worktree prune`): the resumed guard wrote its `.git`
+    # back into a new folder of that one file and failed the agent that ran unwatched for it.
+    mine = tmp_path / "mine"
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(mine))
+    gate = tmp_path / "gate"
+    agent = [*write_agent(WAITS_UNWATCHED), str(gate)]
+    started = (repo.parent / "repo.swarm" / "a" / "a.txt").exists
+    runs = _agent_ends_unwatched(
+        repo, agent, gate, started=started, meanwhile=lambda: shutil.rmtree(mine)
+    )
+    out = swarm(repo, "resume")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "done"
+    assert "git's own files" not in out.stdout + out.stderr
+    assert not os.path.lexists(mine)  # not made again
+    (log,) = runs.glob("*/guard/guard.log")
+    assert f"your worktree {mine} was deleted: no longer watched" in log.read_text()
+    # What git keeps of it goes with your next prune, as after any folder deleted by hand.
+    assert "prunable" in git(repo, "worktree", "list", "--porcelain")
+    git(repo, "worktree", "prune")
+    assert str(mine) not in git(repo, "worktree", "list")
+
+
 def test_your_worktrees_commondir_pointed_at_a_copy_while_no_manager_watched_is_put_back(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
+from worktree_swarm.guard import surface
 from worktree_swarm.guard.surface import Entry
-from worktree_swarm.guard.surface_ties import moved_by_git
+from worktree_swarm.guard.surface_ties import gone_whole, moved_by_git
 
 
 def _linked(tmp_path: Path) -> tuple[Path, Path]:
@@ -152,3 +153,37 @@ def test_your_linked_worktrees_operation_is_gits_only_gone_with_its_admin_dir(
         assert not moved_by_git(common, label, None), label  # taken away, the worktree there
     git(common.parent, "worktree", "remove", str(mine))
     assert moved_by_git(common, "worktrees/mine/rebase-merge/git-rebase-todo", None)
+
+
+def _baseline(common: Path, mine: Path) -> dict[str, Entry]:
+    """The guard's read of git's files, *mine* a linked worktree of yours."""
+    return surface.read(common, (), {mine: common / "worktrees" / "mine"})
+
+
+def test_your_worktree_whose_folder_is_gone_goes_with_all_that_ties_it(tmp_path: Path) -> None:
+    common, mine = _linked(tmp_path)
+    (common / "worktrees/mine/MERGE_HEAD").write_text("0" * 40 + "\n")
+    last = _baseline(common, mine)
+    held = [f"{mine}/.git", "worktrees/mine/gitdir", "worktrees/mine/commondir"]
+    labels = [*held, "worktrees/mine/MERGE_HEAD", f"{mine}/.husky/_/pre-commit", "config"]
+    assert all(label in last for label in labels[:4])
+    shutil.rmtree(mine)
+    assert gone_whole(common, last, labels) == {mine: set(labels[:5])}
+
+
+def test_a_worktree_left_its_folder_or_named_elsewhere_is_not_gone_whole(tmp_path: Path) -> None:
+    common, mine = _linked(tmp_path)
+    last = _baseline(common, mine)
+    labels = [f"{mine}/.git", "worktrees/mine/gitdir"]
+    (mine / ".git").unlink()  # the folder is still there: judged as ever
+    assert gone_whole(common, last, labels) == {}
+    shutil.rmtree(mine)
+    (common / "worktrees/mine/gitdir").write_text(f"{tmp_path}/elsewhere/.git\n")
+    assert gone_whole(common, last, labels) == {}  # its admin dir names another place
+
+
+def test_a_worktree_git_moved_is_not_gone_whole(tmp_path: Path) -> None:
+    common, mine = _linked(tmp_path)
+    last = _baseline(common, mine)
+    git(common.parent, "worktree", "move", str(mine), str(tmp_path / "moved"))
+    assert gone_whole(common, last, [f"{mine}/.git", "worktrees/mine/gitdir"]) == {}

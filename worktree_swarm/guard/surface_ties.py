@@ -6,16 +6,19 @@ worktree remove` takes them away with the admin dir. Any other tie (a ``commondi
 ``.git`` naming a copy of the repository an agent made, whose config your git there would
 read) is judged by the resumed guard (surface_checks), and so is a ``.git`` deleted while
 its admin dir still names it (git deletes one only as it moves or removes the worktree).
+A worktree whose folder is gone whole (deleted by hand) goes with what ties it
+(:func:`gone_whole`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.guard import in_progress
-from worktree_swarm.guard.surface import TIES, Entry, path_of
+from worktree_swarm.guard.surface import TIES, Entry, path_of, ties
 from worktree_swarm.infra import fs
 
 _PREFIX = "gitdir:"
@@ -26,6 +29,45 @@ def followed(label: str) -> bool:
     parts = label.split("/")
     tie = len(parts) == 3 and parts[0] == "worktrees" and parts[2] in TIES  # noqa: PLR2004
     return label.endswith("/.git") or tie or in_progress.linked_admin(label) is not None
+
+
+def gone_whole(
+    common: Path, last: Mapping[str, Entry], labels: Sequence[str]
+) -> dict[Path, set[str]]:
+    """Your linked worktrees in *last* (the baseline) whose folder is gone, with their *labels*.
+
+    Deleted by hand, without `git worktree remove`: only its ``.git`` could be put back, into
+    a new folder of that one file, and its admin dir is left for your next `git worktree
+    prune` to drop. What goes with it, as with a worktree removed whole under a live guard:
+    its ``.git`` and its admin dir's ties (no longer read), its operation in progress, the
+    hooks directory inside it. Only while its admin dir still names it there; a folder that
+    cannot be looked at is not gone.
+    """
+    admins = Path(os.path.realpath(common)) / "worktrees"
+    gone = {}
+    for label, entry in last.items():
+        if not (label.endswith("/.git") and Path(label).is_absolute()):
+            continue
+        checkout = Path(label).parent
+        named = _named(checkout, entry, prefix=True)
+        if named is None or Path(named).parent != admins or not _folder_gone(checkout):
+            continue
+        admin = common / "worktrees" / Path(named).name
+        if not _names(admin, "gitdir", os.path.realpath(checkout / ".git"), prefix=False):
+            continue  # moved elsewhere, or its ties changed: judged as ever
+        gone[checkout] = ties(common, checkout, admin, held=labels) & set(labels)
+    return gone
+
+
+def _folder_gone(path: Path) -> bool:
+    """Whether nothing is at *path* (not: something is there that cannot be looked at)."""
+    try:
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def moved_by_git(common: Path, label: str, new: Entry | None, old: Entry | None = None) -> bool:

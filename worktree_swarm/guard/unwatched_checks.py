@@ -98,8 +98,10 @@ class UnwatchedChecks(SurfaceChecks):
         guard follows (put back, they would name the old place): its ``.git`` file and its
         admin dir's ``gitdir`` naming each other, its ``commondir`` naming this repository
         (its ``.git`` gone: its admin dir removed, or naming it no more; *last*, the baseline).
-        Any other change of a tie is judged (pointed at a copy of the repository, your git
-        there would read the copy's config). And the git dirs of an adopted task's own
+        A worktree of yours whose folder is gone whole goes with all of it, nobody blamed: what
+        a live guard does with one removed whole (:func:`surface_ties.gone_whole`). Any other
+        change of a tie is judged (pointed at a copy of the repository, your git there would
+        read the copy's config). And the git dirs of an adopted task's own
         submodules (`git submodule update --init` in its worktree): as found, as a live guard
         takes them, but for what makes git run a program (:meth:`_take_submodule_file`).
         """
@@ -109,8 +111,15 @@ class UnwatchedChecks(SurfaceChecks):
             if admin is not None:
                 owners[admin.name] = task
         common = self.repo.common_dir
+        with_gone = set()
+        for checkout, went in surface_ties.gone_whole(common, last, labels).items():
+            if went:
+                self._log(f"your worktree {checkout} was deleted: no longer watched")
+                with_gone |= went
         left = []
         for label in labels:
+            if label in with_gone:
+                continue
             parts = label.split("/", 3)
             in_admin = len(parts) >= 3 and parts[0] == "worktrees"  # noqa: PLR2004
             if surface_ties.followed(label):
