@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import as_owner_only, git, make_repo
 from tests.test_inotify import lose_events
 from tests.test_run import status_json
-from worktree_swarm.guard import file_stats, surface
+from worktree_swarm.guard import file_stats, surface, surface_entry
 from worktree_swarm.guard.dir_modes import DirModes
 
 TASKS = 40
@@ -77,9 +77,9 @@ def test_a_read_looks_again_only_at_entries_inotify_saw_change(
     looked.clear()
     changed = surface.read(common, (), None, tops, modes)
     assert set(looked) >= {f"{common}/worktrees/t3", os.fspath(tops[5]), os.fspath(fan_out)}
-    assert changed["worktrees/t3"].data == surface.LOOSER
-    assert changed[f"objects/{fan_out.name}"].data == surface.LOOSER
-    assert changed[os.fspath(tops[5])].data == surface.LOOSER
+    assert changed["worktrees/t3"].data == surface_entry.LOOSER
+    assert changed[f"objects/{fan_out.name}"].data == surface_entry.LOOSER
+    assert changed[os.fspath(tops[5])].data == surface_entry.LOOSER
     assert changed == surface.read(common, (), None, tops)
 
 
@@ -253,7 +253,7 @@ OPENED_BEHIND_AN_UNSEARCHABLE_PARENT = """
 import contextlib
 import sys
 from pathlib import Path
-from worktree_swarm.guard import surface
+from worktree_swarm.guard import surface, surface_entry
 from worktree_swarm.guard.dir_modes import DirModes
 
 common, tops = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
@@ -268,8 +268,8 @@ with contextlib.suppress(PermissionError):  # objects/info/alternates cannot be 
 for parent in (common / "objects", common / "worktrees"):
     parent.chmod(0o755)  # no event names the entries in it
 found = surface.read(common, (), None, tops, modes)
-assert found[f"objects/{fan_out.name}"].data == surface.LOOSER, found
-assert found["worktrees/t1"].data == surface.LOOSER, found
+assert found[f"objects/{fan_out.name}"].data == surface_entry.LOOSER, found
+assert found["worktrees/t1"].data == surface_entry.LOOSER, found
 assert found == surface.read(common, (), None, tops)
 """
 
@@ -291,7 +291,7 @@ READ_BEHIND_UNSEARCHABLE_DIRECTORIES = """
 import os
 import sys
 from pathlib import Path
-from worktree_swarm.guard import surface, surface_diff
+from worktree_swarm.guard import surface, surface_diff, surface_entry
 
 common = Path(sys.argv[1])
 (common / "modules" / "sub" / "hooks").mkdir(parents=True)
@@ -307,11 +307,11 @@ hooks_path.mkdir()
 (hooks_path / "post-checkout").write_text("#!/bin/sh\\n")
 hooks_path.chmod(0o100)  # searched, not listed: git still runs the hook
 elsewhere = surface.read(common, [hooks_path])
-assert elsewhere[str(hooks_path)].kind == surface.UNREADABLE, elsewhere
+assert elsewhere[str(hooks_path)].kind == surface_entry.UNREADABLE, elsewhere
 assert elsewhere[f"{hooks_path}/post-checkout"].data == b"#!/bin/sh\\n", elsewhere
-assert now["objects/info/alternates"].kind == surface.UNREACHED, now
-assert now["worktrees/t1/config.worktree"].kind == surface.UNREACHED, now
-assert now["modules/sub"].kind == surface.UNREACHED, now
+assert now["objects/info/alternates"].kind == surface_entry.UNREACHED, now
+assert now["worktrees/t1/config.worktree"].kind == surface_entry.UNREACHED, now
+assert now["modules/sub"].kind == surface_entry.UNREACHED, now
 # What it holds is not known: never taken for gone (put back blindly), only the bits count.
 assert surface_diff.changed(before, now) == sorted(shut), surface_diff.changed(before, now)
 """

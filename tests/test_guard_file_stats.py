@@ -13,7 +13,7 @@ import pytest
 from tests.test_inotify import lose_events
 from worktree_swarm.guard import file_stats
 from worktree_swarm.guard.file_stats import FileStats, look
-from worktree_swarm.guard.surface import Entry
+from worktree_swarm.guard.surface_entry import Entry
 from worktree_swarm.guard.worktree_configs import WorktreeConfigs
 
 

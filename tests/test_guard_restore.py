@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
-from worktree_swarm.guard import hooks_dir, known_bytes, surface, surface_diff, surface_restore
+from worktree_swarm.guard import (
+    hooks_dir,
+    known_bytes,
+    surface,
+    surface_diff,
+    surface_entry,
+    surface_restore,
+)
 from worktree_swarm.guard.restore import put_files, put_index, restore_checkout, restore_ref
 from worktree_swarm.guard.snapshot import Objects, capture, changed_paths, index_path
 
@@ -185,7 +192,7 @@ def test_hooks_outside_the_git_dir_are_watched_at_their_top_level(tmp_path: Path
     assert not (hooks / "post-merge").exists()
     # core.hooksPath naming the git dir's own hooks: not read twice under two labels.
     inside = surface.read(common, [common / "hooks"])
-    assert not any(Path(k).is_absolute() for k, v in inside.items() if v.kind != surface.MODE)
+    assert not any(Path(k).is_absolute() for k, v in inside.items() if v.kind != surface_entry.MODE)
 
 
 def test_a_worktrees_own_config_is_on_the_surface(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.conftest import add_submodule, git, make_repo
 from worktree_swarm.guard.submodule_dirs import kept, runs_code
-from worktree_swarm.guard.surface import Entry
+from worktree_swarm.guard.surface_entry import Entry
 
 LABEL = "worktrees/t/modules/lib/config"
 

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 from tests.conftest import git, make_repo
-from worktree_swarm.guard import surface, surface_diff, surface_restore
+from worktree_swarm.guard import surface, surface_diff, surface_entry, surface_restore
 
 
 def linked_repo(tmp_path: Path, label: str) -> tuple[Path, Path]:
@@ -33,7 +33,7 @@ def test_a_hard_link_swapped_for_a_symlink_loses_the_symlink_and_nothing_it_poin
     victim = tmp_path / "victim"
     victim.write_bytes(b"a file of yours\n")
     before = surface.read(common, ())
-    assert before["COMMIT_EDITMSG"].kind == surface.HARD_LINK
+    assert before["COMMIT_EDITMSG"].kind == surface_entry.HARD_LINK
     (common / "COMMIT_EDITMSG").unlink()
     (common / "COMMIT_EDITMSG").symlink_to(victim)  # your next commit would write through it
     labels = surface_diff.changed(before, surface.read(common, ()))
@@ -102,7 +102,7 @@ def test_a_hard_link_swapped_for_another_where_git_keeps_no_state_is_removed(
     planted = tmp_path / "planted"
     planted.write_bytes(b"planted\n")
     before = surface.read(common, ())
-    assert before["gitdir"].kind == surface.HARD_LINK
+    assert before["gitdir"].kind == surface_entry.HARD_LINK
     (common / "gitdir").unlink()
     os.link(planted, common / "gitdir")
     labels = surface_diff.changed(before, surface.read(common, ()))

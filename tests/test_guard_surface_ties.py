@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from worktree_swarm.guard import surface
-from worktree_swarm.guard.surface import Entry
+from worktree_swarm.guard.surface_entry import Entry
 from worktree_swarm.guard.surface_ties import gone_whole, moved_by_git
 
 

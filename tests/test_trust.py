@@ -39,7 +39,7 @@ from tests.test_run import (
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import announcements, surface, surface_checks, surface_kept
+from worktree_swarm.guard import announcements, surface, surface_checks, surface_entry, surface_kept
 from worktree_swarm.guard.ref_moves import moving_refs
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import starts
@@ -1660,7 +1660,7 @@ def test_gits_copies_of_sparse_settings_are_saved_for_a_resume_once_and_taken_by
     saves: list[int] = []
     real_save = surface_kept.save
 
-    def save(guard_dir: Path, found: surface.Surface) -> None:
+    def save(guard_dir: Path, found: surface_entry.Surface) -> None:
         saves.append(len(found))
         real_save(guard_dir, found)
 
@@ -3096,7 +3096,7 @@ def test_a_linked_worktrees_reflog_is_looked_at_for_hard_links_and_its_head_not(
     os.link(admin / "HEAD", tmp_path / "head-backup")
     os.link(admin / "logs" / "HEAD", tmp_path / "reflog-backup")
     found = surface.read(repo / ".git", (), {tmp_path / "feature": admin})
-    assert found["worktrees/feature/logs/HEAD"].kind == surface.HARD_LINK
+    assert found["worktrees/feature/logs/HEAD"].kind == surface_entry.HARD_LINK
     assert "worktrees/feature/HEAD" not in found
 
 

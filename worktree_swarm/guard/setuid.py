@@ -12,7 +12,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from worktree_swarm.guard.surface import SHARED_WRITE, label_of, path_of
+from worktree_swarm.guard.surface_entry import SHARED_WRITE, label_of, path_of
 from worktree_swarm.infra import fs
 
 SETUID_BITS = fs.SETUID_BITS

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import graph, held_files, packfiles, remotes, store_dir, surface
+from worktree_swarm.guard import graph, held_files, packfiles, remotes, store_dir, surface_entry
 from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.channel import Channel
@@ -130,7 +130,7 @@ class GuardState:
     _setuid_due = 0.0  # monotonic time of the next walk for them
     _store: store_dir.StoreId | None = None  # the object store's directory, when watched
     _dir_modes: DirModes | None = None  # the admin dirs' and task worktrees' bits, watched
-    _last_surface: surface.Surface | None = None  # git's files as a killed manager left them
+    _last_surface: surface_entry.Surface | None = None  # git's files as a killed manager left them
     _surface_dirty = False  # the baseline of git's files changed since surface.json was saved
     # Changed only by git's own copies of config.worktree made or removed with admin dirs, which
     # a resumed guard takes as git's too: saved with the next change, or SURFACE_SAVE_EVERY after
@@ -193,7 +193,7 @@ class GuardState:
         self._refs_checked = self._surface_checked = self._setuid_checked = now
         self._objects_checked = self._stash_checked = self._graph_checked = now
         self._settled_from = 0.0  # monotonic time the last check of git's files etc. began
-        self._surface: surface.Surface = {}
+        self._surface: surface_entry.Surface = {}
         self._hooks: tuple[Path, ...] = ()  # the core.hooksPath directories
         self._graph: graph.Fingerprint = ()  # the commit graph as last found matching
         self._good: dict[str, str] = {}  # ref -> its last tip seen complete

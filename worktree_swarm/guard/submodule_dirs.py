@@ -23,7 +23,7 @@ from pathlib import Path
 
 from worktree_swarm.git.config_overrides import runs_program
 from worktree_swarm.git.process import execute, execute_bytes
-from worktree_swarm.guard.surface import MODE, Entry
+from worktree_swarm.guard.surface_entry import MODE, Entry
 
 _CONFIGS = ("config", "config.worktree")
 _TAKEN_KINDS = frozenset({"file", "dir", MODE})  # what git makes there itself

@@ -18,8 +18,9 @@ one it finds. The permission bits of the directories git keeps there (the git di
 local user lets that user plant a config of their own; and, on a deeper look, setuid and
 setgid files anywhere in the git dir.
 
-Read here (the scan and its entries); compared and shown as a patch in ``surface_diff``,
-put back in ``surface_restore``; the deeper walk for setuid files is ``setuid``.
+Read here (which paths the scan looks at; what one path is as an entry: ``surface_entry``);
+compared and shown as a patch in ``surface_diff``, put back in ``surface_restore``; the deeper
+walk for setuid files is ``setuid``.
 """
 
 from __future__ import annotations
@@ -29,26 +30,31 @@ import functools
 import os
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm.guard import known_bytes
 from worktree_swarm.guard.dir_modes import DirModes, lstat_mode
 from worktree_swarm.guard.hooks_dir import HOOK_NAMES
 from worktree_swarm.guard.in_progress import DIRS as _IN_PROGRESS_DIRS
 from worktree_swarm.guard.in_progress import FILES as IN_PROGRESS_FILES
+from worktree_swarm.guard.surface_entry import (
+    HARD_LINK,
+    LOOSER,
+    MODE,
+    SHARED_WRITE,
+    UNREACHED,
+    UNREADABLE,
+    Entry,
+    Surface,
+    add,
+    add_tree,
+    label_of,
+    read_one,
+)
 from worktree_swarm.guard.worktree_configs import MODULES, WorktreeConfigs
 from worktree_swarm.infra import fs
 
 _NAME_DEPTH = 8  # slashes in a submodule's name walked through under modules/
 
-
-# Written by git itself (`update-server-info`, which every repack runs: an agent's commit may
-# start `gc --auto`) for clients fetching over dumb HTTP: a list of refs, no program runs from
-# it, nor from the temporary file it writes beside it (``info/refs_XXXXXX``) and renames into
-# place. (A symlink there is still watched.)
-_GENERATED = frozenset({"info/refs"})
-_GENERATED_TEMP = len("_XXXXXX")
 
 # rerere's recorded resolutions: its existence turns rerere on for your merges.
 RERERE = "rr-cache"
@@ -65,31 +71,6 @@ TIES = ("commondir", "gitdir")
 
 # Old-style remote definitions: a planted one would point your next `git pull NAME` elsewhere.
 _STEERING_DIRS = ("remotes", "branches")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Entry:
-    """One file, symlink or directory of the surface."""
-
-    kind: str  # "file", "link" or "dir"
-    data: bytes = b""  # a file's bytes, a link's target
-    bits: int = 0  # permission bits
-
-
-Surface = dict[str, Entry]  # label (path under the common dir, or absolute) -> entry
-HARD_LINK = "hard link"  # a file of more than one name where git writes: its inode
-# A directory watched for its permission bits only (what it holds is git's to change, and
-# git removes empty ref directories itself). Its data is LOOSER when it allows group or other
-# writes that neither its parent directory nor the umask does: git makes a directory with the
-# umask's bits (agents' git has swarm's), or its parent's sharing (`core.sharedRepository`).
-MODE = "mode"
-LOOSER = b"looser than its parent"
-# A file or directory the guard may not read (an agent's `chmod 000`): its bits only.
-UNREADABLE = "unreadable"
-# A path the guard cannot even look at now (a directory on its way made unsearchable): not
-# known, so never a change by itself; its directory's bits are put back, then it is compared.
-UNREACHED = "unreached"
-SHARED_WRITE = 0o022  # group and other write: another local user's way in
 
 
 def read(
@@ -119,10 +100,10 @@ def read(
     _add_ties(found, common, linked)
     _add_links(found, common, common / "refs", depth=1)  # the guard's own restores write there
     for name in ("config", "config.worktree", "commondir", *IN_PROGRESS_FILES, *ALTERNATES):
-        _add(found, common, common / name)
+        add(found, common, common / name)
     _add_worktree_configs(found, common, dir_modes.configs)
     for name in ("hooks", "info", *_STEERING_DIRS, *_IN_PROGRESS_DIRS):
-        _add_tree(found, common, common / name)
+        add_tree(found, common, common / name)
     for admin in linked.values():
         _add_in_progress(found, common, admin)
     _add_top(found, common, common / RERERE)
@@ -158,7 +139,7 @@ def _add_hooks_path(found: Surface, common: Path, hooks: Path) -> None:
         except OSError:  # shut to its owner: not known now, its bits are put back first
             found[label_of(common, child)] = Entry(kind=UNREACHED)
             continue
-        _add(found, common, child)
+        add(found, common, child)
 
 
 def _add_shut_dir(found: Surface, common: Path, path: Path) -> int | None:
@@ -258,14 +239,14 @@ def _mode_entry(bits: int, looser: bytes) -> Entry:
 def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None:
     for checkout, admin in linked.items():
         for path in (checkout / ".git", *(admin / name for name in TIES)):
-            _add(found, common, path)
+            add(found, common, path)
 
 
 def _add_in_progress(found: Surface, common: Path, admin: Path) -> None:
     for name in IN_PROGRESS_FILES:
-        _add(found, common, admin / name)
+        add(found, common, admin / name)
     for name in _IN_PROGRESS_DIRS:
-        _add_tree(found, common, admin / name)
+        add_tree(found, common, admin / name)
 
 
 def ties(common: Path, checkout: Path, admin: Path, *, held: Iterable[str] = ()) -> set[str]:
@@ -291,49 +272,6 @@ def _add_worktree_configs(found: Surface, common: Path, configs: WorktreeConfigs
             found[label] = entry
 
 
-def read_one(common: Path, label: str) -> Entry | None:
-    """The entry of *label* as it is now (None when absent)."""
-    found: Surface = {}
-    _add(found, common, path_of(common, label))
-    return found.get(label)
-
-
-def path_of(common: Path, label: str) -> Path:
-    """The path that *label* names, relative to *common* unless absolute."""
-    return Path(label) if Path(label).is_absolute() else common / label
-
-
-def label_of(common: str | Path, path: str | Path) -> str:
-    """*path* as a label: relative to *common* when under it."""
-    # As `path.relative_to(common)` if under it, by string: called for every file of a scan.
-    top, name = os.fspath(common), os.fspath(path)
-    return name[len(top) + 1 :] if name.startswith(top + "/") else name
-
-
-def _add(found: Surface, common: Path, path: Path) -> None:
-    label = label_of(common, path)
-    try:
-        info = path.lstat()
-    except (FileNotFoundError, NotADirectoryError):  # a file on its way: nothing there
-        return
-    except OSError:  # a directory on its way made unsearchable: not known now
-        found[label] = Entry(kind=UNREACHED)
-        return
-    if stat.S_ISLNK(info.st_mode):
-        found[label] = Entry(kind="link", data=os.fsencode(path.readlink()))
-    elif stat.S_ISDIR(info.st_mode):
-        found[label] = Entry(kind="dir", bits=stat.S_IMODE(info.st_mode))
-    elif stat.S_ISREG(info.st_mode):
-        try:
-            data = known_bytes.read(path, info)
-        except PermissionError:  # made unreadable: your git fails on it as the guard does
-            found[label] = Entry(kind=UNREADABLE, bits=stat.S_IMODE(info.st_mode))
-            return
-        found[label] = Entry(kind="file", data=data, bits=stat.S_IMODE(info.st_mode))
-    else:
-        found[label] = Entry(kind="other", bits=stat.S_IMODE(info.st_mode))
-
-
 def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
     """The symlinks at the top of the git dir *top* and under its ``logs/``.
 
@@ -349,7 +287,7 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
     shared = mode_bits(top)
     for entry in entries:  # one per branch under refs/ and logs/: no Path unless one is found
         if entry.is_symlink():
-            _add(found, common, Path(entry.path))
+            add(found, common, Path(entry.path))
         elif entry.is_file(follow_symlinks=False):
             if renamed is not None and entry.name not in renamed and _linked_more(entry):
                 add_hard_link(found, common, Path(entry.path))
@@ -359,7 +297,7 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
                     _add_mode(found, os.fspath(common), entry.path, shared, entry)
                 _add_links(found, common, Path(entry.path), depth + 1)
         elif _blocking(entry):
-            _add(found, common, Path(entry.path))
+            add(found, common, Path(entry.path))
 
 
 def _blocking(entry: os.DirEntry[str]) -> bool:
@@ -417,7 +355,7 @@ def _add_top(found: Surface, common: Path, top: Path) -> None:
 
     Each is one your next conflict would get without asking: a new one is a change.
     """
-    _add(found, common, top)
+    add(found, common, top)
     if top.is_dir() and not top.is_symlink():
         try:
             names = sorted(os.listdir(top))  # noqa: PTH208 - names only
@@ -426,41 +364,6 @@ def _add_top(found: Surface, common: Path, top: Path) -> None:
         for name in names:
             path = top / name
             found[label_of(common, path)] = Entry(kind="dir" if path.is_dir() else "other")
-
-
-def _add_tree(found: Surface, common: Path, top: Path) -> None:
-    _add(found, common, top)
-    if not top.is_dir() or top.is_symlink():
-        return
-
-    def unlisted(error: OSError) -> None:  # made unreadable: what it holds is not known
-        if isinstance(error, PermissionError) and error.filename is not None:
-            path = Path(error.filename)
-            with contextlib.suppress(OSError):
-                bits = stat.S_IMODE(path.lstat().st_mode)
-                found[label_of(common, path)] = Entry(kind=UNREADABLE, bits=bits)
-
-    for dirpath, dirnames, filenames in os.walk(top, onerror=unlisted):
-        dirnames.sort()
-        for name in [*dirnames, *sorted(filenames)]:
-            path = Path(dirpath) / name
-            if not (_generated(path.relative_to(top.parent).as_posix()) and _is_file(path)):
-                _add(found, common, path)
-
-
-def _generated(label: str) -> bool:
-    """Whether *label* is a file git generates itself, or git's temporary file for one."""
-    if label in _GENERATED:
-        return True
-    base, temp = label[:-_GENERATED_TEMP], label[-_GENERATED_TEMP:]
-    return base in _GENERATED and temp.startswith("_") and temp[1:].isalnum()
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(path.lstat().st_mode)
-    except FileNotFoundError:  # git's temporary file, renamed away since it was listed
-        return True
 
 
 def _add_modules(found: Surface, common: Path, modules: Path, depth: int = 0) -> None:
@@ -487,9 +390,9 @@ def _add_modules(found: Surface, common: Path, modules: Path, depth: int = 0) ->
         if _is_git_dir(gitdir):
             _add_shut_dir(found, common, gitdir)
             for file in ("config", "config.worktree", "commondir"):  # commondir: another's
-                _add(found, common, gitdir / file)
+                add(found, common, gitdir / file)
             for tree in ("hooks", "info"):
-                _add_tree(found, common, gitdir / tree)
+                add_tree(found, common, gitdir / tree)
             _add_modules(found, common, gitdir / "modules")
         elif depth < _NAME_DEPTH:  # a directory of a name with slashes, or shut: read so
             _add_modules(found, common, gitdir, depth + 1)

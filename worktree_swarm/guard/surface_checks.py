@@ -27,6 +27,7 @@ from worktree_swarm.guard import (
     submodule_dirs,
     surface,
     surface_diff,
+    surface_entry,
     surface_kept,
     surface_restore,
 )
@@ -39,13 +40,13 @@ from worktree_swarm.infra import fs
 SETUID_EVERY = 10.0  # seconds between walks of the git dir for setuid files
 SURFACE_SAVE_EVERY = 10.0  # seconds: git's copies of config.worktree saved for a resume
 # What a read could not look into: a watched directory shut to its owner may hide a change.
-NOT_KNOWN = frozenset({surface.UNREACHED, surface.UNREADABLE})
+NOT_KNOWN = frozenset({surface_entry.UNREACHED, surface_entry.UNREADABLE})
 
 
 class SurfaceChecks(WorktreeChecks, ObjectChecks):
     """Git's own files, setuid files and the commit graph: scans and put-backs."""
 
-    def _read_surface(self, *, afresh: bool = False) -> surface.Surface:
+    def _read_surface(self, *, afresh: bool = False) -> surface_entry.Surface:
         """Git's files as they are now; *afresh* (and in the last scan): each file read anew."""
         tops = list(self._trees.paths.values())  # a copy: workers add to it meanwhile
         if self._closing.is_set() and self._dir_modes is not None:  # the last: nothing kept
@@ -83,7 +84,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         return found
 
     def _not_worktrees_made(
-        self, common: Path, now: surface.Surface, labels: Sequence[str]
+        self, common: Path, now: surface_entry.Surface, labels: Sequence[str]
     ) -> list[str]:
         """*labels* but git's copies of ``config.worktree`` in linked worktrees made or removed.
 
@@ -121,7 +122,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 self._trees.merges.add(admin.name)
 
     def _not_own_submodules(
-        self, now: surface.Surface, labels: Sequence[str], window: tuple[float, float]
+        self, now: surface_entry.Surface, labels: Sequence[str], window: tuple[float, float]
     ) -> list[str]:
         """*labels* less those of a task's own submodules written while its agent ran.
 
@@ -163,7 +164,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         self._trees.merges.add(name)
         return True
 
-    def _take_submodule_file(self, label: str, new: surface.Entry | None) -> bool:
+    def _take_submodule_file(self, label: str, new: surface_entry.Entry | None) -> bool:
         """Whether *new* is taken as the baseline of *label*, an own submodule git dir's file.
 
         Not when it makes git run a program (:mod:`submodule_dirs`): then the baseline is
@@ -201,7 +202,9 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 skip |= ties
         return [label for label in labels if label not in skip]
 
-    def _changed_by_others(self, now: surface.Surface, window: tuple[float, float]) -> list[str]:
+    def _changed_by_others(
+        self, now: surface_entry.Surface, window: tuple[float, float]
+    ) -> list[str]:
         """The labels changed in *now* but git's own writes and a task's own (the baseline)."""
         common = self.repo.common_dir
         # Owed ones still not back (their writer at it again) were reported: not once a scan.
@@ -274,7 +277,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         return [*swapped, self._undo_surface(labels, now, suspects, began)]
 
     def _undo_surface(
-        self, labels: list[str], now: surface.Surface, suspects: tuple[str, ...], began: float
+        self, labels: list[str], now: surface_entry.Surface, suspects: tuple[str, ...], began: float
     ) -> Violation:
         """*labels* of git's files, changed by *suspects*: recorded, put back (unless allowed)."""
         common = self.repo.common_dir
@@ -341,7 +344,9 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         self._setuid_checked = began
         return [self._record(dataclasses.replace(found, restored=restored), patch_text=patch)]
 
-    def _reach(self, now: surface.Surface, window: tuple[float, float]) -> surface.Surface:
+    def _reach(
+        self, now: surface_entry.Surface, window: tuple[float, float]
+    ) -> surface_entry.Surface:
         """*now* with what lies behind the watched directories an agent shut to their owner.
 
         Their bits are put back first (as the put-back after it would), then what they hold
@@ -352,7 +357,8 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         common = self.repo.common_dir
         shut = [
             label for label in surface_diff.changed(self._surface, now)
-            if (old := self._surface.get(label)) is not None and old.kind in {surface.MODE, "dir"}
+            if (old := self._surface.get(label)) is not None
+            and old.kind in {surface_entry.MODE, "dir"}
         ]  # fmt: skip
         if not shut or not self._agents.suspects(window, exclude=()):
             return now  # the user's own: its bits are the new baseline
@@ -381,13 +387,13 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             )
         self._unrestored &= set(surface_diff.changed(self._surface, self._read_surface()))
 
-    def _adopt_surface(self, now: surface.Surface) -> None:
+    def _adopt_surface(self, now: surface_entry.Surface) -> None:
         """Take *now* as the git files' baseline, but for those a put-back is still owed."""
         owed = {label: self._surface.get(label) for label in self._unrestored}
         owed |= {  # not known now: as it was last seen
             label: self._surface.get(label)
             for label, entry in now.items()
-            if entry.kind == surface.UNREACHED
+            if entry.kind == surface_entry.UNREACHED
         }
         self._surface = dict(now)
         for label, entry in owed.items():

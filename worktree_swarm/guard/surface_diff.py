@@ -14,11 +14,11 @@ from pathlib import Path
 
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard.surface import (
+from worktree_swarm.guard.surface import RERERE
+from worktree_swarm.guard.surface_entry import (
     HARD_LINK,
     LOOSER,
     MODE,
-    RERERE,
     SHARED_WRITE,
     UNREACHED,
     UNREADABLE,

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from worktree_swarm.guard.snapshot import SURFACE_KEPT as KEPT
-from worktree_swarm.guard.surface import Entry, Surface
+from worktree_swarm.guard.surface_entry import Entry, Surface
 from worktree_swarm.infra import fs
 
 

@@ -13,16 +13,14 @@ from pathlib import Path
 
 from worktree_swarm.guard import in_progress
 from worktree_swarm.guard.restore import prune_empty, put_file, remove
-from worktree_swarm.guard.surface import (
+from worktree_swarm.guard.surface import UMASK, add_hard_link, mode_bits
+from worktree_swarm.guard.surface_entry import (
     HARD_LINK,
     MODE,
     SHARED_WRITE,
-    UMASK,
     UNREADABLE,
     Entry,
     Surface,
-    add_hard_link,
-    mode_bits,
     path_of,
 )
 from worktree_swarm.infra import fs

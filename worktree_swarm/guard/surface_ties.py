@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.guard import in_progress
-from worktree_swarm.guard.surface import TIES, Entry, path_of, ties
+from worktree_swarm.guard.surface import TIES, ties
+from worktree_swarm.guard.surface_entry import Entry, path_of
 from worktree_swarm.infra import fs
 
 _PREFIX = "gitdir:"

@@ -18,7 +18,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import tampering
-from worktree_swarm.guard import surface, surface_diff, surface_kept, surface_ties
+from worktree_swarm.guard import surface, surface_diff, surface_entry, surface_kept, surface_ties
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.guard.surface_checks import NOT_KNOWN, SurfaceChecks
 
@@ -66,7 +66,7 @@ class UnwatchedChecks(SurfaceChecks):
             labels = [  # directories' bits: git's own directories made meanwhile, by the
                 label  # killed manager too (a task's ref directory); a live scan judges those
                 for label in surface_diff.changed(last, now)
-                if (now.get(label) or last[label]).kind not in {surface.MODE, *NOT_KNOWN}
+                if (now.get(label) or last[label]).kind not in {surface_entry.MODE, *NOT_KNOWN}
             ]
             if labels:
                 labels = self._not_worktrees_made(common, now, labels)
@@ -89,8 +89,8 @@ class UnwatchedChecks(SurfaceChecks):
         self,
         labels: list[str],
         suspects: Mapping[str, Path],
-        last: surface.Surface,
-        now: surface.Surface,
+        last: surface_entry.Surface,
+        now: surface_entry.Surface,
     ) -> list[str]:
         """*labels* less what git and the adopted tasks' own work changed while unwatched.
 

@@ -25,7 +25,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import gitfiles, runner, tampering, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import hooks_dir, surface, surface_diff
+from worktree_swarm.guard import hooks_dir, surface, surface_diff, surface_entry
 from worktree_swarm.guard.baselines import Baselines, drop_copies, seed
 from worktree_swarm.guard.model import WORKTREE_PREFIX, Violation
 from worktree_swarm.guard.recovery import MOVING, move_back, moved_to
@@ -80,7 +80,7 @@ class WorktreeChecks(Baselines, RefChecks):
                         self._trees.roots[task_id] = root
                 if admin is not None and admin.parent == worktrees_dir:
                     label = f"worktrees/{admin.name}/config.worktree"
-                    entry = surface.read_one(common, label)
+                    entry = surface_entry.read_one(common, label)
                     after = {} if entry is None else {label: entry}
                     if entry != self._surface.get(label):  # as a rule: none before, none now
                         if surface_diff.worktree_made(common, self._surface, after, label):
@@ -372,7 +372,7 @@ class WorktreeChecks(Baselines, RefChecks):
                 continue
             self._linked[moved] = admin
             for label in surface.ties(common, moved, admin):
-                entry = surface.read_one(common, label)
+                entry = surface_entry.read_one(common, label)
                 if entry is not None:
                     self._surface[label] = entry
             self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)

@@ -35,7 +35,7 @@ from worktree_swarm.guard.file_stats import FileStats, Pace
 from worktree_swarm.infra import inotify
 
 if TYPE_CHECKING:
-    from worktree_swarm.guard.surface import Entry
+    from worktree_swarm.guard.surface_entry import Entry
 
 CONFIG = "config.worktree"
 MODULES = "modules"

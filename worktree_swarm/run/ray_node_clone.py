@@ -29,7 +29,7 @@ from worktree_swarm.git import checkpoints, gitconfig, quarantine, runner, stage
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.process import StoppedError
 from worktree_swarm.git.remote_login import login_for
-from worktree_swarm.guard import surface, surface_diff, surface_restore
+from worktree_swarm.guard import surface, surface_diff, surface_entry, surface_restore
 from worktree_swarm.infra import disk, proc_scan, redact, starts, supervisor
 from worktree_swarm.run.ray_node_host import (
     ACTOR_FILE,
@@ -72,7 +72,7 @@ class NodeClone:
         self.log_path = self.logs / f"attempt-{assignment.attempt}.log"
         self._agent: supervisor.AgentProcess | None = None
         self._git_lock = threading.Lock()
-        self._surface: surface.Surface = {}
+        self._surface: surface_entry.Surface = {}
         self._planted: list[str] = []
         self._ended = threading.Event()
         self._stopping = threading.Event()
