@@ -1,14 +1,17 @@
 """The bytes of the surface's files, read again only when their stat data changed.
 
-Every scan reads git's own files again; most of them are unchanged since the last read. A
-write through a shared map into a page already written stamps no time: the reads after each
-attempt and the last one forget what is kept first (:func:`forget`).
+Every scan reads git's own files again; most of them are unchanged since the last read. But
+a write through a shared memory map into a page already written stamps no new time: within
+:func:`afresh` (the check after each attempt, the guard's last scan) every file is read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from worktree_swarm.infra import fs
@@ -20,6 +23,18 @@ _KNOWN_MAX = 4096
 # A file changed this close before it was read may change again within the same tick of the
 # coarse clock that stamps it: not kept (git's "racily clean" files).
 RACY_NS = 2_000_000_000
+_LOCAL = threading.local()  # .afresh: True within afresh() in this thread
+
+
+@contextlib.contextmanager
+def afresh() -> Iterator[None]:
+    """Within, :func:`read` in this thread reads every file, whatever it kept."""
+    before = getattr(_LOCAL, "afresh", False)
+    _LOCAL.afresh = True
+    try:
+        yield
+    finally:
+        _LOCAL.afresh = before
 
 
 def read(path: Path, info: os.stat_result) -> bytes:
@@ -31,7 +46,7 @@ def read(path: Path, info: os.stat_result) -> bytes:
     signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     key = os.fspath(path)
     known = _KNOWN.get(key)
-    if known is not None and known[0] == signature:
+    if known is not None and known[0] == signature and not getattr(_LOCAL, "afresh", False):
         return known[1]
     began = time.time_ns()
     data = fs.read_file(path)
@@ -40,13 +55,3 @@ def read(path: Path, info: os.stat_result) -> bytes:
             _KNOWN.clear()
         _KNOWN[key] = (signature, data)
     return data
-
-
-def forget() -> None:
-    """Read every file again from now on (until kept anew): what is kept may be stale.
-
-    A write through a shared memory map stamps the mtime and ctime at the first write into a
-    page only: one into a page already written (a byte written back as it was, then the
-    planted line) changes the bytes and none of the stat data.
-    """
-    _KNOWN.clear()

@@ -47,13 +47,19 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
     """Git's own files, setuid files and the commit graph: scans and put-backs."""
 
     def _read_surface(self, *, afresh: bool = False) -> surface_entry.Surface:
-        """Git's files as they are now; *afresh* (and in the last scan): each file read anew."""
+        """Git's files as they are now.
+
+        *afresh*: each file's bytes read, nothing kept by its stat used (and in the last
+        scan, nothing kept while inotify was quiet either).
+        """
         tops = list(self._trees.paths.values())  # a copy: workers add to it meanwhile
-        if self._closing.is_set() and self._dir_modes is not None:  # the last: nothing kept
+        args = (self.repo.common_dir, self._hooks, self._linked, tops, self._dir_modes)
+        if not afresh:
+            return surface.read(*args)
+        if self._closing.is_set() and self._dir_modes is not None:  # events may never come
             self._dir_modes.configs.look_afresh()
-        if afresh or self._closing.is_set():  # a write through a shared map stamps no time
-            known_bytes.forget()
-        return surface.read(self.repo.common_dir, self._hooks, self._linked, tops, self._dir_modes)
+        with known_bytes.afresh():
+            return surface.read(*args)
 
     def _take_surface(self) -> None:
         """Git's files as found now for the baseline; the killed manager's kept to judge with."""
@@ -258,13 +264,23 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         common = self.repo.common_dir
         swapped = self._swapped_store(began)  # first: the surface's objects/info is in it
         self._put_back_again()
-        now = self._reach(self._read_surface(afresh=afresh), (self._surface_checked, began))
+        last = self._closing.is_set()
+        now, unseen = self._read_surface(afresh=afresh and not last), set[str]()
+        if last:  # the last: what was kept by its stat read again
+            fresh = self._read_surface(afresh=True)
+            unseen = set(surface_diff.changed(now, fresh))
+            now = fresh
+        now = self._reach(now, (self._surface_checked, began))
         window = (self._surface_checked, began)
         labels = self._changed_by_others(now, window)
         if not labels:
             self._surface_checked = began
             return swapped
         self._changes.mark_all()  # `info/exclude` or the config may change what git sees
+        if unseen & set(labels):
+            # Written with no new stat (through a shared map, into a page it wrote before):
+            # at any time since the file was last read, by an agent that may have ended since.
+            window = (0.0, began)
         suspects = self._agents.suspects(window, exclude=())
         suspects = self._agents.narrow(suspects, common, labels) or suspects
         if not suspects:

@@ -1,0 +1,111 @@
+"""A task's ``config.worktree`` written behind the guard's back, attacked end to end.
+
+Real runs of the real CLI on a repository with a sparse checkout (git keeps its settings in
+``config.worktree`` and copies it into each task's admin dir). The writes raise nothing the
+guard's watches or stats can see: through a shared memory map into a page already written (no
+inotify event, no new mtime), or while no manager runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_run import argv_toml, manifest, status_json, swarm
+from tests.test_trust import outside_writes, sparse_repo
+
+AgentFactory = Callable[[str], list[str]]
+
+# Keeps the open files it is sent until its stdin ends: a process out of swarm's reach (your
+# tmux server, any service started before the run) that an agent handed its open file to.
+HOLDER = """
+import socket, sys
+server = socket.socket(socket.AF_UNIX)
+server.bind('\\0' + sys.argv[1])
+server.listen()
+print('listening', flush=True)
+held = []
+while True:
+    conn, _ = server.accept()
+    _, fds, _, _ = socket.recv_fds(conn, 1, 4)
+    held += fds
+    conn.sendall(b'held')
+    conn.close()
+"""
+
+# Maps its admin dir's config.worktree, hands the open file to the holder (so that its end
+# is no close of the file: no IN_CLOSE_WRITE), dirties the page once (the one write through
+# the map that stamps the file), lets the guard read it as it now is, then plants a
+# `core.fsmonitor` into that dirty page (no event, no new mtime) and exits.
+MAPPED = """
+import mmap, os, socket, subprocess, sys, time
+own = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-dir'],
+    capture_output=True, text=True, check=True).stdout.strip()
+config = os.path.join(own, 'config.worktree')
+fd = os.open(config, os.O_RDWR)
+with socket.socket(socket.AF_UNIX) as conn:
+    conn.connect('\\0' + sys.argv[1])
+    socket.send_fds(conn, [b'f'], [fd])
+    assert conn.recv(4) == b'held'
+mapped = mmap.mmap(fd, 0)
+os.close(fd)
+mapped[0:1] = mapped[0:1]
+stamped = os.stat(config).st_ctime
+# Past git's racy window (2 s) the guard keeps what it reads by the file's stat: an event
+# without a new stat has it read as it now is, within its next scans (a second apart). Not
+# read by then, it is read after the plant: the attack is only easier to catch.
+while time.time() < stamped + 2.5:
+    time.sleep(0.1)
+os.close(os.open(config, os.O_WRONLY))
+time.sleep(3)
+planted = b'[core]\\n\\tfsmonitor = touch planted #'
+mapped[:] = planted.ljust(len(mapped), b'#')
+assert os.stat(config).st_ctime == stamped
+"""
+
+
+@pytest.fixture
+def holder() -> Iterator[str]:
+    """The name of a :data:`HOLDER`'s abstract socket, running until the test ends."""
+    address = f"swarm-test-holder-{os.getpid()}"  # abstract: no file
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, address],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "listening\n"
+        yield address
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_fsmonitor_mapped_into_a_tasks_config_worktree_is_put_back_by_the_last_scan(
+    tmp_path: Path, write_agent: AgentFactory, holder: str
+) -> None:
+    # Nothing tells of the write but the bytes: the run's last scan reads them afresh, and
+    # blames the agent alive when the file last changed, although it ended before.
+    repo = sparse_repo(tmp_path)
+    theirs = (repo / ".git" / "config.worktree").read_bytes()
+    agent = argv_toml([*write_agent(MAPPED), holder])
+    out = swarm(
+        repo, "run", manifest(repo, f'[[task]]\nid = "bad"\nprompt = "p"\nagent = {agent}\n')
+    )
+    assert out.returncode != 0, out.stdout + out.stderr
+    copied = repo / ".git" / "worktrees" / "bad" / "config.worktree"
+    assert copied.read_bytes() == theirs
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "wrote outside its worktree" in str(row["reason"]), row
+    writes = outside_writes(repo)
+    assert [(w["git_files"], w["suspects"], w["restored"]) for w in writes] == [
+        (["worktrees/bad/config.worktree"], ["bad"], True)
+    ], writes
