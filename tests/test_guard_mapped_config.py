@@ -8,6 +8,7 @@ inotify event, no new mtime), or while no manager runs.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_run import argv_toml, manifest, status_json, swarm
+from tests.conftest import git
+from tests.test_crash import _kill_group, _manager
+from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 from tests.test_trust import outside_writes, sparse_repo
 
 AgentFactory = Callable[[str], list[str]]
@@ -109,3 +112,77 @@ def test_a_fsmonitor_mapped_into_a_tasks_config_worktree_is_put_back_by_the_last
     assert [(w["git_files"], w["suspects"], w["restored"]) for w in writes] == [
         (["worktrees/bad/config.worktree"], ["bad"], True)
     ], writes
+
+
+# Ends once the guard saved its baseline with git's copy of the sparse settings in its own
+# admin dir (the save that makes the next copy wait up to 10 s).
+SAVED_FIRST = """
+import json, pathlib, subprocess, time
+common = pathlib.Path(subprocess.run(['git', 'rev-parse', '--path-format=absolute',
+    '--git-common-dir'], capture_output=True, text=True, check=True).stdout.strip())
+while True:
+    for kept in (common / 'swarm' / 'runs').glob('*/guard/surface.json'):
+        try:
+            if 'worktrees/first/config.worktree' in json.loads(kept.read_text()):
+                pathlib.Path('f.txt').write_text('f\\n')  # work: its dependent runs
+                raise SystemExit(0)
+        except ValueError:
+            pass
+    time.sleep(0.05)
+"""
+
+# Starts, waits for the gate (argv[1]), then plants a `core.fsmonitor` into its admin dir's
+# config.worktree (git's copy of your sparse settings) and ends.
+PLANTS_OWN_CONFIG = """
+import pathlib, subprocess, sys, time
+gate, ran = pathlib.Path(sys.argv[1]), sys.argv[2]
+pathlib.Path('a.txt').write_text('work\\n')
+while not gate.exists():
+    time.sleep(0.02)
+own = pathlib.Path(subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+with open(own / 'config.worktree', 'a') as out:
+    out.write(f'[core]\\n\\tfsmonitor = touch {ran} #\\n')
+"""
+
+
+def test_a_tasks_config_worktree_planted_before_its_copy_was_saved_is_put_back_by_resume(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The guard saves git's copies of your sparse settings for a resume at most every 10 s:
+    # its manager killed before that, the resumed guard judges the task's copy against a
+    # baseline that lacks it. What the agent planted there meanwhile never runs.
+    repo = sparse_repo(tmp_path)
+    gate, ran = tmp_path / "gate", tmp_path / "ran"
+    first = argv_toml(write_agent(SAVED_FIRST))
+    bad = argv_toml([*write_agent(PLANTS_OWN_CONFIG), str(gate), str(ran)])
+    text = (
+        f'[[task]]\nid = "first"\nprompt = "p"\nagent = {first}\n'
+        f'[[task]]\nid = "bad"\nprompt = "p"\nagent = {bad}\ndepends_on = ["first"]\n'
+    )
+    proc = _manager(repo, "run", manifest(repo, text), "--jobs", "1")
+    runs = repo / ".git" / "swarm" / "runs"
+    wait_for((repo.parent / "repo.swarm" / "bad" / "a.txt").exists, what="the agent of bad")
+    _kill_group(proc)  # bad's agent, in its shim's session, goes on
+    kept = json.loads(next(runs.glob("*/guard/surface.json")).read_text())
+    assert "worktrees/first/config.worktree" in kept
+    assert "worktrees/bad/config.worktree" not in kept  # killed within the 10 s: not saved
+    gate.touch()
+
+    def ended() -> bool:
+        return any(
+            json.loads(p.read_text()).get("ended_at") for p in runs.glob("*/bad/*.exit.json")
+        )
+
+    wait_for(ended, what="the agent to end unwatched")
+    copied = repo / ".git" / "worktrees" / "bad" / "config.worktree"
+    assert "fsmonitor" in copied.read_text()
+    out = swarm(repo, "resume")
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "git's own files worktrees/bad/config.worktree; restored" in str(row["reason"]), row
+    assert not copied.exists()  # compared with none: removed whole, sparse settings too
+    git(repo.parent / "repo.swarm" / "bad", "status")  # your git there runs nothing planted
+    assert not ran.exists()
+    assert git(repo, "show", "swarm/bad:a.txt") == "work"  # its work kept on its branch
