@@ -676,6 +676,20 @@ def test_version_regex_accepts_vendor_suffixes() -> None:
     assert g._VERSION_RE.match(out)
 
 
+def _lock_taken_elsewhere(r: g.Repo) -> bool:
+    """Whether another process can take *r*'s repository lock now (taken and let go)."""
+    probe = (
+        "import filelock, sys\n"
+        "try:\n"
+        "    filelock.FileLock(sys.argv[1], timeout=0).acquire()\n"
+        "except filelock.Timeout:\n"
+        "    sys.exit(3)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(r.state_dir / "repo.lock")], check=False)
+    assert out.returncode in {0, 3}
+    return out.returncode == 0
+
+
 def test_repo_lock_excludes_threads_and_other_processes(repo: Path) -> None:
     r = g.open_repo(repo)
     order: list[str] = []
@@ -686,24 +700,48 @@ def test_repo_lock_excludes_threads_and_other_processes(repo: Path) -> None:
         with g.repo_lock(r):
             order.append("thread")
 
-    probe = (
-        "import filelock, sys\n"
-        "try:\n"
-        "    filelock.FileLock(sys.argv[1], timeout=0).acquire()\n"
-        "except filelock.Timeout:\n"
-        "    sys.exit(3)\n"
-    )
     with g.repo_lock(r):
         worker = threading.Thread(target=second)
         worker.start()
         entered.wait(5)
-        out = subprocess.run(
-            [sys.executable, "-c", probe, str(r.state_dir / "repo.lock")], check=False
-        )
-        assert out.returncode == 3  # another process cannot take it while a thread holds it
+        # another process cannot take it while a thread holds it
+        assert not _lock_taken_elsewhere(r)
         order.append("main")
     worker.join(10)
     assert order == ["main", "thread"]
+
+
+def test_repo_lock_taken_again_by_its_holder_is_held_until_the_outer_hold_ends(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A guard's look at the worktrees inside `swarm doctor`'s fixes takes the lock its thread
+    # holds: a second file lock of the process waited on the first for ever.
+    monkeypatch.setattr(g, "REPO_LOCK_QUIET", 0.05)  # a wait on itself fails, not hangs
+    monkeypatch.setattr(g, "REPO_LOCK_WAIT", 0.2)
+    r = g.open_repo(repo)
+    order: list[str] = []
+    waiting = threading.Event()
+
+    def other() -> None:
+        waiting.set()
+        with g.repo_lock(r):
+            order.append("thread")
+
+    worker = threading.Thread(target=other)
+    with g.repo_lock(r):
+        with g.repo_lock(r):  # the same thread: at once
+            worker.start()
+            waiting.wait(5)
+            with g.repo_lock(r):
+                order.append("deeper")
+            assert not _lock_taken_elsewhere(r)
+            order.append("inner")
+        # The inner holds let go, the outer still holds: for other threads and processes.
+        assert not _lock_taken_elsewhere(r)
+        order.append("outer")
+    worker.join(10)
+    assert order == ["deeper", "inner", "outer", "thread"]
+    assert _lock_taken_elsewhere(r)  # all let go
 
 
 def test_write_config_file_reads_back_through_git(tmp_path: Path) -> None:
