@@ -137,22 +137,24 @@ def test_a_forged_object_unreadable_while_compared_is_never_held_in_place_of_you
     assert git(repo, "fsck", "--no-dangling") == ""
 
 
-def first_listed_directory(objects: Path, text: str) -> tuple[Path, str]:
-    """A blob to write, of *text* and a number, whose new directory the store lists first."""
-    taken = {p.name for p in objects.iterdir()}
-    for i in range(100_000):
-        name = blob_name(f"{text} {i}\n")
-        if name[:2] in taken:
+def listed_before(
+    objects: Path, before: list[list[str]], *, but: set[str]
+) -> tuple[Path, list[str]]:
+    """A fan-out directory the store lists before one object of each list of *before*.
+
+    Returns it and those objects (the first of each list listed after it), none in it; never
+    one of the directories *but*. Chosen from the listing, whatever order the file system
+    lists entries in (that of their making, newest first, by hash).
+    """
+    listed = [entry.name for entry in os.scandir(objects) if len(entry.name) == 2]
+    for at, name in enumerate(listed):
+        if name in but:
             continue
-        (objects / name[:2]).mkdir()
-        with os.scandir(objects) as listed:
-            first = next(listed).name
-        (objects / name[:2]).rmdir()
-        if first == name[:2]:
-            return objects / name[:2], f"{text} {i}\n"
-    # Where a file system lists a directory's entries in the order of their slots (ext4's small
-    # directories reuse the slot one removed left), none new may come first.
-    pytest.skip("this file system lists no new directory of the store first")
+        later = set(listed[at + 1 :])
+        picked = [next((o for o in names if o[:2] in later), None) for names in before]
+        if all(picked):
+            return objects / name, [o for o in picked if o is not None]
+    raise AssertionError(f"no directory of {listed} is listed before one of each of {before}")
 
 
 # The resumed guard (owner only, as a user's manager) while a directory of the store cannot be
@@ -188,17 +190,19 @@ def test_a_directory_of_the_store_that_cannot_be_read_costs_that_directory_alone
     one made while no manager ran (held by the resume alone) was lost."""
     repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
     objects = repo / ".git" / "objects"
-    hidden, stray = first_listed_directory(objects, "stray")
-    (tmp_path / "stray.txt").write_text(stray)
-    git(repo, "hash-object", "-w", str(tmp_path / "stray.txt"))  # no ref reaches it
     work = tmp_path / "runs" / "r1" / "guard"
     Guard(open_repo(repo), work_dir=work, restore=True).start()  # its manager then killed
-    (repo / "b.txt").write_text("made while no manager ran\n")
-    git(repo, "add", "b.txt")
+    for name in ("b.txt", "c.txt"):
+        (repo / name).write_text("made while no manager ran\n" if name == "b.txt" else "c\n")
+    git(repo, "add", "b.txt", "c.txt")
     git(repo, "commit", "-qm", "b")
-    victim, new = (git(repo, "rev-parse", f"main:{name}") for name in ("a.txt", "b.txt"))
-    if hidden.name in {victim[:2], new[:2]}:
-        pytest.skip("your objects in the directory made unreadable")
+    # Objects of yours from before (held by the killed manager) and made since (by the
+    # resume alone): one of each in a directory listed after the one made unreadable. Not
+    # the tip's directories: your branch is read through them.
+    revs = (["main:a.txt", "main~1^{tree}", "main~1"], ["main:b.txt", "main:c.txt"])
+    tip = {git(repo, "rev-parse", rev)[:2] for rev in ("main", "main^{tree}")}
+    names = [[git(repo, "rev-parse", rev) for rev in group] for group in revs]
+    hidden, (victim, new) = listed_before(objects, names, but=tip)
     hidden.chmod(0)
     try:
         out = subprocess.run(
@@ -213,6 +217,7 @@ def test_a_directory_of_the_store_that_cannot_be_read_costs_that_directory_alone
     assert found == str([((f"objects/{victim[:2]}/{victim[2:]}",), True)])  # during the run
     assert git(repo, "show", "main:a.txt") == "yours"
     assert git(repo, "show", "main:b.txt") == "made while no manager ran"
+    assert git(repo, "show", "main:c.txt") == "c"
     assert f"objects/{hidden.name} not held: Permission denied" in failures  # told
 
 
