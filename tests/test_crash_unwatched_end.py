@@ -169,3 +169,49 @@ def test_an_agent_whose_end_was_recorded_before_its_manager_died_in_its_checkpoi
     row = status_json(repo)["a"]
     assert (row["state"], row["reason"]) == ("done", "")
     assert git(repo, "show", "swarm/a:a.txt") == "work"
+
+
+# Switches its worktree away from its branch, writes its work, and stays running.
+SWITCHES_AND_STAYS = """
+import pathlib, subprocess, sys, time
+subprocess.run(['git', 'checkout', '-q', *sys.argv[2:]], check=True)
+pathlib.Path('work.txt').write_text('work\\n')
+pathlib.Path(sys.argv[1]).touch()
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize(("how", "to"), [(["--orphan", "x"], "x"), (["main"], "main")])
+def test_swarm_stop_puts_a_worktree_its_agent_switched_back_on_its_branch_with_its_work(
+    repo: Path,
+    tmp_path: Path,
+    write_agent: Callable[[str], list[str]],
+    how: list[str],
+    to: str,
+) -> None:
+    # The stop's checkpoint committed onto the branch the agent had switched to while no
+    # manager watched: your `main`, or a branch of no commit yet (`checkout --orphan`): a root
+    # commit of every file there failed the stop ("no merge base"), and after a checkpoint
+    # that branch was made at the task's tip, as if the task's branch had been deleted.
+    git(repo, "checkout", "-q", "-b", "feature")  # `main` free to be checked out elsewhere
+    base = git(repo, "rev-parse", "HEAD")
+    wrote = tmp_path / "wrote"
+    agent = [*write_agent(SWITCHES_AND_STAYS), str(wrote), *how]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(wrote.exists, what="the agent to switch its worktree and write")
+    _kill_group(proc)  # the agent, in its shim's session, goes on
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert row["reason"] == f"its agent switched its worktree from swarm/a to {to}; put back"
+    worktree = repo.parent / "repo.swarm" / "a"
+    assert git(worktree, "symbolic-ref", "HEAD") == "refs/heads/swarm/a"
+    assert git(repo, "rev-parse", "swarm/a^") == base  # its work on top of where it was
+    assert git(repo, "show", "swarm/a:work.txt") == "work"
+    assert git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/") == (
+        "feature\nmain\nswarm/a"  # no branch made for the orphan; `main` as it was
+    )
+    assert git(repo, "rev-parse", "main") == base

@@ -937,3 +937,19 @@ def test_only_a_branch_deleted_at_a_commit_still_there_is_put_back(repo: Path) -
     logged.unlink()  # no reflog (core.logAllRefUpdates off): nothing to go by
     assert gitfiles.restore_deleted_branch(repo) is None
     assert git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/") == "refs/heads/main"
+
+
+def test_a_branch_of_no_commit_yet_is_no_deleted_branch_of_the_task(repo: Path) -> None:
+    # `git checkout --orphan x` was taken for the task's branch deleted: x made at its tip.
+    tip = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "--orphan", "x")
+    assert gitfiles.restore_deleted_branch(repo, "main") is None
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/") == "refs/heads/main"
+    assert gitfiles.put_back_on(repo, "main") == "x"  # its files and index stay
+    assert git(repo, "rev-parse", "HEAD") == tip
+    assert git(repo, "status", "--porcelain") == ""
+    assert gitfiles.put_back_on(repo, "main") is None
+    git(repo, "checkout", "-q", "--detach")
+    assert gitfiles.put_back_on(repo, "main") == f"a detached HEAD at {tip[:12]}"
+    git(repo, "update-ref", "-d", "refs/heads/main")  # the task's own branch deleted: put back
+    assert gitfiles.restore_deleted_branch(repo, "main") == tip

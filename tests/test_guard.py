@@ -321,6 +321,32 @@ def test_git_checkout_main_and_commit_there_is_caught_and_main_restored(
     assert "agent commit on main" in Path(str(main_patch)).read_text()
 
 
+ORPHAN_CHECKOUT = """
+import pathlib, subprocess
+subprocess.run(['git', 'checkout', '-q', '--orphan', 'x'], check=True)
+pathlib.Path('orphan.txt').write_text('work on a branch of no commit\\n')
+"""
+
+
+def test_git_checkout_orphan_is_put_back_on_the_task_branch_with_the_work(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A branch of no commit yet is no deleted task branch: none is made for it, and the work
+    # lands on the task's branch, on top of where it was.
+    base = git(repo, "rev-parse", "HEAD")
+    out = swarm(repo, "run", "--agent", " ".join(write_agent(ORPHAN_CHECKOUT)), "-t", "o=p")
+    assert out.returncode == 1, out.stderr
+    row = status_json(repo)["o"]
+    assert row["state"] == "failed"
+    assert "switched its worktree from swarm/o to x; restored" in str(row["reason"])
+    wt = repo.parent / "repo.swarm" / "o"
+    assert git(wt, "symbolic-ref", "HEAD") == "refs/heads/swarm/o"
+    assert git(repo, "rev-parse", "swarm/o^") == base
+    assert git(repo, "show", "swarm/o:orphan.txt") == "work on a branch of no commit"
+    heads = git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/")
+    assert heads.splitlines() == ["main", "swarm/o"]
+
+
 COMMIT_ONTO_SIBLING = """
 import os, subprocess
 def git(*args):

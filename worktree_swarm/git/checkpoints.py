@@ -61,6 +61,7 @@ def checkpoint(
     report_secrets: bool = False,
     max_file: int | None = DEFAULT_MAX_FILE,
     agent_ran: bool = False,
+    branch: str | None = None,
 ) -> str | None:
     """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
 
@@ -80,11 +81,13 @@ def checkpoint(
     *report_secrets* that raises SecretLeftOutError once the rest is committed. So is a file
     over *max_file* bytes (None: no cap), raising TooBigError: git hashes it once, it is never
     committed; and a file whose filter swarm's git does not run, raising FilteredError: never
-    added (nor hashed), or, staged by the agent, unstaged (:func:`unstage_filtered`).
+    added (nor hashed), or, staged by the agent, unstaged (:func:`unstage_filtered`). The
+    branch HEAD names, deleted, is put back first (only *branch*, a task's, when given: see
+    :func:`restore_deleted_branch`).
     """
     env = identity_env(author)
     repair_checkout(worktree, agent_ran=agent_ran)
-    restore_deleted_branch(worktree)
+    restore_deleted_branch(worktree, branch)
     if mid_operation(worktree) and run(worktree, ["ls-files", "-z", "-u"]).stdout:
         # `add --all` would take the conflict markers as the resolution, and the commit
         # would conclude the merge with them.

@@ -1,7 +1,8 @@
 """A checkout's state read from git's own files, and mending what a killed git or an agent left.
 
 HEAD and loose refs read without a git process, stale lock files, the markers of an operation
-under way, a deleted branch put back, a checkout that was never populated.
+under way, a deleted branch put back, a HEAD switched elsewhere put back, a checkout that was
+never populated.
 """
 
 from __future__ import annotations
@@ -156,13 +157,37 @@ def _plain(path: Path) -> str:
     return fs.read_file(path).decode("utf-8", errors="replace").strip()
 
 
-def restore_deleted_branch(worktree: Path) -> str | None:
+def put_back_on(worktree: Path, branch: str) -> str | None:
+    """Put *worktree*'s HEAD back on *branch* if it is elsewhere; where it was, or None.
+
+    Another branch, one of no commit yet (``git checkout --orphan x``), or a detached HEAD
+    (``a detached HEAD at <commit>``): its files and index stay, for the checkpoint to commit
+    onto *branch*. What the guard does after each attempt, for a stop no manager watched.
+    """
+    want = f"refs/heads/{branch}"
+    with suppress(OSError, GitError):  # the fast way: read the HEAD file
+        if _plain(git_dir(worktree) / "HEAD") == f"ref: {want}":
+            return None
+    found = run(worktree, ["symbolic-ref", "-q", "HEAD"], check=False)
+    on = found.stdout.strip()
+    if on == want or found.returncode not in (0, 1):  # 1: detached; else no checkout to mend
+        return None
+    where = on.removeprefix("refs/heads/")
+    if not on:
+        where = f"a detached HEAD at {(rev_parse_in(worktree, 'HEAD') or '?')[:12]}"
+    run(worktree, ["symbolic-ref", "-m", "swarm: put back", "HEAD", want])
+    return where
+
+
+def restore_deleted_branch(worktree: Path, branch: str | None = None) -> str | None:
     """Put back the branch *worktree* is on if it is gone, at HEAD's last commit; that commit.
 
     An agent that deleted its own branch (`git update-ref -d`, `git branch -D` from elsewhere)
     had its checkpoint start a history of its own: a root commit of every file, sharing no
     base with anything (no diff, no merge, every retry the same). HEAD's reflog in the
     worktree's admin dir still names the commit it was last at (before the deletion's line).
+    Only *branch* when given (a task's): HEAD on another branch of no commit yet (``git
+    checkout --orphan x``) is no deleted branch, and none is made for it.
     """
     if head_in(worktree) is not None:
         return None
@@ -179,9 +204,11 @@ def restore_deleted_branch(worktree: Path) -> str | None:
     )
     if not head.startswith("ref: refs/heads/") or not last:
         return None
+    ref = head.removeprefix("ref: ")
+    if branch is not None and ref != f"refs/heads/{branch}":
+        return None
     if run(worktree, ["cat-file", "-e", f"{last}^{{commit}}"], check=False).returncode != 0:
         return None
-    ref = head.removeprefix("ref: ")
     done = run(worktree, ["update-ref", "-m", "swarm: put back", ref, last, ""], check=False)
     return last if done.returncode == 0 else None
 

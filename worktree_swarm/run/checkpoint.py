@@ -145,6 +145,7 @@ class Checkpoints(RunWorker):
                     report_secrets=True,  # the task fails, saying so
                     max_file=self.spec.max_file,
                     agent_ran=True,
+                    branch=task.branch,
                 ),
                 self.store.on_full,
             )

@@ -129,6 +129,22 @@ def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[bool]:
         yield beside and lock.guard_alive(repo.state_dir)
 
 
+def _put_back_head(repo: git.Repo, row: TaskRow) -> str | None:
+    """Put the task's worktree back on its branch if its agent switched it; the reason to fail.
+
+    As its manager's guard does after each attempt: the checkpoint then commits its work onto
+    the task's branch, not onto the branch it switched to (yours, or one of no commit yet).
+    Not in a worktree that is no longer the one swarm made (its ``.git`` pointed elsewhere).
+    """
+    worktree = Path(row.worktree)
+    if tampering.own_admin(repo, worktree) is None:
+        return None
+    where = gitfiles.put_back_on(worktree, row.branch)
+    if where is None:
+        return None
+    return f"its agent switched its worktree from {row.branch} to {where}; put back"
+
+
 def _checkpoint_stopped(
     repo: git.Repo, store: Store, row: TaskRow, task: Task, *, announce: bool
 ) -> str | None:
@@ -160,6 +176,7 @@ def _checkpoint_stopped(
                 droppings=kept.droppings,
                 max_file=run.settings.max_file if run is not None else DEFAULT_MAX_FILE,
                 agent_ran=row.agent_started,  # else only swarm's checkout wrote there
+                branch=row.branch,
             )
         except checkpoints.LeftOutError as exc:  # the rest is committed; they stay in the worktree
             tip, left, left_out = exc.head, str(exc), tuple(status.status_paths(worktree))
@@ -309,14 +326,17 @@ def _stop_unmanaged(
         # checkout of a worktree it was making, still writing on if it was killed alone.
         populated = rows[task_id].base_commit is not None
         provision.free_worktree(repo, worktree, rows[task_id].branch, populated=populated)
-        left = None
+        left = switched = None
         if worktree.is_dir():  # every target is active (not final)
+            switched = _put_back_head(repo, rows[task_id])
             left = _checkpoint_stopped(repo, store, rows[task_id], task, announce=announce)
         state, why = (
             (TaskState.FAILED, verdicts[task_id])
             if task_id in verdicts
             else _as_it_ended(store.task(run_id, task_id), task, ended[task_id])
         )
+        if switched is not None and task_id not in verdicts:  # failed, as its manager fails it
+            state, why = TaskState.FAILED, switched
         why = why if left is None else f"{why}; {left}"
         store.update_task(run_id, task_id, state=state, reason=why, ended_at=time.time())
         # Its agent killed here (or none ran), failed or not; or recorded stopped (one that

@@ -217,6 +217,7 @@ class DiskBudget:
             droppings=kept.droppings,
             max_file=self.spec.max_file,
             agent_ran=row is not None and row.agent_started,
+            branch=row.branch if row is not None else task.branch if task is not None else None,
         )
 
     def _remove(self, task_id: str, *, used: int, need: int) -> None:

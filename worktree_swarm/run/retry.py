@@ -324,6 +324,7 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
             exclude=kept.exclude,
             droppings=kept.droppings,
             max_file=settings.max_file if settings else DEFAULT_MAX_FILE,
+            branch=row.branch,
         )
     except checkpoints.LeftOutError as exc:
         raise SwarmError(
