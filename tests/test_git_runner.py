@@ -139,6 +139,50 @@ def test_a_planted_upload_pack_never_runs_in_a_lazy_fetch(repo: Path, tmp_path: 
     assert marker.exists()
 
 
+_LFS_CONFIG = "lfs-config"
+# Stands for git-lfs, which is not installed here: it reads the config as git-lfs does (`git
+# config -l`, the last value of a key wins), keeps what it saw, and runs the extension's clean
+# program on the file it cleans, split at spaces (no shell), as git-lfs does.
+FAKE_GIT_LFS = f"""#!/bin/sh
+git config -l > {_LFS_CONFIG}
+clean=$(sed -n 's/^lfs\\.extension\\.evil\\.clean=//p' {_LFS_CONFIG} | tail -n 1)
+if [ -n "$clean" ]; then exec $clean; fi
+exec cat
+"""
+
+
+def test_what_the_git_lfs_of_your_global_config_reads_from_the_repository_never_runs(
+    repo: Path, tmp_path: Path
+) -> None:
+    # git-lfs runs `lfs.extension.<x>.clean` on every file it cleans, and the repository's
+    # config (which an agent can write) may name it: swarm's own `git add` ran it.
+    lfs = tmp_path / "git-lfs"
+    lfs.write_text(FAKE_GIT_LFS)
+    lfs.chmod(0o755)
+    git(repo, "config", "--global", "filter.lfs.clean", f"{lfs} clean -- %f")
+    git(repo, "config", "--global", "filter.lfs.required", "true")
+    (repo / ".gitattributes").write_text("*.bin filter=lfs\n")
+    marker = tmp_path / "pwned"
+    git(repo, "config", "lfs.extension.evil.clean", f"touch {marker}")
+    git(repo, "config", "lfs.customtransfer.evil.path", f"touch {marker}-transfer")
+    git(repo, "config", "lfs.customtransfer.evil.args", f"; touch {marker}-args")
+    git(repo, "config", "remote.lfs.customtransfer.x.path", f"touch {marker}-unanchored")
+    (repo / "big.bin").write_text("big\n")
+    assert runner.run(repo, "add", "big.bin", check=False).returncode != 0  # the filter failed
+    assert not marker.exists()
+    seen = (repo / _LFS_CONFIG).read_text().splitlines()
+    last = {key: value for key, _, value in (line.partition("=") for line in seen)}
+    assert last["lfs.extension.evil.clean"] == "false"
+    assert last["lfs.customtransfer.evil.path"] == "false"
+    assert last["lfs.customtransfer.evil.args"] == ""
+    assert last["remote.lfs.customtransfer.x.path"] == "false"
+    planted = [key for key in last if "evil" in key or key.startswith("remote.lfs")]
+    assert len(planted) == 4
+    assert all(config_overrides.runs_program(key) for key in planted)  # the guard judges them
+    git(repo, "add", "big.bin")  # without the runner it runs: the test is real
+    assert marker.exists()
+
+
 def test_a_partial_clone_still_fetches_what_it_lacks(repo: Path, tmp_path: Path) -> None:
     git(repo, "config", "uploadpack.allowFilter", "true")
     clone = tmp_path / "clone"

@@ -2,7 +2,8 @@
 
 Always the same list (:data:`ALWAYS`: hooks, fsmonitor, signing, editors, submodules ...),
 plus, per checkout, a neutral value for each program-running setting its repository-level
-config defines (filter, diff and merge drivers, credential helpers, ssh and gpg programs),
+config defines (filter, diff and merge drivers, credential helpers, ssh and gpg programs, what
+git-lfs runs),
 read with ``git config --list`` and cached while the config files stay as they are.
 docs/guard.md lists them.
 """
@@ -10,6 +11,7 @@ docs/guard.md lists them.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,6 +83,25 @@ _EXEC_KEYS = {
     "gpg.openpgp.program": "gpg",
     "uploadpack.packobjectshook": "",
 }
+# What git-lfs (the filter of your global config, run by swarm's git too) runs from any config
+# it reads, the repository's included, matched as git-lfs matches them: `lfs.extension.<x>.clean`
+# and `.smudge` (split at spaces, no shell), `lfs.customtransfer.<x>.path` (its pattern is not
+# anchored) and `.args` (both run through a shell). git-lfs takes the last value of a key, which
+# is a `-c` one: `false` fails the filter or transfer, never a program of the repository's.
+_LFS_TRANSFER = re.compile(r"lfs.customtransfer.[^.]+.path")
+_LFS_EXTENSION = {"clean": "false", "smudge": "false"}
+
+
+def _lfs_neutral(name: str) -> str | None:
+    """The value that keeps git-lfs from running what the config key *name* names, or None."""
+    match name.lower().split("."):
+        case ["lfs", "extension", _, leaf] if leaf in _LFS_EXTENSION:
+            return _LFS_EXTENSION[leaf]
+        case ["lfs", "customtransfer", _, "args"]:
+            return ""
+    return "false" if _LFS_TRANSFER.search(name.lower()) else None
+
+
 # Plain keys git takes the first value of (``core.gitProxy``: the first that matches the host),
 # so a `-c` read after the repository's config is ignored: the variable that git reads before
 # any config is set instead (empty: no proxy, unless your environment names one).
@@ -128,7 +149,7 @@ def runs_program(name: str) -> bool:
     middle, _, leaf = rest.rpartition(".")
     if lowered in _ALWAYS_KEYS or lowered in _EXEC_KEYS or lowered == "diff.external":
         return True
-    if lowered in _JUDGED_KEYS or lowered == "protocol.allow":
+    if lowered in _JUDGED_KEYS or lowered == "protocol.allow" or _lfs_neutral(lowered) is not None:
         return True
     if leaf in _JUDGED_LEAVES.get(section, ()) and (middle or section == "sendemail"):
         return True
@@ -158,7 +179,7 @@ def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
     args: list[str] = []
     values: dict[str, str] = {}
     for key, value in (*ALWAYS, *_repository_exec_settings(cwd, files), *_sparse_settings(files)):
-        if key.startswith("remote."):
+        if _is_pack_key(key):
             if key.endswith(".uploadpack"):  # what a lazy fetch of a partial clone starts
                 values["GIT_NO_LAZY_FETCH"] = "1"
             continue
@@ -192,7 +213,12 @@ def neutral_filters(cwd: Path) -> frozenset[str]:
 def planted_packs(cwd: Path) -> set[str]:
     """The ``remote.<name>.uploadpack``/``receivepack`` leaves the repository's config sets."""
     settings = _repository_exec_settings(cwd, config_files(cwd))
-    return {key.rpartition(".")[2] for key, _ in settings if key.startswith("remote.")}
+    return {key.rpartition(".")[2] for key, _ in settings if _is_pack_key(key)}
+
+
+def _is_pack_key(key: str) -> bool:
+    """Whether *key* is a ``remote.<name>.uploadpack``/``receivepack`` as the scan names it."""
+    return key.startswith("remote.") and key.rpartition(".")[2] in PACK_KEYS
 
 
 def _sparse_settings(files: Sequence[Path]) -> tuple[tuple[str, str], ...]:
@@ -287,6 +313,9 @@ def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
         lowered = name.lower()
         if lowered in _EXEC_KEYS:
             found[name] = _EXEC_KEYS[lowered]
+            continue
+        if (lfs := _lfs_neutral(name)) is not None:
+            found[name] = lfs
             continue
         section, _, rest = name.partition(".")
         driver, _, leaf = rest.rpartition(".")
