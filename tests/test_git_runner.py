@@ -139,6 +139,35 @@ def test_a_planted_upload_pack_never_runs_in_a_lazy_fetch(repo: Path, tmp_path: 
     assert marker.exists()
 
 
+def test_a_planted_upload_pack_never_runs_in_a_lazy_fetch_of_a_git_that_ignores_its_switch(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # git before 2.39.4 (the README allows 2.38) ignores GIT_NO_LAZY_FETCH: the lazy fetch ran
+    # the planted upload-pack. A git that drops the variable from its environment stands for it.
+    git_first_on_path(
+        tmp_path,
+        monkeypatch,
+        lambda real: f'#!/bin/sh\nunset GIT_NO_LAZY_FETCH\nexec {real} "$@"\n',
+    )
+    source = make_repo(tmp_path / "source", {"lazy.txt": "lazy\n"})
+    blob = git(source, "rev-parse", "HEAD:lazy.txt")
+    marker = tmp_path / "pwned"
+    git(repo, "config", "extensions.partialClone", "origin")
+    git(repo, "config", "remote.origin.url", str(source))
+    git(repo, "config", "remote.origin.uploadpack", f"touch {marker}; git-upload-pack")
+    for command in (["cat-file", "-p", blob], ["diff", "HEAD", blob]):
+        assert runner.run(repo, *command, check=False).returncode != 0  # not fetched
+    assert not marker.exists()
+    runner.run(repo, "fetch", "-q", "origin")  # swarm's own fetch names git's upload-pack
+    assert not marker.exists()
+    assert runner.run(repo, "cat-file", "-p", blob).stdout == "lazy\n"
+    git(repo, "config", "remote.origin.url", str(make_repo(tmp_path / "other", {"o": "o\n"})))
+    other = git(tmp_path / "other", "rev-parse", "HEAD:o")
+    # Without the runner it runs: the test is real.
+    subprocess.run(["git", "cat-file", "-p", other], cwd=repo, capture_output=True, check=False)
+    assert marker.exists()
+
+
 _LFS_CONFIG = "lfs-config"
 # Stands for git-lfs, which is not installed here: it reads the config as git-lfs does (`git
 # config -l`, the last value of a key wins), keeps what it saw, and runs the extension's clean

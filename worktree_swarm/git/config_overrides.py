@@ -69,6 +69,12 @@ PACK_OPTIONS = {
     "ls-remote": ("uploadpack", "--upload-pack"),
     "push": ("receivepack", "--receive-pack"),
 }
+# A planted uploadpack turns lazy fetching off (GIT_NO_LAZY_FETCH), which git ignores before
+# 2.39.4 (2.40.2, 2.41.1, 2.42.2, 2.43.4, 2.44.1 in their series): the transports that start it,
+# a path (or file://) and ssh, are then refused to every command but a fetch or push of swarm's
+# own (:data:`PACK_OPTIONS`), which names git's. No other command of swarm's uses a remote.
+NO_LAZY_FETCH = "GIT_NO_LAZY_FETCH"
+PACK_TRANSPORTS_OFF = ("-c", "protocol.file.allow=never", "-c", "protocol.ssh.allow=never")
 # Plain keys that run a program when set in repository-level config.
 _EXEC_KEYS = {
     "core.sshcommand": "ssh",
@@ -169,8 +175,9 @@ def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
     which an attribute ``filter=a=b`` selects): git splits ``-c`` at the first ``=``, so that
     one is ``--config-env=KEY=VAR`` (split at the last), its value in the returned variable;
     a key git keeps the first value of is neutralised by its variable (:data:`_ENV_KEYS`).
-    A planted ``remote.<x>.uploadpack`` turns lazy fetching off (``GIT_NO_LAZY_FETCH``): the
-    fetch git starts itself for an object a partial clone lacks gets no ``--upload-pack``.
+    A planted ``remote.<x>.uploadpack`` turns lazy fetching off (:data:`NO_LAZY_FETCH`): the
+    fetch git starts itself for an object a partial clone lacks gets no ``--upload-pack``
+    (the caller adds :data:`PACK_TRANSPORTS_OFF` for a git that ignores it).
     In a sparse task worktree (one with its own ``info/sparse-checkout``) they also switch
     sparse checkout on, so that git applies the patterns and, reading the index, takes back
     into view any skipped file an agent wrote (otherwise its work there would go unseen).
@@ -181,7 +188,7 @@ def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
     for key, value in (*ALWAYS, *_repository_exec_settings(cwd, files), *_sparse_settings(files)):
         if _is_pack_key(key):
             if key.endswith(".uploadpack"):  # what a lazy fetch of a partial clone starts
-                values["GIT_NO_LAZY_FETCH"] = "1"
+                values[NO_LAZY_FETCH] = "1"
             continue
         if key.lower() in _ENV_KEYS:  # git keeps the first value it reads: no `-c` wins
             variable = _ENV_KEYS[key.lower()]

@@ -18,7 +18,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from worktree_swarm.git.config_overrides import PACK_KEYS, PACK_OPTIONS, overrides, planted_packs
+from worktree_swarm.git.config_overrides import (
+    NO_LAZY_FETCH,
+    PACK_KEYS,
+    PACK_OPTIONS,
+    PACK_TRANSPORTS_OFF,
+    overrides,
+    planted_packs,
+)
 from worktree_swarm.git.process import execute, execute_bytes, subcommand
 
 
@@ -42,6 +49,8 @@ def hardened(
                 added.append(f"{option}={PACK_KEYS[leaf]}")
         args = [*args[: at + 1], *added, *args[at + 1 :]]
     prefix, values = overrides(cwd)
+    if NO_LAZY_FETCH in values and (at is None or args[at] not in PACK_OPTIONS):
+        prefix = [*prefix, *PACK_TRANSPORTS_OFF]  # a lazy fetch, in a git that ignores the variable
     if at is not None and args[at] in _LINE_DIFF_COMMANDS:
         prefix = [*prefix, "-c", f"core.bigFileThreshold={BIG_FILE}"]
     return [*prefix, *args], len(prefix), {**(env or {}), **values}
