@@ -1,6 +1,7 @@
 """A run whose manager died, ended without a resume (`swarm stop`, `swarm run --force`): git's
 own files an agent changed while no manager watched are put back and the agent's task failed,
-as a resume does."""
+and an attempt whose end the manager recorded before it died is recorded as it ended, as a
+resume does."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -144,30 +146,64 @@ def test_an_agent_whose_launch_went_unrecorded_is_a_suspect_of_git_files_changed
     assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
 
 
+WRITES = "import os, pathlib, signal, sys, time\npathlib.Path('a.txt').write_text('work\\n')\n"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class End:
+    """How task a's attempt ends, and how `swarm stop` and `swarm resume` then record the task."""
+
+    source: str  # the agent; its first argument is a file of the test's own
+    toml: str = ""  # the task's settings
+    defaults: str = ""  # the run's
+    stop: tuple[str, str]  # (state, a part of its reason) after `swarm stop`
+    resume: tuple[str, str]  # and after `swarm resume`
+
+
+ENDS = {
+    "done": End(source=WRITES, stop=("done", ""), resume=("done", "")),
+    "timed_out": End(
+        source=WRITES + "time.sleep(600)\n",
+        toml='timeout = "3s"\n',
+        stop=("timed_out", "timed out after 3s"),
+        resume=("timed_out", "timed out after 3s"),
+    ),
+}
+
+
 @pytest.mark.parametrize("end", ["stop", "resume"])
-def test_an_agent_whose_end_was_recorded_before_its_manager_died_in_its_checkpoint_ends_done(
+@pytest.mark.parametrize("how", list(ENDS))
+def test_an_attempt_whose_end_was_recorded_before_its_manager_died_in_its_checkpoint(
     repo: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     write_agent: Callable[[str], list[str]],
+    how: str,
     end: str,
 ) -> None:
-    # `swarm stop` said "stopped: a" and recorded the task stopped (merge skips it) though
-    # its agent had succeeded, no agent was left to stop, and a resume ends it done.
+    # The manager recorded how the attempt ended, then was killed in its checkpoint: `swarm
+    # stop` records the task as it ended, as a resume does (it said "stopped: a" and recorded
+    # a timed-out task stopped), and both keep its work.
+    case = ENDS[how]
     path = os.environ["PATH"]
     hung = hang_git_at(tmp_path, monkeypatch, "commit")  # the checkpoint after the attempt
-    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('work\\n')\n")
-    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    agent = [*write_agent(case.source), str(tmp_path / "limited")]
+    task = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n{case.toml}'
+    text = f"[defaults]\n{case.defaults}{task}"
     proc = _manager(repo, "run", manifest(repo, text))
     wait_for(hung.exists, timeout=120, what="the checkpoint")
     _kill_group(proc)
     monkeypatch.setenv("PATH", path)
     out = swarm(repo, end)
-    assert out.returncode == 0, out.stdout + out.stderr
-    if end == "stop":
-        assert out.stdout == "nothing to stop\n", out.stdout  # not "stopped: a"
+    state, why = case.stop if end == "stop" else case.resume
+    code = 0 if end == "stop" or state == "done" else 1
+    assert out.returncode == code, out.stdout + out.stderr
+    if end == "stop":  # "stopped: a" only where the stop ended its course
+        said = "stopped: a\n" if state == "stopped" else "nothing to stop\n"
+        assert out.stdout == said, out.stdout
     row = status_json(repo)["a"]
-    assert (row["state"], row["reason"]) == ("done", "")
+    assert row["state"] == state, row
+    assert why in str(row["reason"]) if why else row["reason"] == "", row
     assert git(repo, "show", "swarm/a:a.txt") == "work"
 
 

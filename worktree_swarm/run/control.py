@@ -309,6 +309,8 @@ def _stop_unmanaged(
         states = {row.task_id: row.state for row in store.tasks(run_id)}
         return Stopped(tasks=tuple(t for t in targets if states.get(t) is TaskState.STOPPED))
     rows = {row.task_id: row for row in store.tasks(run_id)}
+    # Cut short on record (timed out), its manager dead in what came after: it ends so.
+    cuts = {t: unwatched.cut_on_record(rows[t], store.attempts(run_id, t)) for t in targets}
     ended = _kill_left(repo, store, rows, targets, grace)
     put_back: tuple[str, ...] = ()
     if not announce:  # beside a live manager, its guard judges git's files
@@ -333,7 +335,7 @@ def _stop_unmanaged(
         state, why = (
             (TaskState.FAILED, verdicts[task_id])
             if task_id in verdicts
-            else _as_it_ended(store.task(run_id, task_id), task, ended[task_id])
+            else cuts[task_id] or _as_it_ended(store.task(run_id, task_id), task, ended[task_id])
         )
         if switched is not None and task_id not in verdicts:  # failed, as its manager fails it
             state, why = TaskState.FAILED, switched
@@ -341,7 +343,7 @@ def _stop_unmanaged(
         store.update_task(run_id, task_id, state=state, reason=why, ended_at=time.time())
         # Its agent killed here (or none ran), failed or not; or recorded stopped (one that
         # had ended by itself before its checks).
-        if ended[task_id] is None or state is TaskState.STOPPED:
+        if (ended[task_id] is None and cuts[task_id] is None) or state is TaskState.STOPPED:
             stopped.append(task_id)
     return Stopped(tasks=tuple(stopped), put_back=put_back)
 

@@ -187,12 +187,30 @@ def ended_on_record(row: TaskRow, attempts: Sequence[AttemptRow]) -> AgentResult
     is on record beyond it, or when it ended any other way (stopped, timed out, rate
     limited, on a full disk).
     """
-    if row.launching is not None or not attempts or attempts[-1].number <= row.retry_base:
-        return None
-    last = attempts[-1]
-    outcome = AttemptOutcome.parse(last.outcome) if last.ended_at is not None else None
-    if outcome is AttemptOutcome.SUCCEEDED:
+    last = _closed_last(row, attempts)
+    outcome = AttemptOutcome.parse(last.outcome) if last is not None else None
+    if last is not None and outcome is AttemptOutcome.SUCCEEDED:
         return AgentResult(outcome=AgentOutcome.SUCCESS, reason=last.reason)
-    if outcome is AttemptOutcome.FAILED:
+    if last is not None and outcome is AttemptOutcome.FAILED:
         return AgentResult(outcome=AgentOutcome.FAILED, reason=last.reason)
     return None
+
+
+def cut_on_record(row: TaskRow, attempts: Sequence[AttemptRow]) -> tuple[TaskState, str] | None:
+    """How *row*'s last attempt was cut short, as its manager recorded it before it died.
+
+    Timed out (or stopped): the task ends so, with the attempt's reason, as a resume ends it.
+    None for any other end, or while a launch is on record beyond it.
+    """
+    last = _closed_last(row, attempts)
+    outcome = AttemptOutcome.parse(last.outcome) if last is not None else None
+    if last is None or outcome not in {AttemptOutcome.TIMED_OUT, AttemptOutcome.STOPPED}:
+        return None
+    return TaskState(outcome.value), last.reason
+
+
+def _closed_last(row: TaskRow, attempts: Sequence[AttemptRow]) -> AttemptRow | None:
+    """*row*'s last attempt since its last retry, when closed and no launch is on record after."""
+    if row.launching is not None or not attempts or attempts[-1].number <= row.retry_base:
+        return None
+    return attempts[-1] if attempts[-1].ended_at is not None else None
