@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import git, hang_git_at, unrecord_launch
 from tests.test_crash import PLANTS_UNWATCHED, _kill_group, _manager
+from tests.test_resilience import fake_claude, plan  # noqa: F401 - its fixture
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 
 # As PLANTS_UNWATCHED, but it stays running once it planted them (until it is killed).
@@ -158,15 +159,61 @@ class End:
     defaults: str = ""  # the run's
     stop: tuple[str, str]  # (state, a part of its reason) after `swarm stop`
     resume: tuple[str, str]  # and after `swarm resume`
+    work: bool = True  # its work is on its branch
+    step: str = "commit"  # the checkpoint's git the manager is killed in
+    claude: str = ""  # the fake `claude`'s step instead (tests/test_resilience.py)
 
 
+# A rate-limited attempt that a resume would follow with another is `stopped` by a stop, which
+# decides nothing about the limit: `swarm retry` runs it again.
 ENDS = {
     "done": End(source=WRITES, stop=("done", ""), resume=("done", "")),
+    "failed": End(
+        source=WRITES + "sys.exit(1)\n",
+        stop=("failed", "exited 1"),
+        resume=("failed", "exited 1"),
+    ),
+    "killed_by_signal": End(
+        source=WRITES + "os.kill(os.getpid(), signal.SIGKILL)\n",
+        stop=("failed", "killed by signal 9"),
+        resume=("failed", "killed by signal 9"),
+    ),
     "timed_out": End(
         source=WRITES + "time.sleep(600)\n",
         toml='timeout = "3s"\n',
         stop=("timed_out", "timed out after 3s"),
         resume=("timed_out", "timed out after 3s"),
+    ),
+    "max_log": End(
+        source=WRITES + "print('x' * 8192)\n",
+        defaults='max_log = "1K"\n',
+        stop=("failed", "printed more than max_log"),
+        resume=("failed", "printed more than max_log"),
+    ),
+    "rate_limited": End(  # its retry, after the recorded wait, succeeds
+        source=WRITES.replace(
+            "pathlib.Path('a",
+            "if pathlib.Path(sys.argv[1]).exists():\n"
+            "    sys.exit(0)\npathlib.Path(sys.argv[1]).touch()\npathlib.Path('a",
+        )
+        + "print('Error: 429 Too Many Requests')\nsys.exit(1)\n",
+        stop=("stopped", "stopped"),
+        resume=("done", ""),
+    ),
+    "out_of_retries": End(  # no work done: it used a retry, and it had none
+        source="import sys\nprint('Error: 429 Too Many Requests')\nsys.exit(1)\n",
+        toml="retries = 0\n",
+        stop=("stopped", "stopped"),
+        resume=("failed", "rate limited and out of retries"),
+        work=False,
+        step="add",  # nothing to commit
+    ),
+    "budget": End(  # its cost spent the budget: a resume starts no next attempt
+        source="",
+        claude="limit",
+        defaults="max_cost_usd = 0.05\n",
+        stop=("stopped", "stopped"),
+        resume=("stopped", "budget reached ($0.10 of $0.05) before attempt 2 started"),
     ),
 }
 
@@ -178,6 +225,7 @@ def test_an_attempt_whose_end_was_recorded_before_its_manager_died_in_its_checkp
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     write_agent: Callable[[str], list[str]],
+    request: pytest.FixtureRequest,
     how: str,
     end: str,
 ) -> None:
@@ -185,10 +233,14 @@ def test_an_attempt_whose_end_was_recorded_before_its_manager_died_in_its_checkp
     # stop` records the task as it ended, as a resume does (it said "stopped: a" and recorded
     # a timed-out task stopped), and both keep its work.
     case = ENDS[how]
+    if case.claude:
+        plan(request.getfixturevalue("fake_claude"), "a", case.claude)
+        agent = '"claude"'
+    else:
+        agent = argv_toml([*write_agent(case.source), str(tmp_path / "limited")])
     path = os.environ["PATH"]
-    hung = hang_git_at(tmp_path, monkeypatch, "commit")  # the checkpoint after the attempt
-    agent = [*write_agent(case.source), str(tmp_path / "limited")]
-    task = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n{case.toml}'
+    hung = hang_git_at(tmp_path, monkeypatch, case.step)  # the checkpoint after the attempt
+    task = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {agent}\n{case.toml}'
     text = f"[defaults]\n{case.defaults}{task}"
     proc = _manager(repo, "run", manifest(repo, text))
     wait_for(hung.exists, timeout=120, what="the checkpoint")
@@ -204,7 +256,8 @@ def test_an_attempt_whose_end_was_recorded_before_its_manager_died_in_its_checkp
     row = status_json(repo)["a"]
     assert row["state"] == state, row
     assert why in str(row["reason"]) if why else row["reason"] == "", row
-    assert git(repo, "show", "swarm/a:a.txt") == "work"
+    if case.work:
+        assert git(repo, "show", "swarm/a:a.txt") == ("half done" if case.claude else "work")
 
 
 # Switches its worktree away from its branch, writes its work, and stays running.
