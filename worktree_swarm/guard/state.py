@@ -84,6 +84,9 @@ class _Worktrees:
     # a `git worktree move` between its rename and its note of the new place, or an `rm -rf`.
     # Judged on the next scan; task -> when the window its suspects are taken from begins.
     doubted: dict[str, float] = field(default_factory=dict)
+    # Tasks whose worktree root was found gone with a sibling's worktree: their worktrees went
+    # with it, even where a put-back has made the root again since (maybe on the same inode).
+    rootless: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -208,8 +208,14 @@ class WorktreeChecks(Baselines, RefChecks):
         # Gone, or another directory now (the file system mounted there is not): not a
         # sibling's doing more than its own; every worktree in it went.
         rootless = moved is None and (
-            not root.is_dir() or (was is not None and _identity(root) != was)
+            task_id in self._trees.rootless
+            or not root.is_dir()
+            or (was is not None and _identity(root) != was)
         )
+        self._trees.rootless.discard(task_id)
+        if rootless:  # the others there went with it: judged alike once found gone
+            others = [t for t, p in self._trees.paths.items() if p.parent == root]
+            self._trees.rootless.update(t for t in others if t != task_id)
         found = Violation(
             number=0,
             where=task_id,
