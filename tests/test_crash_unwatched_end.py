@@ -304,3 +304,40 @@ def test_swarm_stop_puts_a_worktree_its_agent_switched_back_on_its_branch_with_i
         "feature\nmain\nswarm/a"  # no branch made for the orphan; `main` as it was
     )
     assert git(repo, "rev-parse", "main") == base
+
+
+# Points its worktree's `.git` at your git dir (argv[2]), writes its work, and stays running.
+REPOINTS_AND_STAYS = """
+import pathlib, sys, time
+pathlib.Path('.git').write_text('gitdir: ' + sys.argv[2] + '\\n')
+pathlib.Path('work.txt').write_text('work\\n')
+pathlib.Path(sys.argv[1]).touch()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_swarm_stop_commits_nothing_where_an_agent_pointed_its_worktrees_git_file(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # The stop's checkpoint ran git in the worktree whatever its `.git` named: the agent's work
+    # was committed onto your checked-out branch, in your checkout's git dir and index.
+    base = git(repo, "rev-parse", "HEAD")
+    wrote = tmp_path / "wrote"
+    agent = [*write_agent(REPOINTS_AND_STAYS), str(wrote), str(repo / ".git")]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(wrote.exists, what="the agent to point its .git elsewhere and write")
+    _kill_group(proc)  # the agent, in its shim's session, goes on
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "rev-parse", "HEAD") == base  # nothing committed in your checkout
+    worktree = repo.parent / "repo.swarm" / "a"
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert row["reason"] == (
+        f"{worktree}/.git no longer names its registration in {repo / '.git' / 'worktrees'}: "
+        "its work since the last checkpoint is left there, uncommitted"
+    )
+    assert (worktree / "work.txt").read_text() == "work\n"  # left in place
+    assert git(repo, "rev-parse", "swarm/a") == base

@@ -43,6 +43,11 @@ def tampered(repo: Repo, path: Path) -> str | None:
     return f"{path}/.git no longer names its registration in {repo.common_dir / 'worktrees'}"
 
 
+def left_uncommitted(changed: str) -> str:
+    """Why a task fails whose worktree :func:`tampered` found *changed*: no git ran there."""
+    return f"{changed}: its work since the last checkpoint is left there, uncommitted"
+
+
 def cut_off(path: Path) -> str | None:
     """Why git cannot work in the directory *path* at all: its ``.git`` file names no git dir.
 

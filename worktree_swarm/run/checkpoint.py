@@ -50,9 +50,7 @@ class Checkpoints(RunWorker):
         admin = tampering.own_admin(self.repo, path)
         changed = None if admin is not None else tampering.tampered(self.repo, path)
         if changed is not None:  # git there would commit onto another checkout or branch
-            return _failed_uncommitted(
-                f"{changed}: its work since the last checkpoint is left there, uncommitted"
-            )
+            return _failed_uncommitted(tampering.left_uncommitted(changed))
         planted = tampering.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint

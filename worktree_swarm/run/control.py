@@ -327,18 +327,24 @@ def _stop_unmanaged(
         # What the dead manager's git left: the locks of a checkpoint killed half-way, and a
         # checkout of a worktree it was making, still writing on if it was killed alone.
         populated = rows[task_id].base_commit is not None
-        provision.free_worktree(repo, worktree, rows[task_id].branch, populated=populated)
-        left = switched = None
-        if worktree.is_dir():  # every target is active (not final)
-            switched = _put_back_head(repo, rows[task_id])
+        # Its `.git` pointed elsewhere (your git dir): git there would commit onto another
+        # checkout or branch, and no git of swarm's runs there, as after an attempt.
+        changed = tampering.tampered(repo, worktree) if worktree.is_dir() else None
+        if changed is None:
+            provision.free_worktree(repo, worktree, rows[task_id].branch, populated=populated)
+        left = fails = None
+        if worktree.is_dir() and changed is None:  # every target is active (not final)
+            fails = _put_back_head(repo, rows[task_id])
             left = _checkpoint_stopped(repo, store, rows[task_id], task, announce=announce)
+        elif changed is not None:
+            fails = tampering.left_uncommitted(changed)
         state, why = (
             (TaskState.FAILED, verdicts[task_id])
             if task_id in verdicts
             else cuts[task_id] or _as_it_ended(store.task(run_id, task_id), task, ended[task_id])
         )
-        if switched is not None and task_id not in verdicts:  # failed, as its manager fails it
-            state, why = TaskState.FAILED, switched
+        if fails is not None and task_id not in verdicts:  # failed, as its manager fails it
+            state, why = TaskState.FAILED, fails
         why = why if left is None else f"{why}; {left}"
         store.update_task(run_id, task_id, state=state, reason=why, ended_at=time.time())
         # Its agent killed here (or none ran), failed or not; or recorded stopped (one that
