@@ -92,6 +92,7 @@ def _checked(
     _check_not_checked_out(listed, [rows[task_id] for task_id in picked])
     if fresh:
         _check_not_locked(listed, [rows[task_id] for task_id in picked])
+        _check_swarms_own(repo, [rows[task_id] for task_id in picked])
     return picked
 
 
@@ -198,6 +199,21 @@ def _check_not_locked(listed: Sequence[worktrees.WorktreeInfo], rows: Sequence[T
             )
 
 
+def _check_swarms_own(repo: git.Repo, rows: Sequence[TaskRow]) -> None:
+    """Refuse to start afresh a task whose worktree is no longer the one swarm made.
+
+    Its agent pointed its ``.git`` elsewhere (your git dir) or replaced it with a symlink: the
+    commit that keeps its work before the worktree is deleted would land there.
+    """
+    for row in rows:
+        changed = tampering.tampered(repo, Path(row.worktree))
+        if changed is not None:
+            raise BadInputError(
+                f"{changed}; --fresh deletes the worktree of task {row.task_id}, and swarm runs"
+                " no git there to keep its work: move it aside, then retry"
+            )
+
+
 def _with_blocked_dependents(
     rows: dict[str, TaskRow], task_ids: Sequence[str], taken: dict[str, str]
 ) -> list[str]:
@@ -257,11 +273,14 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     gone = tip is None and made and not fresh
     fresh = fresh or gone
     data: dict[str, object] = {"fresh": fresh, "after_attempt": last}
+    switched = None
     if fresh:
         if not gone and made:
-            _keep_uncommitted(repo, store, row)
+            switched = _keep_uncommitted(repo, store, row)
             tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
         data["previous_tip"] = tip
+        if switched is not None:
+            data["put_back_from"] = switched
     # First: a retry killed after deleting the branch has the old tip on record.
     store.add_event(row.run_id, RETRY_EVENT, task_id=row.task_id, data=data)
     if fresh and made:
@@ -277,7 +296,8 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
         row.task_id,
         state=TaskState.PENDING,
         reason=f"retrying{' from the base' if fresh else ''}"
-        + (f" ({row.branch} was deleted)" if gone else ""),
+        + (f" ({row.branch} was deleted)" if gone else "")
+        + (f" (its worktree was on {switched}: put back on {row.branch})" if switched else ""),
         ended_at=None,
         stop_requested=False,
         retry_base=last,
@@ -295,17 +315,20 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
         )
 
 
-def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
+def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> str | None:
     """Commit what the worktree holds beyond its branch onto it, before a fresh start.
 
     Edits made by hand since the task ended would go with the worktree: committed, the previous
     tip recorded for the retry holds them too. What no commit may hold (a file over the run's
-    ``max_file``) stops the retry: the fresh start would delete it.
+    ``max_file``) stops the retry: the fresh start would delete it. A worktree switched off
+    its branch (its agent's `git checkout main` left so: the task failed before its guard put
+    it back) is put back on it first; where it was is returned.
     """
     path = Path(row.worktree)
     if not (path / ".git").exists():
-        return
+        return None
     tampering.unplant(repo, path, row.branch)  # nothing of git's below writes through one
+    switched = gitfiles.put_back_on(path, row.branch)  # else committed onto that branch
     gitfiles.repair_checkout(path, agent_ran=row.agent_started)
     run = store.get_run(row.run_id)
     settings = run.settings if run is not None else None
@@ -331,6 +354,7 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
             f"not retrying {row.task_id} afresh, which deletes its worktree: its agent {exc}; "
             "move them out of it (or delete them) first"
         ) from exc
+    return switched
 
 
 def since_last_retry(store: Store, run_id: str, final: set[str]) -> tuple[dict[str, str], float]:
