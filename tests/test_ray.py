@@ -1115,6 +1115,52 @@ def test_git_files_an_agent_plants_in_its_clone_are_put_back_before_the_push_and
     assert not actor_processes(cluster)
 
 
+# Switches its clone to the remote's branch `other`, then writes its work.
+SWITCHING_AGENT = r"""
+import os, pathlib, subprocess
+subprocess.run(["git", "checkout", "-q", "other"], check=True)
+task = os.environ["SWARM_TASK_ID"]
+pathlib.Path(f"{task}.txt").write_text(f"work of {task}\n")
+"""
+
+
+def test_a_clone_its_agent_switched_to_another_branch_pushes_its_work_on_the_task_branch(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # The node committed on whatever branch its agent left the clone on and force-pushed that
+    # as the task's branch: `other`'s history became the task's work.
+    repo, remote, _ctl = setup_repo(tmp_path, [])
+    base = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "-b", "other")
+    (repo / "other.txt").write_text("not the task's\n")
+    git(repo, "add", "other.txt")
+    git(repo, "commit", "-q", "-m", "other history")
+    git(repo, "push", "-q", "origin", "other")
+    git(repo, "checkout", "-q", "main")
+    script = tmp_path / "switching.py"
+    script.write_text(SWITCHING_AGENT)
+    (tmp_path / "tasks.toml").write_text(
+        f'[defaults]\nagent = {json.dumps([sys.executable, str(script)])}\nexecutor = "ray"\n'
+        'ray_memory = "64M"\n\n[[task]]\nid = "p1"\nprompt = "work"\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 1, out.stdout + out.stderr
+    for where in (remote, repo):
+        assert git(where, "rev-parse", "swarm/p1^") == base  # on top of the task's branch
+        assert git(where, "show", "swarm/p1:p1.txt") == "work of p1"
+        assert "other history" not in git(where, "log", "--format=%s", "swarm/p1")
+    row = status(repo)["p1"]
+    assert row["state"] == "failed", row
+    reason = str(row["reason"])  # (`checkout` wrote its tracking into the clone's config too)
+    assert "its agent switched its worktree from swarm/p1 to other (its clone on node" in reason
+    assert reason.endswith("; restored"), reason
+    found = events(repo, "outside_write")
+    assert [(task, data["suspects"], data["restored"]) for task, data in found] == [
+        ("p1", ["p1"], True)
+    ]
+    assert not actor_processes(cluster)
+
+
 def test_work_left_in_a_submodule_of_the_clone_fails_the_task(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -533,3 +533,44 @@ def test_the_next_prepare_leaves_a_git_of_yours_in_the_node_s_mirror_alone(
     finally:
         yours.kill()
         yours.communicate(timeout=30)  # its stdin closed too
+
+
+# Switches its clone to another branch of the remote (argv[1]), then writes its work.
+SWITCHER = """
+import pathlib, subprocess, sys
+subprocess.run(['git', 'checkout', '-q', *sys.argv[1:]], check=True)
+pathlib.Path('work.txt').write_text('work')
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "to"), [(("other",), "other"), (("--detach", "origin/other"), "a detached HEAD at ")]
+)
+def test_a_clone_its_agent_switched_pushes_its_work_on_the_task_branch_only(
+    node: NodeAgent, tmp_path: Path, how: tuple[str, ...], to: str
+) -> None:
+    # The clone was checkpointed on whatever its agent switched to, force-pushed as the task's
+    # branch: another branch's history (here one commit of it) became the task's work.
+    remote = tmp_path / "remote.git"
+    repo = tmp_path / "repo"
+    git(repo, "checkout", "-q", "-b", "other")
+    (repo / "other.txt").write_text("not the task's\n")
+    git(repo, "add", "other.txt")
+    git(repo, "commit", "-q", "-m", "other history")
+    git(repo, "push", "-q", str(remote), "other")
+    argv = (sys.executable, "-c", SWITCHER, *how)
+    task = dataclasses.replace(node.a.task, agent_argv=argv)
+    switching = NodeAgent(dataclasses.replace(node.a, task=task))
+    tip = switching.prepare()
+    switching.start(prompt="p", session=None, resume_prompt=None)
+    until("the agent's end", node=switching)
+    switching._snapshot()  # the running checkpoint: HEAD still where its agent left it
+    assert git(remote, "rev-parse", "swarm/t^") == tip
+    assert git(remote, "ls-tree", "--name-only", "swarm/t").splitlines()[-1] == "work.txt"
+    pushed = switching.finish(message="swarm: checkpoint t attempt 1 (success)")
+    assert pushed == git(remote, "rev-parse", "swarm/t")
+    assert git(remote, "merge-base", "--is-ancestor", tip, "swarm/t") == ""
+    assert "other history" not in git(remote, "log", "--format=%s", "swarm/t")
+    assert git(remote, "show", "swarm/t:work.txt") == "work"
+    assert git(switching.work, "symbolic-ref", "HEAD") == "refs/heads/swarm/t"
+    assert str(switching.switched()).startswith(to)

@@ -16,6 +16,7 @@ from typing import cast
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import AttemptOutcome, TaskState
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
@@ -259,7 +260,9 @@ class RayAttemptRun(RayResume):
         message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})"
         # Trailers: the node's. None: it made no checkpoint (it had no agent), pushed nothing.
         tip: str | None = self._call(handle.actor, "finish", message=message, live=live)
-        self._report_planted(task.id, handle, self._call(handle.actor, "planted", live=live))
+        planted: list[str] = self._call(handle.actor, "planted", live=live)
+        switched: str | None = self._call(handle.actor, "switched", live=live)
+        self._report_planted(task, handle, planted, switched)
         left: list[str] = self._call(handle.actor, "submodule_work", live=live)
         # As it ended: what `swarm status` and `report` keep, and the session to go on with.
         # The attempt is over and pushed: a node lost now only loses these.
@@ -324,20 +327,24 @@ class RayAttemptRun(RayResume):
             )
             return self._recheck(live, base, attempt)
 
-    def _report_planted(self, task_id: str, handle: Handle, labels: list[str]) -> None:
-        """Git's own files of its clone the agent changed: an outside write, blamed on it.
+    def _report_planted(
+        self, task: Task, handle: Handle, labels: list[str], switched: str | None
+    ) -> None:
+        """Git's own files of its clone the agent changed, or its HEAD it switched: blamed on it.
 
         The node put them back before its checkpoint; the run fails the task as it would for
-        a write to the repository's own files here.
+        a write to the repository's own files, or an agent's switch of its worktree, here.
         """
-        if labels:
+        if labels or switched:
             where = f"(its clone on node {handle.node})"
+            moved = f"its agent switched its worktree from {task.branch} to {switched} {where}"
             self.guard.report(
                 Violation(
                     number=0,
-                    where=task_id,
+                    where=task.id,
+                    head=moved if switched else "",
                     git_files=tuple(f"{label} {where}" for label in labels),
-                    suspects=(task_id,),
+                    suspects=(task.id,),
                     restored=True,
                 )
             )

@@ -25,7 +25,7 @@ from filelock import FileLock
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.task import Task
-from worktree_swarm.git import checkpoints, gitconfig, quarantine, runner, staged, status
+from worktree_swarm.git import checkpoints, gitconfig, gitfiles, quarantine, runner, staged, status
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.process import StoppedError
 from worktree_swarm.git.remote_login import login_for
@@ -74,6 +74,7 @@ class NodeClone:
         self._git_lock = threading.Lock()
         self._surface: surface_entry.Surface = {}
         self._planted: list[str] = []
+        self._switched: str | None = None  # the branch (or detached HEAD) its agent left it on
         self._ended = threading.Event()
         self._stopping = threading.Event()
         self._step = threading.Lock()  # held while the clone is made, or a setup or check step runs
@@ -193,6 +194,9 @@ class NodeClone:
             return None
         with self._git_lock:
             self._settle_git_files()
+            # Its agent's `git checkout main` (the clone has every branch of the remote): the
+            # commit, force-pushed to the task's branch, would have carried that history.
+            self._switched = gitfiles.put_back_on(self.work, self.a.task.branch) or self._switched
             try:
                 checkpoints.checkpoint(
                     self.work,
@@ -202,6 +206,7 @@ class NodeClone:
                     report_secrets=True,
                     max_file=self.a.max_file,
                     agent_ran=True,  # its agent started in this clone
+                    branch=self.a.task.branch,
                 )
             except checkpoints.LeftOutError as exc:  # embedded repositories, secrets, big files
                 if exc.head is not None:  # everything else is committed: pushed, as locally
@@ -300,6 +305,10 @@ class NodeClone:
         """Git's own files of the clone the agent changed (each put back before swarm's git)."""
         return list(self._planted)
 
+    def switched(self) -> str | None:
+        """Where its agent left the clone's HEAD off the task's branch (put back), or None."""
+        return self._switched
+
     def _settle_git_files(self) -> None:
         """Put git's own files of the clone back as cloned, noting what the agent changed.
 
@@ -321,11 +330,16 @@ class NodeClone:
         return checkpoints.trailers(self.a.task.id, self.a.attempt, self.a.task.agent)
 
     def _snapshot(self) -> bool:
-        """Push the clone's files as a commit on top of HEAD, leaving the agent's index alone.
+        """Push the clone's files as a commit on top of the task's branch; whether it had any.
 
-        Whether there was anything to push.
+        The agent's index and HEAD are left alone: on a branch it switched to, that branch's
+        history is never pushed as the task's (its attempt's checkpoint puts HEAD back).
         """
+        branch = f"refs/heads/{self.a.task.branch}"
         self._settle_git_files()
+        head = git.rev_parse_in(self.work, branch)
+        if head is None:  # deleted by its agent: its attempt's own checkpoint puts it back
+            return False
         # Hashed apart: what it leaves out is in no object of the clone's either. Its index is
         # in that store too: killed half-way, it goes with the next snapshot's sweep.
         with quarantine.apart(self.work, self.work / ".git") as apart:
@@ -335,7 +349,7 @@ class NodeClone:
                 **quarantine.keeping_shared_indexes(),
             }
             env = {**index, **apart.env}
-            runner.run(self.work, "read-tree", "HEAD", env=env)
+            runner.run(self.work, "read-tree", head, env=env)
             added = runner.run_names(self.work, "add", "--all", "--verbose", env=env).stdout
             # A file holding a secret's value is never pushed, not even for a minute, nor one
             # over max_file: the attempt's own checkpoint leaves them out too, and fails the
@@ -345,8 +359,7 @@ class NodeClone:
             # Only what the index still names moves in, once something was left out.
             apart.move_in(staged.named_blobs(self.work, env=env) if secret or big else None)
             tree = runner.run(self.work, "write-tree", env=index).stdout.strip()
-            head = git.rev_parse_in(self.work, "HEAD")
-            if head is None or tree == git.rev_parse_in(self.work, "HEAD^{tree}"):
+            if tree == git.rev_parse_in(self.work, f"{head}^{{tree}}"):
                 return False
             message = (
                 f"swarm: checkpoint {self.a.task.id} attempt {self.a.attempt} (running, "
