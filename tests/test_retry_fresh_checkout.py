@@ -2,6 +2,7 @@
 
 Its first commit keeps what the worktree holds before the worktree is deleted: on the task's
 own branch, never on the branch its agent switched to, nor in the git dir its `.git` names.
+(`swarm clean` keeps a switched one, naming it, and commits nowhere.)
 """
 
 from __future__ import annotations
@@ -39,19 +40,11 @@ def retry_events(repo: Path) -> list[dict[str, object]]:
     return [json.loads(row[0]) for row in rows]
 
 
-@pytest.mark.long
-@pytest.mark.parametrize(("how", "to"), [(["--orphan", "x"], "x"), (["main"], "main")])
-def test_retry_fresh_commits_a_switched_worktree_on_the_task_branch(
-    repo: Path,
-    tmp_path: Path,
-    write_agent: Callable[[str], list[str]],
-    how: list[str],
-    to: str,
-) -> None:
-    # Its commit before the fresh start landed on the branch the agent had switched to: your
-    # `main` moved, or (`checkout --orphan`) a branch of every file, sharing no base, made.
+def switched_and_sealed(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], how: list[str]
+) -> Path:
+    """Task a failed, its worktree (returned) switched by its agent as *how* says."""
     git(repo, "checkout", "-q", "-b", "feature")  # `main` free to be checked out elsewhere
-    base = git(repo, "rev-parse", "HEAD")
     agent = [*write_agent(SWITCHES_AND_SEALS), str(tmp_path / "went"), *how]
     text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
     worktree = repo.parent / "repo.swarm" / "a"
@@ -66,6 +59,22 @@ def test_retry_fresh_commits_a_switched_worktree_on_the_task_branch(
         assert "cannot be read" in str(status_json(repo)["a"]["reason"])
     finally:
         worktree.chmod(0o755)  # as its reason says: `chmod u+rwx` gives it back
+    return worktree
+
+
+@pytest.mark.long
+@pytest.mark.parametrize(("how", "to"), [(["--orphan", "x"], "x"), (["main"], "main")])
+def test_retry_fresh_commits_a_switched_worktree_on_the_task_branch(
+    repo: Path,
+    tmp_path: Path,
+    write_agent: Callable[[str], list[str]],
+    how: list[str],
+    to: str,
+) -> None:
+    # Its commit before the fresh start landed on the branch the agent had switched to: your
+    # `main` moved, or (`checkout --orphan`) a branch of every file, sharing no base, made.
+    base = git(repo, "rev-parse", "HEAD")
+    worktree = switched_and_sealed(repo, tmp_path, write_agent, how)
     assert git(worktree, "symbolic-ref", "HEAD") == f"refs/heads/{to}"
 
     out = swarm(repo, "retry", "a", "--fresh")
