@@ -37,20 +37,26 @@ class Seen:
     reals: dict[str, Path] = field(default_factory=dict)  # task worktree -> its real path
 
     def merged_into(
-        self, tip: str, targets: tuple[str, ...], dirty: bool | None, worktree: Path | None
+        self,
+        tip: str,
+        targets: tuple[str, ...],
+        dirty: bool | None,
+        worktree: Path | None,
+        *,
+        agent_ran: bool = False,
     ) -> str | None:
         """The first of *targets* that has *tip*, shortened, or None.
 
         A branch whose *worktree* holds uncommitted work is not merged: its checkpoint will add
         a commit. *dirty* None means the plan has not looked yet: looked at here, only when
-        the answer matters.
+        the answer matters (*agent_ran*: as for :func:`worktree_dirty`).
         """
         if dirty:
             return None
         merged = self.merged.into(tip, targets)
-        if merged and dirty is None and worktree is not None and self.dirty(worktree):
-            return None
-        return merged
+        if not merged or dirty is not None or worktree is None:
+            return merged
+        return None if self.dirty(worktree, agent_ran=agent_ran) else merged
 
     def real(self, worktree: str) -> Path:
         """:func:`real_path` of a task's recorded worktree, resolved once per plan."""
@@ -59,12 +65,15 @@ class Seen:
             found = self.reals[worktree] = real_path(worktree)
         return found
 
-    def dirty(self, worktree: Path) -> bool:
-        """Whether the task worktree *worktree* holds work to keep (looked at once)."""
+    def dirty(self, worktree: Path, *, agent_ran: bool = False) -> bool:
+        """Whether the task worktree *worktree* holds work to keep (looked at once).
+
+        *agent_ran*: as for :func:`worktree_dirty`.
+        """
         known = self.statuses.get(str(worktree))
         if known is None:
             try:
-                known = worktree_dirty(worktree)
+                known = worktree_dirty(worktree, agent_ran=agent_ran)
             except (GitError, CommandError):  # git cannot look into it: it may hold work
                 known = True
             self.statuses[str(worktree)] = known
@@ -94,15 +103,16 @@ def to_look_at(
     *,
     keep_branches: bool,
     look: bool,
-) -> list[str]:
+) -> dict[str, bool]:
     """The task worktrees whose status the plan will ask for (a few more without *look*).
 
-    With *look*, every finished task's worktree the plan would remove; without, only those
+    Each with whether an agent of its task ran there (for :func:`worktree_dirty`). With
+    *look*, every finished task's worktree the plan would remove; without, only those
     whose branch is merged (a worktree with work to checkpoint keeps its branch). It only
     decides what is looked at together: a worktree it leaves out is looked at when planned.
     """
     branch_owners, path_owners = seen.owners
-    paths = []
+    paths: dict[str, bool] = {}
     for run_id, targets, tasks in runs:
         for task in tasks:
             if not task.state.is_final or not task.made or path_owners.get(task.worktree) != run_id:
@@ -122,21 +132,22 @@ def to_look_at(
                 and branch_owners.get(task.branch) == run_id
                 and seen.merged.into(tip, targets)
             ):
-                paths.append(str(Path(task.worktree)))
+                paths[str(Path(task.worktree))] = task.agent_started
     return paths
 
 
-def worktree_statuses(paths: list[str]) -> dict[str, bool]:
+def worktree_statuses(paths: dict[str, bool]) -> dict[str, bool]:
     """{path: whether the worktree there holds work to keep}, several looked at at once.
 
-    One git could not look into is left out: its finding looks again, and says why it is kept.
+    *paths*: {path: whether an agent ran there}, as :func:`to_look_at` gives them. One git
+    could not look into is left out: its finding looks again, and says why it is kept.
     """
 
     def look(path: str) -> bool | None:
         try:
-            return worktree_dirty(Path(path))
+            return worktree_dirty(Path(path), agent_ran=paths[path])
         except (GitError, CommandError):
             return None
 
-    found = parallel.in_order(look, paths)
+    found = parallel.in_order(look, list(paths))
     return {path: dirty for path, dirty in zip(paths, found, strict=True) if dirty is not None}

@@ -74,7 +74,13 @@ def plan_task(
         return found
     keep = _kept_for(task, registered, seen, needed_by, merging=merging)
     tip = seen.tips[task.branch]
-    merged = None if keep else seen.merged_into(tip, targets, dirty, Path(task.worktree))
+    merged = (
+        None
+        if keep
+        else seen.merged_into(
+            tip, targets, dirty, Path(task.worktree), agent_ran=task.agent_started
+        )
+    )
     why = f"task {task.task_id} is {task.state.value}"
     if merged or (force and not keep):
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
@@ -233,6 +239,7 @@ def _plan_task_worktree(
         look=look,
         cwds=seen.cwds,
         known=seen.statuses.get(str(path)),
+        agent_ran=task.agent_started,
     )
     found.append(finding)
     return found, dirty, finding.action is Action.KEEP

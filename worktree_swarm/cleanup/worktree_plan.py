@@ -84,6 +84,7 @@ def worktree_finding(
     look: bool = True,
     cwds: Mapping[int, str] | None = None,
     known: bool | None = None,
+    agent_ran: bool = False,
 ) -> tuple[Finding, bool | None]:
     """Plan removing the registered worktree *info*; returns (finding, dirty).
 
@@ -91,7 +92,8 @@ def worktree_finding(
     processes, or one whose HEAD commit is on no other ref is kept (and named) unless *force*.
     Without *look* its status is not taken (dirty is None): for a plan carried out at once,
     whose removal asks git again right before it deletes anything. *cwds*: as for
-    :func:`processes_using`. *known*: what :func:`worktree_dirty` said, taken beforehand.
+    :func:`processes_using`. *known*: what :func:`worktree_dirty` said, taken beforehand;
+    *agent_ran*: as for it.
     """
     path = info.path
     if removing.interrupted(repo, path) is not None:
@@ -99,7 +101,10 @@ def worktree_finding(
         return dataclasses.replace(finishing, run_id=run_id, task_id=task_id), False
     unseen = ""
     try:
-        dirty = known if known is not None else worktree_dirty(path) if look else None
+        if known is not None or not look:
+            dirty = known
+        else:
+            dirty = worktree_dirty(path, agent_ran=agent_ran)
     except (GitError, CommandError) as exc:  # a corrupt index, a pipe planted where git reads
         dirty, unseen = None, str(exc)
     keep = _why_kept(repo, info, unseen, force=force, cwds=cwds)
@@ -166,12 +171,19 @@ def finish_finding(
     )  # fmt: skip
 
 
-def worktree_dirty(path: Path) -> bool:
-    """Whether the worktree *path* holds work that removing it would need to commit first."""
-    if gitfiles.checkout_incomplete(path):
-        # Never populated, or a removal cut short (the index goes first): repaired from HEAD
-        # before anything, so only a file HEAD lacks is work, not every file read as deleted.
+def worktree_dirty(path: Path, *, agent_ran: bool = False) -> bool:
+    """Whether the worktree *path* holds work that removing it would need to commit first.
+
+    A checkout without an index is looked at as its removal repairs it
+    (:func:`gitfiles.repair_due`; *agent_ran*: an agent of its task ran, as the store says).
+    """
+    due = gitfiles.repair_due(path, agent_ran=agent_ran)
+    if due is gitfiles.Repair.WHOLE:
+        # Never populated, or a removal cut short (the index goes first): checked out from
+        # HEAD again, so only a file HEAD lacks is work, not every file read as deleted.
         return bool(_beyond_head(path))
+    if due is gitfiles.Repair.INDEX:  # its agent deleted it: its edits and deletions are work
+        return git_status.status_from_head(path) != ""
     # A directory git cannot read may hide work, and so may an index flag.
     return git_status.full_status(path) != "" or git_index.hides_edits(path)
 

@@ -165,7 +165,7 @@ def _checkpoint_and_remove(
     """:func:`remove_worktree` of the registered worktree *info*, its work checkpointed first."""
     path = Path(f.target)
     sha = saved = None
-    repaired = False
+    repaired: gitfiles.Repair | None = None
     clean = True
     if path.is_dir():
         _refuse_when_not_ours_to_remove(repo, path, force=force)
@@ -206,11 +206,30 @@ def _checkpoint_and_remove(
         if not force and head and kept_commit(repo, fresh):
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
     _remove_announced(repo, path, moves=moves, force=force, clean=clean)
-    note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
-    note += saved or ""
+    note = _repair_note(repaired, committed=sha is not None) + (saved or "")
     if sha:
         return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
     return f"{note}removed", None
+
+
+def _repair_note(repaired: gitfiles.Repair | None, *, committed: bool) -> str:
+    """What a checkout without an index was and what became of it, said before its removal.
+
+    *committed*: a checkpoint followed.
+    """
+    if repaired is gitfiles.Repair.WHOLE:
+        return (
+            "checkout was incomplete (checked out again from HEAD, no missing file committed "
+            "as deleted), "
+        )
+    if repaired is gitfiles.Repair.INDEX and committed:
+        return (
+            "its index was missing (made again from HEAD, its files committed as they were, "
+            "deletions included), "
+        )
+    if repaired is gitfiles.Repair.INDEX:
+        return "its index was missing (made again from HEAD, its files were as HEAD has them), "
+    return ""
 
 
 def _save_merge_left(repo: git.Repo, path: Path, branch: str) -> tuple[bool, str | None]:

@@ -7,6 +7,7 @@ never populated.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import stat
@@ -262,36 +263,58 @@ def _only_git(worktree: Path) -> bool:
         return True
 
 
-def repair_checkout(worktree: Path, *, agent_ran: bool = False) -> bool:
-    """Give a checkout without an index (:func:`checkout_incomplete`) one from HEAD.
+class Repair(enum.Enum):
+    """How :func:`repair_checkout` mends a checkout without an index."""
 
-    Returns whether a repair was needed. Where no agent ran since swarm checked it out, where
-    swarm's own checkout or removal was killed there, or where nothing but ``.git`` is there
-    (made again, killed before its checkout), HEAD is checked out whole: its missing
-    files are never committed as deletions, nor a half-written file as work. Where an agent
-    ran (*agent_ran*, as the store records) only the index is made: the agent deleted it,
-    and its edits, new files and deletions stay for the checkpoint to commit. A whole
-    checkout is marked as :func:`populate`'s is. Marks left beside an index (swarm killed
-    once ``read-tree -u`` was done, a removal's index set aside) are let go of, as after a
-    whole checkout: an index an agent deletes later is the agent's.
+    WHOLE = "whole"  # HEAD checked out whole: none of its missing files is work
+    INDEX = "index"  # the index alone made from HEAD: every file stays, as the agent left it
+
+
+def repair_due(worktree: Path, *, agent_ran: bool = False) -> Repair | None:
+    """The repair :func:`repair_checkout` makes of *worktree* (None: it needs none); only looks.
+
+    Its index alone where an agent ran (*agent_ran*, as the store records) since swarm's
+    checkout finished: the agent deleted it. HEAD checked out whole where no agent ran, where
+    swarm's own checkout or removal was killed there (its mark, :data:`POPULATING` or
+    :data:`REMOVING_INDEX`, is left), or where nothing but ``.git`` is there (made again,
+    killed before its checkout).
     """
     if not checkout_incomplete(worktree):
-        with suppress(OSError, GitError):
-            _unmark(git_dir(worktree))
-        return False
+        return None
     admin = git_dir(worktree)
     marked = any(os.path.lexists(admin / n) for n in (POPULATING, REMOVING_INDEX))
     if agent_ran and not marked and not _only_git(worktree):
+        return Repair.INDEX
+    return Repair.WHOLE
+
+
+def repair_checkout(worktree: Path, *, agent_ran: bool = False) -> Repair | None:
+    """Give a checkout without an index (:func:`checkout_incomplete`) one from HEAD.
+
+    Returns the repair made (:func:`repair_due`), None when none was needed. A whole checkout
+    never commits HEAD's missing files as deletions, nor a half-written file as work; the
+    index alone keeps the agent's edits, new files and deletions for the checkpoint to
+    commit. A whole checkout is marked as :func:`populate`'s is. Marks left beside an index
+    (swarm killed once ``read-tree -u`` was done, a removal's index set aside) are let go
+    of, as after a whole checkout: an index an agent deletes later is the agent's.
+    """
+    due = repair_due(worktree, agent_ran=agent_ran)
+    if due is None:
+        with suppress(OSError, GitError):
+            _unmark(git_dir(worktree))
+        return None
+    if due is Repair.INDEX:
         run(worktree, ["read-tree", "HEAD"])  # the index alone: no file is written
         sparse_on = run(worktree, ["config", "--bool", "core.sparseCheckout"], check=False)
         if sparse_on.stdout.strip() == "true":  # outside the cone is no deletion, as after -u
             run(worktree, ["sparse-checkout", "reapply"])
-        return True
+        return due
+    admin = git_dir(worktree)
     with suppress(OSError):  # killed half-way (or not to be marked), whole the next time too
         (admin / POPULATING).touch()
     run(worktree, ["read-tree", "--reset", "-u", "HEAD"])
     _unmark(admin)
-    return True
+    return due
 
 
 def _unmark(admin: Path) -> None:

@@ -84,6 +84,22 @@ def pattern_file(admin: Path) -> Path:
     return admin / "info" / "sparse-checkout"
 
 
+def read(admin: Path) -> Cone | None:
+    """The cone :func:`write` gave the worktree of *admin*.
+
+    None when it has no patterns, or patterns other than :func:`patterns` writes (by hand).
+    """
+    try:
+        text = pattern_file(admin).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = text.splitlines()
+    named = {line[1:-1] for line in lines[2:] if line.startswith("/") and line.endswith("/")}
+    parents = {line[2:-3] for line in lines[2:] if line.startswith("!/") and line.endswith("/*/")}
+    c = Cone(recursive=frozenset(named - parents), shallow=frozenset(parents))
+    return c if patterns(c) == text else None
+
+
 def write(admin: Path, c: Cone) -> None:
     """Make the worktree of *admin* sparse to *c* (its next checkout applies it)."""
     target = pattern_file(admin)

@@ -6,12 +6,14 @@ Its status, untracked files, and the work in submodules that no commit of its br
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Collection, Mapping
 from contextlib import suppress
 from pathlib import Path, PurePosixPath
 
 from worktree_swarm.core.paths import Repo, real_path
-from worktree_swarm.git import runner
+from worktree_swarm.git import runner, sparse
+from worktree_swarm.git.config_files import git_dir
 from worktree_swarm.git.repo import git, rev_parse_in, run
 from worktree_swarm.infra import fs
 
@@ -118,6 +120,29 @@ def full_status(path: Path) -> str | None:
     """
     res = run(path, _STATUS)
     return None if any(words in res.stderr for words in _UNSEEN) else res.stdout
+
+
+def status_from_head(worktree: Path) -> str | None:
+    """:func:`full_status` of *worktree*, which has no index, as if its index were HEAD's.
+
+    What its checkpoint commits once its index alone is made again from HEAD (an agent
+    deleted it): edits, deletions and new files. Read through an index of its own, in a
+    temporary directory: the worktree is only looked at. In a sparse checkout a file
+    outside its cone is no deletion, as the repair's ``sparse-checkout reapply`` has it
+    (every missing file counts where the cone is not one swarm wrote).
+    """
+    with tempfile.TemporaryDirectory(prefix="swarm-look-") as scratch:
+        env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+        run(worktree, ["-c", "core.splitIndex=false", "read-tree", "HEAD"], env=env)
+        res = run(worktree, _STATUS, env=env)
+    if any(words in res.stderr for words in _UNSEEN):
+        return None
+    entries = [entry for entry in res.stdout.split("\0") if entry]
+    sparse_on = run(worktree, ["config", "--bool", "core.sparseCheckout"], check=False)
+    cone = sparse.read(git_dir(worktree)) if sparse_on.stdout.strip() == "true" else None
+    if cone is not None:
+        entries = [e for e in entries if e[:3] != " D " or sparse.holds(cone, e[3:])]
+    return "".join(f"{entry}\0" for entry in entries)
 
 
 def submodule_work(worktree: Path) -> list[str]:

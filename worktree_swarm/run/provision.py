@@ -137,7 +137,7 @@ def restore(
         changed = True
     if unlock:
         changed |= _unlink_stale_locks(repo, path, branch)
-    return gitfiles.repair_checkout(path, agent_ran=agent_ran) or changed
+    return gitfiles.repair_checkout(path, agent_ran=agent_ran) is not None or changed
 
 
 def _reattach(
