@@ -14,9 +14,8 @@ import pytest
 from tests.conftest import git, hang_git_at, make_repo
 from tests.test_crash import _agent_ends_unwatched, _kill_group, _manager
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
-from worktree_swarm.cleanup.worktree_plan import worktree_dirty
 from worktree_swarm.core.errors import CommandError
-from worktree_swarm.git import gitfiles, sparse
+from worktree_swarm.git import gitfiles
 
 WriteAgent = Callable[[str], list[str]]
 
@@ -179,34 +178,3 @@ def test_a_removals_mark_goes_with_the_whole_checkout_it_asked_for(tmp_path: Pat
     assert gitfiles.repair_checkout(worktree, agent_ran=True)
     assert (worktree / "a.txt").read_text() == "the agent's edit\n"
     assert git(worktree, "status", "--porcelain") == "M a.txt"
-
-
-def test_a_sparse_checkouts_dry_run_counts_no_file_outside_its_cone_as_deleted(
-    tmp_path: Path,
-) -> None:
-    # Its index deleted by the agent, a sparse worktree lacks every file outside its cone:
-    # the repair's `sparse-checkout reapply` commits none of them as deleted, nor may the plan
-    # count them as work.
-    files = {"README.md": "r\n", "src/a.txt": "a\n", "docs/b.txt": "b\n", "docs/c.txt": "c\n"}
-    worktree = _worktree_on_t(tmp_path, files)
-    gitfiles.populate(worktree, sparse.cone(["src/**"]))
-    assert not (worktree / "docs").exists()
-    (gitfiles.git_dir(worktree) / "index").unlink()
-    assert not worktree_dirty(worktree, agent_ran=True)
-    (worktree / "src" / "a.txt").unlink()  # a deletion inside the cone is the agent's work
-    assert worktree_dirty(worktree, agent_ran=True)
-    assert gitfiles.repair_checkout(worktree, agent_ran=True) is gitfiles.Repair.INDEX
-    assert git(worktree, "status", "--porcelain") == "D src/a.txt"
-
-
-def test_sparse_patterns_read_back_as_the_cone_written(tmp_path: Path) -> None:
-    cone = sparse.cone(["src/app/**", "docs/*.md", "lib/x/y.py"])
-    assert cone is not None
-    sparse.write(tmp_path, cone)
-    read = sparse.read(tmp_path)
-    assert read is not None
-    assert sparse.patterns(read) == sparse.patterns(cone)
-    paths = ["a", "src/b", "src/app/c/d", "docs/e.md", "docs/f/g", "lib/h", "lib/x/y.py", "z/i"]
-    assert [sparse.holds(read, p) for p in paths] == [sparse.holds(cone, p) for p in paths]
-    sparse.pattern_file(tmp_path).write_text("/*\n!/*/\n/docs/*.md\n")  # not a cone of swarm's
-    assert sparse.read(tmp_path) is None

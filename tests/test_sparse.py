@@ -232,3 +232,53 @@ def test_swarm_s_git_sees_a_skipped_file_an_agent_wrote(tmp_path: Path) -> None:
     head = checkpoints.checkpoint(path, message="cp", author="A <a@example.com>")
     assert head is not None
     assert git(repo.root, "show", f"{head}:docs/guide.md") == "rewritten"
+
+
+# Deletes its worktree's index (an agent of the task, run again there).
+DELETES_INDEX = """
+import os, subprocess
+admin = subprocess.run(['git', 'rev-parse', '--absolute-git-dir'], capture_output=True,
+                       text=True, check=True).stdout.strip()
+os.remove(os.path.join(admin, 'index'))
+"""
+
+
+def test_clean_counts_no_file_outside_a_sparse_cone_as_deleted_when_the_index_is_gone(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # A sparse worktree lacks every file outside its cone: its agent deleted its index, the
+    # repair's `sparse-checkout reapply` commits none of them as deleted, and the dry run
+    # may not count them as work either.
+    repo = make_repo(tmp_path / "repo", FILES)
+    agent = argv_toml(
+        write_agent("import pathlib\npathlib.Path('src/auth/n.py').write_text('n')\n")
+    )
+    text = (
+        f"[defaults]\nagent = {agent}\nsparse = true\n"
+        '[[task]]\nid = "a"\nprompt = "x"\nfiles = ["src/auth/**"]\n'
+    )
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    worktree = tmp_path / "repo.swarm" / "a"
+    assert not (worktree / "docs").exists()
+    subprocess.run(write_agent(DELETES_INDEX), cwd=worktree, check=True)
+    dry = swarm(repo, "clean")
+    assert "would: remove it" in dry.stdout, dry.stdout
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    said = "its index was missing (made again from HEAD, its files were as HEAD has them)"
+    assert f"done: {said}, removed" in out.stdout, out.stdout
+    assert git(repo, "diff", "--name-status", "main", "swarm/a") == "A\tsrc/auth/n.py"
+
+
+def test_sparse_patterns_read_back_as_the_cone_written(tmp_path: Path) -> None:
+    cone = sparse.cone(["src/app/**", "docs/*.md", "lib/x/y.py"])
+    assert cone is not None
+    sparse.write(tmp_path, cone)
+    read = sparse.read(tmp_path)
+    assert read is not None
+    assert sparse.patterns(read) == sparse.patterns(cone)
+    paths = ["a", "src/b", "src/app/c/d", "docs/e.md", "docs/f/g", "lib/h", "lib/x/y.py", "z/i"]
+    assert [sparse.holds(read, p) for p in paths] == [sparse.holds(cone, p) for p in paths]
+    sparse.pattern_file(tmp_path).write_text("/*\n!/*/\n/docs/*.md\n")  # not a cone of swarm's
+    assert sparse.read(tmp_path) is None
