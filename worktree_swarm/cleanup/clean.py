@@ -260,7 +260,7 @@ def plan_clean(
             pushed[run_id] = Pushed(repo=repo, remote=run.settings.remote)
     seen.statuses.update(
         worktree_statuses(
-            to_look_at(runs, registered, seen, keep_branches=keep_branches, look=look)
+            repo, to_look_at(runs, registered, seen, keep_branches=keep_branches, look=look)
         )
     )
     findings: list[Finding] = []

@@ -109,7 +109,7 @@ def plan_integration(
     tip = seen.tips[branch]
     # Task branches count as merged once in an integration branch; this one must reach more.
     landing = tuple(t for t in targets if not t.startswith(f"refs/heads/{INTEGRATION_PREFIX}"))
-    merged = None if elsewhere else seen.merged_into(tip, landing, dirty, worktree)
+    merged = None if elsewhere else seen.merged_into(tip, landing, dirty, worktree, repo=repo)
     why = f"integration branch of run {run_id}"
     if elsewhere:
         reason = f"{why}; checked out in {elsewhere}"

@@ -43,20 +43,21 @@ class Seen:
         dirty: bool | None,
         worktree: Path | None,
         *,
-        agent_ran: bool = False,
+        repo: git.Repo,
+        task: TaskRow | None = None,
     ) -> str | None:
         """The first of *targets* that has *tip*, shortened, or None.
 
         A branch whose *worktree* holds uncommitted work is not merged: its checkpoint will add
         a commit. *dirty* None means the plan has not looked yet: looked at here, only when
-        the answer matters (*agent_ran*: as for :func:`worktree_dirty`).
+        the answer matters (as the worktree of *task* in *repo*: :func:`worktree_dirty`).
         """
         if dirty:
             return None
         merged = self.merged.into(tip, targets)
         if not merged or dirty is not None or worktree is None:
             return merged
-        return None if self.dirty(worktree, agent_ran=agent_ran) else merged
+        return None if self.dirty(repo, worktree, task) else merged
 
     def real(self, worktree: str) -> Path:
         """:func:`real_path` of a task's recorded worktree, resolved once per plan."""
@@ -65,15 +66,12 @@ class Seen:
             found = self.reals[worktree] = real_path(worktree)
         return found
 
-    def dirty(self, worktree: Path, *, agent_ran: bool = False) -> bool:
-        """Whether the task worktree *worktree* holds work to keep (looked at once).
-
-        *agent_ran*: as for :func:`worktree_dirty`.
-        """
+    def dirty(self, repo: git.Repo, worktree: Path, task: TaskRow | None = None) -> bool:
+        """Whether the worktree *worktree* of *task* holds work to keep (looked at once)."""
         known = self.statuses.get(str(worktree))
         if known is None:
             try:
-                known = worktree_dirty(worktree, agent_ran=agent_ran)
+                known = worktree_dirty(repo, worktree, task)
             except (GitError, CommandError):  # git cannot look into it: it may hold work
                 known = True
             self.statuses[str(worktree)] = known
@@ -103,16 +101,16 @@ def to_look_at(
     *,
     keep_branches: bool,
     look: bool,
-) -> dict[str, bool]:
+) -> dict[str, TaskRow]:
     """The task worktrees whose status the plan will ask for (a few more without *look*).
 
-    Each with whether an agent of its task ran there (for :func:`worktree_dirty`). With
-    *look*, every finished task's worktree the plan would remove; without, only those
-    whose branch is merged (a worktree with work to checkpoint keeps its branch). It only
-    decides what is looked at together: a worktree it leaves out is looked at when planned.
+    Each with its task (for :func:`worktree_dirty`). With *look*, every finished task's
+    worktree the plan would remove; without, only those whose branch is merged (a worktree
+    with work to checkpoint keeps its branch). It only decides what is looked at together: a
+    worktree it leaves out is looked at when planned.
     """
     branch_owners, path_owners = seen.owners
-    paths: dict[str, bool] = {}
+    paths: dict[str, TaskRow] = {}
     for run_id, targets, tasks in runs:
         for task in tasks:
             if not task.state.is_final or not task.made or path_owners.get(task.worktree) != run_id:
@@ -132,20 +130,20 @@ def to_look_at(
                 and branch_owners.get(task.branch) == run_id
                 and seen.merged.into(tip, targets)
             ):
-                paths[str(Path(task.worktree))] = task.agent_started
+                paths[str(Path(task.worktree))] = task
     return paths
 
 
-def worktree_statuses(paths: dict[str, bool]) -> dict[str, bool]:
+def worktree_statuses(repo: git.Repo, paths: dict[str, TaskRow]) -> dict[str, bool]:
     """{path: whether the worktree there holds work to keep}, several looked at at once.
 
-    *paths*: {path: whether an agent ran there}, as :func:`to_look_at` gives them. One git
-    could not look into is left out: its finding looks again, and says why it is kept.
+    *paths*: {path: its task}, as :func:`to_look_at` gives them. One git could not look into
+    is left out: its finding looks again, and says why it is kept.
     """
 
     def look(path: str) -> bool | None:
         try:
-            return worktree_dirty(Path(path), agent_ran=paths[path])
+            return worktree_dirty(repo, Path(path), paths[path])
         except (GitError, CommandError):
             return None
 

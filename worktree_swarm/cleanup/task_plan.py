@@ -77,9 +77,7 @@ def plan_task(
     merged = (
         None
         if keep
-        else seen.merged_into(
-            tip, targets, dirty, Path(task.worktree), agent_ran=task.agent_started
-        )
+        else seen.merged_into(tip, targets, dirty, Path(task.worktree), repo=repo, task=task)
     )
     why = f"task {task.task_id} is {task.state.value}"
     if merged or (force and not keep):
@@ -239,7 +237,7 @@ def _plan_task_worktree(
         look=look,
         cwds=seen.cwds,
         known=seen.statuses.get(str(path)),
-        agent_ran=task.agent_started,
+        task=task,
     )
     found.append(finding)
     return found, dirty, finding.action is Action.KEEP

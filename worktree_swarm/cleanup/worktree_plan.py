@@ -8,20 +8,24 @@ its removal must checkpoint first.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import functools
+import os
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from worktree_swarm.cleanup.branches import on_no_ref
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.processes import describe, processes_using
 from worktree_swarm.core.errors import CommandError, GitError
+from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.task import SCRATCH_PREFIX
-from worktree_swarm.git import gitfiles, removing, runner, worktrees
+from worktree_swarm.git import gitfiles, local_files, removing, runner, worktrees
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
 from worktree_swarm.git.worktrees import WorktreeInfo
-from worktree_swarm.infra.store_rows import TaskRow
+from worktree_swarm.infra import fs
+from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 
 
 def locked_missing(
@@ -84,7 +88,7 @@ def worktree_finding(
     look: bool = True,
     cwds: Mapping[int, str] | None = None,
     known: bool | None = None,
-    agent_ran: bool = False,
+    task: TaskRow | None = None,
 ) -> tuple[Finding, bool | None]:
     """Plan removing the registered worktree *info*; returns (finding, dirty).
 
@@ -92,8 +96,8 @@ def worktree_finding(
     processes, or one whose HEAD commit is on no other ref is kept (and named) unless *force*.
     Without *look* its status is not taken (dirty is None): for a plan carried out at once,
     whose removal asks git again right before it deletes anything. *cwds*: as for
-    :func:`processes_using`. *known*: what :func:`worktree_dirty` said, taken beforehand;
-    *agent_ran*: as for it.
+    :func:`processes_using`. *known*: what :func:`worktree_dirty` said of it (as the worktree
+    of *task*), taken beforehand.
     """
     path = info.path
     if removing.interrupted(repo, path) is not None:
@@ -101,10 +105,7 @@ def worktree_finding(
         return dataclasses.replace(finishing, run_id=run_id, task_id=task_id), False
     unseen = ""
     try:
-        if known is not None or not look:
-            dirty = known
-        else:
-            dirty = worktree_dirty(path, agent_ran=agent_ran)
+        dirty = known if known is not None or not look else worktree_dirty(repo, path, task)
     except (GitError, CommandError) as exc:  # a corrupt index, a pipe planted where git reads
         dirty, unseen = None, str(exc)
     keep = _why_kept(repo, info, unseen, force=force, cwds=cwds)
@@ -171,21 +172,61 @@ def finish_finding(
     )  # fmt: skip
 
 
-def worktree_dirty(path: Path, *, agent_ran: bool = False) -> bool:
+def worktree_dirty(repo: git.Repo, path: Path, task: TaskRow | None = None) -> bool:
     """Whether the worktree *path* holds work that removing it would need to commit first.
 
-    A checkout without an index is looked at as its removal repairs it
-    (:func:`gitfiles.repair_due`; *agent_ran*: an agent of its task ran, as the store says).
+    As its removal sees it: a checkout without an index is looked at as the removal repairs
+    it (:func:`gitfiles.repair_due`, an agent of *task* having run or not), and the *task*'s
+    ``link`` and ``copy`` files still as copied are none (:func:`as_copied`).
     """
-    due = gitfiles.repair_due(path, agent_ran=agent_ran)
+    copied = functools.partial(as_copied, repo, task, path)
+    ran = task is not None and task.agent_started
+    due = gitfiles.repair_due(path, agent_ran=ran)
     if due is gitfiles.Repair.WHOLE:
         # Never populated, or a removal cut short (the index goes first): checked out from
         # HEAD again, so only a file HEAD lacks is work, not every file read as deleted.
-        return bool(_beyond_head(path))
+        beyond = {os.fsdecode(name) for name in _beyond_head(path)}
+        return bool(beyond) and not beyond <= set(copied())
     if due is gitfiles.Repair.INDEX:  # its agent deleted it: its edits and deletions are work
-        return git_status.status_from_head(path) != ""
+        return holds_work(git_status.status_from_head(path), copied)
     # A directory git cannot read may hide work, and so may an index flag.
-    return git_status.full_status(path) != "" or git_index.hides_edits(path)
+    return holds_work(git_status.full_status(path), copied) or git_index.hides_edits(path)
+
+
+def holds_work(status: str | None, copied: Callable[[], Collection[str]] = frozenset) -> bool:
+    """Whether git's *status* of a worktree (None: git could not see all of it) lists work.
+
+    Untracked paths *copied* names (:func:`as_copied`, asked only when nothing else is
+    listed) are none.
+    """
+    if status is None:
+        return True
+    # Each untracked file by its name (`--untracked-files=all`): "?? name".
+    entries = [entry for entry in status.split("\0") if entry]
+    if not all(entry.startswith("?? ") for entry in entries):
+        return True
+    return bool(entries) and not {entry[3:] for entry in entries} <= set(copied())
+
+
+def as_copied(repo: git.Repo, task: TaskRow | None, path: Path) -> frozenset[str]:
+    """*task*'s ``link`` symlinks, and its ``copy`` files in *path* still as copied (unchanged).
+
+    Removing the worktree loses nothing of those: a file an agent made under a ``copy``
+    pattern, or a copy it changed, is work (no checkpoint commits it) and keeps the worktree.
+    """
+    if task is None:
+        return frozenset()
+    spec = task_from_json(task.spec_json)
+    copied = local_files.copied_paths(path, spec.copy, base=task.base_commit or "HEAD")
+    same = (
+        rel for rel in copied if fs.same_file(_copied_from(repo.root / rel, path / rel), path / rel)
+    )
+    return frozenset([*spec.link, *same])
+
+
+def _copied_from(src: Path, copy: Path) -> Path:
+    """What *copy* was made from: *src*, or the file the symlink *src* names (copied as that)."""
+    return real_path(src) if src.is_symlink() and not copy.is_symlink() else src
 
 
 def _beyond_head(path: Path) -> set[bytes]:

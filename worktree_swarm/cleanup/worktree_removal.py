@@ -22,7 +22,13 @@ from worktree_swarm.cleanup.processes import (
     processes_using,
     repo_paths,
 )
-from worktree_swarm.cleanup.worktree_plan import kept_commit, scratch, submodule_keep
+from worktree_swarm.cleanup.worktree_plan import (
+    as_copied,
+    holds_work,
+    kept_commit,
+    scratch,
+    submodule_keep,
+)
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR, DEFAULT_MAX_FILE
@@ -73,25 +79,9 @@ def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]
 
 
 def _as_copied(repo: git.Repo, store: Store | None, f: Finding, path: Path) -> frozenset[str]:
-    """The task's ``link`` symlinks, and its ``copy`` files still as copied (yours unchanged).
-
-    Removing the worktree loses nothing of those: a file an agent made under a ``copy``
-    pattern, or a copy it changed, is work (no checkpoint commits it) and keeps the worktree.
-    """
+    """:func:`as_copied` of the finding's task, when the store still knows it."""
     known = _task_of(store, f)
-    if known is None:
-        return frozenset()
-    row, task = known
-    copied = local_files.copied_paths(path, task.copy, base=row.base_commit or "HEAD")
-    same = (
-        rel for rel in copied if fs.same_file(_copied_from(repo.root / rel, path / rel), path / rel)
-    )
-    return frozenset([*task.link, *same])
-
-
-def _copied_from(src: Path, copy: Path) -> Path:
-    """What *copy* was made from: *src*, or the file the symlink *src* names (copied as that)."""
-    return real_path(src) if src.is_symlink() and not copy.is_symlink() else src
+    return as_copied(repo, None if known is None else known[0], path)
 
 
 def _task_of(store: Store | None, f: Finding) -> tuple[TaskRow, Task] | None:
@@ -304,25 +294,17 @@ def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) 
 
 
 def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = frozenset) -> bool:
-    """Whether git's status of the worktree *path* is empty, every directory of it seen.
+    """Whether git's status of the worktree *path* lists no work (:func:`holds_work`).
 
-    Untracked paths *as_copied* names (:func:`_as_copied`, asked only when nothing else is
-    listed) do not count. A directory git cannot read (an agent's ``chmod``) is opened to its
-    owner first: swarm removes the worktree anyway, and its files must be seen to be kept.
+    Every directory of it seen: one git cannot read (an agent's ``chmod``) is opened to its
+    owner first, since swarm removes the worktree anyway, and its files must be seen to be
+    kept.
     """
     status = git_status.full_status(path)
     if status is None:
         fs.make_removable(path)
         status = git_status.full_status(path)
-    if status is None:
-        return False
-    # Each untracked file by its name (`--untracked-files=all`): "?? name".
-    entries = [entry for entry in status.split("\0") if entry]
-    if not all(entry.startswith("?? ") for entry in entries):
-        return False
-    if entries and not {entry[3:] for entry in entries} <= set(as_copied()):
-        return False
-    return not git_index.hides_edits(path)
+    return not holds_work(status, as_copied) and not git_index.hides_edits(path)
 
 
 def remove_initializing(repo: git.Repo, f: Finding) -> str:
