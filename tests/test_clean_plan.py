@@ -33,3 +33,18 @@ def test_a_copy_file_still_as_copied_is_no_work_to_the_dry_run_nor_to_a_merged_b
     assert said == ["done: removed", f"done: deleted (was {git(repo, 'rev-parse', 'main')[:12]})"]
     assert not (tmp_path / "repo.swarm").exists()
     assert "swarm/a" not in git(repo, "branch", "--list")
+
+
+def test_dry_run_is_the_default_said_explicitly_and_refused_with_yes(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "a=write a.txt: 1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for command in ("clean", "doctor"):
+        default = swarm(repo, command)
+        explicit = swarm(repo, command, "--dry-run")
+        assert (explicit.returncode, explicit.stdout) == (default.returncode, default.stdout)
+        both = swarm(repo, command, "--dry-run", "--yes")
+        assert both.returncode == 2
+        assert both.stderr == "swarm: --dry-run and --yes exclude each other; give one of them\n"
+    assert "would: remove it" in swarm(repo, "clean", "--dry-run").stdout
+    assert (tmp_path / "repo.swarm" / "a").is_dir()  # nothing was removed

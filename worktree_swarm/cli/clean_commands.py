@@ -27,6 +27,7 @@ def _orphan_options(f: Callable[..., int]) -> Callable[..., int]:
 @click.option("--keep-branches", is_flag=True, help="Never delete branches.")
 @_orphan_options
 @click.option("--yes", is_flag=True, help="Do it (the default is a dry run).")
+@click.option("--dry-run", is_flag=True, help="Only say what --yes would do (the default).")
 @click.option("--force", is_flag=True, help="Also delete unmerged branches and kept worktrees.")
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/clean.md).")
 @click.pass_context
@@ -39,6 +40,7 @@ def clean_cmd(
     foreign: bool,
     idle: str | None,
     yes: bool,
+    dry_run: bool,
     force: bool,
     as_json: bool,
 ) -> int:
@@ -47,6 +49,7 @@ def clean_cmd(
     from worktree_swarm.cleanup import orphans as scan
     from worktree_swarm.ui.clean_text import clean_text
 
+    exclusive(dry_run=dry_run, yes=yes)
     runs_options = {"run": run_id is not None, "all": all_runs, "keep_branches": keep_branches}
     for name, used in runs_options.items():  # what to clean of runs: not for orphans
         exclusive(orphans=orphans, **{name: used})
@@ -73,11 +76,18 @@ def clean_cmd(
 @click.command("doctor", epilog=example("swarm doctor", "swarm doctor --yes"))
 @_orphan_options
 @click.option("--yes", is_flag=True, help="Fix what was found (the default is a dry run).")
+@click.option("--dry-run", is_flag=True, help="Only say what --yes would fix (the default).")
 @click.option("--force", is_flag=True, help="Also delete unmerged orphan branches.")
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/clean.md).")
 @click.pass_context
 def doctor_cmd(
-    ctx: click.Context, foreign: bool, idle: str | None, yes: bool, force: bool, as_json: bool
+    ctx: click.Context,
+    foreign: bool,
+    idle: str | None,
+    yes: bool,
+    dry_run: bool,
+    force: bool,
+    as_json: bool,
 ) -> int:
     """Find orphaned worktrees, branches, processes and locks (= swarm clean --orphans)."""
     return int(
@@ -87,6 +97,7 @@ def doctor_cmd(
             foreign=foreign,
             idle=idle,
             yes=yes,
+            dry_run=dry_run,
             force=force,
             as_json=as_json,
         )
