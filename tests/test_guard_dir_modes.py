@@ -83,6 +83,26 @@ def test_a_read_looks_again_only_at_entries_inotify_saw_change(
     assert changed == surface.read(common, (), None, tops)
 
 
+def test_entries_of_a_parent_whose_own_bits_changed_are_judged_against_them(
+    layout: tuple[Path, list[Path]],
+) -> None:
+    # The entries of a read where no mode changed are taken whole from the read before: a
+    # parent made as open as its entry makes that entry no looser than its parent.
+    common, tops = layout
+    modes = DirModes()
+    tops[5].chmod(0o777)
+    (common / "worktrees" / "t3").chmod(0o777)
+    before = surface.read(common, (), None, tops, modes)
+    assert before[os.fspath(tops[5])].data == surface_entry.LOOSER
+    assert before["worktrees/t3"].data == surface_entry.LOOSER
+    tops[5].parent.chmod(0o777)
+    (common / "worktrees").chmod(0o777)
+    after = surface.read(common, (), None, tops, modes)
+    assert after[os.fspath(tops[5])].data == b""
+    assert after["worktrees/t3"].data == b""
+    assert after == surface.read(common, (), None, tops)
+
+
 def test_a_config_worktree_is_looked_for_again_only_where_one_may_have_come(
     layout: tuple[Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -176,21 +176,60 @@ def _add_modes(found: Surface, common: Path, tops: Iterable[Path], dir_modes: Di
     for parent in (f"{top}/objects", f"{top}/worktrees"):  # fan-out and admin dirs
         with contextlib.suppress(OSError):  # absent, or made unreadable: its own bits say so
             modes = dir_modes.modes(parent)
-            shared = mode_bits(parent)
-            for name, mode in modes.items():
-                _add_dir_mode(found, top, f"{parent}/{name}", mode, shared)
-    by_parent: dict[str, dict[str, str]] = {}  # the worktree root: one watch for all of them
-    for path in map(os.fspath, tops):
-        parent = os.path.dirname(path)  # noqa: PTH120 - strings here: pathlib cost the most
-        by_parent.setdefault(parent, {})[os.path.basename(path)] = path  # noqa: PTH119
-    for parent, paths in by_parent.items():
+            _add_entry_modes(found, top, parent, modes, mode_bits(parent))
+    by_parent: dict[str, list[str]] = {}  # the worktree root: one watch for all of them
+    for path in tops:
+        parent, name = _split(os.fspath(path))
+        by_parent.setdefault(parent, []).append(name)
+    for parent, names in by_parent.items():
         shared = mode_bits(parent)
         try:
-            modes = dir_modes.modes(parent, list(paths))
+            modes = dir_modes.modes(parent, names)
         except OSError:  # each looked at as it is
-            modes = {n: m for n, p in paths.items() if (m := lstat_mode(p)) is not None}
+            modes = {n: m for n in names if (m := lstat_mode(_joined(parent, n))) is not None}
+        _add_entry_modes(found, top, parent, modes, shared)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(path: str) -> tuple[str, str]:
+    """*path*'s directory and name (a task worktree's top: the same ones on every read)."""
+    return os.path.dirname(path), os.path.basename(path)  # noqa: PTH119, PTH120
+
+
+def _joined(parent: str, name: str) -> str:
+    """The path of *name* in *parent*, as :func:`_split` took it apart."""
+    return os.path.join(parent, name)  # noqa: PTH118 - strings here
+
+
+# (git dir, parent) -> the parent's bits, its entries' modes, the entries they made: the
+# same modes and bits make the same entries, so a read where none changed (nearly all: one
+# admin dir and one top per task) takes them whole instead of one by one.
+_MODE_MEMO: dict[tuple[str, str], tuple[int, dict[str, int], Surface]] = {}
+_MODE_MEMO_MAX = 64  # (git dir, parent) pairs kept: a guard has three, a test suite many
+
+
+def _add_entry_modes(
+    found: Surface, top: str, parent: str, modes: dict[str, int], shared: int
+) -> None:
+    """The bits of the directories among *modes* (names in *parent*: their modes).
+
+    *shared*: *parent*'s bits. An entry already in *found* is kept, as :func:`_add_dir_mode`
+    keeps it.
+    """
+    key = (top, parent)
+    memo = _MODE_MEMO.get(key)
+    if memo is not None and memo[0] == shared and memo[1] == modes:
+        entries = memo[2]
+    else:
+        entries = {}
         for name, mode in modes.items():
-            _add_dir_mode(found, top, paths[name], mode, shared)
+            _add_dir_mode(entries, top, _joined(parent, name), mode, shared)
+        if len(_MODE_MEMO) >= _MODE_MEMO_MAX:
+            _MODE_MEMO.clear()
+        _MODE_MEMO[key] = (shared, dict(modes), entries)
+    kept = {label: found[label] for label in found.keys() & entries.keys()}
+    found.update(entries)
+    found.update(kept)
 
 
 UMASK = fs.umask()  # read once, at import
@@ -321,9 +360,12 @@ _RENAMED_OVER = frozenset({"HEAD", "index", "packed-refs", "ORIG_HEAD"})
 
 def _renamed_over(common: Path, top: Path) -> frozenset[str] | None:
     """The files of the directory *top* that git replaces by a rename; None for all (refs)."""
-    if top.is_relative_to(common / "refs"):
+    # By string, as `is_relative_to` and `relative_to`: once per directory walked, every read.
+    git_dir, path = os.fspath(common), os.fspath(top)
+    refs = f"{git_dir}/refs"
+    if path == refs or path.startswith(f"{refs}/"):
         return None
-    parts = top.relative_to(common).parts if top.is_relative_to(common) else ()
+    parts = path[len(git_dir) + 1 :].split("/") if path.startswith(f"{git_dir}/") else []
     return frozenset() if "logs" in parts else _RENAMED_OVER  # logs/HEAD: appended to
 
 

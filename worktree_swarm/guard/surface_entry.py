@@ -90,6 +90,7 @@ def add(found: Surface, common: Path, path: Path) -> None:
 # place. (A symlink there is still watched.)
 _GENERATED = frozenset({"info/refs"})
 _GENERATED_TEMP = len("_XXXXXX")
+_GENERATED_NAME = "refs"  # what the names of the files above begin with
 
 
 def add_tree(found: Surface, common: Path, top: Path) -> None:
@@ -105,11 +106,15 @@ def add_tree(found: Surface, common: Path, top: Path) -> None:
                 bits = stat.S_IMODE(path.lstat().st_mode)
                 found[label_of(common, path)] = Entry(kind=UNREADABLE, bits=bits)
 
+    above = len(os.fspath(top.parent)) + 1
     for dirpath, dirnames, filenames in os.walk(top, onerror=unlisted):
         dirnames.sort()
+        here = Path(dirpath)
         for name in [*dirnames, *sorted(filenames)]:
-            path = Path(dirpath) / name
-            if not (_generated(path.relative_to(top.parent).as_posix()) and _is_file(path)):
+            path = here / name
+            # Only a name that starts so can be generated: no label made for the others.
+            generated = name.startswith(_GENERATED_NAME) and _generated(f"{dirpath[above:]}/{name}")
+            if not (generated and _is_file(path)):
                 add(found, common, path)
 
 
