@@ -341,3 +341,48 @@ def test_swarm_stop_commits_nothing_where_an_agent_pointed_its_worktrees_git_fil
     )
     assert (worktree / "work.txt").read_text() == "work\n"  # left in place
     assert git(repo, "rev-parse", "swarm/a") == base
+
+
+# Once its manager is dead, swaps its admin dir's `logs/HEAD` for a link to a file of yours.
+PLANTS_REFLOG_LINK_AND_STAYS = """
+import os, pathlib, subprocess, sys, time
+go, victim, planted = map(pathlib.Path, sys.argv[1:4])
+pathlib.Path('work.txt').write_text('work\\n')
+while not go.exists():
+    time.sleep(0.02)
+admin = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--absolute-git-dir'], capture_output=True, text=True, check=True
+).stdout.strip())
+(admin / 'logs').mkdir(exist_ok=True)
+(admin / 'logs' / 'HEAD').unlink(missing_ok=True)
+os.symlink(victim, admin / 'logs' / 'HEAD')
+planted.touch()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_swarm_stop_writes_through_no_link_an_agent_planted_in_its_worktrees_admin_dir(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # The stop's put-back of HEAD and its checkpoint appended their reflog lines to whatever
+    # file the agent's link named: any file you can write.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("yours\n")
+    go, planted = tmp_path / "go", tmp_path / "planted"
+    agent = [*write_agent(PLANTS_REFLOG_LINK_AND_STAYS), str(go), str(victim), str(planted)]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for((repo.parent / "repo.swarm" / "a" / "work.txt").exists, what="the agent to work")
+    _kill_group(proc)  # the agent, in its shim's session, goes on: no guard sees the link
+    go.touch()
+    wait_for(planted.exists, what="the agent to plant its link")
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert victim.read_text() == "yours\n"
+    assert git(repo, "show", "swarm/a:work.txt") == "work"  # its work kept on its branch
+    row = status_json(repo)["a"]
+    assert (row["state"], row["reason"]) == (
+        "failed",
+        "planted links where git writes (worktrees/a/logs/HEAD); removed first",
+    )

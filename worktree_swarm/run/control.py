@@ -129,6 +129,34 @@ def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[bool]:
         yield beside and lock.guard_alive(repo.state_dir)
 
 
+def _wind_up_worktree(
+    repo: git.Repo, store: Store, row: TaskRow, task: Task, *, announce: bool
+) -> tuple[str | None, str | None]:
+    """A stopped task's worktree made fit for git, and its work committed on its branch.
+
+    Returns why the task fails for what its agent did there (None: nothing), and what the
+    checkpoint left (None: nothing).
+    """
+    worktree = Path(row.worktree)
+    if not worktree.is_dir():
+        provision.free_worktree(repo, worktree, row.branch, populated=row.base_commit is not None)
+        return None, None
+    # Its `.git` pointed elsewhere (your git dir): git there would commit onto another
+    # checkout or branch, and no git of swarm's runs there, as after an attempt.
+    changed = tampering.tampered(repo, worktree)
+    if changed is not None:
+        return tampering.left_uncommitted(changed), None
+    planted = tampering.unplant(repo, worktree, row.branch)  # nothing of git's writes through one
+    # What the dead manager's git left: the locks of a checkpoint killed half-way, and a
+    # checkout of a worktree it was making, still writing on if it was killed alone.
+    provision.free_worktree(repo, worktree, row.branch, populated=row.base_commit is not None)
+    fails = _put_back_head(repo, row)
+    left = _checkpoint_stopped(repo, store, row, task, announce=announce)
+    if planted and fails is None:  # as after an attempt: its work committed all the same
+        fails = f"planted links where git writes ({', '.join(planted)}); removed first"
+    return fails, left
+
+
 def _put_back_head(repo: git.Repo, row: TaskRow) -> str | None:
     """Put the task's worktree back on its branch if its agent switched it; the reason to fail.
 
@@ -323,21 +351,7 @@ def _stop_unmanaged(
     stopped: list[str] = []
     for task_id in targets:
         task = task_from_json(rows[task_id].spec_json)
-        worktree = Path(rows[task_id].worktree)
-        # What the dead manager's git left: the locks of a checkpoint killed half-way, and a
-        # checkout of a worktree it was making, still writing on if it was killed alone.
-        populated = rows[task_id].base_commit is not None
-        # Its `.git` pointed elsewhere (your git dir): git there would commit onto another
-        # checkout or branch, and no git of swarm's runs there, as after an attempt.
-        changed = tampering.tampered(repo, worktree) if worktree.is_dir() else None
-        if changed is None:
-            provision.free_worktree(repo, worktree, rows[task_id].branch, populated=populated)
-        left = fails = None
-        if worktree.is_dir() and changed is None:  # every target is active (not final)
-            fails = _put_back_head(repo, rows[task_id])
-            left = _checkpoint_stopped(repo, store, rows[task_id], task, announce=announce)
-        elif changed is not None:
-            fails = tampering.left_uncommitted(changed)
+        fails, left = _wind_up_worktree(repo, store, rows[task_id], task, announce=announce)
         state, why = (
             (TaskState.FAILED, verdicts[task_id])
             if task_id in verdicts
