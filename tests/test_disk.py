@@ -636,3 +636,45 @@ def test_a_worktree_that_grew_past_the_cap_does_not_stop_the_tasks_after_it(
     assert {t: r["state"] for t, r in rows.items()} == {"a": "done", "b": "done"}
     assert [tid for tid, _ in _events(repo, "worktree_removed")] == ["a"]  # room first
     assert git(repo, "show", "swarm/b:b.txt") == "b"
+
+
+# Points its worktree's `.git` at your git dir (argv[1]) and writes its work.
+REPOINTS = """
+import pathlib, sys
+pathlib.Path('.git').write_text('gitdir: ' + sys.argv[1] + '\\n')
+pathlib.Path('work.txt').write_text('work\\n')
+"""
+
+
+def test_a_worktree_whose_git_file_points_elsewhere_is_never_checkpointed_for_room(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The commit before the removal ran git in a's worktree whatever its `.git` named: a's
+    # work landed on your checked-out branch, in your git dir and index.
+    repo = _big_repo(tmp_path)
+    base = git(repo, "rev-parse", "HEAD")
+    repoints = argv_toml([*write_agent(REPOINTS), str(repo / ".git")])
+    writes = argv_toml(write_agent("open('b.txt', 'w').write('b')\n"))
+    path = manifest(
+        repo,
+        # `files` overlapping: b is not started before a has ended.
+        f'[defaults]\nmax_disk = "1.5M"\n'
+        f'[[task]]\nid = "a"\nprompt = "a"\nagent = {repoints}\nfiles = ["*.txt"]\n'
+        f'[[task]]\nid = "b"\nprompt = "b"\nagent = {writes}\nfiles = ["*.txt"]\n',
+    )
+
+    out = swarm(repo, "run", path)
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert git(repo, "rev-parse", "HEAD") == base  # nothing committed in your checkout
+    assert git(repo, "status", "--porcelain") == ""
+    worktree = repo.parent / "repo.swarm" / "a"
+    assert (worktree / "work.txt").read_text() == "work\n"  # kept, with its work
+    rows = status_json(repo)
+    assert _events(repo, "worktree_removed") == []
+    assert rows["a"]["state"] == "failed"
+    assert str(rows["a"]["reason"]).endswith(
+        "its work since the last checkpoint is left there, uncommitted"
+    )
+    assert rows["b"]["state"] == "failed"  # no room: a's worktree stays
+    assert "; task a's is kept, holding work no commit has)" in str(rows["b"]["reason"])

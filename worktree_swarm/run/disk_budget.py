@@ -28,7 +28,7 @@ from worktree_swarm.core.models import Emit
 from worktree_swarm.core.run_settings import Executor, RunSpec
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_size
-from worktree_swarm.git import checkpoints, local_files, removal, sparse
+from worktree_swarm.git import checkpoints, local_files, removal, sparse, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import disk, faults
@@ -81,6 +81,7 @@ class DiskBudget:
         # whose worktree is still there can make room, oldest first.
         self._active: dict[str, int] = {}  # task id -> its checkout estimate
         self._removable: list[str] = []
+        self._kept: list[str] = []  # finished, never removed: what is there no commit holds
         rows = sorted(store.tasks(run_id), key=lambda r: r.ended_at or 0.0)
         for row in rows:
             if not (self.root / row.task_id).is_dir():
@@ -231,6 +232,11 @@ class DiskBudget:
         # foreign write nor watches the worktree any longer.
         with self.guard.busy(task_id, path):
             if path.is_dir():
+                if tampering.tampered(self.repo, path) is not None:
+                    # Its agent pointed its `.git` elsewhere (your git dir): the commit below
+                    # would land there. Its work stays uncommitted, and its worktree with it.
+                    self._kept.append(task_id)
+                    return
                 # Every attempt ended with a checkpoint; this only keeps what a check or a
                 # setup step left behind, as `swarm clean` does, so that nothing is lost. On
                 # a full disk (that commit's objects need room too) it waits, as the run does.
@@ -240,6 +246,7 @@ class DiskBudget:
                         self.store.on_full,
                     )
                 except checkpoints.LeftOutError:
+                    self._kept.append(task_id)
                     return  # what no commit holds stays, and its worktree with it
                 # Told to the guard as swarm's own: it expects the worktree gone from now on.
                 with self.guard.provisioning(path):
@@ -258,10 +265,11 @@ class DiskBudget:
 
     def _full_message(self, used: int, checkout: int) -> str:
         cap = format_size(self.spec.max_disk)
+        kept = "".join(f"; task {t}'s is kept, holding work no commit has" for t in self._kept)
         return (
             f"max_disk {cap}: a new worktree needs ~{format_size(checkout)} but "
             f"{format_size(used)} under {self.root} belongs to no task of this run in flight "
-            "(worktrees of earlier runs?); run `swarm clean --all` or raise max_disk"
+            f"(worktrees of earlier runs?{kept}); run `swarm clean --all` or raise max_disk"
         )
 
 
