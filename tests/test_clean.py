@@ -33,6 +33,7 @@ from tests.conftest import (
     make_repo,
 )
 from tests.test_crash import stray_at_failed_task
+from tests.test_retry_fresh_checkout import switched_and_sealed
 from tests.test_run import (
     HANGING_TREE_AGENT,
     argv_toml,
@@ -596,7 +597,7 @@ def test_a_lock_reason_an_agent_wrote_reaches_your_terminal_as_one_printable_lin
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out.stdout + out.stderr)
 
 
-def test_clean_keeps_a_locked_worktree_and_one_whose_commit_is_on_no_branch_unless_forced(
+def test_clean_keeps_a_locked_worktree_unless_forced_and_one_on_a_detached_head_always(
     repo: Path, write_agent: AgentFactory
 ) -> None:
     agent = " ".join(write_agent(BY_ID_AGENT))
@@ -615,15 +616,17 @@ def test_clean_keeps_a_locked_worktree_and_one_whose_commit_is_on_no_branch_unle
     out = swarm(repo, "clean", "--yes", "--keep-branches")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "it is locked (on a USB disk)" in out.stdout
-    assert f"its commit {mine[:12]} is on no branch" in out.stdout
+    assert f"is on a detached HEAD at {mine[:12]} now, not swarm/gone" in out.stdout
     assert locked.is_dir()
     assert git(detached, "rev-parse", "HEAD") == mine
     assert (detached / "mine.txt").read_text() == "only here\n"
 
-    found = report(repo, "clean", "--yes", "--force", "--keep-branches", code=0)
+    # Forced, its commit on no branch would go with it: kept, as one on another branch is.
+    found = report(repo, "clean", "--yes", "--force", "--keep-branches", code=1)
     assert found[str(locked)]["fixed"] is True
-    assert found[str(detached)]["fixed"] is True
-    assert worktree_paths(repo) == [str(repo)]
+    assert found[str(detached)]["action"] == "keep"
+    assert worktree_paths(repo) == [str(repo), str(detached)]
+    assert git(detached, "rev-parse", "HEAD") == mine
     assert git(repo, "branch", "--list", "swarm/*").split() == ["swarm/edits", "swarm/gone"]
 
 
@@ -2060,6 +2063,28 @@ def test_a_task_worktree_you_switched_branch_in_or_left_mid_rebase_is_kept_as_it
     assert (root / "switched" / "wip.txt").read_text() == "yours, half done\n"
     assert (work / ".git").exists()
     assert git(work, "diff", "--cached", "--name-only") == "rebasing.txt"
+
+
+@pytest.mark.long
+def test_a_task_worktree_its_agent_left_on_a_detached_head_is_kept_as_it_is(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    """Its checkpoint committed the agent's work onto no branch; `--force` then removed the
+    worktree, and that commit with it was lost to you."""
+    worktree = switched_and_sealed(repo, tmp_path, write_agent, ["--detach"])
+    tip = git(repo, "rev-parse", "swarm/a")
+    kept = f"its worktree is on a detached HEAD at {tip[:12]} now, not swarm/a"
+
+    dry = swarm(repo, "clean", "--force")
+    assert kept in dry.stdout, dry.stdout
+    out = swarm(repo, "clean", "--yes", "--force")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert kept in out.stdout, out.stdout
+    assert "kept: finish there" in out.stdout, out.stdout
+    assert (worktree / "work.txt").read_text() == "work\n"  # uncommitted, as the agent left it
+    assert git(worktree, "rev-parse", "HEAD") == tip
+    assert git(repo, "rev-parse", "swarm/a") == tip
 
 
 @pytest.mark.long

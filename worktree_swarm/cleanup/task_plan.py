@@ -274,11 +274,19 @@ def _hands_off(repo: git.Repo, info: WorktreeInfo, task: TaskRow) -> tuple[str, 
 
 
 def _switched_or_busy(info: WorktreeInfo, task: TaskRow) -> str | None:
-    """What makes a task's worktree someone's work now: on another branch, or mid-operation."""
+    """What makes a task's worktree someone's work now: off its branch, or mid-operation.
+
+    A detached HEAD too: the checkpoint before the removal would commit onto no branch.
+    """
     if info.branch is not None and task.branch and info.branch != task.branch:
         return f"its worktree is on branch {info.branch} now, not {task.branch}"
     doing = gitfiles.operation_in_progress(Path(info.path))
-    return None if doing is None else f"{doing} is in progress in its worktree"
+    if doing is not None:  # a rebase detaches HEAD: that, not the detached HEAD, is named
+        return f"{doing} is in progress in its worktree"
+    if info.branch is None and task.branch:
+        at = (info.head or "?")[:12]
+        return f"its worktree is on a detached HEAD at {at} now, not {task.branch}"
+    return None
 
 
 def plan_left_there(task: TaskRow, seen: Seen, tip: str, pushed: Pushed) -> list[Finding]:
