@@ -1,7 +1,8 @@
-"""`swarm retry --fresh` of a task whose worktree its agent left switched or pointed elsewhere.
+"""`swarm retry` of a task whose worktree its agent left switched or pointed elsewhere.
 
-Its first commit keeps what the worktree holds before the worktree is deleted: on the task's
-own branch, never on the branch its agent switched to, nor in the git dir its `.git` names.
+With `--fresh`, its first commit keeps what the worktree holds before the worktree is deleted:
+on the task's own branch, never on the branch its agent switched to, nor in the git dir its
+`.git` names. Without, the worktree is put back on the task's branch before the next attempt.
 (`swarm clean` keeps a switched one, naming it, and commits nowhere.)
 """
 
@@ -134,3 +135,33 @@ def test_retry_fresh_of_a_worktree_whose_git_file_points_elsewhere_is_refused_up
     assert (worktree / "work.txt").read_text() == "work\n"
     assert retry_events(repo) == []
     assert status_json(repo)["a"]["state"] == "failed"
+
+
+@pytest.mark.long
+@pytest.mark.parametrize(("how", "to"), [(["main"], "main"), (["--detach"], "a detached HEAD")])
+def test_retry_puts_a_switched_worktree_back_on_the_task_branch_before_the_next_attempt(
+    repo: Path,
+    tmp_path: Path,
+    write_agent: Callable[[str], list[str]],
+    how: list[str],
+    to: str,
+) -> None:
+    # The next attempt's agent worked on the branch the last one had switched to, and the
+    # check after its attempt failed the task for that switch.
+    base = git(repo, "rev-parse", "HEAD")
+    worktree = switched_and_sealed(repo, tmp_path, write_agent, how)
+
+    out = swarm(repo, "retry", "a")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "done", row
+    assert git(repo, "rev-parse", "main") == base
+    assert git(worktree, "symbolic-ref", "HEAD") == "refs/heads/swarm/a"
+    assert git(repo, "ls-tree", "--name-only", "swarm/a").splitlines() == [
+        "README.md",
+        "fresh.txt",
+        "work.txt",  # the first attempt's work, kept on the task's branch
+    ]
+    [event] = retry_events(repo)
+    assert str(event["put_back_from"]).startswith(to)

@@ -279,8 +279,10 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
             switched = _keep_uncommitted(repo, store, row)
             tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
         data["previous_tip"] = tip
-        if switched is not None:
-            data["put_back_from"] = switched
+    elif made:  # the next attempt works in it: on its branch
+        switched = _put_back(repo, row)
+    if switched is not None:
+        data["put_back_from"] = switched
     # First: a retry killed after deleting the branch has the old tip on record.
     store.add_event(row.run_id, RETRY_EVENT, task_id=row.task_id, data=data)
     if fresh and made:
@@ -313,6 +315,21 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
         store.update_task(
             row.run_id, row.task_id, base_commit=None, start_commit=None, tip_commit=None
         )
+
+
+def _put_back(repo: git.Repo, row: TaskRow) -> str | None:
+    """Put the kept worktree of *row* back on its branch if it is off it; where it was.
+
+    Its agent's `git checkout main` stays so when its attempt failed before the guard put it
+    back (one that made its worktree unreadable): the next agent would work on that branch,
+    and be blamed for the switch after its attempt. Its files and index stay. Not where no
+    git of swarm's runs: a worktree gone, unreadable, or whose `.git` points elsewhere.
+    """
+    path = Path(row.worktree)
+    if not os.path.lexists(path / ".git") or tampering.tampered(repo, path) is not None:
+        return None
+    tampering.unplant(repo, path, row.branch)  # nothing of git's below writes through one
+    return gitfiles.put_back_on(path, row.branch)
 
 
 def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> str | None:
