@@ -27,7 +27,7 @@ from typing import cast
 import psutil
 import pytest
 
-from tests.conftest import add_submodule, git, make_repo
+from tests.conftest import GIT_SUBCOMMAND, add_submodule, git, git_first_on_path, make_repo
 from tests.test_run import swarm as run_swarm
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'worktree-swarm[ray]')")
@@ -897,6 +897,72 @@ def test_stop_without_a_manager_stops_the_agents_on_their_nodes(
             "Swarm-Attempt: 1",
             "Swarm-Agent: command",
         ]
+
+
+# Writes its work, says so, then ends as argv[2] says.
+ENDS_AGENT = r"""
+import pathlib, sys, time
+ctl, how = pathlib.Path(sys.argv[1]), sys.argv[2]
+pathlib.Path("e.txt").write_text("work\n")
+(ctl / "ended").write_text("")
+if how == "failed":
+    sys.exit(1)
+if how == "timed_out":
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "state", "why"),
+    [("done", "done", ""), ("failed", "failed", "exited 1"), ("timed_out", "timed_out", "3s")],
+)
+def test_stop_without_a_manager_records_an_attempt_ended_on_record_as_it_ended(
+    cluster: raykit.Cluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+    state: str,
+    why: str,
+) -> None:
+    # Its coordinator recorded the attempt's end and died before the task's (in the diff of
+    # its branch, here): the stop recorded it `stopped`, whatever it ended as, and left its
+    # actor on the node.
+    repo, _remote, ctl = setup_repo(tmp_path, [])
+    hung = tmp_path / "hung"
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        GIT_SUBCOMMAND
+        + f"if [ \"$sub\" = diff ] && [ -e {ctl / 'ended'} ] && mkdir {tmp_path / 'taken'}"
+        " 2>/dev/null; then\n"
+        f"  echo $$ > {hung}; exec sleep 600\nfi\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    script = tmp_path / "ends.py"
+    script.write_text(ENDS_AGENT)
+    manifest = tmp_path / "ends.toml"
+    argv = [sys.executable, str(script), str(ctl), how]
+    manifest.write_text(
+        f"[defaults]\nagent = {json.dumps(argv)}\n"
+        'executor = "ray"\nray_memory = "64M"\nkill_grace = "1s"\ntimeout = "3s"\n\n'
+        '[[task]]\nid = "e"\nprompt = "p"\n'
+    )
+    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    try:
+        wait_for("the coordinator in its diff", lambda: hung.exists() and hung.read_text())
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+            os.kill(int(hung.read_text()), signal.SIGKILL)
+    assert [a[0] for a in attempt_rows(repo, "e")] == [{"done": "succeeded"}.get(how, how)]
+
+    out = swarm(repo, "stop")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status(repo)["e"]
+    assert row["state"] == state, row
+    assert why in str(row["reason"]) if why else row["reason"] == "", row
+    assert git(repo, "show", "swarm/e:e.txt") == "work"
+    wait_for("the actor to exit", lambda: not actor_processes(cluster), timeout=60)
 
 
 def test_max_disk_applies_per_node_and_tasks_on_one_node_sum_up(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import filelock
 
-from worktree_swarm.agents.base import AgentOutcome, AgentResult
+from worktree_swarm.agents.base import AgentResult
 from worktree_swarm.core.errors import SwarmError, unknown_task
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunStatus, TaskState
 from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, run_dir
@@ -352,10 +352,11 @@ def _stop_unmanaged(
     for task_id in targets:
         task = task_from_json(rows[task_id].spec_json)
         fails, left = _wind_up_worktree(repo, store, rows[task_id], task, announce=announce)
+        as_ended = unwatched.as_it_ended(store.task(run_id, task_id), task, ended[task_id])
         state, why = (
             (TaskState.FAILED, verdicts[task_id])
             if task_id in verdicts
-            else cuts[task_id] or _as_it_ended(store.task(run_id, task_id), task, ended[task_id])
+            else cuts[task_id] or as_ended
         )
         if fails is not None and task_id not in verdicts:  # failed, as its manager fails it
             state, why = TaskState.FAILED, fails
@@ -413,24 +414,6 @@ def _kill_left(
         by_itself = unwatched.record_launch(repo, store, row, stray, agent, since=began)
         ended[task_id] = ended[task_id] or by_itself
     return ended
-
-
-def _as_it_ended(
-    row: TaskRow | None, task: Task, ended: AgentResult | None
-) -> tuple[TaskState, str]:
-    """A stopped task's state: stopped, unless its agent had ended by itself meanwhile.
-
-    Failed as it failed; done (or no changes) when it succeeded and had no checks to run.
-    """
-    if ended is None or ended.outcome is AgentOutcome.RATE_LIMITED:
-        return TaskState.STOPPED, "stopped"
-    if ended.outcome is not AgentOutcome.SUCCESS:
-        return TaskState.FAILED, ended.reason or "the agent failed"
-    if row is not None and row.diff_files == 0:
-        return TaskState.NO_CHANGES, "the agent changed nothing"
-    if task.checks:
-        return TaskState.STOPPED, "stopped before its checks (its agent had succeeded)"
-    return TaskState.DONE, ""
 
 
 def _record_diff(repo: git.Repo, store: Store, row: TaskRow, tip: str | None) -> None:

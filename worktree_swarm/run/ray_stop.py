@@ -1,7 +1,8 @@
 """`swarm stop` of a Ray run that no manager watches: its attempts stopped on their nodes.
 
 Each open attempt's actor stops its agent, pushes its checkpoint and goes; the branches are
-fetched here and the tasks marked stopped. With the cluster gone, the attempts end here only.
+fetched here and the tasks marked stopped, or as their last attempt ended where its end is on
+record (its coordinator died after). With the cluster gone, the attempts end here only.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.run_settings import RunSettings
@@ -18,10 +20,11 @@ from worktree_swarm.git import diffs
 from worktree_swarm.git import remotes as git_remotes
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store
-from worktree_swarm.infra.store_rows import AttemptUsage
+from worktree_swarm.infra.store_rows import AttemptUsage, task_from_json
 from worktree_swarm.run.ray_actors import actor_name, namespace
 from worktree_swarm.run.ray_cluster import connect, head_problem, ray_module
 from worktree_swarm.run.ray_preflight import remote_url
+from worktree_swarm.run.unwatched import as_it_ended, cut_on_record, ended_on_record
 
 
 def stop_unmanaged(
@@ -33,7 +36,9 @@ def stop_unmanaged(
     its agent's whole tree, pushes the checkpoint and is removed; the branch is fetched here.
     With no cluster answering at its address (its head gone), nothing on the nodes can be
     reached (an agent there stopped with its actor, which ended with its node's raylet): the
-    attempts end here, the branches are fetched as last pushed, and the reasons say so.
+    attempts end here, the branches are fetched as last pushed, and the reasons say so. A
+    task whose last attempt its dead coordinator recorded ended (done, failed, timed out) ends
+    so, as a local stop and a resume end it; the actor it left is taken down.
     """
     address = spec.ray_address or os.environ.get("RAY_ADDRESS", "")
     problem = head_problem(address)
@@ -49,7 +54,13 @@ def stop_unmanaged(
         )
     for task_id in targets:
         row = store.task(run_id, task_id)
-        numbers = {a.number: a.id for a in store.attempts(run_id, task_id) if a.ended_at is None}
+        attempts = store.attempts(run_id, task_id)
+        # Its end on record, its coordinator dead in what came after (the fetch, its checks).
+        cut = cut_on_record(row, attempts) if row is not None else None
+        ended = ended_on_record(row, attempts) if row is not None else None
+        if problem is None and (cut or ended):
+            _discard_actor(task_id, attempts[-1].number, run_id)
+        numbers = {a.number: a.id for a in attempts if a.ended_at is None}
         if row is not None and row.launching is not None:
             numbers.setdefault(row.launching, 0)
         for number, attempt_id in sorted(numbers.items()):
@@ -78,13 +89,12 @@ def stop_unmanaged(
                 diff_insertions=stat.insertions,
                 diff_deletions=stat.deletions,
             )
+        state, why = TaskState.STOPPED, reason
+        if row is not None and (cut or ended):
+            task = task_from_json(row.spec_json)
+            state, why = cut or as_it_ended(store.task(run_id, task_id), task, ended)
         store.update_task(
-            run_id,
-            task_id,
-            state=TaskState.STOPPED,
-            reason=reason,
-            ended_at=time.time(),
-            launching=None,
+            run_id, task_id, state=state, reason=why, ended_at=time.time(), launching=None
         )
 
 
@@ -99,6 +109,22 @@ def _stop_actor(task_id: str, number: int, run_id: str, spec: RunSettings) -> No
     with contextlib.suppress(Exception):  # a dead actor has nothing to stop
         ray.get(actor.stop.remote(), timeout=spec.kill_grace + 60)
         ray.get(actor.finish.remote(message=message), timeout=120)
+    _take_down(actor)
+
+
+def _discard_actor(task_id: str, number: int, run_id: str) -> None:
+    """Take down the actor of attempt *number*, if there, whose end is on record: it is over."""
+    ray = ray_module()
+    try:
+        actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
+    except ValueError:  # gone with its node, or retired
+        return
+    _take_down(actor)
+
+
+def _take_down(actor: Any) -> None:  # noqa: ANN401 - a Ray handle
+    """Have *actor* delete its clone, then kill it."""
+    ray = ray_module()
     with contextlib.suppress(Exception):
         ray.get(actor.discard.remote(), timeout=30)
     with contextlib.suppress(Exception):

@@ -18,6 +18,7 @@ from worktree_swarm.agents import adapter_for
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, TaskState
 from worktree_swarm.core.paths import guard_dir
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
@@ -194,6 +195,24 @@ def ended_on_record(row: TaskRow, attempts: Sequence[AttemptRow]) -> AgentResult
     if last is not None and outcome is AttemptOutcome.FAILED:
         return AgentResult(outcome=AgentOutcome.FAILED, reason=last.reason)
     return None
+
+
+def as_it_ended(
+    row: TaskRow | None, task: Task, ended: AgentResult | None
+) -> tuple[TaskState, str]:
+    """A stopped task's state: stopped, unless its agent had ended by itself meanwhile.
+
+    Failed as it failed; done (or no changes) when it succeeded and had no checks to run.
+    """
+    if ended is None or ended.outcome is AgentOutcome.RATE_LIMITED:
+        return TaskState.STOPPED, "stopped"
+    if ended.outcome is not AgentOutcome.SUCCESS:
+        return TaskState.FAILED, ended.reason or "the agent failed"
+    if row is not None and row.diff_files == 0:
+        return TaskState.NO_CHANGES, "the agent changed nothing"
+    if task.checks:
+        return TaskState.STOPPED, "stopped before its checks (its agent had succeeded)"
+    return TaskState.DONE, ""
 
 
 def cut_on_record(row: TaskRow, attempts: Sequence[AttemptRow]) -> tuple[TaskState, str] | None:
