@@ -27,14 +27,18 @@ _LOCAL = threading.local()  # .afresh: True within afresh() in this thread
 
 
 @contextlib.contextmanager
-def afresh() -> Iterator[None]:
-    """Within, :func:`read` in this thread reads every file, whatever it kept."""
-    before = getattr(_LOCAL, "afresh", False)
-    _LOCAL.afresh = True
+def afresh(stale: set[str] | None = None) -> Iterator[None]:
+    """Within, :func:`read` in this thread reads every file, whatever it kept.
+
+    *stale*: filled with the paths of those read with other bytes than kept under the same
+    stat (written through a shared map): the writes no stat told of.
+    """
+    before = getattr(_LOCAL, "afresh", False), getattr(_LOCAL, "stale", None)
+    _LOCAL.afresh, _LOCAL.stale = True, stale
     try:
         yield
     finally:
-        _LOCAL.afresh = before
+        _LOCAL.afresh, _LOCAL.stale = before
 
 
 def read(path: Path, info: os.stat_result) -> bytes:
@@ -50,6 +54,9 @@ def read(path: Path, info: os.stat_result) -> bytes:
         return known[1]
     began = time.time_ns()
     data = fs.read_file(path)
+    stale = getattr(_LOCAL, "stale", None)
+    if stale is not None and known is not None and known[0] == signature and known[1] != data:
+        stale.add(key)
     if info.st_ctime_ns < began - RACY_NS:
         if len(_KNOWN) >= _KNOWN_MAX:
             _KNOWN.clear()

@@ -46,11 +46,14 @@ NOT_KNOWN = frozenset({surface_entry.UNREACHED, surface_entry.UNREADABLE})
 class SurfaceChecks(WorktreeChecks, ObjectChecks):
     """Git's own files, setuid files and the commit graph: scans and put-backs."""
 
-    def _read_surface(self, *, afresh: bool = False) -> surface_entry.Surface:
+    def _read_surface(
+        self, *, afresh: bool = False, stale: set[str] | None = None
+    ) -> surface_entry.Surface:
         """Git's files as they are now.
 
-        *afresh*: each file's bytes read, nothing kept by its stat used (and in the last
-        scan, nothing kept while inotify was quiet either).
+        *afresh*: each file's bytes read anew, none kept by its stat used (in the last scan,
+        nothing kept while inotify was quiet either); *stale* gets the paths whose bytes
+        changed under the same stat.
         """
         tops = list(self._trees.paths.values())  # a copy: workers add to it meanwhile
         args = (self.repo.common_dir, self._hooks, self._linked, tops, self._dir_modes)
@@ -58,7 +61,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             return surface.read(*args)
         if self._closing.is_set() and self._dir_modes is not None:  # events may never come
             self._dir_modes.configs.look_afresh()
-        with known_bytes.afresh():
+        with known_bytes.afresh(stale):
             return surface.read(*args)
 
     def _take_surface(self) -> None:
@@ -265,11 +268,9 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         swapped = self._swapped_store(began)  # first: the surface's objects/info is in it
         self._put_back_again()
         last = self._closing.is_set()
-        now, unseen = self._read_surface(afresh=afresh and not last), set[str]()
-        if last:  # the last: what was kept by its stat read again
-            fresh = self._read_surface(afresh=True)
-            unseen = set(surface_diff.changed(now, fresh))
-            now = fresh
+        stale: set[str] = set()
+        now = self._read_surface(afresh=afresh or last, stale=stale if last else None)
+        unseen = {surface_entry.label_of(common, path) for path in stale}
         now = self._reach(now, (self._surface_checked, began))
         window = (self._surface_checked, began)
         labels = self._changed_by_others(now, window)
