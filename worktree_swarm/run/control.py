@@ -143,34 +143,24 @@ def _wind_up_worktree(
         return None, None
     # Its `.git` pointed elsewhere (your git dir): git there would commit onto another
     # checkout or branch, and no git of swarm's runs there, as after an attempt.
-    changed = tampering.tampered(repo, worktree)
+    admin = tampering.own_admin(repo, worktree)
+    changed = None if admin is not None else tampering.tampered(repo, worktree)
     if changed is not None:
         return tampering.left_uncommitted(changed), None
-    planted = tampering.unplant(repo, worktree, row.branch)  # nothing of git's writes through one
+    # Nothing of git's below writes through a planted link.
+    planted = [] if admin is None else tampering.unplant(repo, worktree, row.branch, admin=admin)
     # What the dead manager's git left: the locks of a checkpoint killed half-way, and a
     # checkout of a worktree it was making, still writing on if it was killed alone.
     provision.free_worktree(repo, worktree, row.branch, populated=row.base_commit is not None)
-    fails = _put_back_head(repo, row)
+    # Switched by its agent: back on its branch, as its manager's guard does after each
+    # attempt, so that the checkpoint commits onto it (not yours, nor one of no commit yet).
+    where = None if admin is None else gitfiles.put_back_on(worktree, row.branch)
     left = _checkpoint_stopped(repo, store, row, task, announce=announce)
-    if planted and fails is None:  # as after an attempt: its work committed all the same
-        fails = f"planted links where git writes ({', '.join(planted)}); removed first"
-    return fails, left
-
-
-def _put_back_head(repo: git.Repo, row: TaskRow) -> str | None:
-    """Put the task's worktree back on its branch if its agent switched it; the reason to fail.
-
-    As its manager's guard does after each attempt: the checkpoint then commits its work onto
-    the task's branch, not onto the branch it switched to (yours, or one of no commit yet).
-    Not in a worktree that is no longer the one swarm made (its ``.git`` pointed elsewhere).
-    """
-    worktree = Path(row.worktree)
-    if tampering.own_admin(repo, worktree) is None:
-        return None
-    where = gitfiles.put_back_on(worktree, row.branch)
-    if where is None:
-        return None
-    return f"its agent switched its worktree from {row.branch} to {where}; put back"
+    if where is not None:
+        return f"its agent switched its worktree from {row.branch} to {where}; put back", left
+    if planted:  # as after an attempt: its work committed all the same
+        return f"planted links where git writes ({', '.join(planted)}); removed first", left
+    return None, left
 
 
 def _checkpoint_stopped(

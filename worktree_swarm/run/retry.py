@@ -344,8 +344,7 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> str | None:
     path = Path(row.worktree)
     if not (path / ".git").exists():
         return None
-    tampering.unplant(repo, path, row.branch)  # nothing of git's below writes through one
-    switched = gitfiles.put_back_on(path, row.branch)  # else committed onto that branch
+    switched = _put_back(repo, row)  # else committed onto the branch it is on
     gitfiles.repair_checkout(path, agent_ran=row.agent_started)
     run = store.get_run(row.run_id)
     settings = run.settings if run is not None else None
