@@ -78,6 +78,7 @@ class WorktreeChecks(Baselines, RefChecks):
                         self._trees.admins[task_id] = whole.name
                     if root is not None:
                         self._trees.roots[task_id] = root
+                    self._trees.rootless.discard(task_id)  # made afresh: judged as ever
                 if admin is not None and admin.parent == worktrees_dir:
                     label = f"worktrees/{admin.name}/config.worktree"
                     entry = surface_entry.read_one(common, label)
