@@ -122,15 +122,23 @@ def test_a_planted_upload_or_receive_pack_never_runs(repo: Path, tmp_path: Path)
     assert Path(f"{marker}-uploadpack").exists()
 
 
-def test_a_planted_upload_pack_never_runs_in_a_lazy_fetch(repo: Path, tmp_path: Path) -> None:
-    # A partial clone fetches an object it lacks by starting `git fetch` itself, with no
-    # `--upload-pack`: a planted one ran in any command reading that object.
+def _partial_clone_with_planted_upload_pack(repo: Path, tmp_path: Path) -> tuple[str, Path]:
+    """*repo* made a partial clone lacking a blob, its uploadpack planted.
+
+    Returns the blob, and the file the planted program makes when it runs.
+    """
     source = make_repo(tmp_path / "source", {"lazy.txt": "lazy\n"})
-    blob = git(source, "rev-parse", "HEAD:lazy.txt")
     marker = tmp_path / "pwned"
     git(repo, "config", "extensions.partialClone", "origin")
     git(repo, "config", "remote.origin.url", str(source))
     git(repo, "config", "remote.origin.uploadpack", f"touch {marker}; git-upload-pack")
+    return git(source, "rev-parse", "HEAD:lazy.txt"), marker
+
+
+def test_a_planted_upload_pack_never_runs_in_a_lazy_fetch(repo: Path, tmp_path: Path) -> None:
+    # A partial clone fetches an object it lacks by starting `git fetch` itself, with no
+    # `--upload-pack`: a planted one ran in any command reading that object.
+    blob, marker = _partial_clone_with_planted_upload_pack(repo, tmp_path)
     out = runner.run(repo, "cat-file", "-p", blob, check=False)
     assert out.returncode != 0  # not fetched: swarm's git reads what the repository holds
     assert not marker.exists()
@@ -149,12 +157,7 @@ def test_a_planted_upload_pack_never_runs_in_a_lazy_fetch_of_a_git_that_ignores_
         monkeypatch,
         lambda real: f'#!/bin/sh\nunset GIT_NO_LAZY_FETCH\nexec {real} "$@"\n',
     )
-    source = make_repo(tmp_path / "source", {"lazy.txt": "lazy\n"})
-    blob = git(source, "rev-parse", "HEAD:lazy.txt")
-    marker = tmp_path / "pwned"
-    git(repo, "config", "extensions.partialClone", "origin")
-    git(repo, "config", "remote.origin.url", str(source))
-    git(repo, "config", "remote.origin.uploadpack", f"touch {marker}; git-upload-pack")
+    blob, marker = _partial_clone_with_planted_upload_pack(repo, tmp_path)
     for command in (["cat-file", "-p", blob], ["diff", "HEAD", blob]):
         assert runner.run(repo, *command, check=False).returncode != 0  # not fetched
     assert not marker.exists()
