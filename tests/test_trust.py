@@ -3742,7 +3742,10 @@ if os.fork() == 0:
             deadline = time.time() + 60
             while time.time() < deadline and not verdict.exists():
                 time.sleep(0.05)
-        out.write_text(verdict.read_text().strip() if verdict.exists() else 'none')
+        # Whole or not there: the agent ends once it is, and the daemon may go with it.
+        said = verdict.read_text().strip() if verdict.exists() else 'none'
+        out.with_suffix('.tmp').write_text(said)
+        os.replace(out.with_suffix('.tmp'), out)
     os._exit(0)
 os.wait()
 deadline = time.time() + 90
