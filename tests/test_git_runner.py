@@ -23,7 +23,14 @@ from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, make_repo
 from tests.test_run import wait_for
 from tests.test_trust import FORGE_GRAPH
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
-from worktree_swarm.git import config_overrides, gitconfig, object_reader, process, runner
+from worktree_swarm.git import (
+    checkpoints,
+    config_overrides,
+    gitconfig,
+    object_reader,
+    process,
+    runner,
+)
 from worktree_swarm.infra import pipes, proc
 
 
@@ -200,19 +207,74 @@ def test_what_the_git_lfs_of_your_global_config_reads_from_the_repository_never_
     git(repo, "config", "lfs.customtransfer.evil.args", f"; touch {marker}-args")
     git(repo, "config", "remote.lfs.customtransfer.x.path", f"touch {marker}-unanchored")
     (repo / "big.bin").write_text("big\n")
-    assert runner.run(repo, "add", "big.bin", check=False).returncode != 0  # the filter failed
+    runner.run(repo, "add", "big.bin")  # the extension's clean program is `cat`
     assert not marker.exists()
     seen = (repo / _LFS_CONFIG).read_text().splitlines()
     last = {key: value for key, _, value in (line.partition("=") for line in seen)}
-    assert last["lfs.extension.evil.clean"] == "false"
+    assert last["lfs.extension.evil.clean"] == "cat"
     assert last["lfs.customtransfer.evil.path"] == "false"
     assert last["lfs.customtransfer.evil.args"] == ""
     assert last["remote.lfs.customtransfer.x.path"] == "false"
-    planted = [key for key in last if "evil" in key or key.startswith("remote.lfs")]
-    assert len(planted) == 4
+    planted = [key for key in seen if "evil" in key or key.startswith("remote.lfs")]
+    planted = [key for key, _, _ in (line.partition("=") for line in planted) if key in {
+        "lfs.extension.evil.clean", "lfs.customtransfer.evil.path",
+        "lfs.customtransfer.evil.args", "remote.lfs.customtransfer.x.path"}]  # fmt: skip
+    assert len(set(planted)) == 4
     assert all(config_overrides.runs_program(key) for key in planted)  # the guard judges them
     git(repo, "add", "big.bin")  # without the runner it runs: the test is real
     assert marker.exists()
+
+
+def _lfs_pointer(data: bytes) -> str:
+    """The pointer git-lfs stores for a file holding *data*, with no extension."""
+    oid = hashlib.sha256(data).hexdigest()
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(data)}\n"
+
+
+# Planted git-lfs extensions (`{p}`: a program that touches `pwned-<its argument>`), and whether
+# git-lfs, reading them, runs it (else: fails to clean).
+_LFS_PLANTS = {
+    "plain": ([("lfs.extension.evil.clean", "{p} evil")], True),
+    # One priority (0 unless set): git-lfs refuses to clean at all.
+    "twins": ([("lfs.extension.a.clean", "{p} a"), ("lfs.extension.b.clean", "{p} b")], False),
+    "no program": ([("lfs.extension.bare.priority", "3")], False),  # clean is "": it fails
+    # git-lfs splits each line of `git config -l` at its first `=`: a subsection holding one
+    # is its `lfs.extension.eq.clean` set to `{p}.y=eq`; a value's newline starts a line.
+    "equals sign": ([("lfs.extension.eq.clean={p}.y", "eq")], True),
+    "newline": ([("user.note", "x\nlfs.extension.nl.clean={p} nl")], True),
+}
+
+
+@pytest.mark.skipif(shutil.which("git-lfs") is None, reason="needs git-lfs (.ci/run installs it)")
+@pytest.mark.parametrize("plant", _LFS_PLANTS)
+def test_a_planted_git_lfs_extension_never_runs_nor_fails_a_sibling_checkpoint(
+    repo: Path, tmp_path: Path, plant: str
+) -> None:
+    # swarm's git set a planted extension's clean program to `false` (and left alone one
+    # without a program, or read as git-lfs reads it): git-lfs then failed to clean any file,
+    # and a sibling task's checkpoint of an LFS file failed with it, or ran the program.
+    git(repo, "lfs", "install", "--skip-repo")  # its filter, in your global config
+    (repo / ".gitattributes").write_text("*.bin filter=lfs\n")
+    git(repo, "add", ".gitattributes")
+    git(repo, "commit", "-q", "-m", "lfs")
+    sibling = tmp_path / "sibling"
+    git(repo, "worktree", "add", "-q", "-b", "sibling", str(sibling))
+    program = tmp_path / "evil"
+    for path in (program, tmp_path / "evil.y=eq"):
+        path.write_text(f'#!/bin/sh\ntouch {tmp_path}/pwned-"${{1:-eq}}"\ncat\n')
+        path.chmod(0o755)
+    settings, runs = _LFS_PLANTS[plant]
+    for key, value in settings:
+        git(repo, "config", key.format(p=program), value.format(p=program))
+    (sibling / "big.bin").write_bytes(b"big\n")
+    assert checkpoints.checkpoint(sibling, message="cp", author="A <a@example.com>")
+    assert not list(tmp_path.glob("pwned-*"))
+    assert git(sibling, "cat-file", "blob", "HEAD:big.bin") + "\n" == _lfs_pointer(b"big\n")
+    # Without the runner git-lfs runs the program, or fails: the test is real.
+    (sibling / "big.bin").write_bytes(b"bigger\n")
+    added = subprocess.run(["git", "add", "big.bin"], cwd=sibling, capture_output=True, check=False)
+    assert bool(list(tmp_path.glob("pwned-*"))) == runs
+    assert (added.returncode == 0) == runs
 
 
 def test_a_partial_clone_still_fetches_what_it_lacks(repo: Path, tmp_path: Path) -> None:

@@ -90,12 +90,18 @@ _EXEC_KEYS = {
     "uploadpack.packobjectshook": "",
 }
 # What git-lfs (the filter of your global config, run by swarm's git too) runs from any config
-# it reads, the repository's included, matched as git-lfs matches them: `lfs.extension.<x>.clean`
-# and `.smudge` (split at spaces, no shell), `lfs.customtransfer.<x>.path` (its pattern is not
-# anchored) and `.args` (both run through a shell). git-lfs takes the last value of a key, which
-# is a `-c` one: `false` fails the filter or transfer, never a program of the repository's.
+# it reads, the repository's included. It reads `git config -l` line by line, each split at its
+# first `=`: a value holding a newline, or a subsection holding `=`, is read as other keys
+# (:func:`lfs_keys`). `lfs.extension.<x>.<anything>` makes an extension, whose `clean` (split
+# at spaces, no shell) git-lfs runs on every file it cleans, refusing to clean at all when two
+# share a priority (0 unless set): each planted one gets `cat` (the file passes unchanged, and
+# an extension that changed nothing is left out of the pointer), `smudge` `false` and a
+# priority of its own from :data:`LFS_PRIORITY` on. `lfs.customtransfer.<x>.path` (its pattern
+# is not anchored) and `.args` run through a shell at a transfer: `false` and empty. git-lfs
+# takes the last value of a key, which is a `-c` one.
 _LFS_TRANSFER = re.compile(r"lfs.customtransfer.[^.]+.path")
-_LFS_EXTENSION = {"clean": "false", "smudge": "false"}
+_LFS_EXTENSION = {"clean": "cat", "smudge": "false"}
+LFS_PRIORITY = 1 << 30  # past any of yours: an int of 32 bits, as git-lfs may read it
 
 
 def _lfs_neutral(name: str) -> str | None:
@@ -106,6 +112,48 @@ def _lfs_neutral(name: str) -> str | None:
         case ["lfs", "customtransfer", _, "args"]:
             return ""
     return "false" if _LFS_TRANSFER.search(name.lower()) else None
+
+
+def lfs_keys(name: str, value: str | None) -> list[str]:
+    """The keys git-lfs reads from the setting *name* = *value* (None: a key with no value).
+
+    ``git config -l`` prints it as ``name=value``, and git-lfs splits that into lines, and
+    each at its first ``=``: ``[lfs "extension.x.clean=/bin/p"] y = z`` is its
+    ``lfs.extension.x.clean`` set to ``/bin/p.y=z``.
+    """
+    text = name if value is None else f"{name}={value}"
+    return [key for key, eq, _ in (line.partition("=") for line in text.split("\n")) if eq]
+
+
+def _lfs_extension(key: str) -> str | None:
+    """The ``lfs.extension.<x>`` that git-lfs makes of *key*, as it reads it, or None."""
+    match key.split("."):
+        case [lfs, extension, name, _] if (lfs + "." + extension).lower() == "lfs.extension":
+            return f"{lfs}.{extension}.{name}"
+    return None
+
+
+def _lfs_settings(keys: set[str]) -> dict[str, str]:
+    """Overrides for what git-lfs runs from *keys* (:func:`lfs_keys` of untrusted settings)."""
+    found: dict[str, str] = {}
+    extensions = sorted({ext for key in keys if (ext := _lfs_extension(key)) is not None})
+    for i, ext in enumerate(extensions):
+        found |= {f"{ext}.{leaf}": value for leaf, value in _LFS_EXTENSION.items()}
+        found[f"{ext}.priority"] = str(LFS_PRIORITY + i)
+    for key in keys:
+        value = _lfs_neutral(key)
+        # One git cannot take (`-c` refuses its name) only runs at an LFS transfer.
+        if value is not None and _lfs_extension(key) is None and _is_config_name(key):
+            found[key] = value
+    return found
+
+
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9-]+(\..*)?\.[A-Za-z][A-Za-z0-9-]*")
+
+
+def _is_config_name(key: str) -> bool:
+    """Whether git takes *key* as a setting's name (a section, a subsection, a variable)."""
+    return _CONFIG_NAME.fullmatch(key) is not None
 
 
 # Plain keys git takes the first value of (``core.gitProxy``: the first that matches the host),
@@ -310,19 +358,19 @@ def _repository_exec_settings(cwd: Path, files: Sequence[Path]) -> tuple[tuple[s
 
 def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
     # `git config` only reads files: it runs no hook, fsmonitor or driver.
-    out = execute(cwd, ["config", "--list", "--show-scope", "--name-only", "-z"], check=False)
+    out = execute(cwd, ["config", "--list", "--show-scope", "-z"], check=False)
     found: dict[str, str] = {}
+    lfs: set[str] = set()
     fields = out.stdout.split("\0")
-    # With -z each entry is "scope NUL name NUL".
-    for scope, name in zip(fields[0::2], fields[1::2], strict=False):
+    # With -z each entry is "scope NUL name NL value NUL" ("scope NUL name NUL": no value).
+    for scope, entry in zip(fields[0::2], fields[1::2], strict=False):
         if scope not in _UNTRUSTED_SCOPES:
             continue
+        name, newline, value = entry.partition("\n")
+        lfs.update(lfs_keys(name, value if newline else None))
         lowered = name.lower()
         if lowered in _EXEC_KEYS:
             found[name] = _EXEC_KEYS[lowered]
-            continue
-        if (lfs := _lfs_neutral(name)) is not None:
-            found[name] = lfs
             continue
         section, _, rest = name.partition(".")
         driver, _, leaf = rest.rpartition(".")
@@ -333,4 +381,5 @@ def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
         if keys is not None and driver and leaf.lower() in keys:
             for neutral_leaf, value in keys.items():
                 found[f"{section}.{driver}.{neutral_leaf}"] = value
+    found |= _lfs_settings(lfs)
     return tuple(sorted(found.items()))
