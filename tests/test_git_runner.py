@@ -168,9 +168,29 @@ def test_a_planted_upload_pack_never_runs_in_a_lazy_fetch_of_a_git_that_ignores_
     for command in (["cat-file", "-p", blob], ["diff", "HEAD", blob]):
         assert runner.run(repo, *command, check=False).returncode != 0  # not fetched
     assert not marker.exists()
-    runner.run(repo, "fetch", "-q", "origin")  # swarm's own fetch names git's upload-pack
+    # swarm's own push of a commit whose blob the clone lacks starts a lazy fetch, which names
+    # no upload-pack: it ran the planted one. The transports are refused to it too.
+    listing = f"100644 blob {blob}\tlazy.txt\n"
+    made = subprocess.run(
+        ["git", "mktree", "--missing"],
+        cwd=repo,
+        input=listing,
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    tree = made.stdout.strip()
+    commit = git(repo, "commit-tree", "-m", "lazy", tree)
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    pushed = runner.run(repo, "push", "-q", str(bare), f"{commit}:refs/heads/lazy", check=False)
+    assert pushed.returncode != 0
+    assert runner.run(repo, "fetch", "-q", "origin", check=False).returncode != 0
     assert not marker.exists()
-    assert runner.run(repo, "cat-file", "-p", blob).stdout == "lazy\n"
+    git(repo, "config", "--unset", "remote.origin.uploadpack")  # the plant put back
+    runner.run(repo, "push", "-q", str(bare), f"{commit}:refs/heads/lazy")
+    assert git(bare, "cat-file", "-p", f"{commit}:lazy.txt") == "lazy"
+    git(repo, "config", "remote.origin.uploadpack", f"touch {marker}; git-upload-pack")
     git(repo, "config", "remote.origin.url", str(make_repo(tmp_path / "other", {"o": "o\n"})))
     other = git(tmp_path / "other", "rev-parse", "HEAD:o")
     # Without the runner it runs: the test is real.

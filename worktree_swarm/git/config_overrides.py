@@ -72,7 +72,10 @@ PACK_OPTIONS = {
 # A planted uploadpack turns lazy fetching off (GIT_NO_LAZY_FETCH), which git ignores before
 # 2.39.4 (2.40.2, 2.41.1, 2.42.2, 2.43.4, 2.44.1 in their series): the transports that start it,
 # a path (or file://) and ssh, are then refused to every command but a fetch or push of swarm's
-# own (:data:`PACK_OPTIONS`), which names git's. No other command of swarm's uses a remote.
+# own (:data:`PACK_OPTIONS`), which names git's; in a partial clone (:func:`lazy_fetches`) to
+# those too, since one may start a lazy fetch (a push packing a blob the clone lacks) that
+# names no upload-pack: a fetch or push of swarm's over a path or ssh then fails while the
+# plant lasts. No other command of swarm's uses a remote.
 NO_LAZY_FETCH = "GIT_NO_LAZY_FETCH"
 PACK_TRANSPORTS_OFF = ("-c", "protocol.file.allow=never", "-c", "protocol.ssh.allow=never")
 # Plain keys that run a program when set in repository-level config.
@@ -269,6 +272,24 @@ def planted_packs(cwd: Path) -> set[str]:
     """The ``remote.<name>.uploadpack``/``receivepack`` leaves the repository's config sets."""
     settings = _repository_exec_settings(cwd, config_files(cwd))
     return {key.rpartition(".")[2] for key, _ in settings if _is_pack_key(key)}
+
+
+def lazy_fetches(cwd: Path) -> bool:
+    """Whether the repository of *cwd* is a partial clone: git fetches what it lacks itself.
+
+    Its promisor remotes are ``extensions.partialClone`` and any ``remote.<x>.promisor``.
+    """
+    # `git config` only reads files: it runs no hook, fsmonitor or driver.
+    pattern = r"^(extensions\.partialclone|remote\..*\.promisor)$"
+    out = execute(cwd, ["config", "--null", "--get-regexp", pattern], check=False)
+    for entry in filter(None, out.stdout.split("\0")):
+        name, _, value = entry.partition("\n")
+        if name.lower() == "extensions.partialclone" or value.lower() in _TRUE:
+            return True
+    return False
+
+
+_TRUE = frozenset({"true", "yes", "on", "1", ""})
 
 
 def _is_pack_key(key: str) -> bool:

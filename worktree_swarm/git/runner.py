@@ -23,6 +23,7 @@ from worktree_swarm.git.config_overrides import (
     PACK_KEYS,
     PACK_OPTIONS,
     PACK_TRANSPORTS_OFF,
+    lazy_fetches,
     overrides,
     planted_packs,
 )
@@ -49,8 +50,10 @@ def hardened(
                 added.append(f"{option}={PACK_KEYS[leaf]}")
         args = [*args[: at + 1], *added, *args[at + 1 :]]
     prefix, values = overrides(cwd)
-    if NO_LAZY_FETCH in values and (at is None or args[at] not in PACK_OPTIONS):
-        prefix = [*prefix, *PACK_TRANSPORTS_OFF]  # a lazy fetch, in a git that ignores the variable
+    if NO_LAZY_FETCH in values and (
+        at is None or args[at] not in PACK_OPTIONS or lazy_fetches(cwd)
+    ):  # a lazy fetch, in a git that ignores the variable
+        prefix = [*prefix, *PACK_TRANSPORTS_OFF]
     if at is not None and args[at] in _LINE_DIFF_COMMANDS:
         prefix = [*prefix, "-c", f"core.bigFileThreshold={BIG_FILE}"]
     return [*prefix, *args], len(prefix), {**(env or {}), **values}
