@@ -9,8 +9,10 @@ bytes. Real repositories, a real map, the guard's own checks.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import known_bytes
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra.proctree import identity_of
 
 OLD = b"\tlogallrefupdates = true\n"
 PLANTED = b"\tfsmonitor = touch ran".ljust(len(OLD) - 1) + b"\n"  # the same size
@@ -116,3 +119,46 @@ def test_a_config_planted_through_a_map_into_a_written_page_is_put_back_by_the_l
         guard.close()
         found = guard.scan()  # the last scan, the map still open
     _planted_is_put_back(repo, found)
+
+
+@pytest.mark.parametrize("by", ["you", "other"])
+def test_another_git_file_changed_beside_a_mapped_plant_in_the_last_scan_is_judged_alone(
+    repo: Path, tmp_path: Path, by: str
+) -> None:
+    # The plant, which no stat told of, is blamed on the run's agents since the file was last
+    # read, ended or not. Another of git's files changed after the agent ended is judged by
+    # who ran since the scan before: made while no agent ran, the user's (kept, not put back
+    # with the plant); made by another agent, that one's alone.
+    config = repo / ".git" / "config"
+    exclude = repo / ".git" / "info" / "exclude"
+    theirs = exclude.read_text()
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    guard.agent_started("rogue", me())
+    with _dirtied(config) as mapped:
+        _read_once_unchanged(guard, config)
+        _plant(config, mapped)
+        guard.agent_ended("rogue")
+        assert guard.scan() == []  # by its stat: unchanged; the window now past the agent
+        with contextlib.ExitStack() as stack:
+            if by == "other":  # alive from past the plant's mtime and its slack (1 s) on
+                stamped = config.stat().st_mtime
+                wait_for(lambda: time.time() > stamped + 1.5, what="the clock past the plant")
+                other = stack.enter_context(subprocess.Popen(["sleep", "600"], cwd=tmp_path))
+                stack.callback(other.kill)
+                identity = identity_of(other.pid)
+                assert identity is not None
+                guard.agent_started("other", identity)
+            exclude.write_text(theirs + "mine.log\n")
+            guard.close()
+            found = guard.scan()  # the last scan, the map still open
+    if by == "you":
+        _planted_is_put_back(repo, found)
+        assert exclude.read_text() == theirs + "mine.log\n"
+        return
+    assert [(v.git_files, v.suspects, v.restored) for v in found] == [
+        (("config",), ("rogue",), True),
+        (("info/exclude",), ("other",), True),
+    ]
+    assert b"fsmonitor" not in config.read_bytes()
+    assert exclude.read_text() == theirs

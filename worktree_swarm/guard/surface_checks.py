@@ -278,25 +278,46 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             self._surface_checked = began
             return swapped
         self._changes.mark_all()  # `info/exclude` or the config may change what git sees
-        if unseen & set(labels):
-            # Written with no new stat (through a shared map, into a page it wrote before):
-            # at any time since the file was last read, by an agent that may have ended since.
-            window = (0.0, began)
-        suspects = self._agents.suspects(window, exclude=())
-        suspects = self._agents.narrow(suspects, common, labels) or suspects
-        if not suspects:
+        # Written with no new stat (through a shared map, into a page it wrote before): at any
+        # time since the file was last read, by an agent that may have ended since. Only
+        # those: the others changed within the window as ever (the user's, while none ran).
+        spans = [
+            ([x for x in labels if x in unseen], (0.0, began)),
+            ([x for x in labels if x not in unseen], window),
+        ]
+        blamed, yours = [], []
+        for group, span in spans:
+            suspects = self._agents.suspects(span, exclude=()) if group else ()
+            suspects = self._agents.narrow(suspects, common, group) or suspects
+            if suspects:
+                blamed.append((group, suspects))
+            else:
+                yours += group
+        if blamed and yours and self.restore:
+            self._adopt_labels(now, yours)  # the user's beside an agent's: before it is undone
+        judged = {x for group, _ in blamed for x in group}
+        found = [self._undo_surface(g, now, s, began, judged - set(g)) for g, s in blamed]
+        if not blamed or not self.restore:
             # Nobody of ours was running: the user changed it. Take it as the new baseline
-            # (but what an agent's put-back is owed: it is tried again).
+            # (but what an agent's put-back is owed: it is tried again). Or recorded and left
+            # as it is (`allow_outside_writes`): the new baseline, so that it is recorded once.
             self._adopt_surface(now)
             self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)
             self._surface_checked = began
-            return swapped
-        return [*swapped, self._undo_surface(labels, now, suspects, began)]
+        return [*swapped, *found]
 
     def _undo_surface(
-        self, labels: list[str], now: surface_entry.Surface, suspects: tuple[str, ...], began: float
+        self,
+        labels: list[str],
+        now: surface_entry.Surface,
+        suspects: tuple[str, ...],
+        began: float,
+        others: set[str] | None = None,
     ) -> Violation:
-        """*labels* of git's files, changed by *suspects*: recorded, put back (unless allowed)."""
+        """*labels* of git's files, changed by *suspects*: recorded, put back (if restoring).
+
+        *others*: labels of the same scan put back with other suspects (not this one's).
+        """
         common = self.repo.common_dir
         patch = surface_diff.patch(common, self._surface, now, labels)
         found = Violation(number=0, where=REPOSITORY, git_files=tuple(labels), suspects=suspects)
@@ -313,7 +334,9 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                     back = labels
             with contextlib.suppress(OSError):  # not restored is recorded as such
                 surface_restore.put_back(common, self._surface, back, now)
-            restored = not surface_diff.changed(self._surface, self._read_surface())
+            restored = not set(surface_diff.changed(self._surface, self._read_surface())) - (
+                others or set()
+            )
             if restored:
                 self._surface_checked = time.time()
             else:  # an agent writing it again meanwhile, say: tried again by every scan (but
@@ -324,8 +347,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                 )
         else:  # recorded and left as it is (`allow_outside_writes`): the new baseline, so
             # that it is recorded once
-            self._adopt_surface(now)
-            self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)
+            self._adopt_labels(now, labels)
             self._surface_checked = began
         return self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
 
@@ -419,6 +441,17 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             else:
                 self._surface[label] = entry
         self._surface_dirty = True  # saved at the end of the scan (or of the next one)
+
+    def _adopt_labels(self, now: surface_entry.Surface, labels: Sequence[str]) -> None:
+        """Take *labels* of *now* into the baseline (the user's), but those not known now."""
+        for label in labels:
+            entry = now.get(label)
+            if entry is None:
+                self._surface.pop(label, None)
+            elif entry.kind != surface_entry.UNREACHED:
+                self._surface[label] = entry
+        self._hooks = hooks_dir.hooks_paths(self.repo.root, self._linked)
+        self._surface_dirty = True
 
     def _scan_graph(self, began: float) -> list[Violation]:
         """A commit graph that changed and does not match the commits it describes: removed."""
