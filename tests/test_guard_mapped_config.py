@@ -45,8 +45,16 @@ while True:
 # is no close of the file: no IN_CLOSE_WRITE), dirties the page once (the one write through
 # the map that stamps the file), lets the guard read it as it now is, then plants a
 # `core.fsmonitor` into that dirty page (no event, no new mtime) and exits.
+#
+# The guard keeps what it reads by the file's stat only past git's racy window (2 s after the
+# stamp). Past it, an open of the file tells the guard's watch of a change, and the guard reads
+# it again: the agent waits, by an inotify watch of its own, for a read opened after its own
+# open (nothing else reads the file while the agent runs: its worktree is the agent's alone),
+# and plants once that read is closed. The bytes the guard keeps for that stat are then the
+# old ones.
 MAPPED = """
-import mmap, os, socket, subprocess, sys, time
+import ctypes, mmap, os, select, socket, struct, subprocess, sys, time
+OPEN, CLOSE_WRITE, CLOSE_NOWRITE = 0x20, 0x08, 0x10
 own = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-dir'],
     capture_output=True, text=True, check=True).stdout.strip()
 config = os.path.join(own, 'config.worktree')
@@ -59,13 +67,29 @@ mapped = mmap.mmap(fd, 0)
 os.close(fd)
 mapped[0:1] = mapped[0:1]
 stamped = os.stat(config).st_ctime
-# Past git's racy window (2 s) the guard keeps what it reads by the file's stat: an event
-# without a new stat has it read as it now is, within its next scans (a second apart). Not
-# read by then, it is read after the plant: the attack is only easier to catch.
-while time.time() < stamped + 2.5:
-    time.sleep(0.1)
-os.close(os.open(config, os.O_WRONLY))
-time.sleep(3)
+time.sleep(max(0.0, stamped + 2.5 - time.time()))  # the clock past git's racy window
+libc = ctypes.CDLL(None, use_errno=True)
+ino = libc.inotify_init1(os.O_CLOEXEC)
+watched = libc.inotify_add_watch(ino, config.encode(), OPEN | CLOSE_WRITE | CLOSE_NOWRITE)
+assert ino >= 0 and watched >= 0
+os.close(os.open(config, os.O_WRONLY))  # its own open: IN_OPEN, IN_CLOSE_WRITE
+mine, opened = True, False
+while True:
+    if not select.select([ino], [], [], 600)[0]:
+        sys.exit('the guard never read config.worktree again')
+    data = os.read(ino, 4096)
+    done = False
+    while data:
+        _, mask, _, size = struct.unpack_from('iIII', data)
+        data = data[16 + size:]
+        if mine:
+            mine = not mask & CLOSE_WRITE  # its own events end with its close
+        elif mask & OPEN:
+            opened = True  # the guard's read, begun after the agent's open
+        elif mask & CLOSE_NOWRITE and opened:
+            done = True
+    if done:
+        break
 planted = b'[core]\\n\\tfsmonitor = touch planted #'
 mapped[:] = planted.ljust(len(mapped), b'#')
 assert os.stat(config).st_ctime == stamped
@@ -112,6 +136,10 @@ def test_a_fsmonitor_mapped_into_a_tasks_config_worktree_is_put_back_by_the_last
     assert [(w["git_files"], w["suspects"], w["restored"]) for w in writes] == [
         (["worktrees/bad/config.worktree"], ["bad"], True)
     ], writes
+    # Found by its bytes under the same stat (not by a read after the plant).
+    (log,) = (repo / ".git" / "swarm" / "runs").glob("*/guard/guard.log")
+    said = "changed under the same stat (a write through a shared map): worktrees/bad/config"
+    assert said in log.read_text()
 
 
 # Ends once the guard saved its baseline with git's copy of the sparse settings in its own

@@ -285,6 +285,11 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             ([x for x in labels if x in unseen], (0.0, began)),
             ([x for x in labels if x not in unseen], window),
         ]
+        if spans[0][0]:
+            self._log(
+                f"git's files changed under the same stat (a write through a shared map):"
+                f" {', '.join(spans[0][0])}; judged by the agents alive since last read"
+            )
         blamed, yours = [], []
         for group, span in spans:
             suspects = self._agents.suspects(span, exclude=()) if group else ()
