@@ -30,6 +30,7 @@ from tests.conftest import (
     checkpoint_lines,
     git,
     git_first_on_path,
+    hang_git_at,
     make_repo,
 )
 from tests.test_crash import stray_at_failed_task
@@ -2063,6 +2064,35 @@ def test_a_task_worktree_you_switched_branch_in_or_left_mid_rebase_is_kept_as_it
     assert (root / "switched" / "wip.txt").read_text() == "yours, half done\n"
     assert (work / ".git").exists()
     assert git(work, "diff", "--cached", "--name-only") == "rebasing.txt"
+
+
+@pytest.mark.long
+def test_a_task_worktree_switched_between_the_plan_and_its_removal_is_kept_as_it_is(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
+) -> None:
+    """Switched once `swarm clean --yes` had planned its removal (on its branch then), its
+    checkpoint committed the work there onto the branch it was on by the time of the commit."""
+    agent = " ".join(write_agent("open('a.txt', 'w').write('a\\n')\n"))
+    assert swarm(repo, "run", "--agent", agent, "-t", "a=a").returncode == 0
+    worktree = repo.parent / "repo.swarm" / "a"
+    git(repo, "branch", "feature")
+    tips = {b: git(repo, "rev-parse", b) for b in ("main", "feature", "swarm/a")}
+    (worktree / "wip.txt").write_text("yours, half done\n")
+    # The removal's look at what the worktree holds (its `git status`) comes once the plan
+    # is made: the worktree is switched right then, and that status sees it switched.
+    real = shlex.quote(str(shutil.which("git")))
+    switch = f"{real} -C {shlex.quote(str(worktree))} switch -q feature"
+    switched = hang_git_at(tmp_path, monkeypatch, "status", then=switch)
+
+    out = swarm(repo, "clean", "--yes")
+
+    assert switched.exists()
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "its worktree is on branch feature now, not swarm/a" in out.stdout, out.stdout
+    assert "kept: finish there" in out.stdout, out.stdout
+    assert {b: git(repo, "rev-parse", b) for b in tips} == tips
+    assert (worktree / "wip.txt").read_text() == "yours, half done\n"
+    assert git(worktree, "symbolic-ref", "--short", "HEAD") == "feature"
 
 
 @pytest.mark.long

@@ -159,6 +159,7 @@ def _checkpoint_and_remove(
     clean = True
     if path.is_dir():
         _refuse_when_not_ours_to_remove(repo, path, force=force)
+        _refuse_when_switched(path, f, info)  # since the plan: no git of swarm's runs there
         tampering.unplant(repo, path, info.branch)  # nothing of git's below writes through one
         _unlock_index(repo, path)
         # A checkout killed half-way is populated from HEAD, never committed as deletions;
@@ -171,6 +172,8 @@ def _checkpoint_and_remove(
         # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
         as_copied = functools.partial(_as_copied, repo, store, f, path)
         clean = scratch(info) or _nothing_to_keep(path, as_copied)
+        # Switched meanwhile, the checkpoint would commit onto that branch: asked right before.
+        _refuse_when_switched(path, f, worktrees.registration_locked(repo, path))
         if not clean:
             clean, saved = _save_merge_left(repo, path, info.branch or "")
         if not clean:
@@ -291,6 +294,26 @@ def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) 
     keep = "" if force else submodule_keep(repo, path)
     if keep:
         raise SwarmError(f"{keep}; kept")
+
+
+def _refuse_when_switched(path: Path, f: Finding, now: WorktreeInfo | None) -> None:
+    """Raise when the worktree *path* is no longer on the branch the plan *f* found it on.
+
+    Switched since (by you, by an agent): a checkpoint would commit onto that branch, or onto
+    no branch. Kept and named, as the plan keeps a worktree it finds so (*now*: as it is).
+    """
+    if now is None:
+        raise SwarmError(f"{path} is no longer a registered worktree; left alone")
+    if now.branch == f.branch:
+        return
+    on = f"branch {now.branch}" if now.branch is not None else ""
+    if not on:
+        head = now.head or git.rev_parse_in(path, "HEAD") or "?"
+        on = f"a detached HEAD at {head[:12]}"
+    raise SwarmError(
+        f"its worktree is on {on} now, not {f.branch or 'a detached HEAD'}; kept: finish there, "
+        "then remove it yourself (`git worktree remove`)"
+    )
 
 
 def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = frozenset) -> bool:
