@@ -7,10 +7,11 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import git, make_repo
+from tests.conftest import as_owner_only, git, make_repo
 from tests.test_run import (
     AgentFactory,
     argv_toml,
@@ -678,3 +679,64 @@ def test_a_worktree_whose_git_file_points_elsewhere_is_never_checkpointed_for_ro
     )
     assert rows["b"]["state"] == "failed"  # no room: a's worktree stays
     assert "; task a's is kept, holding work no commit has)" in str(rows["b"]["reason"])
+
+
+# a: switches its worktree to `main`, writes its work and makes the worktree unreadable (the
+# task fails before the guard would put its HEAD back). b: fails until argv[1] exists.
+SWITCHES_OR_FAILS = """
+import os, pathlib, subprocess, sys
+tid = os.environ['SWARM_TASK_ID']
+if tid == 'a':
+    subprocess.run(['git', 'checkout', '-q', 'main'], check=True)
+    pathlib.Path('work.txt').write_text('work\\n')
+    os.chmod('.', 0)
+    sys.exit(0)
+pathlib.Path(tid + '.txt').write_text(tid + '\\n')
+sys.exit(3 if tid == 'b' and not pathlib.Path(sys.argv[1]).exists() else 0)
+"""
+
+
+def test_a_worktree_left_switched_is_put_back_on_its_branch_before_its_commit_for_room(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The commit before removing a's worktree for room landed on the branch it was left on:
+    # your `main` moved, with a's work on it, and swarm/a went without it.
+    repo = _big_repo(tmp_path)
+    git(repo, "checkout", "-q", "-b", "feature")  # `main` free to be checked out elsewhere
+    tips = {b: git(repo, "rev-parse", b) for b in ("main", "feature")}
+    again = tmp_path / "again"
+    agent = argv_toml([*write_agent(SWITCHES_OR_FAILS), str(again)])
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {agent}\njobs = 2\nmax_disk = "2.5M"\n'  # two worktrees, not three
+        '[[task]]\nid = "a"\nprompt = "a"\n[[task]]\nid = "b"\nprompt = "b"\n'
+        '[[task]]\nid = "c"\nprompt = "c"\ndepends_on = ["b"]\n',
+    )
+    worktree = repo.parent / "repo.swarm" / "a"
+    try:
+        first = subprocess.run(
+            [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "run", path],
+            cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+            timeout=120,
+        )  # fmt: skip
+        assert first.returncode == 1, first.stdout + first.stderr
+        assert "cannot be read" in str(status_json(repo)["a"]["reason"])
+    finally:
+        worktree.chmod(0o755)  # as its reason says: `chmod u+rwx` gives it back
+    assert git(worktree, "symbolic-ref", "--short", "HEAD") == "main"
+    again.touch()
+
+    # b done, c needs the room of a's worktree, the oldest finished one.
+    out = swarm(repo, "retry", "b")
+
+    assert out.returncode == 1, out.stdout + out.stderr  # a failed, b and c done
+    assert {t: r["state"] for t, r in status_json(repo).items()} == {
+        "a": "failed", "b": "done", "c": "done"
+    }  # fmt: skip
+    assert not worktree.exists()
+    assert {b: git(repo, "rev-parse", b) for b in tips} == tips
+    assert git(repo, "show", "swarm/a:work.txt") == "work"
+    [(task_id, removed)] = _events(repo, "worktree_removed")
+    assert task_id == "a"
+    assert removed["put_back_from"] == "main"
+    assert "its worktree was on main: put back on swarm/a first" in str(removed["reason"])

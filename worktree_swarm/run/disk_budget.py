@@ -28,7 +28,7 @@ from worktree_swarm.core.models import Emit
 from worktree_swarm.core.run_settings import Executor, RunSpec
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_size
-from worktree_swarm.git import checkpoints, local_files, removal, sparse, tampering
+from worktree_swarm.git import checkpoints, gitfiles, local_files, removal, sparse, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import disk, faults
@@ -228,6 +228,8 @@ class DiskBudget:
         cap = format_size(self.spec.max_disk)
         reason = f"max_disk {cap}: {format_size(used)} used, another worktree needs ~"
         reason += format_size(need)
+        branch = task.branch if task is not None else f"swarm/{task_id}"
+        switched = None
         # Busy: the guard neither takes the removal (or the checkpoint's commit) for a
         # foreign write nor watches the worktree any longer.
         with self.guard.busy(task_id, path):
@@ -237,6 +239,10 @@ class DiskBudget:
                     # would land there. Its work stays uncommitted, and its worktree with it.
                     self._kept.append(task_id)
                     return
+                # Left off its branch (an attempt that failed before the guard put it back):
+                # back on it first, as `swarm stop` does, so that the commit lands there.
+                tampering.unplant(self.repo, path, branch)  # nothing of git's writes through one
+                switched = gitfiles.put_back_on(path, branch)
                 # Every attempt ended with a checkpoint; this only keeps what a check or a
                 # setup step left behind, as `swarm clean` does, so that nothing is lost. On
                 # a full disk (that commit's objects need room too) it waits, as the run does.
@@ -256,12 +262,11 @@ class DiskBudget:
                     )
         self._scans.pop(task_id, None)
         self.store.update_task(self.run_id, task_id, worktree_removed_at=time.time())
-        branch = task.branch if task is not None else f"swarm/{task_id}"
-        self._emit(
-            "worktree_removed",
-            task_id,
-            {"reason": reason, "path": str(path), "branch": branch},
-        )
+        data: dict[str, object] = {"reason": reason, "path": str(path), "branch": branch}
+        if switched is not None:
+            data["reason"] = f"{reason}; its worktree was on {switched}: put back on {branch} first"
+            data["put_back_from"] = switched
+        self._emit("worktree_removed", task_id, data)
 
     def _full_message(self, used: int, checkout: int) -> str:
         cap = format_size(self.spec.max_disk)
