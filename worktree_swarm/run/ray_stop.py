@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from worktree_swarm.agents.base import AgentResult
 from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.run_settings import RunSettings
 from worktree_swarm.core.task import BRANCH_PREFIX
@@ -20,7 +21,7 @@ from worktree_swarm.git import diffs
 from worktree_swarm.git import remotes as git_remotes
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store
-from worktree_swarm.infra.store_rows import AttemptUsage, task_from_json
+from worktree_swarm.infra.store_rows import AttemptRow, AttemptUsage, TaskRow, task_from_json
 from worktree_swarm.run.ray_actors import actor_name, namespace
 from worktree_swarm.run.ray_cluster import connect, head_problem, ray_module
 from worktree_swarm.run.ray_preflight import remote_url
@@ -55,14 +56,9 @@ def stop_unmanaged(
     for task_id in targets:
         row = store.task(run_id, task_id)
         attempts = store.attempts(run_id, task_id)
-        # Its end on record, its coordinator dead in what came after (the fetch, its checks).
-        cut = cut_on_record(row, attempts) if row is not None else None
-        ended = ended_on_record(row, attempts) if row is not None else None
+        numbers, cut, ended = _on_record(row, attempts)
         if problem is None and (cut or ended):
             _discard_actor(task_id, attempts[-1].number, run_id)
-        numbers = {a.number: a.id for a in attempts if a.ended_at is None}
-        if row is not None and row.launching is not None:
-            numbers.setdefault(row.launching, 0)
         for number, attempt_id in sorted(numbers.items()):
             if problem is None:
                 _stop_actor(task_id, number, run_id, spec)
@@ -96,6 +92,23 @@ def stop_unmanaged(
         store.update_task(
             run_id, task_id, state=state, reason=why, ended_at=time.time(), launching=None
         )
+
+
+def _on_record(
+    row: TaskRow | None, attempts: Sequence[AttemptRow]
+) -> tuple[dict[int, int], tuple[TaskState, str] | None, AgentResult | None]:
+    """What the store says of the task *row*: its open attempts, and how its last one ended.
+
+    The open attempts by number, to their ids (0: one launched, never recorded); then the
+    last attempt cut short, and ended, as on record (None: not so, or no row).
+    """
+    numbers = {a.number: a.id for a in attempts if a.ended_at is None}
+    if row is None:
+        return numbers, None, None
+    if row.launching is not None:
+        numbers.setdefault(row.launching, 0)
+    # Its end on record, its coordinator dead in what came after (the fetch, its checks).
+    return numbers, cut_on_record(row, attempts), ended_on_record(row, attempts)
 
 
 def _stop_actor(task_id: str, number: int, run_id: str, spec: RunSettings) -> None:
