@@ -330,6 +330,36 @@ def test_empty_note_and_bad_task_id_are_bad_input(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_a_note_over_8000_characters_is_refused_and_8000_go_in_whole(tmp_path: Path) -> None:
+    # docs/plan.md: "notes are limited to 8,000 characters". At the limit, the widest entry
+    # (a 4-byte character a line, each continuation line indented) is still one append.
+    path = tmp_path / "runs" / "r" / "findings.md"
+    prepare(path)
+    before = path.read_bytes()
+
+    def note(text: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", "note", text],
+            cwd=tmp_path,
+            env=note_env(path, "a"),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    over = note("x" * 8001)
+    assert over.returncode == 2
+    assert over.stderr == (
+        "swarm: the note is longer than 8000 characters; keep notes to short facts\n"
+    )
+    assert path.read_bytes() == before
+    widest = "\n".join(["\U0001f600"] * 8000)
+    assert note(widest).returncode == 0
+    ((header, body),) = entries(path.read_text())
+    assert header.endswith("[a] \U0001f600")
+    assert body == ["\U0001f600"] * 7999
+
+
 def test_a_stale_context_of_a_run_that_is_gone_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / ".git" / "swarm" / "runs" / "gone" / "findings.md"
 
