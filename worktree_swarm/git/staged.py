@@ -7,19 +7,24 @@ back into the index as HEAD has them; changed files under such a filter are foun
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import stat
+import tempfile
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
+from worktree_swarm.core.errors import GitError
 from worktree_swarm.core.text import path_text
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner
+from worktree_swarm.git.config_files import git_dir
 from worktree_swarm.git.config_overrides import neutral_filters
 from worktree_swarm.git.object_reader import ObjectReader
 from worktree_swarm.git.repo import blob_sizes, in_batches
-from worktree_swarm.infra import redact
+from worktree_swarm.infra import fs, redact
 
 
 def unstage_over(
@@ -221,11 +226,67 @@ def unstage_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> 
     """Put the files :func:`holding_secrets` finds back as HEAD has them in the index; them.
 
     Never in one of swarm's commits, nor in a push (*env*: as for :func:`holding_secrets`).
+    Nor are the files an earlier checkpoint of *worktree* left out so, unchanged since: noted
+    in its git dir (:data:`SECRETS_LEFT_OUT`), they stay out of a later checkpoint run where
+    the secret is not known (`swarm clean` from a shell without the variable).
     """
-    secret = holding_secrets(worktree, env=env)
+    found = _secret_entries(worktree, env=env)
+    note = _left_out_note(worktree)
+    noted = _read_note(note)
+    if noted:
+        again = [
+            (path, blob)
+            for path, _, blob in staged_entries(worktree, env=env)
+            if _digest(path, blob) in noted
+        ]
+        found = list(dict.fromkeys([*found, *again]))
+    if found and note is not None:
+        _write_note(note, noted | {_digest(path, blob) for path, blob in found})
+    secret = list(dict.fromkeys(path for path, _ in found))
     for literal in in_batches(f":(literal,top){path}" for path in secret):
         runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
     return secret
+
+
+# In a worktree's git dir: the files a checkpoint left out for a secret, each as a digest of
+# its name and staged blob (never the name, which may be the secret itself).
+SECRETS_LEFT_OUT = "swarm-secrets-left-out"
+_NOTE_LIMIT = 1 << 20
+
+
+def _digest(path: str, blob: str) -> str:
+    return hashlib.sha256(os.fsencode(path) + b"\0" + blob.encode("ascii")).hexdigest()
+
+
+def _left_out_note(worktree: Path) -> Path | None:
+    try:
+        return git_dir(worktree) / SECRETS_LEFT_OUT
+    except (GitError, OSError):
+        return None
+
+
+def _read_note(note: Path | None) -> set[str]:
+    """The digests *note* holds (none when it is missing, unreadable or not a plain file)."""
+    if note is None:
+        return set()
+    try:
+        with fs.open_file(note, follow=False) as fh:
+            return set(fh.read(_NOTE_LIMIT).decode("ascii", "replace").split())
+    except OSError:
+        return set()
+
+
+def _write_note(note: Path, digests: AbstractSet[str]) -> None:
+    """Write *digests* to *note*, aside and renamed into place (never through a link)."""
+    with contextlib.suppress(OSError):  # a note not written: the value is looked for still
+        fd, aside = tempfile.mkstemp(prefix=f".{note.name}.", dir=note.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write("".join(f"{d}\n" for d in sorted(digests)))
+            Path(aside).replace(note)
+        except BaseException:
+            Path(aside).unlink(missing_ok=True)
+            raise
 
 
 def holding_secrets(
@@ -249,6 +310,17 @@ def holding_secrets(
     converted it), and listed by git NUL-separated (`add --verbose` prints a name as it is,
     and a newline in one made it two lines, neither read).
     """
+    return [path for path, _ in _secret_entries(worktree, env=env, base=base, against=against)]
+
+
+def _secret_entries(
+    worktree: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    base: Sequence[str] = (),
+    against: str | None = None,
+) -> list[tuple[str, str]]:
+    """(path, blob) of each file :func:`holding_secrets` finds."""
     # Only values that look made up: a secret-named setting of a word (DB_PASSWORD=postgres,
     # PIP_KEYRING_PROVIDER=subprocess) is in half the files of a repository.
     values = [
@@ -269,7 +341,7 @@ def holding_secrets(
             if (held and not _committed_with(worktree, path, held, base, against)) or (
                 named and not _committed_with(worktree, path, [], base, against)
             ):
-                found.append(path)
+                found.append((path, blob))
     return found
 
 

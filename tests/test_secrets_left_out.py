@@ -1,0 +1,65 @@
+"""A file a run's checkpoint left out for a secret is never committed by a later checkpoint.
+
+The later ones (`swarm clean`, `swarm retry --fresh`) may run in a shell without the secret
+variable the run had: they cannot find the value in the file, and must not need to.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, retried_tip
+from tests.test_run import AgentFactory, argv_toml, manifest, status_json, swarm
+
+SECRET = "tok_9f8e7d6c5b4a3210Zq"  # noqa: S105 - a made-up token, the test's own
+
+# Dumps the variable into a file, and names another after it; one file of honest work.
+LEAKY = (
+    "import os, pathlib\n"
+    "value = os.environ['SERVICE_TOKEN']\n"
+    "pathlib.Path('leak.txt').write_text(f'token={value}\\n')\n"
+    "pathlib.Path(f'{value}.txt').write_text('named after it\\n')\n"
+    "pathlib.Path('work.txt').write_text('work\\n')\n"
+)
+
+
+def in_objects(repo: Path, value: str) -> bool:
+    """Whether any object of *repo* (a file, a name in a tree, a message) holds *value*."""
+    every = subprocess.run(
+        ["git", "cat-file", "--batch-all-objects", "--batch"],
+        cwd=repo, capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    return value.encode() in every
+
+
+@pytest.mark.parametrize("later", [("clean", "--yes"), ("retry", "--fresh", "a")])
+def test_a_later_checkpoint_without_the_secret_in_its_environment_leaves_the_files_out(
+    repo: Path,
+    write_agent: AgentFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    later: tuple[str, ...],
+) -> None:
+    monkeypatch.setenv("SERVICE_TOKEN", SECRET)
+    agent = write_agent(LEAKY)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1, out.stdout + out.stderr
+    reason = str(status_json(repo)["a"]["reason"])
+    assert reason.startswith("wrote the value of a secret into leak.txt"), reason
+    assert not in_objects(repo, SECRET)
+    worktree = repo.parent / "repo.swarm" / "a"
+    # A new shell, without the variable: it knows nothing of the value.
+    monkeypatch.delenv("SERVICE_TOKEN")
+    swarm(repo, *later)
+    assert not in_objects(repo, SECRET), git(repo, "log", "--all", "--stat")
+    if later[0] == "clean":  # kept, as a clean that knows the value keeps it
+        assert (worktree / "leak.txt").read_text() == f"token={SECRET}\n"
+        assert "work.txt" in git(repo, "ls-tree", "--name-only", "swarm/a")
+    else:  # the tip before the fresh start, kept for the retry, holds the work alone
+        assert git(repo, "ls-tree", "--name-only", retried_tip(repo)).split() == [
+            "README.md",
+            "work.txt",
+        ]
