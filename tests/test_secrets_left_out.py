@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import git, retried_tip
 from tests.test_run import AgentFactory, argv_toml, manifest, status_json, swarm
+from worktree_swarm.git import checkpoints, staged
+from worktree_swarm.infra import redact
 
 SECRET = "tok_9f8e7d6c5b4a3210Zq"  # noqa: S105 - a made-up token, the test's own
 
@@ -63,3 +65,35 @@ def test_a_later_checkpoint_without_the_secret_in_its_environment_leaves_the_fil
             "README.md",
             "work.txt",
         ]
+
+
+def test_a_link_an_agent_plants_as_the_note_is_never_written_through(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The note lives where an agent outside --sandbox can write: planted as a symlink to a
+    # file of yours, swarm's checkpoint replaces the link and never writes your file.
+    worktree = repo.parent / "repo.swarm" / "a"
+    git(repo, "worktree", "add", "-q", "--no-track", "-b", "swarm/a", str(worktree))
+    yours = repo.parent / "yours.txt"
+    yours.write_text("your file\n")
+    note = Path(git(worktree, "rev-parse", "--absolute-git-dir")) / staged.SECRETS_LEFT_OUT
+    note.symlink_to(yours)
+    monkeypatch.setenv("SERVICE_TOKEN", SECRET)
+    redact._current = None  # the environment as it is now
+    (worktree / "leak.txt").write_text(f"token={SECRET}\n")
+    (worktree / "work.txt").write_text("work\n")
+    checkpoints.checkpoint(worktree, message="checkpoint", author="A <a@example.com>")
+    assert yours.read_text() == "your file\n"
+    assert not note.is_symlink()
+    assert git(repo, "ls-tree", "--name-only", "swarm/a").split() == ["README.md", "work.txt"]
+    # And it does its work: the variable gone, the file is left out all the same.
+    monkeypatch.delenv("SERVICE_TOKEN")
+    redact._current = None
+    (worktree / "more.txt").write_text("more\n")
+    checkpoints.checkpoint(worktree, message="again", author="A <a@example.com>")
+    assert git(repo, "ls-tree", "--name-only", "swarm/a").split() == [
+        "README.md",
+        "more.txt",
+        "work.txt",
+    ]
+    assert not in_objects(repo, SECRET)
