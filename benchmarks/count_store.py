@@ -1,0 +1,122 @@
+"""Per task: the manager's state-database transactions and statements, and its git processes.
+
+    python benchmarks/count_store.py [--tasks 50] [--jobs 8] [--depth 1] [--sleep 0.2]
+
+Runs the real `swarm run` (as bench_schedule.py does: sleeping fake agents, one file each) in
+a throwaway repository, with every SQLite connection the manager opens traced: transactions
+(``BEGIN``) and write statements are counted by kind. Git processes are counted from a
+GIT_TRACE2 event file, by command. Counts, not times: they do not move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import collections
+import json
+import os
+import platform
+import runpy
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_overhead import git_counts
+from bench_schedule import AGENT, make_repo, manifest
+
+_OUT = "SWARM_COUNT_STORE_OUT"
+
+
+def _child(swarm_args: list[str]) -> None:
+    """Run swarm in this interpreter with every SQLite connection traced; counts to $_OUT."""
+    counts: collections.Counter[str] = collections.Counter()
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = connect(*args, **kwargs)
+        conn.set_trace_callback(lambda sql: counts.update([_kind(sql)]))
+        if os.environ.get("SWARM_COUNT_STORE_LOG"):
+            log = open(os.environ["SWARM_COUNT_STORE_LOG"], "a")  # noqa: SIM115, PTH123
+            conn.set_trace_callback(
+                lambda sql: (counts.update([_kind(sql)]), log.write(sql + "\n"))
+            )
+        return conn
+
+    def write() -> None:
+        Path(os.environ[_OUT]).write_text(json.dumps(counts))
+
+    sqlite3.connect = traced  # type: ignore[assignment]
+    atexit.register(write)
+    sys.argv = ["swarm", *swarm_args]
+    runpy.run_module("worktree_swarm.cli", run_name="__main__")
+
+
+def _kind(sql: str) -> str:
+    words = sql.split()
+    head = " ".join(words[:3]).upper() if words else "?"
+    for kind in ("BEGIN", "COMMIT", "ROLLBACK"):
+        if head.startswith(kind):
+            return kind
+    if head.startswith(("CREATE", "ALTER")):
+        return "schema"
+    if head.startswith(("UPDATE", "DELETE")):
+        return " ".join(words[:2])
+    if head.startswith("INSERT"):
+        return " ".join(words[:3])
+    return "read" if head.startswith(("SELECT", "PRAGMA")) else head
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=50)
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--depth", type=int, default=1)
+    parser.add_argument("--sleep", type=float, default=0.2)
+    parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        _child(args.child)
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="swarm-count-") as tmp:
+        base = Path(tmp)
+        repo = base / "repo"
+        make_repo(repo)
+        agent = ["sh", "-c", AGENT, "agent", str(args.sleep)]
+        (base / "tasks.toml").write_text(manifest(args.tasks, args.depth, agent, args.jobs))
+        out, trace = base / "counts.json", base / "trace2.json"
+        env = {**os.environ, _OUT: str(out), "GIT_TRACE2_EVENT": str(trace)}
+        command = [sys.executable, __file__, "--child", "run", str(base / "tasks.toml")]
+        proc = subprocess.run(
+            command, check=False, cwd=repo, env=env, capture_output=True, text=True
+        )
+        counts = collections.Counter(json.loads(out.read_text())) if out.exists() else None
+        gits = git_counts(trace)
+        with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+            states = dict(db.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+
+    print(f"machine: {platform.node()} {platform.system()} {platform.release()}")
+    print(f"tasks {args.tasks}, jobs {args.jobs}, depth {args.depth}, agent sleep {args.sleep}s")
+    print(f"exit code {proc.returncode}; states {states}")
+    if counts is None:
+        print(proc.stderr[-2000:])
+        return 1
+    per = args.tasks
+    print(
+        f"transactions per task: {counts['BEGIN'] / per:.2f} (commits {counts['COMMIT'] / per:.2f})"
+    )
+    writes = [(k, n) for k, n in counts.most_common() if k not in {"BEGIN", "COMMIT", "read"}]
+    print("writes per task: " + ", ".join(f"{k} {n / per:.2f}" for k, n in writes))
+    print(f"reads per task: {counts['read'] / per:.2f}")
+    total = sum(gits.values())
+    rows = ", ".join(f"{name} {n / per:.2f}" for name, n in gits.most_common())
+    print(f"git processes per task: {total / per:.2f} ({rows})")
+    return 0 if proc.returncode == 0 and states.get("done") == args.tasks else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
