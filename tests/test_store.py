@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.test_run import swarm
+from tests.test_runs import AGENT as RUNS_AGENT
 from tests.test_runs import finished_run
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, RunStatus, TaskState
@@ -390,6 +392,99 @@ def test_events_round_trip_and_after(store: Store) -> None:
     assert [e.id for e in store.events("r1", kind="run_started", after=e1)] == [e3]
     assert store.events("r1", kind="state") == store.events("r1")[1:2]
     assert store.events("r1", kind="cleaned") == []
+
+
+def test_a_state_and_its_event_are_one_transaction_all_or_nothing(store: Store) -> None:
+    new_run(store)
+    with_tasks(store, "a")
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    data = store.record_state(
+        "r1", "a", TaskState.FAILED, replaces=TaskState.DONE, reason="x", ended_at=5.0
+    )
+    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == [
+        "BEGIN IMMEDIATE",
+        "COMMIT",
+    ]
+    assert data == {"state": "failed", "reason": "x", "replaces": "done"}
+    row = store.task("r1", "a")
+    assert row is not None
+    assert (row.state, row.reason, row.ended_at) == (TaskState.FAILED, "x", 5.0)
+    assert [(e.kind, e.task_id, e.data) for e in store.events("r1")] == [("state", "a", data)]
+    # The event refused: the state is not on record either.
+    store._conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        store.record_state("r1", "a", TaskState.DONE, reason="")
+    assert store.task("r1", "a") == row
+    store._conn.execute("DROP TRIGGER refuse")
+    # No task: no event either.
+    with pytest.raises(KeyError):
+        store.record_state("r1", "zzz", TaskState.DONE)
+    assert len(store.events("r1")) == 1
+
+
+# Runs swarm with every SQLite statement it runs written to a file, by connection, one JSON
+# array per line.
+_TRACED_SWARM = """
+import itertools, json, os, runpy, sqlite3, sys
+log = open(os.environ["SQL_LOG"], "a", buffering=1)
+connect, numbers = sqlite3.connect, itertools.count()
+def traced(*args, **kwargs):
+    conn, number = connect(*args, **kwargs), next(numbers)
+    conn.set_trace_callback(lambda sql: log.write(json.dumps([number, sql]) + "\\n"))
+    return conn
+sqlite3.connect = traced
+sys.argv = ["swarm", *sys.argv[1:]]
+runpy.run_module("worktree_swarm.cli", run_name="__main__")
+"""
+
+
+def test_a_run_records_each_state_change_with_its_event_in_one_transaction(
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path
+) -> None:
+    # Each state change was two commits (the task's row, then its event): a manager killed
+    # in between left a state with no event, and big runs paid a commit per change more.
+    agent = " ".join(write_agent(RUNS_AGENT))
+    log = tmp_path / "sql.jsonl"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _TRACED_SWARM,
+            "run",
+            "--agent",
+            agent,
+            "-t",
+            "ok=do",
+            "-t",
+            "bad=x",
+        ],
+        cwd=repo,
+        env={**os.environ, "SQL_LOG": str(log)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 1, out.stderr
+    transactions: dict[int, list[str]] = {}
+    ended: list[list[str]] = []
+    for line in log.read_text().splitlines():
+        number, sql = json.loads(line)
+        if sql.startswith("BEGIN"):
+            transactions[number] = []
+        elif sql.startswith("COMMIT"):
+            ended.append(transactions.pop(number))
+        elif number in transactions:
+            transactions[number].append(sql)
+    changes = [t for t in ended if any(s.startswith("UPDATE tasks SET state") for s in t)]
+    events = [t for t in ended if any(", 'state', '{" in s for s in t)]
+    # running and an end for each task at least, each with its event in the same commit
+    assert len(changes) >= 4, ended
+    assert changes == events
+    assert all(len(t) == 2 for t in changes), changes
 
 
 # --- task json ---------------------------------------------------------------------------

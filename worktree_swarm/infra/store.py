@@ -22,6 +22,7 @@ from worktree_swarm.infra.store_rows import (
     AttemptUsage,
     EventRow,
     RunRow,
+    TaskFields,
     TaskRow,
     TaskUpdate,
     UnknownValueError,
@@ -180,19 +181,38 @@ class Store(StoreFile):
     @_waits_for_space
     def update_task(self, run_id: str, task_id: str, **fields: Unpack[TaskUpdate]) -> None:
         """Set the given columns of one task; unknown field names raise ValueError."""
-        unknown = sorted(set(fields) - UPDATABLE)
-        if unknown:
-            raise ValueError(f"cannot update task field(s): {', '.join(unknown)}")
+        _check_fields(fields)
         if not fields:
             return
-        values = [_column_value(name, value) for name, value in dict(fields).items()]
-        assignments = ", ".join(f"{name} = ?" for name in fields)
         with self._lock, self._write() as conn:
-            cursor = conn.execute(
-                f"UPDATE tasks SET {assignments} WHERE run_id = ? AND task_id = ?",  # noqa: S608
-                (*values, run_id, task_id),
-            )
-            _require_one(cursor, f"task {task_id} of run {run_id}")
+            _update_task(conn, run_id, task_id, fields)
+
+    @_waits_for_space
+    def record_state(
+        self,
+        run_id: str,
+        task_id: str,
+        state: TaskState,
+        *,
+        replaces: TaskState | None = None,
+        **fields: Unpack[TaskFields],
+    ) -> dict[str, object]:
+        """Set the task's *state* (and *fields*), append its ``state`` event; the event's data.
+
+        One transaction: neither is ever on record without the other, and a state change
+        costs one commit, not two. *replaces*: the final state the new one withdraws.
+        """
+        _check_fields(fields)
+        data: dict[str, object] = {"state": TaskState(state).value}
+        if fields.get("reason"):
+            data["reason"] = fields["reason"]
+        if replaces is not None:
+            data["replaces"] = replaces.value
+        payload = _event_payload(data)
+        with self._lock, self._write() as conn:
+            _update_task(conn, run_id, task_id, {"state": state, **fields})
+            _insert_event(conn, run_id, "state", task_id, payload, None)
+        return data
 
     def forget_merge(self, run_id: str, task_id: str) -> None:
         """Clear what is recorded of the task's merge: the next `swarm merge` takes it anew."""
@@ -395,13 +415,9 @@ class Store(StoreFile):
         ts: float | None = None,
     ) -> int:
         """Append an event (*data* must be JSON-serializable) and return its id."""
-        payload = json.dumps(redact_data(dict(data or {})), sort_keys=True)
+        payload = _event_payload(data or {})
         with self._lock, self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO events (run_id, task_id, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
-                (run_id, task_id, time.time() if ts is None else ts, kind, payload),
-            )
-            return _lastrowid(cursor)
+            return _insert_event(conn, run_id, kind, task_id, payload, ts)
 
     def events(self, run_id: str, *, after: int = 0, kind: str | None = None) -> list[EventRow]:
         """Return the run's events with id greater than *after* (of *kind* only), oldest first."""
@@ -424,6 +440,43 @@ def _insert_tasks(
             for pos, (task, branch, worktree) in enumerate(tasks)
         ],
     )
+
+
+def _check_fields(fields: Mapping[str, object]) -> None:
+    unknown = sorted(set(fields) - UPDATABLE)
+    if unknown:
+        raise ValueError(f"cannot update task field(s): {', '.join(unknown)}")
+
+
+def _update_task(
+    conn: sqlite3.Connection, run_id: str, task_id: str, fields: Mapping[str, object]
+) -> None:
+    values = [_column_value(name, value) for name, value in fields.items()]
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    cursor = conn.execute(
+        f"UPDATE tasks SET {assignments} WHERE run_id = ? AND task_id = ?",  # noqa: S608
+        (*values, run_id, task_id),
+    )
+    _require_one(cursor, f"task {task_id} of run {run_id}")
+
+
+def _event_payload(data: Mapping[str, object]) -> str:
+    return json.dumps(redact_data(dict(data)), sort_keys=True)
+
+
+def _insert_event(
+    conn: sqlite3.Connection,
+    run_id: str,
+    kind: str,
+    task_id: str | None,
+    payload: str,
+    ts: float | None,
+) -> int:
+    cursor = conn.execute(
+        "INSERT INTO events (run_id, task_id, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
+        (run_id, task_id, time.time() if ts is None else ts, kind, payload),
+    )
+    return _lastrowid(cursor)
 
 
 def _require_one(cursor: sqlite3.Cursor, what: str) -> None:

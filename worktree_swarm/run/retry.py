@@ -424,11 +424,9 @@ def settle_guard(repo: git.Repo, store: Store, run_id: str) -> None:
             if row is None or not row.state.is_final or blamed(row.reason):
                 continue
             reason = violation.reason(task_id)
-            store.update_task(run_id, task_id, state=TaskState.FAILED, reason=reason)
-            state = {"state": TaskState.FAILED.value, "reason": reason}
-            if row.state is not TaskState.FAILED:  # a failure's reason changes: no state withdrawn
-                state["replaces"] = row.state.value
-            store.add_event(run_id, "state", task_id=task_id, data=state)
+            # A failure's reason changes: no state withdrawn.
+            withdrawn = None if row.state is TaskState.FAILED else row.state
+            store.record_state(run_id, task_id, TaskState.FAILED, replaces=withdrawn, reason=reason)
         note.unlink(missing_ok=True)
 
 

@@ -109,6 +109,7 @@ class RunState:
             gate=self.gate,
             guard=self.guard,
             emit=self._emit,
+            announce=self._announce,
             logs_root=run_dir(repo, run_id),
         )
         self._worker: TaskWorker | RayTaskWorker
@@ -154,13 +155,8 @@ class RunState:
     ) -> None:
         """Record and announce *task_id*'s *state*; *replaces*: the final state it withdraws."""
         self._states[task_id] = state
-        self.store.update_task(self.run_id, task_id, state=state, **fields)
-        data: dict[str, object] = {"state": state.value}
-        if fields.get("reason"):
-            data["reason"] = fields["reason"]
-        if replaces is not None:
-            data["replaces"] = replaces.value
-        self._emit("state", task_id, data)
+        data = self.store.record_state(self.run_id, task_id, state, replaces=replaces, **fields)
+        self._announce("state", task_id, data)
 
     def _gate_changed(self, view: GateView) -> None:
         # A provider's concurrency, wait or reason changed: `status` and the report read these.
@@ -168,5 +164,9 @@ class RunState:
 
     def _emit(self, kind: str, task_id: str | None, data: Mapping[str, object]) -> None:
         self.store.add_event(self.run_id, kind, task_id=task_id, data=data)
+        self._announce(kind, task_id, data)
+
+    def _announce(self, kind: str, task_id: str | None, data: Mapping[str, object]) -> None:
+        """Hand an event already on record to the observer."""
         if self._observer is not None:
             self._observer(kind, task_id, data)

@@ -71,7 +71,8 @@ class RunContext:
     base_commit: str
     gate: Gates
     guard: Guard
-    emit: Emit
+    emit: Emit  # records an event and hands it to the observer
+    announce: Emit  # hands one already on record (a state's) to the observer
     logs_root: Path
 
 
@@ -87,6 +88,7 @@ class RunWorker:
         self.gate = run.gate
         self.guard = run.guard
         self._emit = run.emit
+        self._announce = run.announce
         self._logs_root = run.logs_root
         self._findings = run.logs_root / notes.FILE_NAME
         notes.prepare(self._findings)  # its header, before any agent writes
@@ -102,11 +104,8 @@ class RunWorker:
 
     def _state(self, task_id: str, state: TaskState, **fields: Unpack[TaskFields]) -> None:
         # Intermediate states are informational; the main thread records final ones.
-        self.store.update_task(self.run_id, task_id, state=state, **fields)
-        data: dict[str, object] = {"state": state.value}
-        if fields.get("reason"):
-            data["reason"] = fields["reason"]
-        self._emit("state", task_id, data)
+        data = self.store.record_state(self.run_id, task_id, state, **fields)
+        self._announce("state", task_id, data)
 
     def _running(self, task_id: str, number: int) -> None:
         """Attempt *number* starts: the task runs, timed from its first attempt (of this go).
