@@ -55,12 +55,82 @@ def test_first_goes_ahead_of_waiting_workers_and_the_lock_is_reentrant() -> None
     lock.release()
 
 
+def _conditions(lock: TurnLock) -> list[threading.Condition]:
+    return [c for c in vars(lock).values() if isinstance(c, threading.Condition)]
+
+
+def _waiting(lock: TurnLock) -> int:
+    return sum(len(c._waiters) for c in _conditions(lock))  # type: ignore[attr-defined]
+
+
+def _queue_up(lock: TurnLock, names: list[str], take: Callable[[str], None]) -> None:
+    """Start a thread per name that takes the lock by *take*, each once the last waits."""
+    for count, name in enumerate(names, start=1):
+        threading.Thread(target=take, args=(name,), name=name, daemon=True).start()
+        wait_for(lambda n=count: _waiting(lock) == n, f"{name} waiting")
+
+
+@pytest.mark.parametrize("interrupted", [False, True], ids=["plain", "a-waiter-interrupted"])
+def test_each_release_wakes_only_the_waiter_whose_turn_it_is(interrupted: bool) -> None:
+    # Every release woke every waiter: dozens of workers woke (and took a look) per hand-over
+    # only to find the lock taken again. None may be left waiting with the lock free either.
+    lock = TurnLock()
+    waits: list[str] = []
+    order: list[str] = []
+    workers = [f"w{i}" for i in range(12)]
+    scans = ["s0", "s1"]
+    everyone = workers[:6] + scans[:1] + workers[6:] + scans[1:]
+    left = [len(everyone)]
+    fired = threading.Event()
+    for cond in _conditions(lock):
+
+        def counted(*args: float | None, _wait: Callable[..., bool] = cond.wait) -> bool:
+            woken = _wait(*args)
+            waits.append(threading.current_thread().name)
+            if interrupted and threading.current_thread().name == "w0" and not fired.is_set():
+                fired.set()  # as a stop signal landing as it was woken
+                order.append("w0 interrupted")
+                left[0] -= 1
+                raise KeyboardInterrupt
+            return woken
+
+        cond.wait = counted  # type: ignore[method-assign]
+    ended: dict[str, threading.Event] = {}
+
+    def take(name: str) -> None:
+        ended[name] = threading.Event()
+        try:
+            with lock.first() if name in scans else lock:
+                order.append(name)
+                left[0] -= 1
+                # Hold it until every other waiter woken meanwhile has gone back to waiting.
+                wait_for(lambda: _waiting(lock) == left[0], "the others waiting again")
+        except KeyboardInterrupt:
+            assert name == "w0"  # on record already
+        ended[name].set()
+
+    lock.acquire()
+    _queue_up(lock, everyone, take)
+    lock.release()
+    for name in everyone:
+        assert ended[name].wait(timeout=60), f"{name} never had its turn: {order}"
+    # The scans first, then the workers in the order they came (w0 passing its turn on).
+    if interrupted:
+        assert order == ["s0", "s1", "w0 interrupted", *workers[1:]]
+    else:
+        assert order == ["s0", "s1", *workers]
+    # Each waited once: woken only for its turn.
+    assert sorted(waits) == sorted(everyone)
+    lock.acquire()  # free again
+    lock.release()
+
+
 class _SignalOnceTaken(threading.Condition):
     """The lock's condition, whose first exit once the lock has an owner raises, as a stop
     signal's handler does in the main thread wherever it is."""
 
     def __init__(self, turn: TurnLock) -> None:
-        super().__init__(threading.Lock())
+        super().__init__(getattr(turn, "_mutex", None) or threading.Lock())
         self.turn = turn
         self.fired = False
 

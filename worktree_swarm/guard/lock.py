@@ -14,10 +14,17 @@ from collections.abc import Iterator
 
 
 class TurnLock:
-    """A re-entrant lock with a way in ahead of the queue (for the scan thread)."""
+    """A re-entrant lock with a way in ahead of the queue (for the scan thread).
+
+    A release wakes one waiter, the one whose turn it is (a ``first`` one if any waits, else
+    the longest waiting): waking them all cost every one of dozens of workers a wake-up and a
+    look per hand-over, to find the lock taken.
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)  # threads waiting by ``with``
+        self._first_turn = threading.Condition(self._mutex)  # by :meth:`first`
         self._owner: int | None = None
         self._depth = 0
         self._first = 0  # threads waiting by :meth:`first`
@@ -29,14 +36,22 @@ class TurnLock:
             if self._owner == me:
                 self._depth += 1
                 return
+            turn = self._first_turn if first else self._cond
             if first:
                 self._first += 1
             try:
                 while self._owner is not None or (self._first and not first):
-                    self._cond.wait()
-            finally:
+                    turn.wait()
+            except BaseException:
+                # Interrupted as it was woken, it may have taken the one wake-up of a release:
+                # passed on, or the next in turn would wait for ever with the lock free.
                 if first:
                     self._first -= 1
+                if self._owner is None:
+                    self._wake()
+                raise
+            if first:
+                self._first -= 1
             self._owner, self._depth = me, 1
 
     def release(self) -> None:
@@ -48,7 +63,11 @@ class TurnLock:
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
-                self._cond.notify_all()
+                self._wake()
+
+    def _wake(self) -> None:
+        """Wake the waiter whose turn it is (the caller holds the mutex, the lock is free)."""
+        (self._first_turn if self._first else self._cond).notify()
 
     def __enter__(self) -> None:
         self._take(first=False)
@@ -83,5 +102,5 @@ class TurnLock:
                     self._depth = held
                     if not held:
                         self._owner = None
-                        self._cond.notify_all()
+                        self._wake()
             raise
