@@ -4,8 +4,9 @@
 
 Runs the real `swarm run` (as bench_schedule.py does: sleeping fake agents, one file each) in
 a throwaway repository, with every SQLite connection the manager opens traced: transactions
-(``BEGIN``) and write statements are counted by kind. Git processes are counted from a
-GIT_TRACE2 event file, by command. Counts, not times: they do not move with the machine's load.
+(``BEGIN``) and write statements are counted by kind, and so are the wake-ups of threads
+waiting for the guard's lock (`TurnLock`). Git processes are counted from a GIT_TRACE2 event
+file, by command. Counts, not times: they do not move with the machine's load.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_overhead import git_counts
 from bench_schedule import AGENT, make_repo, manifest
+
+from worktree_swarm.guard.lock import TurnLock
 
 _OUT = "SWARM_COUNT_STORE_OUT"
 
@@ -39,17 +43,27 @@ def _child(swarm_args: list[str]) -> None:
     def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         conn: sqlite3.Connection = connect(*args, **kwargs)
         conn.set_trace_callback(lambda sql: counts.update([_kind(sql)]))
-        if os.environ.get("SWARM_COUNT_STORE_LOG"):
-            log = open(os.environ["SWARM_COUNT_STORE_LOG"], "a")  # noqa: SIM115, PTH123
-            conn.set_trace_callback(
-                lambda sql: (counts.update([_kind(sql)]), log.write(sql + "\n"))
-            )
         return conn
+
+    made = TurnLock.__init__
+
+    def counted_lock(lock: TurnLock) -> None:
+        """Each time a thread waiting for the guard's lock is woken, counted."""
+        made(lock)
+        for cond in [c for c in vars(lock).values() if isinstance(c, threading.Condition)]:
+
+            def wait(*args: Any, _wait: Any = cond.wait) -> bool:
+                woken: bool = _wait(*args)
+                counts.update(["lock wake-up"])
+                return woken
+
+            cond.wait = wait  # type: ignore[method-assign, assignment]
 
     def write() -> None:
         Path(os.environ[_OUT]).write_text(json.dumps(counts))
 
     sqlite3.connect = traced  # type: ignore[assignment]
+    TurnLock.__init__ = counted_lock  # type: ignore[method-assign, assignment]
     atexit.register(write)
     sys.argv = ["swarm", *swarm_args]
     runpy.run_module("worktree_swarm.cli", run_name="__main__")
@@ -109,9 +123,11 @@ def main() -> int:
     print(
         f"transactions per task: {counts['BEGIN'] / per:.2f} (commits {counts['COMMIT'] / per:.2f})"
     )
-    writes = [(k, n) for k, n in counts.most_common() if k not in {"BEGIN", "COMMIT", "read"}]
+    apart = {"BEGIN", "COMMIT", "read", "lock wake-up"}
+    writes = [(k, n) for k, n in counts.most_common() if k not in apart]
     print("writes per task: " + ", ".join(f"{k} {n / per:.2f}" for k, n in writes))
     print(f"reads per task: {counts['read'] / per:.2f}")
+    print(f"guard lock: waiters woken per task {counts['lock wake-up'] / per:.2f}")
     total = sum(gits.values())
     rows = ", ".join(f"{name} {n / per:.2f}" for name, n in gits.most_common())
     print(f"git processes per task: {total / per:.2f} ({rows})")
