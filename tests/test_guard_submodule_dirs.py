@@ -117,3 +117,19 @@ def test_a_config_with_a_program_key_of_no_value_goes_back_whole(tmp_path: Path)
     git(worktree / "lib", "config", "remote.origin.tagOpt", "--no-tags")
 
     assert _put_back(repo, config, old) == old
+
+
+def test_a_setting_turned_into_a_git_lfs_extension_gets_its_value_before(tmp_path: Path) -> None:
+    # Judged as git-lfs reads it (a value's second line is a key of its own), the note was
+    # taken away with the plant: the value it had before, no program, was lost.
+    repo, worktree, config = _own_submodule(tmp_path)
+    lib = worktree / "lib"
+    git(lib, "config", "user.note", "yours")
+    old = _entry(config)
+    git(lib, "config", "user.note", "x\nlfs.extension.nl.clean=touch planted")
+    git(lib, "config", "remote.origin.tagOpt", "--no-tags")
+
+    _put_back(repo, config, old)
+
+    assert _get(config, "user.note") == ["yours"]
+    assert _get(config, "remote.origin.tagOpt") == ["--no-tags"]

@@ -46,6 +46,10 @@ if plant == 'difftool':  # run by your `git difftool` in lib
     git('-C', 'lib', 'config', 'difftool.vimdiff.path', str(marker))
 if plant == 'lfs':  # run by the git-lfs of your global config, on each file it filters
     git('-C', 'lib', 'config', 'lfs.extension.x.clean', f'touch {marker}; cat')
+if plant == 'lfs-newline':  # git-lfs reads `git config -l` by lines: the value's second
+    git('-C', 'lib', 'config', 'user.note', f'x\\nlfs.extension.nl.clean=touch {marker}')
+if plant == 'lfs-subsection':  # ... and splits each at its first `=`: an extension's clean
+    git('-C', 'lib', 'config', f'lfs.extension.eq.clean=touch {marker}.y', 'z')
 if plant == 'attributes':
     git('-C', 'lib', 'config', 'core.attributesFile', str(gitdir.parent / 'planted-attributes'))
 if plant == 'commondir':  # lib's git then reads a copy's config, with an fsmonitor
@@ -74,6 +78,8 @@ def super_repo(tmp_path: Path) -> Path:
         ("attributes", "modules/lib/config"),
         ("difftool", "modules/lib/config"),
         ("lfs", "modules/lib/config"),
+        ("lfs-newline", "modules/lib/config"),
+        ("lfs-subsection", "modules/lib/config"),
         ("commondir", "modules/lib/commondir"),
     ],
 )
@@ -98,6 +104,7 @@ def test_a_program_planted_in_a_tasks_own_submodule_git_dir_is_put_back(
     (config,) = (super_repo / ".git" / "worktrees").glob("*/modules/lib/config")
     for planted in ("fsmonitor", "\tupdate = ", "attributesfile", "\tpath = ", "\tclean = "):
         assert planted not in config.read_text().lower()
+    assert marker.name not in config.read_text()
     assert not (config.parent / "hooks" / "post-checkout").exists()
     assert not (config.parent / "commondir").exists()
     worktree = super_repo.parent / "repo.swarm" / "t"

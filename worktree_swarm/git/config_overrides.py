@@ -128,6 +128,15 @@ def lfs_keys(name: str, value: str | None) -> list[str]:
     return [key for key, eq, _ in (line.partition("=") for line in text.split("\n")) if eq]
 
 
+def lfs_runs(name: str, value: str | None) -> bool:
+    """Whether git-lfs, reading the setting *name* = *value* as it does, finds what it runs.
+
+    Its keys are :func:`lfs_keys`'s: an extension's ``clean``/``smudge`` or a custom
+    transfer's ``path``/``args`` hidden in a value's second line or in a subsection's ``=``.
+    """
+    return any(_lfs_neutral(key) is not None for key in lfs_keys(name, value))
+
+
 def _lfs_extension(key: str) -> str | None:
     """The ``lfs.extension.<x>`` that git-lfs makes of *key*, as it reads it, or None."""
     match key.split("."):

@@ -21,7 +21,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from worktree_swarm.git.config_overrides import runs_program
+from worktree_swarm.git.config_overrides import lfs_runs, runs_program
 from worktree_swarm.git.process import execute, execute_bytes
 from worktree_swarm.guard.surface_entry import MODE, Entry
 
@@ -57,7 +57,8 @@ def kept(root: Path, label: str, old: Entry | None, new: Entry | None) -> Entry 
 
     *old*, but for a config: *new* with the program-running settings *old* had (none for one
     new, as `git submodule update --init` made it), when swarm's git can write exactly those;
-    else *old* whole.
+    else *old* whole. A key that now runs a program gets *old*'s values whatever they were
+    (``user.note`` with a second line git-lfs reads as an extension: its value before).
     """
     if new is None or new.kind != "file" or _tail(label)[1] not in _CONFIGS:
         return old
@@ -67,7 +68,8 @@ def kept(root: Path, label: str, old: Entry | None, new: Entry | None) -> Entry 
     if was is None or now is None:  # not a config git reads: as it was is better
         return old
     changed = {n for n, _ in (*was, *now) if _values(was, n) != _values(now, n)}
-    back = [(n, v) for n, v in was if n in changed]
+    before = _settings(root, old, every=True) or ()
+    back = [(n, v) for n, v in before if n in changed]
     # Written back at its section's end: an include's place decides what it overrides.
     if any(v is None or n.startswith("include") for n, v in back):
         return old
@@ -98,10 +100,14 @@ def _programs(root: Path, entry: Entry | None) -> frozenset[tuple[str, str | Non
     return None if found is None else frozenset(found)
 
 
-def _settings(root: Path, entry: Entry | None) -> tuple[tuple[str, str | None], ...] | None:
+def _settings(
+    root: Path, entry: Entry | None, *, every: bool = False
+) -> tuple[tuple[str, str | None], ...] | None:
     """The program-running settings in the config *entry*, in order; None if git cannot read it.
 
-    A key with no value (``[filter "x"] required``, true) has the value None.
+    A key with no value (``[filter "x"] required``, true) has the value None. A setting counts
+    as git-lfs reads it too (:func:`lfs_runs`): ``user.note`` holding a second line
+    ``lfs.extension.x.clean=prog`` is an extension to git-lfs. With *every*, all its settings.
     """
     if entry is None or entry.kind != "file":
         return ()
@@ -112,9 +118,10 @@ def _settings(root: Path, entry: Entry | None) -> tuple[tuple[str, str | None], 
         return None
     found = []
     for item in out.stdout.split(b"\0"):
-        name, newline, value = os.fsdecode(item).partition("\n")
-        if name and runs_program(name):
-            found.append((name, value if newline else None))
+        name, newline, given = os.fsdecode(item).partition("\n")
+        value = given if newline else None
+        if name and (every or runs_program(name) or lfs_runs(name, value)):
+            found.append((name, value))
     return tuple(found)
 
 
