@@ -78,12 +78,14 @@ class UnwatchedChecks(SurfaceChecks):
                 return
             self._log(f"git's files changed while no manager watched: {', '.join(labels)}")
             self._changes.mark_all()
-            self._undo_surface(labels, now, tuple(sorted(suspects)), time.time())
-            for label, entry in now.items():  # the rest as found: the baseline
+            # The rest as found: the baseline, before the put-back is checked against it (a
+            # worktree of yours moved meanwhile is not the plant left in place).
+            for label, entry in now.items():
                 if label not in labels and label not in self._unrestored:
                     self._surface[label] = entry
             for label in set(last) - set(now) - set(labels):
                 self._surface.pop(label, None)
+            self._undo_surface(labels, now, tuple(sorted(suspects)), time.time())
 
     def _not_theirs_unwatched(
         self,
