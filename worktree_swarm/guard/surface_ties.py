@@ -7,7 +7,8 @@ worktree remove` takes them away with the admin dir. Any other tie (a ``commondi
 read) is judged by the resumed guard (surface_checks), and so is a ``.git`` deleted while
 its admin dir still names it (git deletes one only as it moves or removes the worktree).
 A worktree whose folder is gone whole (deleted by hand) goes with what ties it
-(:func:`gone_whole`).
+(:func:`gone_whole`); one git removed or moved takes what is watched in it, its hooks directory
+(:func:`as_git_left`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.guard import in_progress
+from worktree_swarm.guard.recovery import moved_to
 from worktree_swarm.guard.surface import TIES, ties
 from worktree_swarm.guard.surface_entry import Entry, path_of
 from worktree_swarm.infra import fs
@@ -58,6 +60,41 @@ def gone_whole(
             continue  # moved elsewhere, or its ties changed: judged as ever
         gone[checkout] = ties(common, checkout, admin, held=labels) & set(labels)
     return gone
+
+
+def as_git_left(
+    common: Path, last: Mapping[str, Entry]
+) -> tuple[dict[str, Entry], dict[Path, Path | None]]:
+    """*last* (the baseline) as `git worktree remove` and `move` left your linked worktrees.
+
+    One whose ``.git`` is gone with the admin dir it named (removed) takes all that ties it,
+    its admin dir's files and what is watched in it (its hooks directory); one whose admin dir
+    names its new place, whose ``.git`` names it back (moved), has what was watched in it
+    looked for there (a hook planted since is a change). What a live guard does with each
+    (worktree_checks' ``_follow_linked``). Returns the baseline and each checkout so followed,
+    with its new place (None: removed).
+    """
+    admins = Path(os.path.realpath(common)) / "worktrees"
+    left = dict(last)
+    followed: dict[Path, Path | None] = {}
+    for label, entry in last.items():
+        if not (label.endswith("/.git") and Path(label).is_absolute()):
+            continue
+        checkout = Path(label).parent
+        named = _named(checkout, entry, prefix=True)
+        if named is None or Path(named).parent != admins or os.path.lexists(checkout / ".git"):
+            continue
+        admin = common / "worktrees" / Path(named).name
+        if not os.path.lexists(admin):
+            for gone in ties(common, checkout, admin, held=last):
+                left.pop(gone, None)
+            followed[checkout] = None
+        elif (moved := moved_to(admin, checkout)) is not None:
+            inside = f"{checkout}/"
+            for name in [x for x in left if x.startswith(inside)]:
+                left[f"{moved}/{name[len(inside) :]}"] = left.pop(name)
+            followed[checkout] = moved
+    return left, followed
 
 
 def _folder_gone(path: Path) -> bool:

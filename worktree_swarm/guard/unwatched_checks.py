@@ -56,12 +56,21 @@ class UnwatchedChecks(SurfaceChecks):
         ones), with their worktrees: a change is theirs, put back and reported as any outside
         write, so that a `core.fsmonitor` or a hook one planted does not become the new
         baseline. With none, or no baseline kept, what was found at the start is the baseline.
+        Your linked worktrees git removed or moved meanwhile are followed first
+        (:func:`surface_ties.as_git_left`): their hooks directories are not the agents' writes.
         """
         last, self._last_surface = self._last_surface, None
         if last is None or not suspects:
             return
         with self._lock, self._repo_lock:
             common = self.repo.common_dir
+            last, followed = surface_ties.as_git_left(common, last)
+            for checkout, moved in followed.items():
+                self._log(
+                    f"your worktree {checkout} was removed: no longer watched"
+                    if moved is None
+                    else f"your worktree {checkout} was moved to {moved}: watched there"
+                )
             now, self._surface = self._surface, dict(last)
             labels = [  # directories' bits: git's own directories made meanwhile, by the
                 label  # killed manager too (a task's ref directory); a live scan judges those
