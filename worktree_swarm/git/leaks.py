@@ -8,8 +8,9 @@ GitHub receives.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
@@ -66,6 +67,39 @@ def find_leak(
 
     Without *base*, every commit reachable from *tip* is looked at.
     """
+    env_values = [value for value in redact.current().values if redact.made_up(value)]
+    secrets = dict.fromkeys(env_values, "the value of a secret environment variable")
+    secrets |= {value: f"the value of {where} (a copy file)" for where, value in local_secrets}
+    with contextlib.closing(_leaks(repo, base, tip, copy_globs, secrets, _KINDS)) as found:
+        return next(found, None)
+
+
+def value_leaks(
+    repo: git.Repo, *, base: str | None, tip: str, secrets: Mapping[str, str]
+) -> list[Leak]:
+    """The first file (or commit object) of each commit of ``base..tip`` holding one of *secrets*.
+
+    *secrets*: value -> what it is (``the value of ANTHROPIC_API_KEY``); exact values only,
+    no known format: what an attempt's own commits hold of the run's environment.
+    """
+    if not secrets:
+        return []
+    by_commit: dict[str, Leak] = {}
+    with contextlib.closing(_leaks(repo, base, tip, (), secrets, ())) as found:
+        for leak in found:
+            by_commit.setdefault(leak.commit, leak)
+    return list(by_commit.values())
+
+
+def _leaks(
+    repo: git.Repo,
+    base: str | None,
+    tip: str,
+    copy_globs: Sequence[str],
+    secrets: Mapping[str, str],
+    kinds: Sequence[tuple[str, re.Pattern[str]]],
+) -> Generator[Leak]:
+    """Every ``copy`` file, then every credential (*kinds*, *secrets*) in ``base..tip``."""
     out = git.git(
         # A merge's own content (a resolution, a file neither parent has) is what differs
         # from every parent: what `--diff-merges=combined` lists.
@@ -76,21 +110,20 @@ def find_leak(
     for commit, path, _blob in changed:
         pattern = matching_glob(path, copy_globs)
         if pattern is not None:
-            return Leak(path=path, commit=commit, why=f"matches copy pattern {pattern!r}")
-    env_values = [value for value in redact.current().values if redact.made_up(value)]
-    secrets = dict.fromkeys(env_values, "the value of a secret environment variable")
-    secrets |= {value: f"the value of {where} (a copy file)" for where, value in local_secrets}
+            yield Leak(path=path, commit=commit, why=f"matches copy pattern {pattern!r}")
     with ObjectReader(repo.root) as objects:  # one `cat-file` for every blob
         for commit, path, blob in changed:
-            why = _credential(path, secrets)  # a file named after a key is pushed with its name
+            # A file named after a key is pushed with its name.
+            why = _credential(path, secrets, kinds)
             if why is not None:
-                return Leak(path=path, commit=commit, why=f"is named after {why}")
+                yield Leak(path=path, commit=commit, why=f"is named after {why}")
+                continue
             # Bytes, not text: a binary file (a DER key, a keystore) must not stop the scan.
             # Only its head is read into memory: a sparse 1 GiB file costs the agent nothing.
             head = objects.read(blob, limit=SCAN_LIMIT).decode("utf-8", "surrogateescape")
-            why = _credential(head, secrets)
+            why = _credential(head, secrets, kinds)
             if why is not None:
-                return Leak(path=path, commit=commit, why=f"holds {why}")
+                yield Leak(path=path, commit=commit, why=f"holds {why}")
         # The commit objects as stored: their messages, and their author, committer and any
         # other header line (an agent can write a commit with a header of its own).
         commits = git.git(
@@ -103,10 +136,9 @@ def find_leak(
                 ("its message", message),
                 ("its author, committer or headers", headers),
             ):
-                why = _credential(text, secrets)
+                why = _credential(text, secrets, kinds)
                 if why is not None:
-                    return Leak(path=part, commit=commit, why=f"holds {why}")
-    return None
+                    yield Leak(path=part, commit=commit, why=f"holds {why}")
 
 
 def matching_glob(path: str, globs: Sequence[str]) -> str | None:
@@ -151,9 +183,11 @@ def _parse_raw(out: str) -> list[tuple[str, str, str]]:
     return found
 
 
-def _credential(text: str, secrets: Mapping[str, str]) -> str | None:
-    """What credential *text* holds: a known format, or one of *secrets* (value -> what)."""
-    for what, pattern in _KINDS:
+def _credential(
+    text: str, secrets: Mapping[str, str], kinds: Sequence[tuple[str, re.Pattern[str]]]
+) -> str | None:
+    """What credential *text* holds: one of *kinds* (known formats), or of *secrets*."""
+    for what, pattern in kinds:
         if pattern.search(text):
             return what
     return next((what for value, what in secrets.items() if value in text), None)

@@ -157,6 +157,7 @@ def open_pull_requests(
                 repo,
                 client,
                 row,
+                store=store,
                 base=base,
                 retarget=retarget,
                 remote=remote,

@@ -13,7 +13,7 @@ from http import HTTPStatus
 from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.task import BRANCH_PREFIX, is_valid_task_id
 from worktree_swarm.core.text import one_line
-from worktree_swarm.git import leaks, local_files
+from worktree_swarm.git import committed_secrets, leaks, local_files
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.remotes import strip_userinfo, tracking_ref
 from worktree_swarm.github import pr_conflicts
@@ -22,6 +22,7 @@ from worktree_swarm.github.errors import GitHubError
 from worktree_swarm.github.pr_text import texts
 from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import redact
+from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 
 KEPT = "kept"
@@ -45,6 +46,7 @@ def pull_request_for(
     client: Client,
     row: TaskRow,
     *,
+    store: Store,
     base: str,
     retarget: bool,
     remote: str,
@@ -54,7 +56,7 @@ def pull_request_for(
     taken_by: str | None = None,
     numbers: Mapping[str, int] | None = None,
 ) -> PullRequest:
-    """Open or update the pull request of the task of *row*."""
+    """Open or update the pull request of the task of *row* (of the run *store* holds)."""
     branch = _checked_branch(row)
     if taken_by is not None:  # a later run's work, and maybe its pull request: never touched
         raise SwarmError(f"branch {branch} is run {taken_by}'s now (it reused the task id)")
@@ -64,16 +66,7 @@ def pull_request_for(
     tip = git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
     if tip is None:
         raise SwarmError(f"branch {branch} of task {row.task_id} is gone; nothing to push")
-    # Every commit the push sends, from the run's base: a dependency's commits go too.
-    leak = leaks.find_leak(
-        repo,
-        base=fallback or row.base_commit,
-        tip=tip,
-        copy_globs=task.copy,
-        local_secrets=local_files.copied_secrets(repo.root, task.copy),
-    )
-    if leak is not None:
-        raise SwarmError(f"not pushing {branch}: {leak}; remove it from the branch's history")
+    _refuse_leak(repo, store, row, branch, base=fallback or row.base_commit, tip=tip)
     # Asked before the push: a rate limit GitHub already told stops here, with nothing pushed.
     existing = client.find_pull(branch)
     if existing is None:
@@ -100,6 +93,26 @@ def pull_request_for(
     reply = client.update_pull(_number(existing), title=title, body=body, base=onto)
     state = _field(reply, "state") or _field(existing, "state") or "open"
     return _pull_request(row, branch, reply, action="updated", state=state, retargeted=onto)
+
+
+def _refuse_leak(
+    repo: git.Repo, store: Store, row: TaskRow, branch: str, *, base: str | None, tip: str
+) -> None:
+    """SwarmError when the commits a push of *branch* sends (*base*..*tip*) hold a leak.
+
+    From the run's base: a dependency's commits go too. Also a commit the run's manager
+    recorded holding a secret of its environment, which this shell may lack.
+    """
+    task = task_from_json(row.spec_json)
+    leak = leaks.find_leak(
+        repo,
+        base=base,
+        tip=tip,
+        copy_globs=task.copy,
+        local_secrets=local_files.copied_secrets(repo.root, task.copy),
+    ) or committed_secrets.recorded_leak(repo, store, row.run_id, base=base, tip=tip)
+    if leak is not None:
+        raise SwarmError(f"not pushing {branch}: {leak}; remove it from the branch's history")
 
 
 def _opened_meanwhile(client: Client, branch: str, refused: GitHubError) -> dict[str, object]:

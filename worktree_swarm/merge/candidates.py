@@ -12,7 +12,7 @@ from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.task import merge_again
 from worktree_swarm.git import branches as git_branches
-from worktree_swarm.git import leaks, local_files
+from worktree_swarm.git import committed_secrets, leaks, local_files
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
@@ -73,7 +73,7 @@ def select_candidates(
             continue
         base = task_base(store, row)
         why = _skip_reason(
-            repo, row, target=target, later=later, tip=tip, base=base, run_base=run_base
+            repo, store, row, target=target, later=later, tip=tip, base=base, run_base=run_base
         )
         if why or tip is None or base is None:
             skipped.append(
@@ -186,6 +186,7 @@ def _restore_from(repo: git.Repo, row: TaskRow) -> str:
 
 def _skip_reason(
     repo: git.Repo,
+    store: Store,
     row: TaskRow,
     *,
     target: str,
@@ -209,7 +210,7 @@ def _skip_reason(
         return f"branch {row.branch} is gone{_restore_from(repo, row)}"
     if base is None or base == tip:
         return "no commits on its branch"
-    if leak := _leak(repo, row, run_base or base, tip):
+    if leak := _leak(repo, store, row, run_base or base, tip):
         return f"not merging {row.branch}: {leak}; remove it from the branch's history"
     return ""
 
@@ -231,15 +232,18 @@ def _cut_off_elsewhere(repo: git.Repo, row: TaskRow, target: str) -> bool:
     return not row.merge_commit or bool(git_branches.contained(repo, tip, [row.merge_commit]))
 
 
-def _leak(repo: git.Repo, row: TaskRow, base: str, tip: str) -> leaks.Leak | None:
+def _leak(repo: git.Repo, store: Store, row: TaskRow, base: str, tip: str) -> leaks.Leak | None:
     """A credential the commits from *base* to *tip* would bring (as `swarm pr` refuses).
 
     *base* is the run's base, as for `swarm pr`: a task built on its dependency's work brings
     the dependency's commits too, and would land a leak that keeps the dependency out.
     Not a tracked file that matches a ``copy`` pattern: the run commits changes to those.
+    Also a commit the run's manager recorded holding a secret of its environment, which
+    this shell may not have (:mod:`committed_secrets`).
     """
     secrets = local_files.copied_secrets(repo.root, task_from_json(row.spec_json).copy)
-    return leaks.find_leak(repo, base=base, tip=tip, copy_globs=(), local_secrets=secrets)
+    found = leaks.find_leak(repo, base=base, tip=tip, copy_globs=(), local_secrets=secrets)
+    return found or committed_secrets.recorded_leak(repo, store, row.run_id, base=base, tip=tip)
 
 
 def standing_results(

@@ -15,7 +15,7 @@ from typing import TypeVar
 from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.core.task import Task
-from worktree_swarm.git import local_files
+from worktree_swarm.git import committed_secrets, local_files
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import group_failures
 from worktree_swarm.infra.disk import DiskUsage, usage
@@ -99,6 +99,8 @@ def build_report(
             pulls[event.task_id] = (_int(event.data.get("number")), str(event.data.get("url", "")))
     taken = store.taken_over(run_id)
     undone = undone_merges(repo, rows) if repo is not None else set()  # as `swarm status`
+    own = {row.task_id: row.branch for row in rows if row.task_id not in taken}
+    secrets = committed_secrets.held(repo, store, run_id, own)  # as `swarm status`
     tasks = tuple(
         _task_report(
             row,
@@ -112,6 +114,7 @@ def build_report(
             redact=redactor,
             taken=row.task_id in taken,
             undone=row.task_id in undone,
+            secret=str(secrets.get(row.task_id, "")),
         )
         for row in rows
     )
@@ -229,6 +232,7 @@ def _task_report(
     redact: Redactor,
     taken: bool,
     undone: bool = False,
+    secret: str = "",
 ) -> TaskReport:
     reports = tuple(
         _attempt_report(a, end=open_ends.get(a.id, end), redact=redact) for a in attempts
@@ -279,6 +283,7 @@ def _task_report(
         disk_apparent=None if used is None else used.apparent,
         disk_actual=None if used is None else used.actual,
         worktree_present=present,
+        secret_commit=secret,
     )
 
 

@@ -76,6 +76,17 @@ class TaskReport:
     merge_result: str | None = None
     merge_target: str | None = None
     pr_state: str | None = None
+    # A commit its agent made itself holding a secret of the run's environment, still on
+    # its branch (`swarm pr` and `swarm merge` refuse it): its file and the variable.
+    secret_commit: str = ""
+
+    @property
+    def told(self) -> str:
+        """Its reason, and a secret its agent committed that its branch holds."""
+        secret = (
+            f"{self.secret_commit}, committed by its agent itself" if self.secret_commit else ""
+        )
+        return "; ".join(part for part in (self.reason, secret) if part)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,7 @@ from worktree_swarm.core import units
 from worktree_swarm.core.models import MERGE_CHECKING, ProcessIdentity, TaskState
 from worktree_swarm.core.task import merge_again
 from worktree_swarm.git import branches as git_branches
+from worktree_swarm.git import committed_secrets
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import proctree, shim_record
 from worktree_swarm.infra.disk import DiskUsage, usage
@@ -59,6 +60,9 @@ class TaskStatus:
     pr_state: str | None = None
     node: str | None = None  # executor `ray`: the node of the newest attempt
     taken_by: str | None = None  # the later run that reused the task id: its branch and worktree
+    # A commit its agent made itself, holding a secret of the run's environment, that its
+    # branch still holds (`swarm pr` and `swarm merge` refuse it): its file, the variable.
+    secret_commit: str = ""
 
     @property
     def why(self) -> str:
@@ -70,6 +74,11 @@ class TaskStatus:
     def after(self) -> str:
         """What happened to the branch since it was done: merge result and pull request."""
         parts = []
+        if self.secret_commit:
+            parts.append(
+                f"{self.secret_commit}, committed by its agent itself: `swarm pr` and "
+                "`swarm merge` refuse its branch"
+            )
         if self.taken_by:
             parts.append(f"{self.branch} is run {self.taken_by}'s now")
         if self.merge_result == "merged":
@@ -134,6 +143,8 @@ def task_status(
     waits.update(_resuming(store, run_id, tasks, last, now=now))
     taken = store.taken_over(run_id)
     undone = undone_merges(repo, tasks) if repo is not None else set()
+    own = {t.task_id: t.branch for t in tasks if t.task_id not in taken}
+    secrets = committed_secrets.held(repo, store, run_id, own)
     rows = []
     for task in tasks:
         attempt = last.get(task.task_id)
@@ -189,6 +200,7 @@ def task_status(
                 pr_url=task.pr_url,
                 pr_state=task.pr_state,
                 node=task.node,
+                secret_commit=str(secrets.get(task.task_id, "")),
             )
         )
     return rows

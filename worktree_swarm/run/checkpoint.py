@@ -8,14 +8,23 @@ checkout or branch, links planted where git writes, setuid programs (disarmed), 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from pathlib import Path
 
-from worktree_swarm.core.errors import GitStartError
+from worktree_swarm.core.errors import CommandError, GitStartError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import paths_text
-from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, tampering
+from worktree_swarm.git import (
+    checkpoints,
+    committed_secrets,
+    diffs,
+    gitfiles,
+    local_files,
+    status,
+    tampering,
+)
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs
 from worktree_swarm.run import task_checkpoint
@@ -54,6 +63,7 @@ class Checkpoints(RunWorker):
         planted = tampering.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
+        self._record_committed_secrets(task, path, base)  # before it: the agent's own commits
         stat, armed = self._checkpoint_disarmed(
             task, path, base, number, ended, agent=agent, ran=ran
         )
@@ -79,6 +89,27 @@ class Checkpoints(RunWorker):
                 f"{task.branch} can hold; it stays in {path}",
             )
         return stat, None
+
+    def _record_committed_secrets(self, task: Task, path: Path, base: str) -> None:
+        """Record the agent's own commits since the branch's last recorded tip holding a secret.
+
+        A secret of the run's environment (`swarm run`'s, the task's ``env``): each such
+        commit is recorded for `swarm pr` and `swarm merge` (which refuse the branch while it
+        holds one, where the value may not be known) and `swarm status`. The task's state is
+        its attempt's. No git runs unless the agent committed itself (HEAD moved from that tip).
+        """
+        head = gitfiles.head_in(path)
+        row = self.store.task(self.run_id, task.id)
+        since = (row.tip_commit if row is not None else None) or base
+        if head is None or head == since:
+            return  # the usual case: the checkpoint is the attempt's only commit
+        env = {**os.environ, **dict(task.env)}
+        try:
+            found = committed_secrets.own_commit_leaks(self.repo, since=since, tip=head, env=env)
+        except CommandError:  # that tip is no commit any more: all the branch brings
+            found = committed_secrets.own_commit_leaks(self.repo, since=base, tip=head, env=env)
+        for leak in found:
+            self._emit(committed_secrets.EVENT, task.id, committed_secrets.event_data(leak))
 
     def _checkpoint_disarmed(
         self,

@@ -171,7 +171,7 @@ def _page_data(report: RunReport) -> dict[str, object]:
             "id": t.task_id,
             "title": t.title,
             "state": t.state,
-            "reason": t.reason,
+            "reason": t.told,
             "deps": list(t.depends_on),
             "branch": t.branch,
             "start": _rel(t.started_at, t0),

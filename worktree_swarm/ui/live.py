@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from worktree_swarm.core.text import one_line, paths_text, printable
+from worktree_swarm.git import committed_secrets
 from worktree_swarm.guard import remotes
 from worktree_swarm.guard.watcher import UNWATCHED_EVENT
 from worktree_swarm.infra.logtail import last_line
@@ -123,6 +124,11 @@ def _task_line(kind: str, task_id: str | None, data: Mapping[str, object]) -> st
     """The line of a task's event other than its state (None: not one)."""
     if kind == "worktree_removed":
         return f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
+    if kind == committed_secrets.EVENT:
+        return (
+            f"{task_id}: {committed_secrets.told(data)}, committed by its agent itself: "
+            "`swarm pr` and `swarm merge` refuse its branch while it holds that commit"
+        )
     if kind == "checkpoint_push_failed":  # a Ray node's, the first of a streak
         return (
             f"{task_id}: node {data.get('node')} could not push a running checkpoint "

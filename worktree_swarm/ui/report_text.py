@@ -33,7 +33,11 @@ def report_text(report: RunReport, *, styled: bool | None = None) -> str:
         merge = (
             ", ".join(
                 part
-                for part in (t.merge_result or "", f"#{t.pr_number}" if t.pr_number else "")
+                for part in (
+                    t.merge_result or "",
+                    f"#{t.pr_number}" if t.pr_number else "",
+                    "refused: a secret its agent committed" if t.secret_commit else "",
+                )
                 if part
             )
             or "-"

@@ -1,0 +1,138 @@
+"""A secret of the run's environment an agent commits itself is refused from any shell.
+
+swarm's checkpoints leave such a file out; an agent's own `git commit` they cannot. The
+manager, which has the value, records the commit when the attempt ends; `swarm merge` and
+`swarm pr` run the next morning from a shell without the variable refuse the branch all the
+same, naming the variable, never the value.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+from tests.github_server import TOKEN, FakeGitHub, serve
+from tests.test_run import AgentFactory, argv_toml, manifest, status_json, swarm
+from worktree_swarm.infra import redact
+
+SECRET = "tok_4d3c2b1a0f9e8d7cXq"  # noqa: S105 - a made-up token, the test's own
+
+# Commits the token itself (in a file, or in its message), then deletes the file again: the
+# tip no longer has it, the history does. One file of honest work for the checkpoint.
+OWN_COMMIT = (
+    "import os, pathlib, subprocess\n"
+    "value = os.environ.get('SERVICE_TOKEN')\n"
+    "def git(*args): subprocess.run(['git', *args], check=True)\n"
+    "if value and os.environ.get('WHERE') == 'message':\n"
+    "    pathlib.Path('notes.txt').write_text('notes\\n')\n"
+    "    git('add', 'notes.txt')\n"
+    "    git('commit', '-q', '-m', f'wire the service with {value}')\n"
+    "elif value:\n"
+    "    pathlib.Path('config.txt').write_text(f'token = {value}\\n')\n"
+    "    git('add', 'config.txt')\n"
+    "    git('commit', '-q', '-m', 'configure the service')\n"
+    "    git('rm', '-q', 'config.txt')\n"
+    "    git('commit', '-q', '-m', 'drop the config')\n"
+    "work = pathlib.Path('work.txt')\n"
+    "work.write_text(work.read_text() + 'more\\n' if work.exists() else 'work\\n')\n"
+)
+
+
+@pytest.fixture
+def fake_github() -> Iterator[FakeGitHub]:
+    with serve() as fake:
+        yield fake
+
+
+def _nowhere_in_swarms_files(repo: Path, texts: list[str]) -> None:
+    """*SECRET* is in none of *texts*, nor in a byte of what swarm keeps (store, logs)."""
+    for text in texts:
+        assert SECRET not in text, text[:2000]
+    files = [p for p in (repo / ".git" / "swarm").rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "state.db" for p in files)
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.long
+@pytest.mark.parametrize(("where", "path"), [("file", "config.txt"), ("message", "its message")])
+def test_an_agents_own_commit_of_an_environment_secret_is_refused_from_a_shell_without_it(
+    repo: Path,
+    write_agent: AgentFactory,
+    tmp_path: Path,
+    fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    path: str,
+) -> None:
+    monkeypatch.setenv("SERVICE_TOKEN", SECRET)
+    agent = write_agent(OWN_COMMIT)
+    text = (
+        f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "x"\n'
+        f'env = {{ WHERE = "{where}" }}\n'
+    )
+    run = swarm(repo, "run", manifest(repo, text))
+    assert run.returncode == 0, run.stdout + run.stderr  # its state is its attempt's
+    assert SECRET in git(repo, "log", "-p", "--format=%B", "swarm/t")  # the agent's own act
+    refused = (
+        "holds the value of SERVICE_TOKEN (a secret of the run's environment);"
+        " remove it from the branch's history"
+    )
+    said = [line for line in run.stdout.splitlines() if line.startswith(f"t: {path} (commit ")]
+    assert len(said) == 1, run.stdout
+    assert said[0].endswith(
+        "holds the value of SERVICE_TOKEN (a secret of the run's environment), committed by its"
+        " agent itself: `swarm pr` and `swarm merge` refuse its branch while it holds that commit"
+    )
+    # The next morning, another shell: the variable is unset, nothing of its value is known.
+    monkeypatch.delenv("SERVICE_TOKEN")
+    redact._current = None
+    row = status_json(repo)["t"]
+    assert row["state"] == "done"
+    shown = str(row["secret_commit"])
+    assert shown.startswith(f"{path} (commit "), shown
+    assert shown.endswith("holds the value of SERVICE_TOKEN (a secret of the run's environment)")
+    status = swarm(repo, "status").stdout
+    (line,) = [line for line in status.splitlines() if line.startswith("t ")]
+    assert f"{shown.partition(') holds')[0]}) holds the value of SERVICE_TOKEN" in line, status
+    merged = swarm(repo, "merge")
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    lines = [line for line in merged.stdout.splitlines() if " t " in f" {line} "]
+    assert len(lines) == 1, merged.stdout
+    assert f"not merging swarm/t: {path} (commit " in lines[0]
+    assert lines[0].endswith(refused)
+    assert SECRET not in git(repo, "log", "-p", "--format=%B", "--all", "--not", "swarm/t")
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    assert pr.returncode == 1, pr.stdout + pr.stderr
+    line = pr.stdout.strip()
+    assert line.startswith(f"t  failed  not pushing swarm/t: {path} (commit "), (
+        pr.stdout + pr.stderr
+    )
+    assert line.endswith(refused)
+    assert git(bare, "for-each-ref") == ""
+    assert fake_github.pulls == {}
+    outputs = [run.stdout, run.stderr, merged.stdout, merged.stderr, pr.stdout, pr.stderr]
+    for args in (
+        ("status",),
+        ("status", "--json"),
+        ("report",),
+        ("report", "--json"),
+        ("logs", "t"),
+    ):
+        out = swarm(repo, *args)
+        assert out.returncode == 0, (args, out.stderr)
+        outputs += [out.stdout, out.stderr]
+    report = json.loads(swarm(repo, "report", "--json").stdout)
+    (task,) = report["tasks"]
+    assert task["secret_commit"] == shown
+    assert "refused: a secret its agent committed" in swarm(repo, "report").stdout
+    _nowhere_in_swarms_files(repo, outputs)

@@ -1,0 +1,121 @@
+"""Secrets an agent committed itself: found when its attempt ends, refused from any shell.
+
+swarm's checkpoints leave out a file holding the value of a secret of the run's environment
+(:mod:`staged`); an agent's own `git commit` is no checkpoint. When an attempt ends with
+commits of the agent's own on the task's branch, the manager (which has the environment
+`swarm run` had) looks through them for those values, and records each commit holding one
+as an event: the commit, the file, the variable's name, never the value. `swarm pr` and
+`swarm merge`, from any shell (one without the variable too), refuse a branch whose history
+still holds a recorded commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from worktree_swarm.git import branches as git_branches
+from worktree_swarm.git import repo as git
+from worktree_swarm.git.leaks import Leak, value_leaks
+from worktree_swarm.infra import redact
+from worktree_swarm.infra.store import Store
+
+EVENT = "secret_committed"  # a commit of an agent's own holding a secret: one per commit
+
+
+def environment_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """Value -> its variable's name, of *env*'s secret variables (as checkpoints look for).
+
+    Only values that look made up: ``DB_PASSWORD=postgres`` is in half the files of a
+    repository. A value without the blanks around it, as the program that reads it uses it.
+    """
+    found: dict[str, str] = {}
+    for name, value in sorted(env.items()):
+        bare = value.strip()
+        if (
+            redact.is_secret_name(name)
+            and len(bare) >= redact.MIN_SECRET_LEN
+            and redact.made_up(bare)
+        ):
+            found.setdefault(bare, name)
+    return found
+
+
+def own_commit_leaks(repo: git.Repo, *, since: str, tip: str, env: Mapping[str, str]) -> list[Leak]:
+    """The commits of ``since..tip`` holding the value of one of *env*'s secret variables.
+
+    One :class:`Leak` per commit, its first file (or its message, its headers) holding one;
+    its ``why`` names the variable, never the value.
+    """
+    secrets = {
+        value: f"the value of {name} (a secret of the run's environment)"
+        for value, name in environment_secrets(env).items()
+    }
+    return value_leaks(repo, base=since, tip=tip, secrets=secrets)
+
+
+def event_data(leak: Leak) -> dict[str, object]:
+    """What the store keeps of *leak* (redacted there: a file's name can be the value)."""
+    return {"commit": leak.commit, "path": leak.path, "why": leak.why}
+
+
+def recorded_leak(
+    repo: git.Repo, store: Store, run_id: str, *, base: str | None, tip: str
+) -> Leak | None:
+    """A commit of ``base..tip`` recorded (:data:`EVENT`) as holding a secret, or None.
+
+    Recorded by the run's manager, which knew the value: found from a shell that does not.
+    A task built on another one carries that one's commits, so every task's record counts.
+    No git runs unless the run recorded one.
+    """
+    recorded = _recorded(store, run_id)
+    if not recorded:
+        return None
+    span = f"{base}..{tip}" if base else tip
+    listed = git.git(repo.root, "rev-list", "--reverse", "--end-of-options", span, "--").split()
+    commit = next((c for c in listed if c in recorded), None)
+    return None if commit is None else _leak(commit, recorded[commit])
+
+
+def held(
+    repo: git.Repo | None, store: Store, run_id: str, branches: Mapping[str, str]
+) -> dict[str, Leak]:
+    """Task id -> a recorded commit its branch still holds, of *branches* (task id -> branch).
+
+    Without *repo*, each task's own first record, its branch not looked at. No git runs
+    unless the run recorded one.
+    """
+    recorded = _recorded(store, run_id)
+    if not recorded:
+        return {}
+    if repo is None:
+        found: dict[str, Leak] = {}
+        for commit, data in recorded.items():
+            task_id = str(data.get("task_id", ""))
+            if task_id in branches:
+                found.setdefault(task_id, _leak(commit, data))
+        return found
+    found = {}
+    for task_id, branch in branches.items():
+        tip = git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
+        there = git_branches.contained(repo, tip, list(recorded)) if tip else set()
+        first = next((c for c in recorded if c in there), None)  # the first recorded
+        if first is not None:
+            found[task_id] = _leak(first, recorded[first])
+    return found
+
+
+def told(data: Mapping[str, object]) -> str:
+    """One line of what an event of :data:`EVENT` (its *data*) records."""
+    return str(_leak(str(data.get("commit", "")), data))
+
+
+def _recorded(store: Store, run_id: str) -> dict[str, dict[str, object]]:
+    """Commit -> what was recorded of it (its task's id too), oldest first."""
+    return {
+        str(e.data.get("commit")): {**e.data, "task_id": e.task_id}
+        for e in store.events(run_id, kind=EVENT)
+    }
+
+
+def _leak(commit: str, data: Mapping[str, object]) -> Leak:
+    return Leak(path=str(data.get("path", "")), commit=commit, why=str(data.get("why", "")))
