@@ -97,3 +97,24 @@ def test_a_link_an_agent_plants_as_the_note_is_never_written_through(
         "work.txt",
     ]
     assert not in_objects(repo, SECRET)
+
+
+def test_doctor_rescuing_a_cut_off_worktree_without_the_secret_leaves_the_files_out(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worktree's `.git` file names no git dir: `swarm doctor --yes` saves its files as a
+    # commit, then deletes it. The note its checkpoint left is in its admin dir, still there.
+    monkeypatch.setenv("SERVICE_TOKEN", SECRET)
+    agent = write_agent(LEAKY)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    worktree = repo.parent / "repo.swarm" / "a"
+    (worktree / ".git").write_text("gitdir: /nonexistent\n")
+    (worktree / "later.txt").write_text("typed after the run\n")
+    monkeypatch.delenv("SERVICE_TOKEN")  # a new shell, without the variable
+    out = swarm(repo, "doctor", "--yes")
+    assert "left out leak.txt, " in out.stdout, out.stdout + out.stderr
+    assert not in_objects(repo, SECRET), git(repo, "log", "--all", "--stat")
+    assert (worktree / "leak.txt").read_text() == f"token={SECRET}\n"  # kept, with its worktree
+    (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
+    assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"

@@ -17,7 +17,7 @@ from worktree_swarm.cleanup.processes import describe, processes_using
 from worktree_swarm.cleanup.worktree_removal import registered_locked, save_files
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.paths import real_path
-from worktree_swarm.git import removal, tampering, worktrees
+from worktree_swarm.git import removal, staged, tampering, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import fs
@@ -43,8 +43,10 @@ def rescue_worktree(
     if users:
         raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
     message = f"swarm: files of worktree {path}, whose .git file named no git dir"
-    saved, sha = save_files(repo, path, message=message, parent=info.head or None)
     admin = worktrees.admin_of(repo, path)
+    # What its checkpoints left out for a secret: this shell may not know the value.
+    note = Path(admin) / staged.SECRETS_LEFT_OUT if admin is not None else None
+    saved, sha = save_files(repo, path, message=message, parent=info.head or None, note=note)
     key = ref_moves.worktree_key(path)
     if admin is not None:  # named as the guard knows it: git's admin dir, not its `.git` file
         moves.announce(key, at=Path(admin).name)

@@ -367,14 +367,20 @@ def rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
 
 
 def save_files(
-    repo: git.Repo, path: Path, *, message: str, parent: str | None = None
+    repo: git.Repo,
+    path: Path,
+    *,
+    message: str,
+    parent: str | None = None,
+    note: Path | None = None,
 ) -> tuple[str, str | None]:
     """Save *path*'s files as a commit under a rescue ref: what was saved ("" for no files), it.
 
     Raises when a file had to be left out (its filter is one swarm's git never runs, it holds
-    a secret's value, it is a repository of its own): it stays where it is, and so does *path*.
+    a secret's value, or *note* names it: see :func:`removal.snapshot_files`; it is a
+    repository of its own): it stays where it is, and so does *path*.
     """
-    snap = removal.snapshot_files(repo, path, message=message, parent=parent)
+    snap = removal.snapshot_files(repo, path, message=message, parent=parent, note=note)
     saved = ""
     if snap.sha is not None:
         ref = _rescue_ref(repo, path.name, snap.sha)

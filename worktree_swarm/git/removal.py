@@ -237,7 +237,9 @@ class Snapshot:
         return "; ".join(said)
 
 
-def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None = None) -> Snapshot:
+def snapshot_files(
+    repo: Repo, path: Path, *, message: str, parent: str | None = None, note: Path | None = None
+) -> Snapshot:
     """Commit every non-ignored file under *path* into *repo* (no ref).
 
     Through an index of its own: *path*'s index (a worktree's, maybe half-merged) is not
@@ -245,7 +247,8 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
     A file whose filter swarm's git never runs is saved only as *parent* (or, without one,
     the repository's HEAD) has it, else left out and named; so is a repository of its own
     inside *path* (not a declared submodule), whose commits a gitlink would not save, and a
-    file holding the value of a secret (:func:`staged.holding_secrets`). The `add` hashes into
+    file holding the value of a secret (:func:`staged.holding_secrets`; also one *note* names,
+    a worktree's record of what its checkpoints left out so). The `add` hashes into
     an object store of its own (:func:`quarantine.apart`): only what the commit holds moves
     into the repository's, a file left out is in no object of yours.
     """
@@ -270,7 +273,7 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
         embedded = embedded_repos(path, added.stdout)
         for literal in in_batches(f":(literal,top){name}" for name in embedded):
             runner.run(root, *base, *_UNSTAGE, *literal, env=env)
-        secret = _leave_out_secrets(root, base, env, parent)
+        secret = _leave_out_secrets(root, base, env, parent, note)
         left = Snapshot(None, _put_filtered(repo, path, base, env, parent, filtered),
                         tuple(path_text(name) for name in embedded),
                         tuple(path_text(name) for name in secret))  # fmt: skip
@@ -289,10 +292,10 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
 
 
 def _leave_out_secrets(
-    root: Path, base: list[str], env: dict[str, str], parent: str | None
+    root: Path, base: list[str], env: dict[str, str], parent: str | None, note: Path | None
 ) -> list[str]:
     """Unstage the files :func:`holding_secrets` finds (as *parent* has them, or wholly); them."""
-    secret = holding_secrets(root, env=env, base=base, against=parent)
+    secret = holding_secrets(root, env=env, base=base, against=parent, note=note)
     for literal in in_batches(f":(literal,top){name}" for name in secret):
         undo = ["reset", "-q", parent, "--"] if parent else _UNSTAGE
         runner.run(root, *base, *undo, *literal, env=env)

@@ -295,8 +295,13 @@ def holding_secrets(
     env: Mapping[str, str] | None = None,
     base: Sequence[str] = (),
     against: str | None = None,
+    note: Path | None = None,
 ) -> list[str]:
     """The files staged in *worktree* whose content or name holds a secret value swarm knows.
+
+    Also those a checkpoint left out for a secret, noted in *note* (:data:`SECRETS_LEFT_OUT`
+    of the worktree's git dir) and unchanged since: where the value is not known (a rescue
+    from a shell without the variable), they stay out all the same.
 
     *env*: git's environment (``GIT_INDEX_FILE`` for an index of the caller's own, a
     checkpoint's own object store); *base*: git's arguments before the command (a rescue's
@@ -310,7 +315,12 @@ def holding_secrets(
     converted it), and listed by git NUL-separated (`add --verbose` prints a name as it is,
     and a newline in one made it two lines, neither read).
     """
-    return [path for path, _ in _secret_entries(worktree, env=env, base=base, against=against)]
+    found = [path for path, _ in _secret_entries(worktree, env=env, base=base, against=against)]
+    noted = _read_note(note)
+    if noted:
+        entries = staged_entries(worktree, env=env, base=base, against=against)
+        found += [p for p, _, blob in entries if _digest(p, blob) in noted and p not in found]
+    return found
 
 
 def _secret_entries(
