@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worktree_swarm.agents import provider_of
 from worktree_swarm.core import units
 from worktree_swarm.core.models import MERGE_CHECKING, ProcessIdentity, TaskState
-from worktree_swarm.core.task import merge_again
+from worktree_swarm.core.task import Task, merge_again
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import committed_secrets
 from worktree_swarm.git import repo as git
@@ -139,8 +140,9 @@ def task_status(
     cut_off = any(t.merge_result == MERGE_CHECKING for t in tasks) and not merge_running(
         store.path.parent
     )
-    waits = waiting_reasons(store, run_id, tasks, now=now)
-    waits.update(_resuming(store, run_id, tasks, last, now=now))
+    specs = Specs(tasks)
+    waits = waiting_reasons(store, run_id, tasks, specs, now=now)
+    waits.update(_resuming(store, run_id, tasks, last, specs, now=now))
     taken = store.taken_over(run_id)
     undone = undone_merges(repo, tasks) if repo is not None else set()
     own = {t.task_id: t.branch for t in tasks if t.task_id not in taken}
@@ -185,9 +187,7 @@ def task_status(
                 taken_by=taken.get(task.task_id),
                 disk_apparent=None if used is None else used.apparent,
                 disk_actual=None if used is None else used.actual,
-                agent=attempt.agent
-                if attempt and attempt.agent
-                else task_from_json(task.spec_json).agent,
+                agent=attempt.agent if attempt and attempt.agent else specs[task.task_id].agent,
                 waiting_for=waits.get(task.task_id, ""),
                 merge_result=MERGE_CUT_OFF
                 if cut_off and task.merge_result == MERGE_CHECKING
@@ -206,6 +206,22 @@ def task_status(
     return rows
 
 
+class Specs(dict[str, Task]):
+    """Tasks' specs by id, each parsed from its row once, when first asked for.
+
+    `swarm watch` reads every task every second: three parses of each pending one's JSON
+    were most of a refresh of a run of 500 tasks.
+    """
+
+    def __init__(self, tasks: list[TaskRow]) -> None:
+        super().__init__()
+        self._json = {task.task_id: task.spec_json for task in tasks}
+
+    def __missing__(self, task_id: str) -> Task:
+        spec = self[task_id] = task_from_json(self._json[task_id])
+        return spec
+
+
 def undone_merges(repo: git.Repo, tasks: list[TaskRow]) -> set[str]:
     """Tasks recorded as merged whose merge commit their target no longer contains."""
     by_target: dict[str, dict[str, str]] = {}
@@ -221,9 +237,17 @@ def undone_merges(repo: git.Repo, tasks: list[TaskRow]) -> set[str]:
 
 
 def waiting_reasons(
-    store: Store, run_id: str, tasks: list[TaskRow], *, now: float | None = None
+    store: Store,
+    run_id: str,
+    tasks: list[TaskRow],
+    specs: Mapping[str, Task],
+    *,
+    now: float | None = None,
 ) -> dict[str, str]:
-    """Why each pending task has not started: its reason if it has one, else derived."""
+    """Why each pending task has not started: its reason if it has one, else derived.
+
+    *specs*: each task's spec by id (as parsed from its row).
+    """
     now = time.time() if now is None else now
     states = {t.task_id: t.state for t in tasks}
     run = store.get_run(run_id)
@@ -245,7 +269,7 @@ def waiting_reasons(
             continue
         if gone is None:
             gone = run is not None and run.ended_at is None and not manager_running(run)
-        deps = task_from_json(task.spec_json).depends_on
+        deps = specs[task.task_id].depends_on
         unfinished = [d for d in deps if states.get(d) is not TaskState.DONE]
         if unfinished:
             reasons[task.task_id] = f"waits for {', '.join(unfinished)}"
@@ -253,7 +277,7 @@ def waiting_reasons(
             reasons[task.task_id] = "not started (the run ended)"
         elif gone:  # not a slot or a gate: nothing starts it until a manager runs again
             reasons[task.task_id] = "not started: its manager is not running (`swarm resume`)"
-        elif (gate := held.get(provider_of(task_from_json(task.spec_json).agent))) is not None:
+        elif (gate := held.get(provider_of(specs[task.task_id].agent))) is not None:
             when = units.clock_time(gate.waiting_until or now, now=now)
             why = f" ({gate.why})" if gate.why else ""
             reasons[task.task_id] = f"waits for {gate.provider}: launches wait until {when}{why}"
@@ -269,6 +293,7 @@ def _resuming(
     run_id: str,
     tasks: list[TaskRow],
     last: dict[str, AttemptRow],
+    specs: Mapping[str, Task],
     *,
     now: float,
 ) -> dict[str, str]:
@@ -293,7 +318,7 @@ def _resuming(
     gates = {g.provider: g for g in provider_gates(store, run_id)}
     reasons = {}
     for task in over:
-        provider = provider_of(last[task.task_id].agent or task_from_json(task.spec_json).agent)
+        provider = provider_of(last[task.task_id].agent or specs[task.task_id].agent)
         gate = gates.get(provider)
         if gate is not None and gate.waiting_until is not None and gate.waiting_until > now:
             when = units.clock_time(gate.waiting_until, now=now)

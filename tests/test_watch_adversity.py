@@ -1,0 +1,70 @@
+"""`swarm watch` against what a user meets in the morning: many tasks, a dead manager, a busy
+or vanished store, hostile agent output, and keys pressed on tasks that ended meanwhile."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable
+
+from tests.test_run import argv_toml, manifest, swarm, wait_for
+from tests.test_watch import (
+    SLOW_AGENT,
+    manager_gone,
+    open_app,
+    run_async,
+    until,
+)
+from worktree_swarm.report import status
+from worktree_swarm.ui.watch import WatchApp
+
+
+def statements(app: WatchApp) -> list[str]:
+    """Every statement the screen's store runs from now on."""
+    seen: list[str] = []
+    app.store._conn.set_trace_callback(seen.append)
+    return seen
+
+
+def test_a_run_of_500_tasks_costs_few_reads_a_refresh_and_keeps_the_selection(
+    repo: Path, write_agent: Callable[[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = repo.parent / "gate"
+    agent = [*write_agent(SLOW_AGENT), str(gate)]
+    tasks = "".join(f'[[task]]\nid = "t{i:03d}"\nprompt = "p"\n' for i in range(500))
+    path = manifest(repo, f"[defaults]\nagent = {argv_toml(agent)}\njobs = 2\n{tasks}")
+    assert swarm(repo, "run", "--detach", path).returncode == 0
+    wait_for(lambda: swarm(repo, "status").returncode == 0, what="the run to be recorded")
+    app, store = open_app(repo)
+    parsed: list[str] = []
+    parse = status.task_from_json
+    monkeypatch.setattr(status, "task_from_json", lambda text: parsed.append(text) or parse(text))
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: len(app.rows) == 500, "500 rows")
+            await until(pilot, lambda: app.rows["t001"].state == "running", "two running")
+            table = app.query_one("#tasks", DataTable)
+            table.move_cursor(row=400)
+            await until(pilot, lambda: app.selected == "t400", "t400 selected")
+            scrolled = table.scroll_y
+            assert scrolled > 0
+            reads = statements(app)
+            parsed.clear()
+            before = app.rows["t000"]
+            app.refresh_rows()
+            assert app.rows["t000"] != before  # its elapsed time: a row redrawn
+            # A fixed few reads of the store, whatever the number of tasks; each task's spec
+            # parsed once at most (three times each pending one's, before).
+            assert len(reads) <= 8, reads
+            assert len(parsed) <= 500
+            assert (app.selected, table.scroll_y) == ("t400", scrolled)
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+        assert swarm(repo, "stop").returncode == 0
+        wait_for(lambda: manager_gone(repo), what="the manager to end")
