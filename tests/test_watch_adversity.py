@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 from textual.widgets import DataTable
 
@@ -14,7 +15,9 @@ from tests.test_watch import (
     SLOW_AGENT,
     manager_gone,
     open_app,
+    release,
     run_async,
+    start_detached,
     until,
 )
 from worktree_swarm.report import status
@@ -68,3 +71,34 @@ def test_a_run_of_500_tasks_costs_few_reads_a_refresh_and_keeps_the_selection(
         store.close()
         assert swarm(repo, "stop").returncode == 0
         wait_for(lambda: manager_gone(repo), what="the manager to end")
+
+
+def test_a_manager_killed_under_the_screen_is_said_and_so_is_its_agents_end(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    gate = start_detached(repo, write_agent, ["alpha"])
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.rows["alpha"].alive, "alpha's agent at work")
+            pid = app.rows["alpha"].pid
+            run = store.get_run(app.run_id)
+            assert run is not None
+            assert run.manager_pid is not None
+            psutil.Process(run.manager_pid).kill()
+            await until(pilot, lambda: "manager not running" in app.sub_title, "the header")
+            assert "swarm resume" in app.sub_title
+            # Its agent ends with no manager to record it: the row says so, not only "running".
+            gate.write_text("go")
+            await until(pilot, lambda: not app.rows["alpha"].alive, "the agent's end seen")
+            table = app.query_one("#tasks", DataTable)
+            row = [str(cell) for cell in table.get_row("alpha")]
+            assert row[2] == "running"  # as recorded, as `swarm status` says
+            assert row[-1] == f"its agent (pid {pid}) has ended", row
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+        release(repo, gate)

@@ -43,7 +43,7 @@ def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
     diffstat = (
         f"{row.files_changed}f +{row.insertions} -{row.deletions}" if row.files_changed else "-"
     )
-    why = "; ".join(part for part in (row.why, row.after) if part)
+    why = "; ".join(part for part in (_ended_unrecorded(row), row.why, row.after) if part)
     return (
         Text("*" if marked else ""),
         # A long id would push the state off a narrow screen; the details line has it whole.
@@ -56,6 +56,17 @@ def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
         Text(diffstat),
         plain(why[:80]),
     )
+
+
+def _ended_unrecorded(row: TaskStatus) -> str:
+    """That a task's agent has ended while the task still reads running ("" otherwise).
+
+    Its manager records that within a second; a manager that is gone (killed) never does,
+    and the row read "running" for good (`swarm status` says "alive no").
+    """
+    if row.state != "running" or row.alive or not row.pid or row.pid <= 0:  # Ray: no local pid
+        return ""
+    return f"its agent (pid {row.pid}) has ended"
 
 
 LOG_LINES = 5000  # the log pane's last lines
