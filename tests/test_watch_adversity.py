@@ -3,6 +3,9 @@ or vanished store, hostile agent output, and keys pressed on tasks that ended me
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from tests.test_watch import (
     start_detached,
     until,
 )
+from worktree_swarm.infra import store_file
 from worktree_swarm.report import status
 from worktree_swarm.ui.watch import WatchApp
 
@@ -102,3 +106,64 @@ def test_a_manager_killed_under_the_screen_is_said_and_so_is_its_agents_end(
     finally:
         store.close()
         release(repo, gate)
+
+
+# Holds the database at argv[1] locked for writing (readers get SQLITE_BUSY) until the file
+# argv[2] exists, or for 30 seconds at most; says "held" once it holds it.
+LOCK_HOLDER = """
+import pathlib, sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)
+db.execute("PRAGMA locking_mode = EXCLUSIVE")
+db.execute("BEGIN EXCLUSIVE")
+db.execute("UPDATE tasks SET reason = 'as written back'")
+print("held", flush=True)
+gate = pathlib.Path(sys.argv[2])
+deadline = time.monotonic() + 30
+while not gate.exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+db.execute("COMMIT")
+"""
+
+
+def test_a_store_written_back_while_another_process_locks_it_leaves_the_screen_live(
+    repo: Path, write_agent: Callable[[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The screen opened the new file on its own thread, waiting 30 s for the lock at every
+    # refresh: frozen while another process held it (its keys, its clock, its other rows).
+    monkeypatch.setattr(store_file, "BUSY_SECONDS", 3600.0)  # what a lock held that long does
+    agent = write_agent("open('x.txt', 'w').write('x\\n')\n")
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a", "-t", "bb=b")
+    assert out.returncode == 0, out.stderr
+    app, store = open_app(repo)
+    path, copy, gate = store.path, store.path.with_name("copy.db"), repo.parent / "unlock"
+    with sqlite3.connect(path) as db:
+        db.execute("VACUUM INTO ?", (str(copy),))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(copy), str(gate)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "held\n"
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            copy.replace(path)  # a store written back, locked by the process that wrote it
+            await until(pilot, lambda: any("cannot read it yet" in m for m in app.messages),
+                        "the screen to say it cannot read the new file yet")  # fmt: skip
+            assert holder.poll() is None  # said while the lock is held, not once it was let go
+            await pilot.press("down")
+            await until(pilot, lambda: app.selected == "bb", "bb selected, the lock held")
+            assert holder.poll() is None
+            assert app.rows["bb"].why == ""  # the file it had open, read meanwhile
+            gate.touch()
+            await until(pilot, lambda: app.rows["bb"].why == "as written back", "the new file")
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
+        gate.touch()
+        holder.communicate(timeout=60)
+        store.close()
+    assert app.crashed is None

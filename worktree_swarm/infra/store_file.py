@@ -115,10 +115,13 @@ class StoreFile:
     #: True for a store opened by :meth:`to_read` as last written.
     read_only = False
 
-    def __init__(self, path: Path, *, last_written: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, last_written: bool = False, busy_seconds: float | None = None
+    ) -> None:
         """Open (creating if needed) the database at *path* and bring its schema up to date.
 
         With *last_written*, only read it as it was last written (:meth:`to_read`).
+        *busy_seconds*: how long to wait for another connection's lock (``BUSY_SECONDS``).
         """
         self.path = path
         self._lock = threading.Lock()
@@ -130,8 +133,9 @@ class StoreFile:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         made = not path.exists()
+        busy = BUSY_SECONDS if busy_seconds is None else busy_seconds
         self._conn = sqlite3.connect(
-            path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
+            path, timeout=busy, isolation_level=None, check_same_thread=False
         )
         try:
             self._conn.row_factory = sqlite3.Row
@@ -163,15 +167,16 @@ class StoreFile:
         self._file, self._wal = _identity(path), _identity(self._wal_path)
 
     @classmethod
-    def to_read(cls, path: Path) -> Self:
+    def to_read(cls, path: Path, *, busy_seconds: float | None = None) -> Self:
         """Open *path* for a command that only looks: on a full or read-only disk, as last written.
 
         SQLite cannot open a database to write while it cannot create its shared-memory
         file; a look at the state (``swarm status`` in the morning) must work all the same.
-        Such a store has ``read_only`` set, and writes through it fail.
+        Such a store has ``read_only`` set, and writes through it fail. *busy_seconds*: as
+        for the constructor.
         """
         try:
-            return cls(path)
+            return cls(path, busy_seconds=busy_seconds)
         except (DiskFullError, StoreNotWritableError):
             if not path.exists():  # nothing was ever written there
                 raise

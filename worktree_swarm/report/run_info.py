@@ -73,18 +73,23 @@ def has_store(repo: git.Repo) -> bool:
     return store_path(repo).exists()
 
 
-def open_store(repo: git.Repo, *, to_read: bool = False) -> Store:
+def open_store(
+    repo: git.Repo, *, to_read: bool = False, busy_seconds: float | None = None
+) -> Store:
     """Open the store, or explain that no run has happened here yet.
 
     ManagerLockedError instead where a live manager's state directory was deleted under it.
     With *to_read* (commands that only look), a full disk does not stop them: the store is
-    opened as it was last written (:meth:`Store.to_read`).
+    opened as it was last written (:meth:`Store.to_read`). *busy_seconds*: how long to wait
+    for another process's lock on it (SwarmError then), by default the store's own wait.
     """
     # Not "no runs" where a live manager's `.git/swarm` was deleted (it writes it back).
     if not has_store(repo):
         raise BadInputError(f"no swarm runs in {repo.root} yet; start one with `swarm run`")
     path = store_path(repo)
-    return Store.to_read(path) if to_read else Store(path)
+    if to_read:
+        return Store.to_read(path, busy_seconds=busy_seconds)
+    return Store(path, busy_seconds=busy_seconds)
 
 
 def resolve_run(store: Store, run_id: str | None) -> str:

@@ -50,6 +50,8 @@ from worktree_swarm.ui.watch_view import (
 REFRESH_S = 1.0
 LOG_TAIL_BYTES = 256 * 1024
 RETRY_ASKED_SECONDS = 30.0
+# How long a store written back waits for another process's lock: the screen waits with it.
+REOPEN_BUSY_S = 0.2
 
 
 class WatchApp(App[None]):
@@ -157,8 +159,9 @@ class WatchApp(App[None]):
     def _reopen(self) -> None:
         """Read the store at its path from now on (the one first opened is closed by watch)."""
         try:
-            store = run_info.open_store(self.repo, to_read=True)
-        except SwarmError as exc:  # not there yet, or refused: the file open is read meanwhile
+            # Not the store's own 30 s wait for a lock: the screen froze for it every second.
+            store = run_info.open_store(self.repo, to_read=True, busy_seconds=REOPEN_BUSY_S)
+        except SwarmError as exc:  # not there yet, locked, or refused: the file open is read
             if not self._unread_store:  # said once, not every second
                 self._say(f"the state database was replaced; cannot read it yet: {exc}", ok=False)
             self._unread_store = True
