@@ -3,6 +3,7 @@ or vanished store, hostile agent output, and keys pressed on tasks that ended me
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -165,5 +166,37 @@ def test_a_store_written_back_while_another_process_locks_it_leaves_the_screen_l
     finally:
         gate.touch()
         holder.communicate(timeout=60)
+        store.close()
+    assert app.crashed is None
+
+
+def test_a_store_deleted_under_the_screen_is_said_once_and_its_run_still_shown(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # `rm -rf .git/swarm` after a run: `swarm status` says "no swarm runs"; the screen went on
+    # showing the deleted file's run as if nothing had happened.
+    agent = write_agent("open('x.txt', 'w').write('x\\n')\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a").returncode == 0
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            shutil.rmtree(store.path.parent)
+            await until(pilot, lambda: any("was deleted" in m for m in app.messages), "told")
+            said = [m for m in app.messages if "was deleted" in m]
+            deleted = f"the state database {store.path} was deleted; run {app.run_id} is shown"
+            assert said == [f"{deleted} as it was last read"]
+            await pilot.press("s")  # an action makes no store where there is none
+            await until(pilot, lambda: app.messages[-1].startswith("stop failed"), "stop's answer")
+            assert not store.path.exists()
+            assert list(app.rows) == ["aa"]
+            assert app.is_running
+            assert [m for m in app.messages if "was deleted" in m] == said  # once
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
         store.close()
     assert app.crashed is None

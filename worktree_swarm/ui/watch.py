@@ -91,6 +91,7 @@ class WatchApp(App[None]):
         self._quit_when_done = False
         self._quit_asked = 0  # messages said before quitting was asked, while one was under way
         self._unread_store = False  # the store at its path could not be opened just now
+        self._deleted = False  # the store's file is not at its path: said once
         # task -> its attempt when `r` asked for a retry, and until when a second `r` waits
         self._retried: dict[str, tuple[int, float]] = {}
         self.crashed: Exception | None = None  # what ended the screen, raised by watch()
@@ -136,6 +137,7 @@ class WatchApp(App[None]):
             return
         if self.store.replaced():  # written back by its manager: the file open is no more
             self._reopen()
+        self._say_if_deleted()
         # With the repository: a merge undone on its target since reads as such, as in status.
         rows = {r.task_id: r for r in status.task_status(self.store, self.run_id, repo=self.repo)}
         # As `swarm status` says beside the run id: a manager that is gone, a paused one.
@@ -155,6 +157,21 @@ class WatchApp(App[None]):
                     self._redraw(task_id, row)
         self.rows = rows
         self._show_selected()
+
+    def _say_if_deleted(self) -> None:
+        """Say once that the store's file is gone: the run shown is the deleted file's.
+
+        A manager alive writes it back (:meth:`_reopen` reads it then); with none, nothing
+        will, and the screen showed the run as if nothing had happened.
+        """
+        gone = not self.store.path.exists()
+        if gone and not self._deleted:
+            self._say(
+                f"the state database {self.store.path} was deleted; run {self.run_id} is shown "
+                "as it was last read",
+                ok=False,
+            )
+        self._deleted = gone
 
     def _reopen(self) -> None:
         """Read the store at its path from now on (the one first opened is closed by watch)."""
