@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Log
 
 from tests.test_run import argv_toml, manifest, swarm, wait_for
 from tests.test_watch import (
@@ -193,6 +193,35 @@ def test_a_store_deleted_under_the_screen_is_said_once_and_its_run_still_shown(
             assert list(app.rows) == ["aa"]
             assert app.is_running
             assert [m for m in app.messages if "was deleted" in m] == said  # once
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+    assert app.crashed is None
+
+
+def test_the_diff_pane_of_a_task_whose_branch_was_deleted_says_so_not_no_changes(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = write_agent("open('x.txt', 'w').write('x\\n')\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a").returncode == 0
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            out = swarm(repo, "clean", "--yes", "--force")  # its unmerged branch deleted too
+            assert out.returncode == 0, out.stderr
+            await until(pilot, lambda: not app.rows["aa"].worktree_present, "the clean seen")
+            await pilot.press("d")
+            view = app.query_one("#diff-view", Log)
+            await until(pilot, lambda: any(line.strip() for line in view.lines), "the pane")
+            # As `swarm diff aa` says: its work is not here any more, not "no changes".
+            assert [line.rstrip() for line in view.lines if line.strip()] == [
+                "aa  done  (no branch swarm/aa)"
+            ]
             await pilot.press("q")
 
     try:

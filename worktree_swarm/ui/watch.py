@@ -255,6 +255,11 @@ class WatchApp(App[None]):
         try:
             found = diff.task_diffs(self.repo, self.store, self.run_id, [task_id])
             text = diff.patch(self.repo, found[0]) if found else ""
+            row = self.rows.get(task_id)
+            if found and found[0].files_changed is None and (row is None or row.branch_made):
+                # Its branch deleted (`swarm clean --force`), another run's, or with no base:
+                # what `swarm diff` says of it, not "no changes".
+                text = diff.format_header(found[0])
             text = shown(text, f"`swarm diff {task_id}` prints all of it")
         except Exception as exc:  # noqa: BLE001 - any failure is said in the pane
             text = shown(f"{task_id}: its diff cannot be shown: {exc}", "")
