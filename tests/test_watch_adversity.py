@@ -9,12 +9,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from textual.widgets import DataTable, Log
 
-from tests.test_run import argv_toml, manifest, swarm, wait_for
+from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 from tests.test_watch import (
     SLOW_AGENT,
     manager_gone,
@@ -26,6 +27,7 @@ from tests.test_watch import (
 )
 from worktree_swarm.infra import store_file
 from worktree_swarm.report import status
+from worktree_swarm.ui import watch as watch_module
 from worktree_swarm.ui.watch import WatchApp
 
 
@@ -228,4 +230,89 @@ def test_the_diff_pane_of_a_task_whose_branch_was_deleted_says_so_not_no_changes
         run_async(drive)
     finally:
         store.close()
+    assert app.crashed is None
+
+
+HOSTILE_AGENT = r"""
+import os, pathlib, sys, time
+token = os.environ["DEPLOY_TOKEN"].encode()
+sys.stdout.buffer.write(
+    b"\x1b[31mred\x1b[0m \x1b]52;c;ZXZpbA==\x07copied \x1b]0;title\x1b\\ over\rwritten "
+    b"\xe2\x80\xaebidi\xe2\x80\xac \xc2\x9b2J c1 \xff\xfe bytes " + token + b"\n"
+)
+sys.stdout.flush()
+pathlib.Path("a.txt").write_text("a")
+gate = pathlib.Path(sys.argv[1])
+while not gate.exists():
+    time.sleep(0.05)
+"""
+
+
+def test_hostile_agent_output_is_shown_inert_and_the_runs_secret_redacted_while_it_runs(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    value = "deploy-token-0f3e-41c2-88aa"
+    gate = repo.parent / "gate"
+    agent = [*write_agent(HOSTILE_AGENT), str(gate)]
+    path = manifest(  # the run's environment: every task's
+        repo,
+        f'[defaults]\nagent = {argv_toml(agent)}\nenv = {{ DEPLOY_TOKEN = "{value}" }}\n'
+        '[[task]]\nid = "t"\nprompt = "x"\n',
+    )
+    assert swarm(repo, "run", "--detach", path).returncode == 0
+    wait_for(lambda: swarm(repo, "status").returncode == 0, what="the run to be recorded")
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            view = app.query_one("#log-view", Log)
+            await until(pilot, lambda: "bytes" in "\n".join(view.lines), "the agent's line")
+            assert app.rows["t"].state == "running"  # read live, before its log is rewritten
+            (line,) = [line for line in view.lines if "bytes" in line]
+            assert line.isprintable(), repr(line)  # no ESC, BEL, CR, C1 CSI, bidi override
+            assert value not in line
+            assert line.endswith(" bytes [REDACTED]"), repr(line)
+            assert "red" in line
+            assert "]52;" not in line
+            assert "title" not in line
+            assert "\ufffd" in line  # bytes that are no UTF-8, shown replaced
+
+    try:
+        run_async(drive)
+    finally:
+        gate.touch()
+        store.close()
+        wait_for(lambda: manager_gone(repo), what="the run to end")
+
+
+def test_keys_on_a_task_that_ended_since_the_screen_last_looked_say_so_in_one_line(
+    repo: Path, write_agent: Callable[[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch_module, "REFRESH_S", 3600.0)  # the screen reads the store once
+    gate = start_detached(repo, write_agent, ["alpha"])
+    wait_for(lambda: status_json(repo)["alpha"]["alive"] is True, what="alpha's agent")
+    app, store = open_app(repo)
+
+    async def say(pilot: Any, key: str) -> str:
+        count = len(app.messages)
+        await pilot.press(key)
+        await until(pilot, lambda: len(app.messages) >= count + 2, f"the {key!r} result")
+        return app.messages[count + 1]
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "alpha", "alpha selected")
+            assert app.rows["alpha"].state == "running"
+            release(repo, gate)  # it ends, its manager too; the screen has not looked since
+            assert app.rows["alpha"].state == "running"
+            assert await say(pilot, "s") == "alpha is not running; nothing to stop"
+            assert await say(pilot, "r") == "alpha is done; nothing to retry"
+            assert app.rows["alpha"].state == "done"  # read again once an action has ended
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+        release(repo, gate)
     assert app.crashed is None
