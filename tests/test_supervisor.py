@@ -665,6 +665,33 @@ def test_a_marked_process_whose_pid_is_taken_meanwhile_leaves_the_new_owner_alon
     assert owner.poll() is None  # the PID's new owner runs on
 
 
+def test_kill_tree_of_a_killed_shim_ends_its_group_by_the_mark_one_of_it_carries(
+    start, tmp_path: Path, reaper: Reaper
+) -> None:
+    if not SHIM_AVAILABLE:
+        pytest.skip("no shim marks the tree")
+    # The shim SIGKILLed (the OOM killer) and reaped: its PID is free, its group is not. One
+    # member carries the shim's mark, the other wiped it: both are the shim's, and end.
+    agent = start(
+        "import subprocess, time\n"
+        "env = {k: v for k, v in os.environ.items() if k != 'SWARM_SHIM'}\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'],"
+        " env=env)\n"
+        f"publish({str(tmp_path / 'child')!r}, child.pid)\n"
+        "time.sleep(3600)\n"
+    )
+    child = reaper.pid(read_pid(tmp_path / "child"))
+    (command,) = psutil.Process(agent.identity.pid).children()
+    reaper.pid(command.pid)
+    left = [(p.pid, p.create_time()) for p in (command, psutil.Process(child))]
+    os.kill(agent.identity.pid, signal.SIGKILL)
+    assert agent.popen is not None
+    assert agent.popen.wait(timeout=30) == -signal.SIGKILL
+    assert {os.getpgid(pid) for pid, _ in left} == {agent.identity.pgid}
+    kill_tree(agent.identity, grace=5)
+    assert all(gone(pid, started) for pid, started in left)
+
+
 def test_kill_tree_of_a_leader_gone_at_sigterm_kills_its_stray_without_its_empty_group(
     tmp_path: Path, reaper: Reaper
 ) -> None:

@@ -19,7 +19,7 @@ import psutil
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.infra import shim, starts
-from worktree_swarm.infra.shim_record import read_record
+from worktree_swarm.infra.shim_record import SHIM_AVAILABLE, read_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -214,11 +214,26 @@ def _owns_group(identity: ProcessIdentity, leader: psutil.Process | None) -> boo
     if psutil.pid_exists(identity.pid):
         return False  # the PID was reused, so our group emptied before that
     # The kernel never reuses a PID that is still a process-group id, so members of a
-    # group numbered like our dead leader started after it are its descendants.
+    # group numbered like our dead leader started after it are its descendants, unless
+    # the group emptied and its number was taken again by a new session (a daemon's
+    # double fork: its leader gone, its members all started later).
     members = _group_members(identity.pgid)
-    return bool(members) and all(
-        _create_time(m) >= identity.create_time - CREATE_TIME_TOLERANCE for m in members
-    )
+    if not members or any(
+        _create_time(m) < identity.create_time - CREATE_TIME_TOLERANCE for m in members
+    ):
+        return False
+    # Where every recorded process is a shim, one of its tree's still carries its mark.
+    return not SHIM_AVAILABLE or any(_marked_by(m, identity.pid) for m in members)
+
+
+def _marked_by(proc: psutil.Process, shim_pid: int) -> bool:
+    """Whether *proc* carries the mark of a shim whose record names *shim_pid* as its PID."""
+    try:
+        marker = proc.environ().get(shim.ENV_VAR)
+    except (psutil.Error, OSError):
+        return False
+    recorded = read_record(Path(marker)) if marker else None
+    return recorded is not None and recorded.shim_pid == shim_pid
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:

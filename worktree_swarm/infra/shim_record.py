@@ -8,11 +8,15 @@ the shim) learns how it ended from that record.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.infra import fs, shim
 
+# Without a child subreaper (macOS, BSD) a shim could not hold on to double-forked daemons:
+# agents there are spawned directly, as before the shim existed.
+SHIM_AVAILABLE = sys.platform.startswith("linux")
 SHIM_PATH = Path(shim.__file__).resolve()
 # The shim is imported by a one-line program rather than run by path: a script is compiled on
 # every start, an imported module loads its cached bytecode (~5 ms less CPU per attempt).

@@ -31,9 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
 _STEP_POLL = 0.1
-# Without a child subreaper (macOS, BSD) a shim could not hold on to double-forked daemons:
-# agents there are spawned directly, as before the shim existed.
-SHIM_AVAILABLE = sys.platform.startswith("linux")
+SHIM_AVAILABLE = shim_record.SHIM_AVAILABLE
 
 
 @dataclass(slots=True)
