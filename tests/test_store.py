@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.test_run import swarm
+from tests.conftest import as_owner_only, git
+from tests.test_crash import _kill_group, _manager
+from tests.test_run import argv_toml, manifest, pid_alive, swarm, written
 from tests.test_runs import AGENT as RUNS_AGENT
 from tests.test_runs import finished_run
 from worktree_swarm.core.errors import SwarmError
@@ -96,6 +99,71 @@ def test_newer_schema_is_refused(db_path: Path, store: Store) -> None:
     newer = rf"schema version {SCHEMA_VERSION + 1}, newer .*upgrade worktree-swarm"
     with pytest.raises(SwarmError, match=newer):
         Store(db_path)
+
+
+# Every command that reads or writes the store: those that would stop, adopt or clean what
+# the run left included.
+_ON_A_NEWER_STORE = [
+    ("status",), ("runs",), ("report",), ("diff",), ("logs", "a"), ("resume",), ("stop",),
+    ("stop", "a"), ("retry", "a"), ("clean",), ("clean", "--yes"), ("doctor", "--yes"),
+    ("merge",), ("note", "n"), ("run", "--force", "--agent", "scripted", "-t", "b=write b: b"),
+]  # fmt: skip
+
+
+def _state_of(repo: Path) -> tuple[dict[str, bytes], str, str, list[str]]:
+    """Every file of swarm's state by its bytes; the worktrees, refs and task directories."""
+    state = repo / ".git" / "swarm"
+    files = {str(p.relative_to(state)): p.read_bytes() for p in state.rglob("*") if p.is_file()}
+    worktrees = git(repo, "worktree", "list", "--porcelain")
+    refs = git(repo, "for-each-ref")
+    return files, worktrees, refs, sorted(p.name for p in (repo.parent / "repo.swarm").iterdir())
+
+
+@pytest.mark.parametrize("writable", [True, False], ids=["writable", "read-only state"])
+def test_an_older_swarm_refuses_a_newer_database_in_one_line_and_changes_nothing(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], writable: bool
+) -> None:
+    # A run of the newer swarm whose manager died, its agent still at work: nothing of it is
+    # stopped, adopted, cleaned or taken over by the older swarm. With the state directory
+    # read-only (a read-only mount), the refusal said to free some space.
+    pid_file = tmp_path / "agent.pid"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    manager = _manager(repo, "run", manifest(repo, text))
+    try:
+        agent_pid = int(written(pid_file, timeout=120, what="the agent"))
+    finally:
+        _kill_group(manager)
+    db = repo / ".git" / "swarm" / "state.db"
+    newer = SCHEMA_VERSION + 1
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute(f"PRAGMA user_version = {newer}")
+    before = _state_of(repo)
+    prefix = [] if writable else as_owner_only()
+    refusal = (
+        f"swarm: {db} has schema version {newer}, newer than this worktree-swarm understands"
+        f" ({SCHEMA_VERSION}); upgrade worktree-swarm\n"
+    )
+    try:
+        if not writable:
+            db.parent.chmod(0o555)
+        for args in _ON_A_NEWER_STORE:
+            out = subprocess.run(
+                [*prefix, sys.executable, "-m", "worktree_swarm.cli", *args], cwd=repo,
+                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
+            )  # fmt: skip
+            assert (out.returncode, out.stdout, out.stderr) == (1, "", refusal), args
+            assert _state_of(repo) == before, args
+            assert pid_alive(agent_pid), args
+    finally:
+        db.parent.chmod(0o755)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(agent_pid, signal.SIGKILL)
 
 
 def test_garbage_file_is_refused_clearly(db_path: Path) -> None:

@@ -37,6 +37,24 @@ def _is_database(path: Path) -> bool:
         return False
 
 
+def _refuse_newer(path: Path, version: int) -> None:
+    """Refuse a database a newer worktree-swarm wrote (its schema version above ours)."""
+    if version > SCHEMA_VERSION:
+        raise SwarmError(
+            f"{path} has schema version {version}, newer than this worktree-swarm "
+            f"understands ({SCHEMA_VERSION}); upgrade worktree-swarm"
+        )
+
+
+def _written_version(path: Path) -> int:
+    """The schema version of *path* as its file holds it, read without writing (0: unread)."""
+    with contextlib.suppress(sqlite3.Error):
+        uri = f"{path.absolute().as_uri()}?mode=ro&immutable=1"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    return 0
+
+
 def _open_last_written(path: Path) -> sqlite3.Connection:
     """*path* opened to read only: with the log of recent changes, else the file alone.
 
@@ -61,6 +79,7 @@ def _open_last_written(path: Path) -> sqlite3.Connection:
             continue
         if version != SCHEMA_VERSION:  # it cannot be brought up to date without writing
             conn.close()
+            _refuse_newer(path, version)  # nor ever read by this swarm: no space would help
             raise SwarmError(
                 f"{path} has schema version {version}, not {SCHEMA_VERSION}; it can be read "
                 "once it can be written (free some space)"
@@ -143,6 +162,8 @@ class StoreFile:
             self._migrate()
         except sqlite3.OperationalError as exc:
             self._conn.close()
+            # Neither room nor write access would make a newer swarm's database ours to use.
+            _refuse_newer(path, _written_version(path))
             if is_full(exc):
                 if made:  # an empty file is no store: nothing to read, and none to put back over
                     with contextlib.suppress(OSError):
@@ -191,7 +212,7 @@ class StoreFile:
         # write lock when the schema actually needs work.
         if self._user_version() == SCHEMA_VERSION:
             return
-        self._refuse_newer(self._user_version())
+        _refuse_newer(self.path, self._user_version())
         mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise SwarmError(f"cannot switch {self.path} to WAL mode (got {mode!r})")
@@ -200,7 +221,7 @@ class StoreFile:
             version = self._user_version()
             if version == SCHEMA_VERSION:  # made meanwhile (a run starting): nothing to do
                 return
-            self._refuse_newer(version)
+            _refuse_newer(self.path, version)
             self._refuse_under_a_manager(version)
             for statements in MIGRATIONS[version:]:
                 for statement in statements:
@@ -225,13 +246,6 @@ class StoreFile:
                 f" ({SCHEMA_VERSION}), and the manager running now {holder} is an older"
                 " worktree-swarm: this one updates the database once that run has ended (use"
                 " the older one meanwhile)"
-            )
-
-    def _refuse_newer(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise SwarmError(
-                f"{self.path} has schema version {version}, newer than this worktree-swarm "
-                f"understands ({SCHEMA_VERSION}); upgrade worktree-swarm"
             )
 
     def put_back(self) -> bool:
