@@ -595,6 +595,20 @@ def test_bad_input_is_one_line_exit_2_and_nothing_happens(
     assert remote_branches(done_run) == ["main"]
 
 
+def test_a_detached_head_without_base_is_bad_input_before_github_is_asked_anything(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    # The base is the branch your checkout is on: with none, GitHub's access was checked
+    # first, and an unreachable API was said instead of what to pass.
+    git(repo, "switch", "-q", "--detach")
+    out = swarm_pr(repo, fake_github)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == f"swarm: HEAD of {repo} is detached; pass --base BRANCH\n"
+    assert fake_github.requests == []
+    assert remote_branches(done_run) == ["main"]
+    assert swarm_pr(repo, fake_github, "--base", "main").returncode == 0
+
+
 def test_an_empty_api_url_is_bad_input_not_the_default(
     repo: Path, done_run: Path, fake_github: FakeGitHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:

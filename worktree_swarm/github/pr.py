@@ -100,6 +100,7 @@ def push_and_open(
     remote_url(repo, remote)
     if base is not None and not git_branches.is_branch_name(repo, base):
         raise BadInputError(f"--base {base!r} is not a valid branch name")
+    into = base or default_base(repo, checkout)  # a detached HEAD is bad input, asked nothing
     client = connect(repo, remote=remote, github_repo=github_repo, api_url=api_url, on_wait=on_wait)
     client.check_access()
     return open_pull_requests(
@@ -108,7 +109,7 @@ def push_and_open(
         run_id,
         client,
         rows,
-        base=base or default_base(repo, checkout),
+        base=into,
         retarget=base is not None,
         remote=remote,
         draft=draft,
