@@ -369,3 +369,39 @@ def test_a_refusal_after_a_run_changes_nothing(
     assert {
         k: after.get(k) for k in before.keys() | after.keys() if before.get(k) != after.get(k)
     } == {}
+
+
+def test_a_dirty_detached_checkout_is_no_bad_input_to_run_or_merge_and_stays_as_it_was(
+    repo: Path,
+) -> None:
+    # The guarantee refuses a dirty or detached repository only where that matters (`swarm
+    # pr` without --base, `swarm merge --into` a checked-out branch): a run and a merge start
+    # from the detached HEAD's commit, your edits left out and left alone.
+    (repo / "README.md").write_text("committed\n")
+    git(repo, "commit", "-qam", "second")
+    git(repo, "switch", "-q", "--detach")
+    (repo / "README.md").write_text("your edit\n")
+    (repo / "yours.txt").write_text("untracked\n")
+    head = git(repo, "rev-parse", "HEAD")
+    before = (git(repo, "status", "--porcelain", "--untracked-files=all"), head, "HEAD")
+
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "a=write a.txt: work")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "note: uncommitted changes in your checkout are not part of the base" in out.stderr
+    assert git(repo, "rev-parse", "swarm/a^") == head
+    assert git(repo, "show", "swarm/a:README.md") == "committed"
+    merged = swarm(repo, "merge")
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    (integration,) = git(
+        repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/swarm/integration-*"
+    ).split()
+    assert git(repo, "merge-base", "--is-ancestor", head, integration) == ""
+    assert git(repo, "show", f"{integration}:a.txt") == "work"
+
+    after = (
+        git(repo, "status", "--porcelain", "--untracked-files=all"),
+        git(repo, "rev-parse", "HEAD"),
+        git(repo, "rev-parse", "--abbrev-ref", "HEAD"),  # HEAD: still detached
+    )
+    assert after == before
+    assert (repo / "README.md").read_text() == "your edit\n"
