@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import sqlite3
 import time
 from typing import TYPE_CHECKING, TypeVar, Unpack, cast
@@ -13,11 +12,11 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import RunStatus, TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import printable
+from worktree_swarm.infra import store_sql as sql
 from worktree_swarm.infra.faults import DiskFullError, full_message, is_full, is_locked
-from worktree_swarm.infra.redact import redact, redact_data
+from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store_file import StoreFile
 from worktree_swarm.infra.store_rows import (
-    UPDATABLE,
     AttemptRow,
     AttemptUsage,
     EventRow,
@@ -31,7 +30,6 @@ from worktree_swarm.infra.store_rows import (
     known,
     run_row,
     task_row,
-    task_to_json,
 )
 
 if TYPE_CHECKING:
@@ -117,7 +115,7 @@ class Store(StoreFile):
                     spec_json,
                 ),
             )
-            _insert_tasks(conn, run_id, tasks)
+            sql.insert_tasks(conn, run_id, tasks)
 
     @_waits_for_space
     def set_manager(self, run_id: str, manager: ProcessIdentity | None) -> None:
@@ -131,7 +129,7 @@ class Store(StoreFile):
                     run_id,
                 ),
             )
-            _require_one(cursor, f"run {run_id}")
+            sql.require_one(cursor, f"run {run_id}")
 
     @_waits_for_space
     def finish_run(self, run_id: str, *, status: RunStatus, ended_at: float | None = None) -> None:
@@ -141,7 +139,7 @@ class Store(StoreFile):
                 "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?",
                 (RunStatus(status).value, time.time() if ended_at is None else ended_at, run_id),
             )
-            _require_one(cursor, f"run {run_id}")
+            sql.require_one(cursor, f"run {run_id}")
 
     @_waits_for_space
     def reopen_run(self, run_id: str) -> None:
@@ -151,7 +149,7 @@ class Store(StoreFile):
                 "UPDATE runs SET status = ?, ended_at = NULL WHERE run_id = ?",
                 (RUN_STATUS_RUNNING, run_id),
             )
-            _require_one(cursor, f"run {run_id}")
+            sql.require_one(cursor, f"run {run_id}")
 
     def latest_run_id(self) -> str | None:
         """Return the most recently created run, if any."""
@@ -176,16 +174,16 @@ class Store(StoreFile):
     def add_tasks(self, run_id: str, tasks: Sequence[tuple[Task, str, str]]) -> None:
         """Record (task, branch, worktree path) triples as pending, in manifest order."""
         with self._lock, self._write() as conn:
-            _insert_tasks(conn, run_id, tasks)
+            sql.insert_tasks(conn, run_id, tasks)
 
     @_waits_for_space
     def update_task(self, run_id: str, task_id: str, **fields: Unpack[TaskUpdate]) -> None:
         """Set the given columns of one task; unknown field names raise ValueError."""
-        _check_fields(fields)
+        sql.check_fields(fields)
         if not fields:
             return
         with self._lock, self._write() as conn:
-            _update_task(conn, run_id, task_id, fields)
+            sql.update_task(conn, run_id, task_id, fields)
 
     @_waits_for_space
     def record_state(
@@ -202,16 +200,16 @@ class Store(StoreFile):
         One transaction: neither is ever on record without the other, and a state change
         costs one commit, not two. *replaces*: the final state the new one withdraws.
         """
-        _check_fields(fields)
+        sql.check_fields(fields)
         data: dict[str, object] = {"state": TaskState(state).value}
         if fields.get("reason"):
             data["reason"] = fields["reason"]
         if replaces is not None:
             data["replaces"] = replaces.value
-        payload = _event_payload(data)
+        payload = sql.event_payload(data)
         with self._lock, self._write() as conn:
-            _update_task(conn, run_id, task_id, {"state": state, **fields})
-            _insert_event(conn, run_id, "state", task_id, payload, None)
+            sql.update_task(conn, run_id, task_id, {"state": state, **fields})
+            sql.insert_event(conn, run_id, "state", task_id, payload, None)
         return data
 
     def forget_merge(self, run_id: str, task_id: str) -> None:
@@ -316,23 +314,9 @@ class Store(StoreFile):
         agent: str = "",
     ) -> int:
         """Record a launched agent process (and its profile) and return the attempt id."""
+        row = (run_id, task_id, number, identity, log_path, started_at, agent)
         with self._lock, self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO attempts (run_id, task_id, number, pid, create_time, pgid,"
-                " started_at, log_path, agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run_id,
-                    task_id,
-                    number,
-                    identity.pid,
-                    identity.create_time,
-                    identity.pgid,
-                    time.time() if started_at is None else started_at,
-                    log_path,
-                    agent,
-                ),
-            )
-            return _lastrowid(cursor)
+            return sql.insert_attempt(conn, *row)
 
     @_waits_for_space
     def set_retry_at(
@@ -389,7 +373,7 @@ class Store(StoreFile):
                     attempt_id,
                 ),
             )
-            _require_one(cursor, f"attempt {attempt_id}")
+            sql.require_one(cursor, f"attempt {attempt_id}")
 
     def attempts(self, run_id: str, task_id: str | None = None) -> list[AttemptRow]:
         """Return the run's attempts (or one task's), in launch order."""
@@ -415,9 +399,9 @@ class Store(StoreFile):
         ts: float | None = None,
     ) -> int:
         """Append an event (*data* must be JSON-serializable) and return its id."""
-        payload = _event_payload(data or {})
+        payload = sql.event_payload(data or {})
         with self._lock, self._write() as conn:
-            return _insert_event(conn, run_id, kind, task_id, payload, ts)
+            return sql.insert_event(conn, run_id, kind, task_id, payload, ts)
 
     def events(self, run_id: str, *, after: int = 0, kind: str | None = None) -> list[EventRow]:
         """Return the run's events with id greater than *after* (of *kind* only), oldest first."""
@@ -427,77 +411,3 @@ class Store(StoreFile):
             (run_id, after, kind, kind),
         )
         return [event_row(r) for r in rows]
-
-
-def _insert_tasks(
-    conn: sqlite3.Connection, run_id: str, tasks: Sequence[tuple[Task, str, str]]
-) -> None:
-    conn.executemany(
-        "INSERT INTO tasks (run_id, task_id, position, state, branch, worktree, spec_json)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (run_id, task.id, pos, TaskState.PENDING.value, branch, worktree, task_to_json(task))
-            for pos, (task, branch, worktree) in enumerate(tasks)
-        ],
-    )
-
-
-def _check_fields(fields: Mapping[str, object]) -> None:
-    unknown = sorted(set(fields) - UPDATABLE)
-    if unknown:
-        raise ValueError(f"cannot update task field(s): {', '.join(unknown)}")
-
-
-def _update_task(
-    conn: sqlite3.Connection, run_id: str, task_id: str, fields: Mapping[str, object]
-) -> None:
-    values = [_column_value(name, value) for name, value in fields.items()]
-    assignments = ", ".join(f"{name} = ?" for name in fields)
-    cursor = conn.execute(
-        f"UPDATE tasks SET {assignments} WHERE run_id = ? AND task_id = ?",  # noqa: S608
-        (*values, run_id, task_id),
-    )
-    _require_one(cursor, f"task {task_id} of run {run_id}")
-
-
-def _event_payload(data: Mapping[str, object]) -> str:
-    return json.dumps(redact_data(dict(data)), sort_keys=True)
-
-
-def _insert_event(
-    conn: sqlite3.Connection,
-    run_id: str,
-    kind: str,
-    task_id: str | None,
-    payload: str,
-    ts: float | None,
-) -> int:
-    cursor = conn.execute(
-        "INSERT INTO events (run_id, task_id, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
-        (run_id, task_id, time.time() if ts is None else ts, kind, payload),
-    )
-    return _lastrowid(cursor)
-
-
-def _require_one(cursor: sqlite3.Cursor, what: str) -> None:
-    if cursor.rowcount != 1:
-        raise KeyError(f"no {what} in the state store")
-
-
-def _lastrowid(cursor: sqlite3.Cursor) -> int:
-    if cursor.lastrowid is None:  # pragma: no cover - INSERT always sets it
-        raise RuntimeError("sqlite did not report the inserted row id")
-    return cursor.lastrowid
-
-
-def _column_value(name: str, value: object) -> object:
-    if name == "reason" and isinstance(value, str):
-        # Agent output and error text: no secret reaches the file, no escape a terminal.
-        return printable(redact(value))
-    if name == "instruction" and isinstance(value, str):
-        return redact(value)
-    if name == "state":
-        return TaskState(str(value)).value
-    if name in {"stop_requested", "retry_fresh"}:
-        return int(bool(value))
-    return value

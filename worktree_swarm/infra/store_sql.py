@@ -1,0 +1,130 @@
+"""The statements the Store's writes are made of, each run inside the caller's transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import TYPE_CHECKING
+
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.text import printable
+from worktree_swarm.infra.redact import redact, redact_data
+from worktree_swarm.infra.store_rows import UPDATABLE, task_to_json
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from worktree_swarm.core.models import ProcessIdentity
+    from worktree_swarm.core.task import Task
+
+
+def insert_tasks(
+    conn: sqlite3.Connection, run_id: str, tasks: Sequence[tuple[Task, str, str]]
+) -> None:
+    """Insert (task, branch, worktree path) triples as pending, in manifest order."""
+    conn.executemany(
+        "INSERT INTO tasks (run_id, task_id, position, state, branch, worktree, spec_json)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (run_id, task.id, pos, TaskState.PENDING.value, branch, worktree, task_to_json(task))
+            for pos, (task, branch, worktree) in enumerate(tasks)
+        ],
+    )
+
+
+def insert_attempt(
+    conn: sqlite3.Connection,
+    run_id: str,
+    task_id: str,
+    number: int,
+    identity: ProcessIdentity,
+    log_path: str,
+    started_at: float | None,
+    agent: str,
+) -> int:
+    """Insert an attempt's launched agent process; its id."""
+    cursor = conn.execute(
+        "INSERT INTO attempts (run_id, task_id, number, pid, create_time, pgid,"
+        " started_at, log_path, agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            run_id,
+            task_id,
+            number,
+            identity.pid,
+            identity.create_time,
+            identity.pgid,
+            time.time() if started_at is None else started_at,
+            log_path,
+            agent,
+        ),
+    )
+    return lastrowid(cursor)
+
+
+def check_fields(fields: Mapping[str, object]) -> None:
+    """ValueError for field names no task update may set."""
+    unknown = sorted(set(fields) - UPDATABLE)
+    if unknown:
+        raise ValueError(f"cannot update task field(s): {', '.join(unknown)}")
+
+
+def update_task(
+    conn: sqlite3.Connection, run_id: str, task_id: str, fields: Mapping[str, object]
+) -> None:
+    """Set *fields* of one task; KeyError when there is no such task."""
+    values = [column_value(name, value) for name, value in fields.items()]
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    cursor = conn.execute(
+        f"UPDATE tasks SET {assignments} WHERE run_id = ? AND task_id = ?",  # noqa: S608
+        (*values, run_id, task_id),
+    )
+    require_one(cursor, f"task {task_id} of run {run_id}")
+
+
+def event_payload(data: Mapping[str, object]) -> str:
+    """*data* as an event stores it: JSON, its secrets redacted."""
+    return json.dumps(redact_data(dict(data)), sort_keys=True)
+
+
+def insert_event(
+    conn: sqlite3.Connection,
+    run_id: str,
+    kind: str,
+    task_id: str | None,
+    payload: str,
+    ts: float | None,
+) -> int:
+    """Insert an event with its *payload* (:func:`event_payload`); its id."""
+    cursor = conn.execute(
+        "INSERT INTO events (run_id, task_id, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
+        (run_id, task_id, time.time() if ts is None else ts, kind, payload),
+    )
+    return lastrowid(cursor)
+
+
+def require_one(cursor: sqlite3.Cursor, what: str) -> None:
+    """KeyError naming *what* when the statement touched no row (or several)."""
+    if cursor.rowcount != 1:
+        raise KeyError(f"no {what} in the state store")
+
+
+def lastrowid(cursor: sqlite3.Cursor) -> int:
+    """The id of the row the INSERT just made."""
+    if cursor.lastrowid is None:  # pragma: no cover - INSERT always sets it
+        raise RuntimeError("sqlite did not report the inserted row id")
+    return cursor.lastrowid
+
+
+def column_value(name: str, value: object) -> object:
+    """*value* as column *name* stores it."""
+    if name == "reason" and isinstance(value, str):
+        # Agent output and error text: no secret reaches the file, no escape a terminal.
+        return printable(redact(value))
+    if name == "instruction" and isinstance(value, str):
+        return redact(value)
+    if name == "state":
+        return TaskState(str(value)).value
+    if name in {"stop_requested", "retry_fresh"}:
+        return int(bool(value))
+    return value
