@@ -266,6 +266,57 @@ def test_a_manager_killed_as_it_writes_a_worktrees_git_layout_is_resumed(
     assert (out.returncode, out.stdout.strip()) == (0, "nothing to clean"), out.stderr
 
 
+# A manager whose interpreter SIGKILLs itself as it opens attempt 1's log: the first thing
+# it does to start the agent, once the launch's intent (with the task's `running`) is on
+# record, as a kill lands between that transaction and the agent's start.
+_KILLED_AT_LAUNCH = """
+import os, signal, sys
+def killed_at_launch(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].endswith("/attempt-1.log"):
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(killed_at_launch)
+from worktree_swarm.cli import main
+sys.exit(main())
+"""
+
+# Writes its pid (one line per launch), then its work.
+_COUNTED = """
+import os, pathlib, sys
+with open(sys.argv[1], "a") as launches:
+    launches.write(f"{os.getpid()}\\n")
+pathlib.Path("t1.txt").write_text("work\\n")
+"""
+
+
+def test_a_manager_killed_between_a_launchs_intent_and_its_agent_is_resumed(
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path
+) -> None:
+    launches = tmp_path / "launches"
+    agent = [*write_agent(_COUNTED), str(launches)]
+    text = f'[[task]]\nid = "t1"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT_LAUNCH, "run", manifest(repo, text)],
+        cwd=repo,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with contextlib.closing(state_db(repo)) as db:
+        row = db.execute("SELECT state, launching, attempts FROM tasks").fetchone()
+    assert row == ("running", 1, 0)  # the intent on record, with its state
+    assert not launches.exists()
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert len(launches.read_text().split()) == 1  # launched once, as attempt 1
+    with contextlib.closing(state_db(repo)) as db:
+        assert db.execute("SELECT number FROM attempts").fetchall() == [(1,)]
+        assert db.execute("SELECT launching, attempts FROM tasks").fetchone() == (None, 1)
+    assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+
+
 def _left_as_an_older_swarm(repo: Path, write_agent: object) -> Path:
     """A run of t1 whose manager was killed as the swarm before whole-file writes left it.
 

@@ -509,26 +509,10 @@ runpy.run_module("worktree_swarm.cli", run_name="__main__")
 """
 
 
-def test_a_run_records_each_state_change_with_its_event_in_one_transaction(
-    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path
-) -> None:
-    # Each state change was two commits (the task's row, then its event): a manager killed
-    # in between left a state with no event, and big runs paid a commit per change more.
-    agent = " ".join(write_agent(RUNS_AGENT))
-    log = tmp_path / "sql.jsonl"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _TRACED_SWARM,
-            "run",
-            "--agent",
-            agent,
-            "-t",
-            "ok=do",
-            "-t",
-            "bad=x",
-        ],
+def _traced_swarm(repo: Path, log: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`swarm *args*` in *repo*, every SQLite statement of it written to *log*."""
+    return subprocess.run(
+        [sys.executable, "-c", _TRACED_SWARM, *args],
         cwd=repo,
         env={**os.environ, "SQL_LOG": str(log)},
         capture_output=True,
@@ -536,23 +520,79 @@ def test_a_run_records_each_state_change_with_its_event_in_one_transaction(
         timeout=120,
         check=False,
     )
-    assert out.returncode == 1, out.stderr
+
+
+def _committed(log: Path) -> list[list[str]]:
+    """The transactions *log* holds, in the order they were committed; their statements.
+
+    A line another process wrote there (connection number -1) is a transaction of its own.
+    """
     transactions: dict[int, list[str]] = {}
     ended: list[list[str]] = []
     for line in log.read_text().splitlines():
         number, sql = json.loads(line)
-        if sql.startswith("BEGIN"):
+        if number < 0:
+            ended.append([sql])
+        elif sql.startswith("BEGIN"):
             transactions[number] = []
         elif sql.startswith("COMMIT"):
             ended.append(transactions.pop(number))
         elif number in transactions:
             transactions[number].append(sql)
+    return ended
+
+
+def test_a_run_records_each_state_change_with_its_event_in_one_transaction(
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path
+) -> None:
+    # Each state change was two commits (the task's row, then its event): a manager killed
+    # in between left a state with no event, and big runs paid a commit per change more.
+    agent = " ".join(write_agent(RUNS_AGENT))
+    log = tmp_path / "sql.jsonl"
+    out = _traced_swarm(repo, log, "run", "--agent", agent, "-t", "ok=do", "-t", "bad=x")
+    assert out.returncode == 1, out.stderr
+    ended = _committed(log)
     changes = [t for t in ended if any(s.startswith("UPDATE tasks SET state") for s in t)]
     events = [t for t in ended if any(", 'state', '{" in s for s in t)]
     # running and an end for each task at least, each with its event in the same commit
     assert len(changes) >= 4, ended
     assert changes == events
     assert all(len(t) == 2 for t in changes), changes
+
+
+def test_an_attempt_is_recorded_in_one_transaction_before_its_agent_starts_and_one_after(
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path
+) -> None:
+    # Before its agent: the task running and the launch's intent (a resumed manager adopts
+    # an agent started but not recorded). After: the attempt, the task's count, the event.
+    # Each was two or three commits.
+    log = tmp_path / "sql.jsonl"
+    started = json.dumps([-1, "the agent started"])
+    source = f"""
+import pathlib
+with open({str(log)!r}, "a") as log:
+    log.write({started!r} + "\\n")
+pathlib.Path("out.txt").write_text("work\\n")
+"""
+    agent = " ".join(write_agent(source))
+    out = _traced_swarm(repo, log, "run", "--agent", agent, "-t", "ok=do")
+    assert out.returncode == 0, out.stderr
+    ended = _committed(log)
+    before = ended[: ended.index(["the agent started"])]
+    intent = [
+        t for t in before if any(s.startswith("UPDATE tasks SET state = 'running'") for s in t)
+    ]
+    assert len(intent) == 1, before
+    assert [t for t in ended if any("launching = 1" in s for s in t)] == intent
+    assert len(intent[0]) == 2, intent  # the task's row and its state event
+    assert "launching_agent = " in intent[0][0]
+    assert ", 'state', '{" in intent[0][1]
+    launch = [t for t in ended if any(s.startswith("INSERT INTO attempts") for s in t)]
+    assert len(launch) == 1, ended
+    assert [t for t in ended if any("launching = NULL" in s for s in t)] == launch
+    assert len(launch[0]) == 3, launch
+    assert "attempts = 1" in launch[0][1]
+    assert ", 'agent_started', '{" in launch[0][2]
 
 
 # --- task json ---------------------------------------------------------------------------

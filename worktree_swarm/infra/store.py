@@ -319,6 +319,33 @@ class Store(StoreFile):
             return sql.insert_attempt(conn, *row)
 
     @_waits_for_space
+    def record_attempt(
+        self,
+        run_id: str,
+        task_id: str,
+        *,
+        number: int,
+        identity: ProcessIdentity,
+        log_path: str,
+        started_at: float | None = None,
+        agent: str = "",
+        event: tuple[str, Mapping[str, object]] | None = None,
+    ) -> int:
+        """As :meth:`start_attempt`, its task's ``attempts`` set and ``launching`` cleared with it.
+
+        With *event* (kind, data) too. One transaction: the launch is either still an intent
+        (``launching``, no attempt) or wholly on record, never half of each.
+        """
+        row = (run_id, task_id, number, identity, log_path, started_at, agent)
+        kind, payload = (None, "") if event is None else (event[0], sql.event_payload(event[1]))
+        with self._lock, self._write() as conn:
+            attempt_id = sql.insert_attempt(conn, *row)
+            sql.update_task(conn, run_id, task_id, {"attempts": number, "launching": None})
+            if kind is not None:
+                sql.insert_event(conn, run_id, kind, task_id, payload, None)
+            return attempt_id
+
+    @_waits_for_space
     def set_retry_at(
         self,
         run_id: str,

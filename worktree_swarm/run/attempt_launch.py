@@ -92,13 +92,13 @@ class AttemptLaunch(AgentWatch):
         cost: float | None = None
         box: sandbox.Confinement | None = None
         try:
-            self._running(task.id, number)
             log_path = logs / f"attempt-{number}.log"
             if self.spec.sandbox:  # bubblewrap around the agent only (docs/sandbox.md)
                 box = self._confinement(path, logs)
             agent = self._spawn(task, course, adapter, argv, env, path, log_path, number, box)
             self.guard.agent_started(task.id, agent.identity)
-            attempt_id = self.store.start_attempt(
+            started = {"pid": agent.identity.pid, "attempt": number, "agent": task.agent}
+            attempt_id = self.store.record_attempt(
                 self.run_id,
                 task.id,
                 number=number,
@@ -106,13 +106,9 @@ class AttemptLaunch(AgentWatch):
                 log_path=str(log_path),
                 started_at=agent.started_at,
                 agent=task.agent,
+                event=("agent_started", started),
             )
-            self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
-            self._emit(
-                "agent_started",
-                task.id,
-                {"pid": agent.identity.pid, "attempt": number, "agent": task.agent},
-            )
+            self._announce("agent_started", task.id, started)
             try:
                 ended = self._watched(task, live, agent, agent.started_at, attempt_id)
             finally:
@@ -151,11 +147,11 @@ class AttemptLaunch(AgentWatch):
             agent_env = self._agent_env(adapter, env, task.id, config_dir)
             if box is not None:
                 argv, agent_env = sandbox.confine(argv, agent_env, box)
-            self._charge_repair(task, course)
-            # The intent first: `swarm resume` finds an agent started but not recorded.
-            self.store.update_task(
-                self.run_id, task.id, launching=number, launching_agent=task.agent
-            )
+            # The intent first, with the task's state and its repair round counted (one
+            # transaction): `swarm resume` finds an agent started but not recorded.
+            intent = self._repair_charged(task, course)
+            intent["launching"], intent["launching_agent"] = number, task.agent
+            self._running(task.id, number, **intent)
             return supervisor.spawn(
                 argv,
                 cwd=path,

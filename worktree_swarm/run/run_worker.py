@@ -107,17 +107,18 @@ class RunWorker:
         data = self.store.record_state(self.run_id, task_id, state, **fields)
         self._announce("state", task_id, data)
 
-    def _running(self, task_id: str, number: int) -> None:
+    def _running(self, task_id: str, number: int, **fields: Unpack[TaskFields]) -> None:
         """Attempt *number* starts: the task runs, timed from its first attempt (of this go).
 
         Not from each attempt: a task that waited hours for a usage window took that long.
+        *fields* are recorded with the state, in its transaction.
         """
         row = self.store.task(self.run_id, task_id)
         first = row is None or row.started_at is None or number <= row.retry_base + 1
         if first:
-            self._state(task_id, TaskState.RUNNING, started_at=time.time(), reason="")
-        else:
-            self._state(task_id, TaskState.RUNNING, reason="")
+            fields["started_at"] = time.time()
+        fields["reason"] = ""
+        self._state(task_id, TaskState.RUNNING, **fields)
 
     def _resting(self, task_id: str, number: int, course: Course) -> None:
         """Record the wait after rate-limited attempt *number* and show until when."""
@@ -161,9 +162,14 @@ class RunWorker:
         Counted when handed back, a manager killed before the attempt began lost the round:
         the resumed one ran the checks again and found no round left.
         """
-        if course.repair_due:
-            self.store.update_task(self.run_id, task.id, repairs=task.repair - course.repairs_left)
-            course.repair_due = False
+        self.store.update_task(self.run_id, task.id, **self._repair_charged(task, course))
+
+    def _repair_charged(self, task: Task, course: Course) -> TaskFields:
+        """What counts a due repair round as its attempt starts (nothing when none is due)."""
+        if not course.repair_due:
+            return {}
+        course.repair_due = False
+        return {"repairs": task.repair - course.repairs_left}
 
     def _instruct(self, task_id: str, course: Course, prompt: str | None) -> None:
         """Ask *task_id*'s agent to do *prompt* next; kept in the store for a resumed manager."""

@@ -204,7 +204,10 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
             self.store.update_task(self.run_id, task.id, launching=None)
             return None
         agent = row.launching_agent or task.agent
-        attempt_id = self.store.start_attempt(
+        adopted = {"attempt": number, "alive": identity is not None}
+        # With its task's count and its event (one transaction); an agent that is gone is
+        # read below: a manager killed before then finds the attempt open, and adopts it.
+        attempt_id = self.store.record_attempt(
             self.run_id,
             task.id,
             number=number,
@@ -219,6 +222,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
                 else log_path.stat().st_mtime
             ),
             agent=agent,
+            event=("agent_adopted", adopted),
         )
         if identity is None:
             code = None if shim is None else shim.exit_code
@@ -227,8 +231,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
             ended_at = None if shim is None else shim.ended_at
             cost = self._record(attempt_id, task.id, Ended(result=result), code, ended_at=ended_at)
             self.gate.count_spent(cost or 0.0)  # after the resumed run counted what it had spent
-        self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
-        self._emit("agent_adopted", task.id, {"attempt": number, "alive": identity is not None})
+        self._announce("agent_adopted", task.id, adopted)
         return self.store.attempts(self.run_id, task.id)[-1]
 
     # -- attempts -------------------------------------------------------------------------

@@ -148,11 +148,10 @@ def record_launch(
         starts.as_wall(agent.create_time) if agent else record.started_at if record else time.time()
     )
     profile = row.launching_agent or own
-    attempt = store.start_attempt(
+    attempt = store.record_attempt(
         row.run_id, row.task_id, number=number, log_path=str(log), started_at=started,
         identity=agent or ProcessIdentity(pid=0, create_time=0.0, pgid=0), agent=profile,
     )  # fmt: skip
-    store.update_task(row.run_id, row.task_id, attempts=number, launching=None)
     opened = next(a for a in store.attempts(row.run_id, row.task_id) if a.id == attempt)
     result = ended_by_itself(store, opened, profile) if by_itself else None
     if result is None:
