@@ -595,6 +595,26 @@ pathlib.Path("out.txt").write_text("work\\n")
     assert ", 'agent_started', '{" in launch[0][2]
 
 
+def test_a_tasks_end_is_recorded_with_its_worktrees_disk_use_in_one_transaction(
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path
+) -> None:
+    # Measured by its worker, the disk use was a commit of its own before the end's.
+    agent = " ".join(write_agent(RUNS_AGENT))
+    log = tmp_path / "sql.jsonl"
+    out = _traced_swarm(repo, log, "run", "--agent", agent, "-t", "ok=do", "-t", "bad=x")
+    assert out.returncode == 1, out.stderr
+    ended = _committed(log)
+    disk = [t for t in ended if any("disk_actual = " in s for s in t)]
+    final = ("UPDATE tasks SET state = 'done'", "UPDATE tasks SET state = 'failed'")
+    finals = [t for t in ended if any(s.startswith(final) for s in t)]
+    assert len(finals) == 2, ended
+    assert disk == finals
+    assert all(len(t) == 2 and "ended_at = " in t[0] for t in finals), finals
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db:
+        used = db.execute("SELECT disk_apparent, disk_actual FROM tasks").fetchall()
+    assert all(apparent and actual for apparent, actual in used), used
+
+
 # --- task json ---------------------------------------------------------------------------
 
 

@@ -47,7 +47,7 @@ class DiskFullError(SwarmError):
 class DiskBudget:
     """Admits worktree creations under ``spec.max_disk``; records each task's disk use.
 
-    Shared by the worker threads (:meth:`admit`, :meth:`record`) and the main thread
+    Shared by the worker threads (:meth:`admit`, :meth:`measure`) and the main thread
     (:meth:`finished`).
     Without ``max_disk`` nothing waits, but disk use is still recorded.
     """
@@ -141,15 +141,19 @@ class DiskBudget:
             self._checkouts[start, cone] = checkout_size(self.repo, start, cone=cone)
         return self._checkouts[start, cone] + copy_size(self.repo, task)
 
-    def record(self, task_id: str) -> None:
-        """Record the disk use of *task_id*'s worktree as its pipeline ends.
+    def measure(self, task_id: str) -> disk.DiskUsage | None:
+        """The disk use of *task_id*'s worktree as its pipeline ends (None: it is not there).
 
         Called from the task's worker thread: a walk of a big worktree (``node_modules``)
-        must not hold up the run loop.
+        must not hold up the run loop. Its outcome carries it to the run loop, which records
+        it with the task's final state.
         """
         path = self.root / task_id
-        if path.is_dir():
-            used = disk.usage(path)
+        return disk.usage(path) if path.is_dir() else None
+
+    def record(self, task_id: str, used: disk.DiskUsage | None) -> None:
+        """Record *used* (:meth:`measure`) on its own: a pipeline that ended with no outcome."""
+        if used is not None:
             self.store.update_task(
                 self.run_id, task_id, disk_apparent=used.apparent, disk_actual=used.actual
             )

@@ -22,6 +22,7 @@ from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import diffs, gitconfig, merge_tree
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra.disk import DiskUsage
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskFields
 from worktree_swarm.merge.diff import work_tip
@@ -38,6 +39,8 @@ class TaskOutcome:
 
     state: TaskState
     reason: str = ""
+    # Its worktree's disk use as its pipeline ended: recorded with its final state.
+    disk: DiskUsage | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -14,6 +14,7 @@ task_launch.py; :class:`Runner` adds creating or resuming a run and the loop its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -37,7 +38,7 @@ from worktree_swarm.run.ray_cluster import unreachable
 from worktree_swarm.run.ray_preflight import check_sandbox
 from worktree_swarm.run.retry import settle_guard, since_last_retry
 from worktree_swarm.run.run_state import Observer
-from worktree_swarm.run.run_worker import Live, TaskOutcome, worktree_path
+from worktree_swarm.run.run_worker import Live, worktree_path
 from worktree_swarm.run.task_launch import STARVED_WAIT, TaskLaunch, port_slot
 from worktree_swarm.run.unwatched import may_have_run, ran_on
 
@@ -277,7 +278,7 @@ class Runner(TaskLaunch):
         while self._live:
             task_id, outcome = self._next_done()
             if outcome.state is TaskState.STOPPED:  # cut short by the stop above
-                outcome = TaskOutcome(state=TaskState.PENDING, reason="")
+                outcome = dataclasses.replace(outcome, state=TaskState.PENDING, reason="")
             self._finish(task_id, outcome)
         for task_id, state in self._states.items():
             row = self.store.task(self.run_id, task_id)

@@ -9,6 +9,7 @@ database written back first if it was deleted under the run).
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import time
 
@@ -16,6 +17,7 @@ from worktree_swarm.core.models import TaskState
 from worktree_swarm.guard import remotes
 from worktree_swarm.guard.model import Violation, blamed
 from worktree_swarm.infra import faults
+from worktree_swarm.infra.store_rows import TaskFields
 from worktree_swarm.run.retry import OUTSIDE_WRITE
 from worktree_swarm.run.run_state import RunState
 from worktree_swarm.run.run_worker import TaskOutcome
@@ -32,11 +34,15 @@ class TaskEnds(RunState):
         if live.thread is not None:
             live.thread.join()
         if task_id in self._guard_reasons and outcome.state is not TaskState.FAILED:
-            outcome = TaskOutcome(state=TaskState.FAILED, reason=self._guard_reasons[task_id])
-        if outcome.state is TaskState.PENDING:  # interrupted (its cluster lost): not ended
-            self._set_state(task_id, outcome.state, reason=outcome.reason)
-        else:
-            self._set_state(task_id, outcome.state, reason=outcome.reason, ended_at=time.time())
+            reason = self._guard_reasons[task_id]
+            outcome = dataclasses.replace(outcome, state=TaskState.FAILED, reason=reason)
+        # Its worktree's disk use, measured by its worker, with the state: one transaction.
+        fields: TaskFields = {"reason": outcome.reason}
+        if (used := outcome.disk) is not None:
+            fields["disk_apparent"], fields["disk_actual"] = used.apparent, used.actual
+        if outcome.state is not TaskState.PENDING:  # PENDING: interrupted (its cluster lost)
+            fields["ended_at"] = time.time()
+        self._set_state(task_id, outcome.state, **fields)
         self.disk.finished(task_id)
 
     def _next_done(self) -> tuple[str, TaskOutcome]:

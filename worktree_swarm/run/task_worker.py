@@ -13,6 +13,7 @@ TaskWorker is made of parts beside it: `attempt_launch` (one attempt, new or ado
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import threading
@@ -43,6 +44,7 @@ from worktree_swarm.infra import (
     shim_server,
     starts,
 )
+from worktree_swarm.infra.disk import DiskUsage
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow
 from worktree_swarm.run import provision
@@ -80,10 +82,18 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         # from then on the guard watches both for writes by anyone else.
         with self.guard.busy(live.task.id, path):
             try:
-                return self._run(live, path)
-            finally:  # before the guard's baseline: the links are not part of the worktree
-                local_files.unlink_links(self.repo.root, path, live.task.link)
-                self.disk.record(live.task.id)
+                outcome = self._run(live, path)
+            except BaseException:
+                self.disk.record(live.task.id, self._pipeline_ended(live.task, path))
+                raise
+            # Recorded with its final state, in the run loop's transaction.
+            return dataclasses.replace(outcome, disk=self._pipeline_ended(live.task, path))
+
+    def _pipeline_ended(self, task: Task, path: Path) -> DiskUsage | None:
+        """*task*'s links taken out of its worktree; what the worktree uses then."""
+        # Before the guard's baseline: the links are not part of the worktree.
+        local_files.unlink_links(self.repo.root, path, task.link)
+        return self.disk.measure(task.id)
 
     def _run(self, live: Live, path: Path) -> TaskOutcome:
         task = live.task
