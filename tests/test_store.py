@@ -166,6 +166,31 @@ def test_an_older_swarm_refuses_a_newer_database_in_one_line_and_changes_nothing
             os.kill(agent_pid, signal.SIGKILL)
 
 
+def test_an_older_database_in_a_read_only_state_directory_says_what_would_let_it_be_read(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # An older database is read once it is upgraded, which writes it: where the state
+    # directory is read-only (a read-only mount), the refusal said to free some space.
+    finished_run(repo, write_agent)
+    db = repo / ".git" / "swarm" / "state.db"
+    older = SCHEMA_VERSION - 1
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute(f"PRAGMA user_version = {older}")
+    prefix = as_owner_only()
+    try:
+        db.parent.chmod(0o555)
+        out = subprocess.run(
+            [*prefix, sys.executable, "-m", "worktree_swarm.cli", "status"], cwd=repo,
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+    finally:
+        db.parent.chmod(0o755)
+    assert out.returncode != 0
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert f"schema version {older}, not {SCHEMA_VERSION}" in out.stderr
+    assert "(make it writable)" in out.stderr, out.stderr
+
+
 def test_garbage_file_is_refused_clearly(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
     db_path.write_bytes(b"this is not sqlite at all" * 100)

@@ -80,9 +80,10 @@ def _open_last_written(path: Path) -> sqlite3.Connection:
         if version != SCHEMA_VERSION:  # it cannot be brought up to date without writing
             conn.close()
             _refuse_newer(path, version)  # nor ever read by this swarm: no space would help
+            how = "free some space" if os.access(path.parent, os.W_OK) else "make it writable"
             raise SwarmError(
                 f"{path} has schema version {version}, not {SCHEMA_VERSION}; it can be read "
-                "once it can be written (free some space)"
+                f"once swarm can write {path.parent} to upgrade it ({how})"
             )
         return conn
     what = f"the state database {path}"
