@@ -233,6 +233,56 @@ def test_the_diff_pane_of_a_task_whose_branch_was_deleted_says_so_not_no_changes
     assert app.crashed is None
 
 
+def test_the_worktree_key_says_where_the_work_is_once_clean_deleted_its_branch(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # It said "(removed; the branch keeps the work)" of a branch `swarm clean --force` had
+    # deleted, and of a task that never started.
+    agent = write_agent(
+        "import os, sys\n"
+        "sys.exit(1) if os.environ['SWARM_TASK_ID'] == 'cc' else open('x.txt', 'w').write('x')\n"
+    )
+    path = manifest(
+        repo,
+        f"[defaults]\nagent = {argv_toml(agent)}\n"
+        '[[task]]\nid = "aa"\nprompt = "a"\n[[task]]\nid = "cc"\nprompt = "c"\n'
+        '[[task]]\nid = "bb"\nprompt = "b"\ndepends_on = ["cc"]\n',
+    )
+    swarm(repo, "run", path)
+    assert status_json(repo)["bb"]["state"] == "blocked"
+    app, store = open_app(repo)
+    worktree = repo.parent / "repo.swarm"
+
+    async def say(pilot: Any, task_id: str) -> str:
+        count = len(app.messages)
+        app.query_one("#tasks", DataTable).move_cursor(row=list(app.rows).index(task_id))
+        await until(pilot, lambda: app.selected == task_id, f"{task_id} selected")
+        await pilot.press("w")
+        await until(pilot, lambda: len(app.messages) > count, "what `w` says")
+        return app.messages[-1]
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            out = swarm(repo, "clean", "--yes", "--force")  # its unmerged branch deleted too
+            assert out.returncode == 0, out.stderr
+            await until(pilot, lambda: not app.rows["aa"].worktree_present, "the clean seen")
+            assert await say(pilot, "aa") == (
+                f"worktree {worktree / 'aa'} (removed, and its branch swarm/aa deleted: "
+                '`swarm diff aa` says "no branch swarm/aa") (copied)'
+            )
+            assert await say(pilot, "bb") == (
+                f"worktree {worktree / 'bb'} (not made: the task never started) (copied)"
+            )
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+    assert app.crashed is None
+
+
 HOSTILE_AGENT = r"""
 import os, pathlib, sys, time
 token = os.environ["DEPLOY_TOKEN"].encode()

@@ -26,6 +26,7 @@ from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedConten
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.text import printable, without_escapes
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.logtail import Follower
 from worktree_swarm.infra.redact import redact
@@ -42,9 +43,9 @@ from worktree_swarm.ui.watch_view import (
     TailLog,
     cells,
     details,
-    gone_note,
     plain,
     shown,
+    worktree_note,
 )
 
 REFRESH_S = 1.0
@@ -320,8 +321,8 @@ class WatchApp(App[None]):
         if row is None:
             return
         self.copy_to_clipboard(row.worktree)
-        gone = gone_note(row, "; the branch keeps the work")
-        self._say(f"worktree {row.worktree}{gone} (copied)", ok=True)
+        note = worktree_note(row, lambda: git_branches.branch_exists(self.repo, row.branch))
+        self._say(f"worktree {row.worktree}{note} (copied)", ok=True)
 
     def action_stop(self) -> None:
         """Stop the selected task's agent."""

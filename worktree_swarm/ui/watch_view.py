@@ -7,6 +7,7 @@ sequences dropped, never read as markup.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -106,11 +107,31 @@ def plain(text: str) -> Text:
     return Text(printable(redact(without_escapes(text)), keep=""))
 
 
-def gone_note(row: TaskStatus, kept: str) -> str:
+def gone_note(row: TaskStatus) -> str:
     """Why the task's worktree is not its own any more ("" while it is)."""
     if row.taken_by:
         return f" (run {row.taken_by}'s now: it reused the task id)"
-    return "" if row.worktree_present else f" (removed{kept})"
+    return "" if row.worktree_present else " (removed)"
+
+
+def worktree_note(row: TaskStatus, branch_there: Callable[[], bool]) -> str:
+    """What the `w` key says beside the worktree's path: where the task's work is now.
+
+    *branch_there*: whether its branch exists, asked only of a removed worktree's task (a
+    git process when the key is pressed, not one per row at every refresh).
+    """
+    if row.taken_by or row.worktree_present:
+        return gone_note(row)
+    if not row.branch_made:
+        return " (not made: the task never started)"
+    if branch_there():
+        return " (removed; the branch keeps the work)"
+    merged = f"; merged into {row.merge_target}" if row.merge_result == "merged" else ""
+    # Deleted by `swarm clean` (--force for an unmerged one): what `swarm diff` says then.
+    return (
+        f" (removed, and its branch {row.branch} deleted: `swarm diff {row.task_id}` says"
+        f' "no branch {row.branch}"{merged})'
+    )
 
 
 def details(row: TaskStatus) -> Text:
@@ -118,7 +139,7 @@ def details(row: TaskStatus) -> Text:
     if not row.branch_made:  # pending, or blocked before it started
         parts = [f"{row.branch}: not made"]
     else:
-        parts = [row.branch, f"{row.worktree}{gone_note(row, '')}"]
+        parts = [row.branch, f"{row.worktree}{gone_note(row)}"]
     if row.merge_result:
         parts.append(row.merge_detail or f"{row.merge_result} ({row.merge_target})")
     if row.pr_number is not None:
