@@ -74,7 +74,11 @@ def has_store(repo: git.Repo) -> bool:
 
 
 def open_store(
-    repo: git.Repo, *, to_read: bool = False, busy_seconds: float | None = None
+    repo: git.Repo,
+    *,
+    to_read: bool = False,
+    busy_seconds: float | None = None,
+    run_id: str | None = None,
 ) -> Store:
     """Open the store, or explain that no run has happened here yet.
 
@@ -82,9 +86,15 @@ def open_store(
     With *to_read* (commands that only look), a full disk does not stop them: the store is
     opened as it was last written (:meth:`Store.to_read`). *busy_seconds*: how long to wait
     for another process's lock on it (SwarmError then), by default the store's own wait.
+    *run_id*: a run read from it before (`swarm watch`): a store missing now was deleted.
     """
     # Not "no runs" where a live manager's `.git/swarm` was deleted (it writes it back).
     if not has_store(repo):
+        if run_id is not None:
+            raise SwarmError(
+                f"run {run_id}'s state was deleted ({store_path(repo)} is gone); "
+                "swarm cannot act on it"
+            )
         raise BadInputError(f"no swarm runs in {repo.root} yet; start one with `swarm run`")
     path = store_path(repo)
     if to_read:

@@ -178,7 +178,9 @@ class WatchApp(App[None]):
         """Read the store at its path from now on (the one first opened is closed by watch)."""
         try:
             # Not the store's own 30 s wait for a lock: the screen froze for it every second.
-            store = run_info.open_store(self.repo, to_read=True, busy_seconds=REOPEN_BUSY_S)
+            store = run_info.open_store(
+                self.repo, to_read=True, busy_seconds=REOPEN_BUSY_S, run_id=self.run_id
+            )
         except SwarmError as exc:  # not there yet, locked, or refused: the file open is read
             if not self._unread_store:  # said once, not every second
                 self._say(f"the state database was replaced; cannot read it yet: {exc}", ok=False)
@@ -402,7 +404,7 @@ class WatchApp(App[None]):
         try:
             # Not made where it is missing (a deleted state directory, no manager to write
             # it back): an empty store there would be taken for the run's.
-            with run_info.open_store(self.repo) as store:
+            with run_info.open_store(self.repo, run_id=self.run_id) as store:
                 result = call(store)
         except Exception as exc:  # noqa: BLE001 - any failure is shown, the screen stays up
             result = watch_actions.ActionResult(ok=False, message=f"{name} failed: {exc}")
