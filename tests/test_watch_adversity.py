@@ -25,6 +25,7 @@ from tests.test_watch import (
     start_detached,
     until,
 )
+from worktree_swarm.infra import store as store_module
 from worktree_swarm.infra import store_file
 from worktree_swarm.report import status
 from worktree_swarm.ui import watch as watch_module
@@ -78,6 +79,52 @@ def test_a_run_of_500_tasks_costs_few_reads_a_refresh_and_keeps_the_selection(
         store.close()
         assert swarm(repo, "stop").returncode == 0
         wait_for(lambda: manager_gone(repo), what="the manager to end")
+
+
+def test_a_refresh_reads_the_events_recorded_since_the_last_not_every_gate_event_of_the_run(
+    repo: Path, write_agent: Callable[[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each refresh read all of the run's gate events: thousands in a long run, every second.
+    agent = write_agent("open('x.txt', 'w').write('x\\n')\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a").returncode == 0
+    app, store = open_app(repo)
+    gate = {"provider": "anthropic", "jobs": 4, "waiting_until": None, "why": ""}
+    for limit in range(3000):  # a gate the manager narrowed and widened all night
+        store.add_event(app.run_id, "gate", data={**gate, "limit": limit % 4 + 1})
+    parsed: list[int] = []  # the ids of the events the screen reads
+    parse = store_module.event_row
+    monkeypatch.setattr(
+        store_module, "event_row", lambda row: parsed.append(row["id"]) or parse(row)
+    )
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            reads = statements(app)
+            parsed.clear()
+            app.refresh_rows()
+            assert len(parsed) == 0  # nothing recorded since the last refresh
+            assert len(reads) <= 8, reads
+            store.add_event(app.run_id, "state", data={"note": "another kind"})
+            store.add_event(app.run_id, "gate", data={**gate, "provider": "openai", "limit": 2})
+            parsed.clear()
+            app.refresh_rows()
+            assert len(parsed) == 2  # those two, not the 3,001 gate events
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+        # What it keeps is what reading them all at once gives: each provider's newest view.
+        gates = status.GateReader()
+        assert gates.views(store, app.run_id) == status.provider_gates(store, app.run_id)
+        store.add_event(app.run_id, "gate", data={**gate, "limit": 7})
+        views = gates.views(store, app.run_id)
+        limits = {v.provider: v.limit for v in views}  # the run's own too ("other")
+        assert (limits["anthropic"], limits["openai"]) == (7, 2)
+        assert views == status.provider_gates(store, app.run_id)
+    finally:
+        store.close()
+    assert app.crashed is None
 
 
 def test_a_manager_killed_under_the_screen_is_said_and_so_is_its_agents_end(

@@ -125,13 +125,15 @@ def task_status(
     now: float | None = None,
     disk: bool = False,
     repo: git.Repo | None = None,
+    gates: GateReader | None = None,
 ) -> list[TaskStatus]:
     """Status rows of every task of *run_id*, checking recorded PIDs against reality.
 
     With *disk*, the disk use of each worktree: measured now while its task goes on, as
     recorded when it ended otherwise (also for a worktree removed since). With *repo*, a
     merge result is checked against its target too (one git process per target): a merge
-    undone by hand since shows as ``undone``, as `swarm merge` sees it.
+    undone by hand since shows as ``undone``, as `swarm merge` sees it. *gates*: what a
+    caller that asks again and again (`swarm watch`) keeps of the providers' gates.
     """
     now = time.time() if now is None else now
     last = {attempt.task_id: attempt for attempt in store.attempts(run_id)}
@@ -141,8 +143,9 @@ def task_status(
         store.path.parent
     )
     specs = Specs(tasks)
-    waits = waiting_reasons(store, run_id, tasks, specs, now=now)
-    waits.update(_resuming(store, run_id, tasks, last, specs, now=now))
+    views = provider_gates(store, run_id) if gates is None else gates.views(store, run_id)
+    waits = waiting_reasons(store, run_id, tasks, specs, gates=views, now=now)
+    waits.update(_resuming(store, run_id, tasks, last, specs, gates=views, now=now))
     taken = store.taken_over(run_id)
     undone = undone_merges(repo, tasks) if repo is not None else set()
     own = {t.task_id: t.branch for t in tasks if t.task_id not in taken}
@@ -242,11 +245,12 @@ def waiting_reasons(
     tasks: list[TaskRow],
     specs: Mapping[str, Task],
     *,
+    gates: list[GateView],
     now: float | None = None,
 ) -> dict[str, str]:
     """Why each pending task has not started: its reason if it has one, else derived.
 
-    *specs*: each task's spec by id (as parsed from its row).
+    *specs*: each task's spec by id (as parsed from its row); *gates*: the providers' gates.
     """
     now = time.time() if now is None else now
     states = {t.task_id: t.state for t in tasks}
@@ -254,11 +258,7 @@ def waiting_reasons(
     # Tasks holding an agent slot: the running ones (a rate-limited task waits without one,
     # and checks run after the agent gave its slot back).
     running = sum(t.state is TaskState.RUNNING for t in tasks)
-    held = {
-        g.provider: g
-        for g in provider_gates(store, run_id)
-        if g.waiting_until is not None and g.waiting_until > now
-    }
+    held = {g.provider: g for g in gates if g.waiting_until is not None and g.waiting_until > now}
     reasons = {}
     gone = None  # whether the run's manager died: looked at once, for a pending task
     for task in tasks:
@@ -295,6 +295,7 @@ def _resuming(
     last: dict[str, AttemptRow],
     specs: Mapping[str, Task],
     *,
+    gates: list[GateView],
     now: float,
 ) -> dict[str, str]:
     """What each rate-limited task whose wait is over waits for now.
@@ -315,11 +316,11 @@ def _resuming(
     run = store.get_run(run_id)
     if run is not None and run.ended_at is None and not manager_running(run):
         return {t.task_id: "not resumed: its manager is not running (`swarm resume`)" for t in over}
-    gates = {g.provider: g for g in provider_gates(store, run_id)}
+    by_provider = {g.provider: g for g in gates}
     reasons = {}
     for task in over:
         provider = provider_of(last[task.task_id].agent or specs[task.task_id].agent)
-        gate = gates.get(provider)
+        gate = by_provider.get(provider)
         if gate is not None and gate.waiting_until is not None and gate.waiting_until > now:
             when = units.clock_time(gate.waiting_until, now=now)
             why = f" ({gate.why})" if gate.why else ""
@@ -336,6 +337,32 @@ def _resuming(
 def provider_gates(store: Store, run_id: str) -> list[GateView]:
     """Each provider's gate as the run's manager last reported it (concurrency, wait, why)."""
     return views_from_events((e.kind, e.data) for e in store.events(run_id, kind="gate"))
+
+
+class GateReader:
+    """Each provider's gate of a run, read from the events recorded since the last read.
+
+    `swarm watch` asks every second: reading all of a run's gate events each time grew with
+    the run's length (thousands in a long one), not with its tasks.
+    """
+
+    def __init__(self) -> None:
+        self._read: tuple[Store, str] | None = None  # the store and run read so far
+        self._seen = 0  # the newest event read
+        self._views: dict[str, GateView] = {}
+
+    def views(self, store: Store, run_id: str) -> list[GateView]:
+        """The gates of *run_id* in *store*, by provider (another store or run: read anew)."""
+        if self._read is None or self._read[0] is not store or self._read[1] != run_id:
+            self._read, self._seen, self._views = (store, run_id), 0, {}
+        # Of every kind: asked for gate events only, those after the newest were read again.
+        events = store.events(run_id, after=self._seen)
+        if events:
+            self._seen = events[-1].id
+            self._views.update(
+                (v.provider, v) for v in views_from_events((e.kind, e.data) for e in events)
+            )
+        return [self._views[p] for p in sorted(self._views)]
 
 
 def open_attempt_end(attempt: AttemptRow, *, now: float) -> float:

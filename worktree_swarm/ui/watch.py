@@ -88,6 +88,7 @@ class WatchApp(App[None]):
         self.marked: set[str] = set()
         self.messages: list[str] = []  # every action's result, newest last (tests read it)
         self._follow = Follow()
+        self._gates = status.GateReader()  # read anew from a store written back
         self._busy: list[str] = []  # the actions under way, by name
         self._quit_when_done = False
         self._quit_asked = 0  # messages said before quitting was asked, while one was under way
@@ -140,7 +141,8 @@ class WatchApp(App[None]):
             self._reopen()
         self._say_if_deleted()
         # With the repository: a merge undone on its target since reads as such, as in status.
-        rows = {r.task_id: r for r in status.task_status(self.store, self.run_id, repo=self.repo)}
+        read = status.task_status(self.store, self.run_id, repo=self.repo, gates=self._gates)
+        rows = {r.task_id: r for r in read}
         # As `swarm status` says beside the run id: a manager that is gone, a paused one.
         notes = run_info.manager_status(self.repo, self.store, self.run_id).lines()
         # A pause's reason is an error's text (a file name in it): no escape of it is sent.
