@@ -22,6 +22,7 @@ from worktree_swarm.core.paths import store_path
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_count
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.infra import store as store_module
 from worktree_swarm.infra.logtail import last_lines
 from worktree_swarm.infra.proctree import identity_of
 from worktree_swarm.infra.store import Store
@@ -112,6 +113,35 @@ def test_live_table_shows_brackets_as_typed_and_what_pending_tasks_wait_for(
     assert "[agent] giving up on list[str]" in text
     assert "waits for a" in text
     assert "waits for a free slot (1 running, jobs 1)" in text
+
+
+def test_live_table_reads_the_gate_events_recorded_since_its_last_refresh_only(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `swarm run`'s table is drawn four times a second: each drawing read every gate event of
+    # the run (thousands in a long one whose gate was narrowed and widened all night).
+    with Store(store_path(open_repo(repo))) as store:
+        store.create_run(
+            run_id="r", base_commit="abc", repo_root=str(repo), jobs=1, manager=LIVE,
+            spec_json="{}",
+        )  # fmt: skip
+        store.add_tasks("r", [(Task(id="a", prompt="p"), "swarm/a", "/w/a")])
+        gate = {"provider": "anthropic", "jobs": 4, "waiting_until": None, "why": ""}
+        for limit in range(3000):
+            store.add_event("r", "gate", data={**gate, "limit": limit % 4 + 1})
+        console = Console(file=io.StringIO(), width=160, color_system=None)
+        table = LiveTable(store, console)
+        table("run_started", None, {"run_id": "r"})
+        console.print(table._table())
+        read: list[int] = []
+        parse = store_module.event_row
+        monkeypatch.setattr(store_module, "event_row", lambda row: read.append(1) or parse(row))
+        console.print(table._table())
+        assert read == []  # nothing recorded since
+        store.add_event("r", "gate", data={**gate, "limit": 3})
+        console.print(table._table())
+        assert len(read) == 1
+    assert "anthropic" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def test_a_rate_limited_task_past_its_wait_says_it_waits_for_its_providers_slot(

@@ -23,8 +23,7 @@ from worktree_swarm.guard.watcher import UNWATCHED_EVENT
 from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.redact import redact, redact_data
 from worktree_swarm.infra.store import Store
-from worktree_swarm.report.status import task_status
-from worktree_swarm.run.gate_model import GateView, views_from_events
+from worktree_swarm.report.status import GateReader, task_status
 from worktree_swarm.ui.tables import Column, rich_table, table
 
 _COLUMNS = (
@@ -164,8 +163,7 @@ class LiveTable:
         self._store = store
         self._console = console or Console()
         self._run_id: str | None = None
-        self._gates: dict[str, GateView] = {}
-        self._seen = 0  # the last event read for the gates' lines
+        self._gates = GateReader()  # the gates' events read since the last refresh only
         self._live = Live(console=self._console, refresh_per_second=4, get_renderable=self._table)
 
     def __call__(self, kind: str, _task_id: str | None, data: Mapping[str, object]) -> None:
@@ -177,14 +175,9 @@ class LiveTable:
         title = f"swarm run {self._run_id or ''}"
         if self._run_id is None:
             return rich_table(table(_COLUMNS, [], title=title))
-        events = self._store.events(self._run_id, after=self._seen)
-        if events:
-            self._seen = events[-1].id
-            for view in views_from_events((e.kind, e.data) for e in events):
-                self._gates[view.provider] = view
         logs = {a.task_id: a.log_path for a in self._store.attempts(self._run_id)}
         rows = []
-        for row in task_status(self._store, self._run_id):
+        for row in task_status(self._store, self._run_id, gates=self._gates):
             elapsed = f"{row.elapsed_s:.0f}s" if row.elapsed_s is not None else ""
             if row.why:
                 detail = row.why
@@ -197,7 +190,8 @@ class LiveTable:
         drawn = rich_table(table(_COLUMNS, rows, title=title))
         now = time.time()
         # Each provider's gate under the table: its concurrency, any wait and why.
-        drawn.caption = "\n".join(v.describe(now=now) for v in self._gates.values()) or None
+        views = self._gates.views(self._store, self._run_id)
+        drawn.caption = "\n".join(v.describe(now=now) for v in views) or None
         return drawn
 
     def __enter__(self) -> Self:
