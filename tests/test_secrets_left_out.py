@@ -118,3 +118,32 @@ def test_doctor_rescuing_a_cut_off_worktree_without_the_secret_leaves_the_files_
     assert (worktree / "leak.txt").read_text() == f"token={SECRET}\n"  # kept, with its worktree
     (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
     assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"
+
+
+@pytest.mark.parametrize("first", [(), ("clean", "--yes")])
+def test_doctor_saving_a_worktree_whose_git_file_was_deleted_leaves_the_files_out(
+    repo: Path,
+    write_agent: AgentFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    first: tuple[str, ...],
+) -> None:
+    # Its `.git` file deleted outright: git calls the worktree prunable, and a prune (doctor's,
+    # or a clean's before it) deletes its admin dir, the note in it too; the directory's files
+    # are saved later all the same, the note kept from before the prune.
+    monkeypatch.setenv("SERVICE_TOKEN", SECRET)
+    agent = write_agent(LEAKY)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    worktree = repo.parent / "repo.swarm" / "a"
+    (worktree / ".git").unlink()
+    (worktree / "later.txt").write_text("typed after the run\n")
+    monkeypatch.delenv("SERVICE_TOKEN")  # a new shell, without the variable
+    if first:
+        swarm(repo, *first)
+        assert "repo.swarm" not in git(repo, "worktree", "list")  # pruned, its files kept
+    out = swarm(repo, "doctor", "--yes")
+    assert "left out leak.txt, " in out.stdout, out.stdout + out.stderr
+    assert not in_objects(repo, SECRET), git(repo, "log", "--all", "--stat")
+    assert (worktree / "leak.txt").read_text() == f"token={SECRET}\n"  # kept, where it was
+    (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
+    assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"

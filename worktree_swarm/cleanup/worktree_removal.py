@@ -361,8 +361,13 @@ def rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
     real, root = real_path(path), real_path(repo.root)
     if root.is_relative_to(real) or real.is_relative_to(root):
         raise SwarmError(f"{path} is inside the main checkout; never removed")
-    saved, sha = save_files(repo, path, message=f"swarm: files of stray directory {path}")
+    # A worktree pruned without its `.git` file: what its checkpoints left out for a secret.
+    note = removal.kept_note(repo, path)
+    saved, sha = save_files(
+        repo, path, message=f"swarm: files of stray directory {path}", note=note
+    )
     fs.remove_tree(path)
+    note.unlink(missing_ok=True)
     return (f"{saved}, removed", sha) if saved else ("removed (it held no files)", None)
 
 

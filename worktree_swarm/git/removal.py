@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import shutil
 from collections.abc import Sequence
@@ -23,7 +24,14 @@ from worktree_swarm.git import quarantine, removing, runner
 from worktree_swarm.git.checkpoints import embedded_repos
 from worktree_swarm.git.gitfiles import REMOVING_INDEX
 from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
-from worktree_swarm.git.staged import disk_blobs, filtered_on_disk, holding_secrets, named_blobs
+from worktree_swarm.git.staged import (
+    SECRETS_LEFT_OUT,
+    disk_blobs,
+    filtered_on_disk,
+    holding_secrets,
+    keep_note,
+    named_blobs,
+)
 from worktree_swarm.git.worktrees import REGISTRATIONS, linked_admin
 from worktree_swarm.infra import fs
 
@@ -164,6 +172,16 @@ def prune(repo: Repo) -> None:
         prune_gone(repo)
 
 
+# Where a pruned worktree's note of the files left out for a secret is kept (by its path).
+KEPT_NOTES = "swarm/left-out"
+
+
+def kept_note(repo: Repo, path: Path) -> Path:
+    """Where :func:`prune_gone` keeps the note of the worktree that was at *path*."""
+    key = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:32]
+    return repo.common_dir / KEPT_NOTES / key
+
+
 # The reason in git's ``locked`` file of a worktree held over swarm's prune.
 _HELD = "swarm: held over a prune (its directory cannot be read)"
 
@@ -174,7 +192,9 @@ def prune_gone(repo: Repo) -> None:
     Git takes a worktree whose ``.git`` it may not look at (an agent's ``chmod 0 .``) for gone
     and forgets it; its files are there and may be work. Each such one is locked for the prune
     (git's ``locked`` file) and unlocked after; a lock a killed prune left is taken off first.
-    Call under the repository lock.
+    One whose ``.git`` file alone is gone is pruned with its admin dir: the note there of the
+    files its checkpoints left out for a secret is kept first (:func:`kept_note`), for the
+    rescue of the files its directory still holds. Call under the repository lock.
     """
     held: list[Path] = []
     admins = repo.common_dir / "worktrees"
@@ -186,6 +206,8 @@ def prune_gone(repo: Repo) -> None:
                     lock.unlink()
             with contextlib.suppress(OSError):
                 top = Path(os.fsdecode(fs.read_file(admin / "gitdir")).strip()).parent
+                if top.is_dir() and not os.path.lexists(top / ".git"):
+                    keep_note(admin / SECRETS_LEFT_OUT, kept_note(repo, top))
                 if fs.sealed(top):
                     with lock.open("x", encoding="utf-8") as out:
                         held.append(lock)  # made: taken off after, however its write ends

@@ -265,6 +265,19 @@ def _left_out_note(worktree: Path) -> Path | None:
         return None
 
 
+def keep_note(note: Path, kept: Path) -> None:
+    """Add what the note *note* holds to *kept* (made when missing; nothing when it is empty).
+
+    Before git prunes a worktree whose ``.git`` file is gone, its admin dir (and the note in
+    it) goes: the files the worktree still holds are saved later, where the note is *kept*.
+    """
+    noted = _read_note(note)
+    if noted and not noted <= _read_note(kept):
+        with contextlib.suppress(OSError):
+            kept.parent.mkdir(parents=True, exist_ok=True)
+        _write_note(kept, noted | _read_note(kept))
+
+
 def _read_note(note: Path | None) -> set[str]:
     """The digests *note* holds (none when it is missing, unreadable or not a plain file)."""
     if note is None:
