@@ -163,6 +163,45 @@ def show(text: str, path: Path) -> str:
     return f"{text}\n{path.read_text()[-3000:] if path.exists() else ''}"
 
 
+# Commits a value the coordinator's environment holds too (its node provisioned with the same
+# key; here read from a file) and deletes it again in a second commit; one file of work.
+COMMITTING_AGENT = r"""
+import pathlib, subprocess, sys
+value = (pathlib.Path(sys.argv[1]) / "value").read_text()
+def git(*args): subprocess.run(["git", *args], check=True)
+pathlib.Path("config.txt").write_text(f"token = {value}\n")
+git("add", "config.txt")
+git("commit", "-q", "-m", "configure the service")
+git("rm", "-q", "config.txt")
+git("commit", "-q", "-m", "drop the config")
+pathlib.Path("work.txt").write_text("work\n")
+"""
+SERVICE_SECRET = "tok_5e4d3c2b1a0f9e8dRq"  # noqa: S105 - a made-up token, the test's own
+
+
+def test_a_secret_an_agent_on_a_node_commits_itself_is_recorded_and_refused_from_any_shell(
+    cluster: raykit.Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, _remote, ctl = setup_repo(tmp_path, ["s1"])
+    (tmp_path / "agent.py").write_text(COMMITTING_AGENT)
+    (ctl / "value").write_text(SERVICE_SECRET)
+    monkeypatch.setenv("SERVICE_TOKEN", SERVICE_SECRET)  # the coordinator's environment
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert SERVICE_SECRET in git(repo, "log", "-p", "swarm/s1")  # the agent's own act
+    said = [line for line in out.stdout.splitlines() if line.startswith("s1: config.txt (commit ")]
+    assert len(said) == 1, out.stdout
+    # The next morning, another shell: the variable is unset, nothing of its value is known.
+    monkeypatch.delenv("SERVICE_TOKEN")
+    shown = str(status(repo)["s1"]["secret_commit"])
+    assert shown.startswith("config.txt (commit "), shown
+    assert shown.endswith("holds the value of SERVICE_TOKEN (a secret of the run's environment)")
+    merged = swarm(repo, "merge")
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    assert "not merging swarm/s1: config.txt (commit " in merged.stdout, merged.stdout
+    assert SERVICE_SECRET not in merged.stdout + merged.stderr + out.stdout + out.stderr
+
+
 def test_tasks_spread_over_both_nodes_and_their_branches_are_pushed(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.leaks import Leak, value_leaks
@@ -46,11 +47,34 @@ def own_commit_leaks(repo: git.Repo, *, since: str, tip: str, env: Mapping[str, 
     One :class:`Leak` per commit, its first file (or its message, its headers) holding one;
     its ``why`` names the variable, never the value.
     """
-    secrets = {
-        value: f"the value of {name} (a secret of the run's environment)"
-        for value, name in environment_secrets(env).items()
-    }
+    secrets = {value: _why(name) for value, name in environment_secrets(env).items()}
     return value_leaks(repo, base=since, tip=tip, secrets=secrets)
+
+
+def new_leaks(
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    *,
+    since: str,
+    base: str,
+    tip: str,
+    env: Mapping[str, str],
+) -> list[Leak]:
+    """:func:`own_commit_leaks` of ``since..tip`` not recorded yet.
+
+    Of ``base..tip`` when *since* is no commit any more: all the branch brings.
+    """
+    try:
+        found = own_commit_leaks(repo, since=since, tip=tip, env=env)
+    except CommandError:
+        found = own_commit_leaks(repo, since=base, tip=tip, env=env)
+    recorded = _recorded(store, run_id) if found else {}
+    return [leak for leak in found if leak.commit not in recorded]
+
+
+def _why(name: str) -> str:
+    return f"the value of {name} (a secret of the run's environment)"
 
 
 def event_data(leak: Leak) -> dict[str, object]:

@@ -8,17 +8,15 @@ checkout or branch, links planted where git writes, setuid programs (disarmed), 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection
 from pathlib import Path
 
-from worktree_swarm.core.errors import CommandError, GitStartError
+from worktree_swarm.core.errors import GitStartError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import (
     checkpoints,
-    committed_secrets,
     diffs,
     gitfiles,
     local_files,
@@ -91,25 +89,11 @@ class Checkpoints(RunWorker):
         return stat, None
 
     def _record_committed_secrets(self, task: Task, path: Path, base: str) -> None:
-        """Record the agent's own commits since the branch's last recorded tip holding a secret.
+        """Record the agent's own commits holding a secret (:meth:`_record_own_commits`).
 
-        A secret of the run's environment (`swarm run`'s, the task's ``env``): each such
-        commit is recorded for `swarm pr` and `swarm merge` (which refuse the branch while it
-        holds one, where the value may not be known) and `swarm status`. The task's state is
-        its attempt's. No git runs unless the agent committed itself (HEAD moved from that tip).
+        No git runs unless the agent committed itself (its HEAD moved from the recorded tip).
         """
-        head = gitfiles.head_in(path)
-        row = self.store.task(self.run_id, task.id)
-        since = (row.tip_commit if row is not None else None) or base
-        if head is None or head == since:
-            return  # the usual case: the checkpoint is the attempt's only commit
-        env = {**os.environ, **dict(task.env)}
-        try:
-            found = committed_secrets.own_commit_leaks(self.repo, since=since, tip=head, env=env)
-        except CommandError:  # that tip is no commit any more: all the branch brings
-            found = committed_secrets.own_commit_leaks(self.repo, since=base, tip=head, env=env)
-        for leak in found:
-            self._emit(committed_secrets.EVENT, task.id, committed_secrets.event_data(leak))
+        self._record_own_commits(task, base, gitfiles.head_in(path))
 
     def _checkpoint_disarmed(
         self,

@@ -269,6 +269,8 @@ class RayAttemptRun(RayResume):
         with contextlib.suppress(NodeLostError):
             self._kept_from_node(handle, live)
         self._fetch(task)
+        # What its agent committed itself of the run's secrets: before the tip is recorded.
+        self._record_own_commits(task, base, git.rev_parse(self.repo, f"refs/heads/{task.branch}"))
         self._record(task.id, handle, code, result, cut)
         scrub.scrub_file(handle.log_path)
         if tip is None:  # the branch as it was

@@ -93,6 +93,7 @@ class RayTaskWorker(RayAttemptRun):
             self._fetch(task)
             if row is not None and row.base_commit:
                 tip = git.rev_parse(self.repo, task.branch) or row.base_commit
+                self._record_own_commits(task, row.base_commit, tip)
                 self._record_diff(task.id, row.base_commit, tip)
 
     def _run(self, live: Live) -> TaskOutcome:

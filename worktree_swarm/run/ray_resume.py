@@ -134,6 +134,7 @@ class RayResume(RayAttempts):
         task = live.task
         self._fetch(task)
         tip = git.rev_parse(self.repo, task.branch) or base
+        self._record_own_commits(task, base, tip)  # a coordinator killed before it did
         stat = diffs.diff_stat(self.repo, base, tip)
         progressed = course.progressed(stat)
         outcome = AttemptOutcome.parse(attempt.outcome)

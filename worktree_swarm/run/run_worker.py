@@ -7,6 +7,7 @@ task's states, its course of attempts, repairs, the diff of its branch, its star
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from worktree_swarm.core.models import Emit, TaskState
 from worktree_swarm.core.run_settings import RunSpec
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import paths_text
-from worktree_swarm.git import diffs, gitconfig, merge_tree
+from worktree_swarm.git import committed_secrets, diffs, gitconfig, merge_tree
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.disk import DiskUsage
@@ -184,6 +185,30 @@ class RunWorker:
         if course.pending is not None:
             self.store.update_task(self.run_id, task_id, instruction=None)
         course.completed()
+
+    def _record_own_commits(self, task: Task, base: str, tip: str | None) -> None:
+        """Record the agent's own commits since the branch's last recorded tip holding a secret.
+
+        A secret of the run's environment (this manager's, the task's ``env``): each such
+        commit not recorded yet is, for `swarm pr` and `swarm merge` (which refuse the branch
+        while it holds one, where the value may not be known) and `swarm status`. The task's
+        state is its attempt's. No git runs unless *tip* moved from that recorded tip.
+        """
+        row = self.store.task(self.run_id, task.id)
+        since = (row.tip_commit if row is not None else None) or base
+        if tip is None or tip == since:
+            return  # the usual case: the checkpoint is the attempt's only commit
+        found = committed_secrets.new_leaks(
+            self.repo,
+            self.store,
+            self.run_id,
+            since=since,
+            base=base,
+            tip=tip,
+            env={**os.environ, **dict(task.env)},
+        )
+        for leak in found:
+            self._emit(committed_secrets.EVENT, task.id, committed_secrets.event_data(leak))
 
     def _record_diff(self, task_id: str, base: str, tip: str) -> diffs.DiffStat:
         """Store what the task's branch changed from *base* to *tip*; return it."""
