@@ -9,16 +9,19 @@ same, naming the variable, never the value.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import git
+from tests.conftest import git, hang_git_at
 from tests.github_server import TOKEN, FakeGitHub, serve
-from tests.test_run import AgentFactory, argv_toml, manifest, status_json, swarm
-from worktree_swarm.infra import redact
+from tests.test_run import AgentFactory, argv_toml, manifest, status_json, swarm, wait_for
+from worktree_swarm.infra import redact, secret_digests
 
 SECRET = "tok_4d3c2b1a0f9e8d7cXq"  # noqa: S105 - a made-up token, the test's own
 
@@ -136,3 +139,67 @@ def test_an_agents_own_commit_of_an_environment_secret_is_refused_from_a_shell_w
     assert task["secret_commit"] == shown
     assert "refused: a secret its agent committed" in swarm(repo, "report").stdout
     _nowhere_in_swarms_files(repo, outputs)
+
+
+@pytest.mark.long
+def test_a_manager_killed_before_it_looked_leaves_it_to_one_resumed_without_the_variable(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent committed the token; the manager is killed as it starts to look through its
+    # commits (its first `git log`). `swarm resume` from a shell without the variable finds
+    # the commit by the digests the killed manager kept (never the value) and records it.
+    monkeypatch.setenv("SERVICE_TOKEN", SECRET)
+    agent = write_agent(OWN_COMMIT)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "x"\n'
+    path = manifest(repo, text)
+    hung = hang_git_at(tmp_path, monkeypatch, "log")
+    manager = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", str(path)],
+        cwd=repo, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(hung.exists, what="the manager's first git log")
+    finally:
+        os.killpg(manager.pid, signal.SIGKILL)
+        manager.wait(timeout=30)
+    (tmp_path / "gitbin" / "git").unlink()
+    worktree = repo.parent / "repo.swarm" / "t"
+    assert SECRET in git(worktree, "log", "-p", "--format=%B")  # committed, not yet looked at
+    kept = next((repo / ".git" / "swarm" / "runs").glob(f"*/{secret_digests.FILE_NAME}"))
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert SECRET.encode() not in kept.read_bytes()
+    monkeypatch.delenv("SERVICE_TOKEN")  # another shell
+    redact._current = None
+    resumed = swarm(repo, "resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    said = [line for line in resumed.stdout.splitlines() if line.startswith("t: config.txt (")]
+    assert len(said) == 1, resumed.stdout
+    row = status_json(repo)["t"]
+    assert row["state"] == "done", row
+    assert str(row["secret_commit"]).endswith(
+        "holds the value of SERVICE_TOKEN (a secret of the run's environment)"
+    )
+    merged = swarm(repo, "merge")
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    assert "not merging swarm/t: config.txt (commit " in merged.stdout, merged.stdout
+    _nowhere_in_swarms_files(repo, [resumed.stdout, resumed.stderr, merged.stdout])
+
+
+def test_digests_find_a_value_anywhere_by_its_digest_alone(tmp_path: Path) -> None:
+    kept = tmp_path / "digests"
+    phrase = "pa ss wörd 12"  # blanks and a non-ASCII letter: the widest class
+    secret_digests.keep(kept, {SECRET: "SERVICE_TOKEN", phrase: "DB_PASSWORD"})
+    assert SECRET.encode() not in kept.read_bytes()
+    assert phrase.encode() not in kept.read_bytes()
+    digests = secret_digests.load(kept)
+    assert digests is not None
+    assert digests.find(f"prefix{SECRET}suffix\n") == "SERVICE_TOKEN"  # inside a longer word
+    assert digests.find(f"pw = '{phrase}';") == "DB_PASSWORD"
+    assert digests.find(SECRET[:-1] + "!") is None
+    assert digests.unknown([SECRET]).find(SECRET) is None  # known: looked for by its value
+    secret_digests.keep(kept, {"tok_0a1b2c3d4e5f6a7bXy": "OTHER_TOKEN"})  # a resumed manager's
+    again = secret_digests.load(kept)
+    assert again is not None
+    assert again.salt == digests.salt
+    assert {k.name for k in again.kept} == {"SERVICE_TOKEN", "DB_PASSWORD", "OTHER_TOKEN"}

@@ -17,7 +17,7 @@ from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.leaks import Leak, value_leaks
-from worktree_swarm.infra import redact
+from worktree_swarm.infra import redact, secret_digests
 from worktree_swarm.infra.store import Store
 
 EVENT = "secret_committed"  # a commit of an agent's own holding a secret: one per commit
@@ -41,14 +41,35 @@ def environment_secrets(env: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def own_commit_leaks(repo: git.Repo, *, since: str, tip: str, env: Mapping[str, str]) -> list[Leak]:
+def own_commit_leaks(
+    repo: git.Repo,
+    *,
+    since: str,
+    tip: str,
+    env: Mapping[str, str],
+    kept: secret_digests.Digests | None = None,
+) -> list[Leak]:
     """The commits of ``since..tip`` holding the value of one of *env*'s secret variables.
 
-    One :class:`Leak` per commit, its first file (or its message, its headers) holding one;
-    its ``why`` names the variable, never the value.
+    Also of those *kept* has digests of (the secrets of the manager that started the run)
+    whose values *env* lacks. One :class:`Leak` per commit, its first file (or its message,
+    its headers) holding one; its ``why`` names the variable, never the value.
     """
-    secrets = {value: _why(name) for value, name in environment_secrets(env).items()}
-    return value_leaks(repo, base=since, tip=tip, secrets=secrets)
+    known = environment_secrets(env)
+    secrets = {value: _why(name) for value, name in known.items()}
+    unknown = kept.unknown(known) if kept is not None else None
+
+    def match(text: str) -> str | None:
+        name = None if unknown is None else unknown.find(text)
+        return None if name is None else _why(name)
+
+    return value_leaks(
+        repo,
+        base=since,
+        tip=tip,
+        secrets=secrets,
+        match=match if unknown and unknown.kept else None,
+    )
 
 
 def new_leaks(
@@ -60,15 +81,16 @@ def new_leaks(
     base: str,
     tip: str,
     env: Mapping[str, str],
+    kept: secret_digests.Digests | None = None,
 ) -> list[Leak]:
     """:func:`own_commit_leaks` of ``since..tip`` not recorded yet.
 
     Of ``base..tip`` when *since* is no commit any more: all the branch brings.
     """
     try:
-        found = own_commit_leaks(repo, since=since, tip=tip, env=env)
+        found = own_commit_leaks(repo, since=since, tip=tip, env=env, kept=kept)
     except CommandError:
-        found = own_commit_leaks(repo, since=base, tip=tip, env=env)
+        found = own_commit_leaks(repo, since=base, tip=tip, env=env, kept=kept)
     recorded = _recorded(store, run_id) if found else {}
     return [leak for leak in found if leak.commit not in recorded]
 
