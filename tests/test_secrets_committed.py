@@ -142,12 +142,19 @@ def test_an_agents_own_commit_of_an_environment_secret_is_refused_from_a_shell_w
 
 
 @pytest.mark.long
+@pytest.mark.parametrize("end", ["resume", "stop"])
 def test_a_manager_killed_before_it_looked_leaves_it_to_one_resumed_without_the_variable(
-    repo: Path, write_agent: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path,
+    write_agent: AgentFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    end: str,
 ) -> None:
     # The agent committed the token; the manager is killed as it starts to look through its
     # commits (its first `git log`). `swarm resume` from a shell without the variable finds
     # the commit by the digests the killed manager kept (never the value) and records it.
+    # So does `swarm stop`, whose checkpoint moved the branch's recorded tip past the commit
+    # unlooked: no later look started before it, and the branch merged.
     monkeypatch.setenv("SERVICE_TOKEN", SECRET)
     agent = write_agent(OWN_COMMIT)
     text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "x"\n'
@@ -171,10 +178,11 @@ def test_a_manager_killed_before_it_looked_leaves_it_to_one_resumed_without_the_
     assert SECRET.encode() not in kept.read_bytes()
     monkeypatch.delenv("SERVICE_TOKEN")  # another shell
     redact._current = None
-    resumed = swarm(repo, "resume")
+    resumed = swarm(repo, end)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    said = [line for line in resumed.stdout.splitlines() if line.startswith("t: config.txt (")]
-    assert len(said) == 1, resumed.stdout
+    if end == "resume":
+        said = [line for line in resumed.stdout.splitlines() if line.startswith("t: config.txt (")]
+        assert len(said) == 1, resumed.stdout
     row = status_json(repo)["t"]
     assert row["state"] == "done", row
     assert str(row["secret_commit"]).endswith(
