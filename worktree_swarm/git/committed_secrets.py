@@ -14,11 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from worktree_swarm.core.errors import CommandError
+from worktree_swarm.core.paths import run_dir
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.leaks import Leak, value_leaks
 from worktree_swarm.infra import redact, secret_digests
 from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import TaskRow
 
 EVENT = "secret_committed"  # a commit of an agent's own holding a secret: one per commit
 
@@ -93,6 +96,38 @@ def new_leaks(
         found = own_commit_leaks(repo, since=base, tip=tip, env=env, kept=kept)
     recorded = _recorded(store, run_id) if found else {}
     return [leak for leak in found if leak.commit not in recorded]
+
+
+def record_unlooked(
+    repo: git.Repo,
+    store: Store,
+    row: TaskRow,
+    task: Task,
+    head: str | None,
+    *,
+    env: Mapping[str, str],
+) -> None:
+    """Record the agent's own commits up to *head* no manager looked through, holding a secret.
+
+    As a manager does when an attempt ends (with *env*, the task's ``env``, and the digests
+    the run's managers kept), for `swarm stop` ending an attempt with no manager alive: its
+    checkpoint moves the branch's recorded tip past them, and no later look starts before it.
+    """
+    since = row.tip_commit or row.base_commit
+    if head is None or not since or head == since:
+        return  # no commit of the agent's own: the usual case
+    found = new_leaks(
+        repo,
+        store,
+        row.run_id,
+        since=since,
+        base=row.base_commit or since,
+        tip=head,
+        env={**env, **dict(task.env)},
+        kept=secret_digests.load(run_dir(repo, row.run_id) / secret_digests.FILE_NAME),
+    )
+    for leak in found:
+        store.add_event(row.run_id, EVENT, task_id=row.task_id, data=event_data(leak))
 
 
 def _why(name: str) -> str:

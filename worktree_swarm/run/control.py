@@ -30,7 +30,7 @@ from worktree_swarm.git import (
 )
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import held_files, ref_moves, snapshot
-from worktree_swarm.infra import lock, proc_scan, proctree, scrub, secret_digests
+from worktree_swarm.infra import lock, proc_scan, proctree, scrub
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow, task_from_json
 from worktree_swarm.report.run_info import commit_author, know_secrets_of, manager_frozen
@@ -192,7 +192,9 @@ def _checkpoint_stopped(
     left: str | None = None
     left_out: tuple[str, ...] = ()
     kept = task_checkpoint.left_out(store, row, task, worktree)
-    _record_own_commits(repo, store, row, task, gitfiles.head_in(worktree))
+    committed_secrets.record_unlooked(
+        repo, store, row, task, gitfiles.head_in(worktree), env=os.environ
+    )
     with told as moves:
         try:
             tip = checkpoints.checkpoint(
@@ -218,37 +220,6 @@ def _checkpoint_stopped(
     if armed:
         left = "; ".join([*([left] if left else []), tampering.setuid_reason(armed)])
     return left
-
-
-def _record_own_commits(
-    repo: git.Repo, store: Store, row: TaskRow, task: Task, head: str | None
-) -> None:
-    """Record the agent's own commits the dead manager did not look through, holding a secret.
-
-    As the manager does when an attempt ends (with this shell's environment, the task's
-    ``env``, and the digests the run's managers kept): the stop's checkpoint moves the
-    branch's recorded tip past them, and no later look would start before it.
-    """
-    since = row.tip_commit or row.base_commit
-    if head is None or not since or head == since:
-        return  # no commit of the agent's own: the usual case
-    found = committed_secrets.new_leaks(
-        repo,
-        store,
-        row.run_id,
-        since=since,
-        base=row.base_commit or since,
-        tip=head,
-        env={**os.environ, **dict(task.env)},
-        kept=secret_digests.load(run_dir(repo, row.run_id) / secret_digests.FILE_NAME),
-    )
-    for leak in found:
-        store.add_event(
-            row.run_id,
-            committed_secrets.EVENT,
-            task_id=row.task_id,
-            data=committed_secrets.event_data(leak),
-        )
 
 
 STOP_LOCK = "stop.lock"
