@@ -72,9 +72,7 @@ def store_path(repo: Repo) -> Path:
 
 # What swarm itself keeps in a run's directory, beside one directory per task: no task may be
 # named so (a task `merge` had its logs where `swarm merge` ends the programs it left running).
-RUN_DIR_NAMES = frozenset(
-    {"guard", "merge", "manager.log", "paused.json", "findings.md", "secret-digests"}
-)
+RUN_DIR_NAMES = frozenset({"guard", "merge", "manager.log", "paused.json", "findings.md"})
 
 # What the redaction of a run's directory at its end leaves alone (patterns, see
 # `scrub.scrub_tree`): each task's agent config (sessions a resume needs) and tmp, and the

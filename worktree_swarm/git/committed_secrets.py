@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from worktree_swarm.core.errors import CommandError
-from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.leaks import Leak, value_leaks
-from worktree_swarm.infra import redact, secret_digests
+from worktree_swarm.infra import redact
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow
 
@@ -44,35 +43,14 @@ def environment_secrets(env: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def own_commit_leaks(
-    repo: git.Repo,
-    *,
-    since: str,
-    tip: str,
-    env: Mapping[str, str],
-    kept: secret_digests.Digests | None = None,
-) -> list[Leak]:
+def own_commit_leaks(repo: git.Repo, *, since: str, tip: str, env: Mapping[str, str]) -> list[Leak]:
     """The commits of ``since..tip`` holding the value of one of *env*'s secret variables.
 
-    Also of those *kept* has digests of (the secrets of the manager that started the run)
-    whose values *env* lacks. One :class:`Leak` per commit, its first file (or its message,
-    its headers) holding one; its ``why`` names the variable, never the value.
+    One :class:`Leak` per commit, its first file (or its message, its headers) holding one;
+    its ``why`` names the variable, never the value.
     """
-    known = environment_secrets(env)
-    secrets = {value: _why(name) for value, name in known.items()}
-    unknown = kept.unknown(known) if kept is not None else None
-
-    def match(text: str) -> str | None:
-        name = None if unknown is None else unknown.find(text)
-        return None if name is None else _why(name)
-
-    return value_leaks(
-        repo,
-        base=since,
-        tip=tip,
-        secrets=secrets,
-        match=match if unknown and unknown.kept else None,
-    )
+    secrets = {value: _why(name) for value, name in environment_secrets(env).items()}
+    return value_leaks(repo, base=since, tip=tip, secrets=secrets)
 
 
 def new_leaks(
@@ -84,16 +62,15 @@ def new_leaks(
     base: str,
     tip: str,
     env: Mapping[str, str],
-    kept: secret_digests.Digests | None = None,
 ) -> list[Leak]:
     """:func:`own_commit_leaks` of ``since..tip`` not recorded yet.
 
     Of ``base..tip`` when *since* is no commit any more: all the branch brings.
     """
     try:
-        found = own_commit_leaks(repo, since=since, tip=tip, env=env, kept=kept)
+        found = own_commit_leaks(repo, since=since, tip=tip, env=env)
     except CommandError:
-        found = own_commit_leaks(repo, since=base, tip=tip, env=env, kept=kept)
+        found = own_commit_leaks(repo, since=base, tip=tip, env=env)
     recorded = _recorded(store, run_id) if found else {}
     return [leak for leak in found if leak.commit not in recorded]
 
@@ -109,9 +86,9 @@ def record_unlooked(
 ) -> None:
     """Record the agent's own commits up to *head* no manager looked through, holding a secret.
 
-    As a manager does when an attempt ends (with *env*, the task's ``env``, and the digests
-    the run's managers kept), for `swarm stop` ending an attempt with no manager alive: its
-    checkpoint moves the branch's recorded tip past them, and no later look starts before it.
+    As a manager does when an attempt ends (with *env* and the task's ``env``), for `swarm
+    stop` ending an attempt with no manager alive: its checkpoint moves the branch's recorded
+    tip past them, and no later look starts before it.
     """
     since = row.tip_commit or row.base_commit
     if head is None or not since or head == since:
@@ -124,7 +101,6 @@ def record_unlooked(
         base=row.base_commit or since,
         tip=head,
         env={**env, **dict(task.env)},
-        kept=secret_digests.load(run_dir(repo, row.run_id) / secret_digests.FILE_NAME),
     )
     for leak in found:
         store.add_event(row.run_id, EVENT, task_id=row.task_id, data=event_data(leak))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
@@ -34,8 +34,6 @@ _KINDS = (
     ("a Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}")),
 )
 _SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-# What a text holds beside exact values (a secret known by its digest alone), or None.
-Match = Callable[[str], str | None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,23 +75,17 @@ def find_leak(
 
 
 def value_leaks(
-    repo: git.Repo,
-    *,
-    base: str | None,
-    tip: str,
-    secrets: Mapping[str, str],
-    match: Match | None = None,
+    repo: git.Repo, *, base: str | None, tip: str, secrets: Mapping[str, str]
 ) -> list[Leak]:
     """The first file (or commit object) of each commit of ``base..tip`` holding one of *secrets*.
 
     *secrets*: value -> what it is (``the value of ANTHROPIC_API_KEY``); exact values only,
-    no known format: what an attempt's own commits hold of the run's environment. *match*:
-    what else a text holds (a secret known by its digest alone), or None.
+    no known format: what an attempt's own commits hold of the run's environment.
     """
-    if not secrets and match is None:
+    if not secrets:
         return []
     by_commit: dict[str, Leak] = {}
-    with contextlib.closing(_leaks(repo, base, tip, (), secrets, (), match)) as found:
+    with contextlib.closing(_leaks(repo, base, tip, (), secrets, ())) as found:
         for leak in found:
             by_commit.setdefault(leak.commit, leak)
     return list(by_commit.values())
@@ -106,7 +98,6 @@ def _leaks(
     copy_globs: Sequence[str],
     secrets: Mapping[str, str],
     kinds: Sequence[tuple[str, re.Pattern[str]]],
-    match: Match | None = None,
 ) -> Generator[Leak]:
     """Every ``copy`` file, then every credential (*kinds*, *secrets*) in ``base..tip``."""
     out = git.git(
@@ -123,14 +114,14 @@ def _leaks(
     with ObjectReader(repo.root) as objects:  # one `cat-file` for every blob
         for commit, path, blob in changed:
             # A file named after a key is pushed with its name.
-            why = _credential(path, secrets, kinds, match)
+            why = _credential(path, secrets, kinds)
             if why is not None:
                 yield Leak(path=path, commit=commit, why=f"is named after {why}")
                 continue
             # Bytes, not text: a binary file (a DER key, a keystore) must not stop the scan.
             # Only its head is read into memory: a sparse 1 GiB file costs the agent nothing.
             head = objects.read(blob, limit=SCAN_LIMIT).decode("utf-8", "surrogateescape")
-            why = _credential(head, secrets, kinds, match)
+            why = _credential(head, secrets, kinds)
             if why is not None:
                 yield Leak(path=path, commit=commit, why=f"holds {why}")
         # The commit objects as stored: their messages, and their author, committer and any
@@ -145,7 +136,7 @@ def _leaks(
                 ("its message", message),
                 ("its author, committer or headers", headers),
             ):
-                why = _credential(text, secrets, kinds, match)
+                why = _credential(text, secrets, kinds)
                 if why is not None:
                     yield Leak(path=part, commit=commit, why=f"holds {why}")
 
@@ -193,14 +184,10 @@ def _parse_raw(out: str) -> list[tuple[str, str, str]]:
 
 
 def _credential(
-    text: str,
-    secrets: Mapping[str, str],
-    kinds: Sequence[tuple[str, re.Pattern[str]]],
-    match: Match | None = None,
+    text: str, secrets: Mapping[str, str], kinds: Sequence[tuple[str, re.Pattern[str]]]
 ) -> str | None:
-    """What credential *text* holds: one of *kinds* (known formats), of *secrets*, *match*'s."""
+    """What credential *text* holds: one of *kinds* (known formats), or of *secrets*."""
     for what, pattern in kinds:
         if pattern.search(text):
             return what
-    found = next((what for value, what in secrets.items() if value in text), None)
-    return found if found is not None or match is None else match(text)
+    return next((what for value, what in secrets.items() if value in text), None)

@@ -23,7 +23,6 @@ from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import committed_secrets, diffs, gitconfig, merge_tree
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra import secret_digests
 from worktree_swarm.infra.disk import DiskUsage
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskFields
@@ -97,11 +96,6 @@ class RunWorker:
         self._logs_root = run.logs_root
         self._findings = run.logs_root / notes.FILE_NAME
         notes.prepare(self._findings)  # its header, before any agent writes
-        # For a manager resumed without them: what an agent committed of them is found still.
-        secret_digests.keep(
-            run.logs_root / secret_digests.FILE_NAME,
-            committed_secrets.environment_secrets(os.environ),
-        )
         self._tasks = {t.id: t for t in run.spec.tasks}
         self._git_identity = _git_identity(run.repo.root, author=run.spec.commit_author)
 
@@ -195,11 +189,10 @@ class RunWorker:
     def _record_own_commits(self, task: Task, base: str, tip: str | None) -> None:
         """Record the agent's own commits since the branch's last recorded tip holding a secret.
 
-        A secret of the run's environment (this manager's, the task's ``env``, and, by their
-        digests, those of the manager that started the run): each such commit not recorded
-        yet is, for `swarm pr` and `swarm merge` (which refuse the branch while it holds one,
-        where the value may not be known) and `swarm status`. The task's state is its attempt's.
-        No git runs unless *tip* moved from that recorded tip.
+        A secret of the run's environment (this manager's, the task's ``env``): each such
+        commit not recorded yet is, for `swarm pr` and `swarm merge` (which refuse the branch
+        while it holds one, where the value may not be known) and `swarm status`. The task's
+        state is its attempt's. No git runs unless *tip* moved from that recorded tip.
         """
         row = self.store.task(self.run_id, task.id)
         since = (row.tip_commit if row is not None else None) or base
@@ -213,7 +206,6 @@ class RunWorker:
             base=base,
             tip=tip,
             env={**os.environ, **dict(task.env)},
-            kept=secret_digests.load(self._logs_root / secret_digests.FILE_NAME),
         )
         for leak in found:
             self._emit(committed_secrets.EVENT, task.id, committed_secrets.event_data(leak))
