@@ -147,3 +147,27 @@ def test_doctor_saving_a_worktree_whose_git_file_was_deleted_leaves_the_files_ou
     assert (worktree / "leak.txt").read_text() == f"token={SECRET}\n"  # kept, where it was
     (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
     assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"
+
+
+def test_a_note_that_cannot_be_kept_holds_its_worktree_over_the_prune(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the note cannot be kept (a full disk: here a file where its folder goes), the
+    # prune went on all the same, the note with it, and doctor's rescue committed the secret.
+    monkeypatch.setenv("SERVICE_TOKEN", SECRET)
+    agent = write_agent(LEAKY)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    worktree = repo.parent / "repo.swarm" / "a"
+    (worktree / ".git").unlink()
+    monkeypatch.delenv("SERVICE_TOKEN")  # a new shell, without the variable
+    (repo / ".git" / "swarm" / "left-out").write_text("in the way\n")
+    swarm(repo, "doctor", "--yes")
+    assert not in_objects(repo, SECRET), git(repo, "log", "--all", "--stat")
+    assert (worktree / "leak.txt").read_text() == f"token={SECRET}\n"  # kept, where it was
+    assert str(worktree) in git(repo, "worktree", "list")  # held over the prune
+    assert not (repo / ".git" / "worktrees" / "a" / "locked").exists()  # the hold let go
+    (repo / ".git" / "swarm" / "left-out").unlink()  # room again: pruned, files saved
+    out = swarm(repo, "doctor", "--yes")
+    assert "left out leak.txt, " in out.stdout, out.stdout + out.stderr
+    assert not in_objects(repo, SECRET), git(repo, "log", "--all", "--stat")

@@ -367,7 +367,8 @@ def rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
         repo, path, message=f"swarm: files of stray directory {path}", note=note
     )
     fs.remove_tree(path)
-    note.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # removed: a note left is read by no one
+        note.unlink(missing_ok=True)
     return (f"{saved}, removed", sha) if saved else ("removed (it held no files)", None)
 
 

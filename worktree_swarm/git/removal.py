@@ -194,7 +194,8 @@ def prune_gone(repo: Repo) -> None:
     (git's ``locked`` file) and unlocked after; a lock a killed prune left is taken off first.
     One whose ``.git`` file alone is gone is pruned with its admin dir: the note there of the
     files its checkpoints left out for a secret is kept first (:func:`kept_note`), for the
-    rescue of the files its directory still holds. Call under the repository lock.
+    rescue of the files its directory still holds; held over the prune when it cannot be
+    (a full disk). Call under the repository lock.
     """
     held: list[Path] = []
     admins = repo.common_dir / "worktrees"
@@ -206,9 +207,10 @@ def prune_gone(repo: Repo) -> None:
                     lock.unlink()
             with contextlib.suppress(OSError):
                 top = Path(os.fsdecode(fs.read_file(admin / "gitdir")).strip()).parent
-                if top.is_dir() and not os.path.lexists(top / ".git"):
-                    keep_note(admin / SECRETS_LEFT_OUT, kept_note(repo, top))
-                if fs.sealed(top):
+                sealed, kept = fs.sealed(top), True
+                if not sealed and top.is_dir() and not os.path.lexists(top / ".git"):
+                    kept = keep_note(admin / SECRETS_LEFT_OUT, kept_note(repo, top))
+                if sealed or not kept:  # held: pruned once its note can be kept
                     with lock.open("x", encoding="utf-8") as out:
                         held.append(lock)  # made: taken off after, however its write ends
                         out.write(_HELD)

@@ -265,17 +265,19 @@ def _left_out_note(worktree: Path) -> Path | None:
         return None
 
 
-def keep_note(note: Path, kept: Path) -> None:
+def keep_note(note: Path, kept: Path) -> bool:
     """Add what the note *note* holds to *kept* (made when missing; nothing when it is empty).
 
     Before git prunes a worktree whose ``.git`` file is gone, its admin dir (and the note in
     it) goes: the files the worktree still holds are saved later, where the note is *kept*.
+    False when it could not be kept (a full disk): the worktree must not be pruned yet.
     """
     noted = _read_note(note)
-    if noted and not noted <= _read_note(kept):
-        with contextlib.suppress(OSError):
-            kept.parent.mkdir(parents=True, exist_ok=True)
-        _write_note(kept, noted | _read_note(kept))
+    if not noted or noted <= _read_note(kept):
+        return True
+    with contextlib.suppress(OSError):
+        kept.parent.mkdir(parents=True, exist_ok=True)
+    return _write_note(kept, noted | _read_note(kept))
 
 
 def _read_note(note: Path | None) -> set[str]:
@@ -289,9 +291,12 @@ def _read_note(note: Path | None) -> set[str]:
         return set()
 
 
-def _write_note(note: Path, digests: AbstractSet[str]) -> None:
-    """Write *digests* to *note*, aside and renamed into place (never through a link)."""
-    with contextlib.suppress(OSError):  # a note not written: the value is looked for still
+def _write_note(note: Path, digests: AbstractSet[str]) -> bool:
+    """Write *digests* to *note*, aside and renamed into place (never through a link).
+
+    False when it could not be written (a full disk): the value is looked for still.
+    """
+    try:
         fd, aside = tempfile.mkstemp(prefix=f".{note.name}.", dir=note.parent)
         try:
             with os.fdopen(fd, "w", encoding="ascii") as fh:
@@ -300,6 +305,9 @@ def _write_note(note: Path, digests: AbstractSet[str]) -> None:
         except BaseException:
             Path(aside).unlink(missing_ok=True)
             raise
+    except OSError:
+        return False
+    return True
 
 
 def holding_secrets(
