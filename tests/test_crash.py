@@ -317,6 +317,56 @@ def test_a_manager_killed_between_a_launchs_intent_and_its_agent_is_resumed(
     assert git(repo, "show", "swarm/t1:t1.txt") == "work"
 
 
+# A manager whose interpreter SIGKILLs itself at its first statement after committing an
+# attempt's end: as a kill lands right after that transaction, before whatever follows it.
+_KILLED_AFTER_AN_END = """
+import os, signal, sqlite3, sys
+connect = sqlite3.connect
+def traced(*args, **kwargs):
+    conn, seen = connect(*args, **kwargs), []
+    def trace(sql):
+        if seen == ["end", "COMMIT"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if sql.startswith("UPDATE attempts SET exit_code"):
+            seen[:] = ["end"]
+        elif seen == ["end"] and sql.startswith("COMMIT"):
+            seen.append("COMMIT")
+    conn.set_trace_callback(trace)
+    return conn
+sqlite3.connect = traced
+from worktree_swarm.cli import main
+sys.exit(main())
+"""
+
+
+def test_an_attempts_cost_is_counted_once_by_a_manager_killed_as_its_end_is_recorded(
+    repo: Path,
+    fake_claude: Path,  # noqa: F811 - the fixture imported above
+) -> None:
+    # The end was a commit of its own, the task's totals the next: killed in between, the
+    # resumed manager took the ended attempt as counted and the task lost its cost.
+    text = '[defaults]\nagent = "claude"\n[[task]]\nid = "t1"\nprompt = "x"\n'
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_AN_END, "run", manifest(repo, text)],
+        cwd=repo,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with contextlib.closing(state_db(repo)) as db:
+        ended = db.execute("SELECT outcome, cost_usd FROM attempts").fetchall()
+    assert ended == [("succeeded", 0.5)]
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status_json(repo)["t1"]
+    assert (row["state"], row["cost_usd"], row["tokens_in"]) == ("done", 0.5, 100)
+    assert len(calls(fake_claude, "t1")) == 1  # its agent ran once
+    with contextlib.closing(state_db(repo)) as db:
+        assert db.execute("SELECT cost_usd, cache_read_tokens FROM tasks").fetchone() == (0.5, 50)
+
+
 def _left_as_an_older_swarm(repo: Path, write_agent: object) -> Path:
     """A run of t1 whose manager was killed as the swarm before whole-file writes left it.
 

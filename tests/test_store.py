@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import as_owner_only, git
+from tests.conftest import as_owner_only, git, script_interpreter
 from tests.test_crash import _kill_group, _manager
 from tests.test_run import argv_toml, manifest, pid_alive, swarm, written
 from tests.test_runs import AGENT as RUNS_AGENT
@@ -28,6 +28,7 @@ from worktree_swarm.infra.faults import DiskFullError, is_full
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import (
     AttemptRow,
+    AttemptUsage,
     EventRow,
     RunRow,
     task_from_json,
@@ -534,15 +535,17 @@ runpy.run_module("worktree_swarm.cli", run_name="__main__")
 """
 
 
-def _traced_swarm(repo: Path, log: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`swarm *args*` in *repo*, every SQLite statement of it written to *log*."""
+def _traced_swarm(
+    repo: Path, log: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`swarm *args*` in *repo* (*env* added), every SQLite statement of it written to *log*."""
     return subprocess.run(
         [sys.executable, "-c", _TRACED_SWARM, *args],
         cwd=repo,
-        env={**os.environ, "SQL_LOG": str(log)},
+        env={**os.environ, **(env or {}), "SQL_LOG": str(log)},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
@@ -618,6 +621,87 @@ pathlib.Path("out.txt").write_text("work\\n")
     assert len(launch[0]) == 3, launch
     assert "attempts = 1" in launch[0][1]
     assert ", 'agent_started', '{" in launch[0][2]
+
+
+# Named claude, read as Claude Code: it says what it cost and used, as its last line.
+PAYING_AGENT = """#!PYTHON
+import json, pathlib
+pathlib.Path("out.txt").write_text("work\\n")
+print(json.dumps({"type": "result", "subtype": "success", "is_error": False, "result": "ok",
+                  "session_id": "s1", "total_cost_usd": 1.25,
+                  "usage": {"input_tokens": 300, "output_tokens": 40}}), flush=True)
+"""
+
+
+def paying_agent(where: Path) -> list[str]:
+    """The argv of :data:`PAYING_AGENT`, written to *where*/claude."""
+    where.mkdir(parents=True, exist_ok=True)
+    script = where / "claude"
+    script.write_text(PAYING_AGENT.replace("#!PYTHON", script_interpreter(), 1))
+    script.chmod(0o755)
+    return [str(script), "-p", "{prompt}"]
+
+
+def test_an_attempts_end_is_recorded_with_its_tasks_usage_in_one_transaction(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Its end, then the task's totals: a manager killed in between lost the attempt's cost
+    # from its task (a resumed one takes an ended attempt as counted).
+    log = tmp_path / "sql.jsonl"
+    argv = paying_agent(tmp_path / "bin")
+    text = f'[[task]]\nid = "a"\nprompt = "do"\nagent = {argv_toml(argv)}\n'
+    key = {"ANTHROPIC_API_KEY": "sk-ant-api03-not-used"}
+    out = _traced_swarm(repo, log, "run", manifest(repo, text), env=key)
+    assert out.returncode == 0, out.stderr
+    ended = _committed(log)
+    end = [t for t in ended if any(s.startswith("UPDATE attempts SET exit_code") for s in t)]
+    assert len(end) == 1, ended
+    assert [t for t in ended if any("cost_usd = " in s for s in t)] == end
+    assert end[0][-1].startswith("UPDATE tasks SET cost_usd = 1.25"), end
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db:
+        row = db.execute("SELECT state, cost_usd, tokens_in, tokens_out FROM tasks").fetchone()
+        used = db.execute("SELECT cost_usd, tokens_in, tokens_out FROM attempts").fetchall()
+    assert row == ("done", 1.25, 300, 40)
+    assert used == [(1.25, 300, 40)]
+
+
+def test_an_attempts_end_and_its_tasks_totals_are_all_or_nothing(store: Store) -> None:
+    new_run(store)
+    with_tasks(store, "a")
+    ident = ProcessIdentity(pid=1, create_time=1.0, pgid=1)
+    first = store.start_attempt("r1", "a", number=1, identity=ident, log_path="/l/1")
+    store.record_end(
+        first, exit_code=0, outcome="succeeded", usage=AttemptUsage(cost_usd=0.5, tokens_in=7)
+    )
+    row = store.task("r1", "a")
+    assert row is not None
+    assert (row.cost_usd, row.tokens_in, row.tokens_out) == (0.5, 7, None)
+    second = store.start_attempt("r1", "a", number=2, identity=ident, log_path="/l/2")
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    # The task's totals refused: the attempt's end is not on record either.
+    store._conn.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE OF cost_usd ON tasks"
+        " BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    usage = AttemptUsage(reason="r", cost_usd=0.25, tokens_out=3)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.record_end(second, exit_code=1, outcome="failed", usage=usage)
+    assert [a.ended_at for a in store.attempts("r1", "a")][1] is None
+    store._conn.execute("DROP TRIGGER refuse")
+    statements.clear()
+    store.record_end(second, exit_code=1, outcome="failed", usage=usage)
+    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == [
+        "BEGIN IMMEDIATE",
+        "COMMIT",
+    ]
+    row = store.task("r1", "a")
+    assert row is not None
+    assert (row.cost_usd, row.tokens_in, row.tokens_out) == (0.75, 7, 3)
+    assert [(a.outcome, a.cost_usd) for a in store.attempts("r1", "a")] == [
+        ("succeeded", 0.5),
+        ("failed", 0.25),
+    ]
 
 
 def test_a_tasks_end_is_recorded_with_its_worktrees_disk_use_in_one_transaction(

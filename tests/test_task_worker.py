@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 
 from tests.test_course import add_run
-from worktree_swarm.agents.base import AgentOutcome, AgentResult
+from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.core.task import Task
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.report.status import TaskStatus, run_totals
 from worktree_swarm.run.agent_watch import exit_status
-from worktree_swarm.run.attempt_record import add_usage
 
 
 class _LateExit(supervisor.AgentProcess):
@@ -63,16 +63,17 @@ def test_usage_an_agent_never_reported_stays_unknown_not_zero(tmp_path: Path) ->
     # Gemini reports tokens and no cost: its tasks showed `$0.00`, and `status --json` a run
     # of plain commands (which report neither) a total cost and tokens of 0.
     task = Task(id="a", prompt="do a")
+    ident = ProcessIdentity(pid=1, create_time=1.0, pgid=1)
+    seen = []
     with Store(tmp_path / "state.db") as store:
         add_run(store, task)
-        add_usage(store, "r1", "a", AgentResult(outcome=AgentOutcome.SUCCESS, tokens_in=5))
-        row = store.task("r1", "a")
-        assert row is not None
-        assert (row.cost_usd, row.tokens_in, row.tokens_out) == (None, 5, None)
-        add_usage(store, "r1", "a", AgentResult(outcome=AgentOutcome.SUCCESS, cost_usd=0.5))
-        row = store.task("r1", "a")
-        assert row is not None
-        assert (row.cost_usd, row.tokens_in) == (0.5, 5)
+        for number, usage in enumerate([AttemptUsage(tokens_in=5), AttemptUsage(cost_usd=0.5)]):
+            attempt = store.start_attempt("r1", "a", number=number, identity=ident, log_path="l")
+            store.record_end(attempt, exit_code=0, outcome="succeeded", usage=usage)
+            row = store.task("r1", "a")
+            assert row is not None
+            seen.append((row.cost_usd, row.tokens_in, row.tokens_out))
+    assert seen == [(None, 5, None), (0.5, 5, None)]
     rows = [status_row("a", cost_usd=None, tokens_in=None), status_row("b", cost_usd=None)]
     totals = run_totals(rows)
     assert (totals["cost_usd"], totals["tokens_in"], totals["tokens_out"]) == (None, None, None)

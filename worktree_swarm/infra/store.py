@@ -11,10 +11,8 @@ from typing import TYPE_CHECKING, TypeVar, Unpack, cast
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import RunStatus, TaskState
 from worktree_swarm.core.task import Task
-from worktree_swarm.core.text import printable
 from worktree_swarm.infra import store_sql as sql
 from worktree_swarm.infra.faults import DiskFullError, full_message, is_full, is_locked
-from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store_file import StoreFile
 from worktree_swarm.infra.store_rows import (
     AttemptRow,
@@ -381,26 +379,29 @@ class Store(StoreFile):
         usage: AttemptUsage | None = None,
     ) -> None:
         """Record how an attempt ended and what the agent reported about it."""
-        u = usage or AttemptUsage()
+        ended = time.time() if ended_at is None else ended_at
         with self._lock, self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE attempts SET exit_code = ?, outcome = ?, ended_at = ?, reason = ?,"
-                " session_id = ?, cost_usd = ?, tokens_in = ?, tokens_out = ?,"
-                " cache_read_tokens = ? WHERE id = ?",
-                (
-                    exit_code,
-                    outcome,
-                    time.time() if ended_at is None else ended_at,
-                    printable(redact(u.reason)),
-                    u.session_id,
-                    u.cost_usd,
-                    u.tokens_in,
-                    u.tokens_out,
-                    u.cache_read_tokens,
-                    attempt_id,
-                ),
-            )
-            sql.require_one(cursor, f"attempt {attempt_id}")
+            sql.end_attempt(conn, attempt_id, exit_code, outcome, ended, usage or AttemptUsage())
+
+    @_waits_for_space
+    def record_end(
+        self,
+        attempt_id: int,
+        *,
+        exit_code: int | None,
+        outcome: str,
+        usage: AttemptUsage,
+        ended_at: float | None = None,
+    ) -> None:
+        """As :meth:`end_attempt`, *usage* added to its task's totals (cost, tokens) with it.
+
+        One transaction: a manager killed there leaves the attempt open (the resumed one
+        records and counts it) or both on record, never its cost counted twice or lost.
+        """
+        ended = time.time() if ended_at is None else ended_at
+        with self._lock, self._write() as conn:
+            sql.end_attempt(conn, attempt_id, exit_code, outcome, ended, usage)
+            sql.add_usage(conn, attempt_id, usage)
 
     def attempts(self, run_id: str, task_id: str | None = None) -> list[AttemptRow]:
         """Return the run's attempts (or one task's), in launch order."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.text import printable
 from worktree_swarm.infra.redact import redact, redact_data
-from worktree_swarm.infra.store_rows import UPDATABLE, task_to_json
+from worktree_swarm.infra.store_rows import UPDATABLE, AttemptUsage, task_to_json
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -60,6 +60,67 @@ def insert_attempt(
         ),
     )
     return lastrowid(cursor)
+
+
+def end_attempt(
+    conn: sqlite3.Connection,
+    attempt_id: int,
+    exit_code: int | None,
+    outcome: str,
+    ended_at: float,
+    usage: AttemptUsage,
+) -> None:
+    """Record how an attempt ended and what its agent reported (*usage*) on its own row."""
+    cursor = conn.execute(
+        "UPDATE attempts SET exit_code = ?, outcome = ?, ended_at = ?, reason = ?,"
+        " session_id = ?, cost_usd = ?, tokens_in = ?, tokens_out = ?,"
+        " cache_read_tokens = ? WHERE id = ?",
+        (
+            exit_code,
+            outcome,
+            ended_at,
+            printable(redact(usage.reason)),
+            usage.session_id,
+            usage.cost_usd,
+            usage.tokens_in,
+            usage.tokens_out,
+            usage.cache_read_tokens,
+            attempt_id,
+        ),
+    )
+    require_one(cursor, f"attempt {attempt_id}")
+
+
+def add_usage(conn: sqlite3.Connection, attempt_id: int, usage: AttemptUsage) -> None:
+    """Add what attempt *attempt_id* used to its task's totals; what none reported stays NULL."""
+    if usage.cost_usd is None and usage.tokens_in is None:
+        return
+    row = conn.execute(
+        "SELECT run_id, task_id, t.cost_usd, t.tokens_in, t.tokens_out, t.cache_read_tokens"
+        " FROM attempts a JOIN tasks t USING (run_id, task_id) WHERE a.id = ?",
+        (attempt_id,),
+    ).fetchone()
+    if row is None:
+        return
+    cost = None
+    if row["cost_usd"] is not None or usage.cost_usd is not None:
+        cost = (row["cost_usd"] or 0.0) + (usage.cost_usd or 0.0)
+    totals = {
+        "cost_usd": cost,
+        "tokens_in": _total(row["tokens_in"], usage.tokens_in),
+        "tokens_out": _total(row["tokens_out"], usage.tokens_out),
+        "cache_read_tokens": _total(row["cache_read_tokens"], usage.cache_read_tokens),
+    }
+    update_task(conn, row["run_id"], row["task_id"], totals)
+
+
+_MAX_STORED = 2**63 - 1  # SQLite's integers
+
+
+def _total(before: int | None, used: int | None) -> int | None:
+    if before is None and used is None:
+        return None  # never reported: `-`, not 0
+    return min((before or 0) + (used or 0), _MAX_STORED)
 
 
 def check_fields(fields: Mapping[str, object]) -> None:

@@ -22,12 +22,7 @@ from worktree_swarm.core.task import Task
 from worktree_swarm.infra import fs, proc_scan, shim_record, supervisor
 from worktree_swarm.infra.logtail import read_end, read_log_end
 from worktree_swarm.infra.store_rows import AttemptUsage
-from worktree_swarm.run.attempt_record import (
-    add_usage,
-    attempt_outcome,
-    attempt_usage,
-    attempts_own,
-)
+from worktree_swarm.run.attempt_record import attempt_outcome, attempt_usage, attempts_own
 from worktree_swarm.run.course import stated_window
 from worktree_swarm.run.gate_model import Limit, Signal, limit_kind
 from worktree_swarm.run.live_limits import LogTail
@@ -106,10 +101,10 @@ class AgentWatch(RunWorker):
         if ended.disk_full:
             outcome = AttemptOutcome.DISK_FULL.value
         usage = attempt_usage(r, ended.reason or r.reason)
-        self.store.end_attempt(
+        # Its end and its task's totals at once: a resumed manager counts it once.
+        self.store.record_end(
             attempt_id, exit_code=code, outcome=outcome, ended_at=ended_at, usage=usage
         )
-        add_usage(self.store, self.run_id, task_id, r)
         return r.cost_usd
 
     def _watch(

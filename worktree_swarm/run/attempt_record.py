@@ -1,4 +1,4 @@
-"""How an ended attempt is recorded: its outcome, its own usage, its task's totals."""
+"""How an ended attempt is recorded: its outcome and its own usage."""
 
 from __future__ import annotations
 
@@ -40,33 +40,6 @@ def attempt_usage(result: AgentResult, reason: str) -> AttemptUsage:
         tokens_out=result.tokens_out,
         cache_read_tokens=result.cache_read_tokens,
     )
-
-
-def add_usage(store: Store, run_id: str, task_id: str, result: AgentResult) -> None:
-    """Add what an attempt used (*result*, read through ``accountable``) to its task's totals."""
-    row = store.task(run_id, task_id)
-    if row is None or (result.cost_usd is None and result.tokens_in is None):
-        return
-
-    def total(before: int | None, used: int | None) -> int | None:
-        if before is None and used is None:
-            return None  # never reported: `-`, not 0
-        return min((before or 0) + (used or 0), _MAX_STORED)
-
-    cost = None
-    if row.cost_usd is not None or result.cost_usd is not None:
-        cost = (row.cost_usd or 0.0) + (result.cost_usd or 0.0)
-    store.update_task(
-        run_id,
-        task_id,
-        cost_usd=cost,
-        tokens_in=total(row.tokens_in, result.tokens_in),
-        tokens_out=total(row.tokens_out, result.tokens_out),
-        cache_read_tokens=total(row.cache_read_tokens, result.cache_read_tokens),
-    )
-
-
-_MAX_STORED = 2**63 - 1  # SQLite's integers
 
 
 def attempt_outcome(result: AgentResult) -> AttemptOutcome:

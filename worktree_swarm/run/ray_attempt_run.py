@@ -25,12 +25,7 @@ from worktree_swarm.infra import scrub
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.agent_watch import idle_reason, past_max_log
-from worktree_swarm.run.attempt_record import (
-    add_usage,
-    attempt_outcome,
-    attempt_usage,
-    attempts_own,
-)
+from worktree_swarm.run.attempt_record import attempt_outcome, attempt_usage, attempts_own
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, past_max_wait
 from worktree_swarm.run.gate_model import Limit, Signal
@@ -271,7 +266,7 @@ class RayAttemptRun(RayResume):
         self._fetch(task)
         # What its agent committed itself of the run's secrets: before the tip is recorded.
         self._record_own_commits(task, base, git.rev_parse(self.repo, f"refs/heads/{task.branch}"))
-        self._record(task.id, handle, code, result, cut)
+        self._record(handle, code, result, cut)
         scrub.scrub_file(handle.log_path)
         if tip is None:  # the branch as it was
             tip = git.rev_parse(self.repo, f"refs/heads/{task.branch}") or base
@@ -353,7 +348,6 @@ class RayAttemptRun(RayResume):
 
     def _record(
         self,
-        task_id: str,
         handle: Handle,
         code: int | None,
         result: AgentResult,
@@ -361,22 +355,21 @@ class RayAttemptRun(RayResume):
     ) -> None:
         outcome = cut[0].value if cut else attempt_outcome(result).value
         usage = attempt_usage(result, cut[1] if cut else result.reason)
-        self.store.end_attempt(handle.attempt_id, exit_code=code, outcome=outcome, usage=usage)
-        add_usage(self.store, self.run_id, task_id, result)
+        # Its end and its task's totals at once: a resumed coordinator counts it once.
+        self.store.record_end(handle.attempt_id, exit_code=code, outcome=outcome, usage=usage)
         handle.counted = True
 
     def _end(self, handle: Handle, reason: str, *, silent: bool = False) -> None:
         """Record the attempt as failed and take its actor down (:meth:`_retire`)."""
         used = handle.used
-        self.store.end_attempt(
-            handle.attempt_id,
-            exit_code=None,
-            outcome=AttemptOutcome.FAILED.value,
-            usage=AttemptUsage(reason=reason) if used is None else attempt_usage(used, reason),
-        )
-        if used is not None and not handle.counted:
-            add_usage(self.store, self.run_id, handle.task_id, used)
+        failed = AttemptOutcome.FAILED.value
+        if used is not None and not handle.counted:  # with its task's totals, at once
+            usage = attempt_usage(used, reason)
+            self.store.record_end(handle.attempt_id, exit_code=None, outcome=failed, usage=usage)
             handle.counted = True
+        else:
+            usage = AttemptUsage(reason=reason) if used is None else attempt_usage(used, reason)
+            self.store.end_attempt(handle.attempt_id, exit_code=None, outcome=failed, usage=usage)
         self._retire(handle, silent=silent)
 
 
