@@ -33,6 +33,7 @@ from tests.test_run import swarm as run_swarm
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'worktree-swarm[ray]')")
 
 from tests import raykit  # noqa: E402 - only with ray installed
+from tests.test_store import _committed, _traced_swarm  # noqa: E402
 from worktree_swarm.core.units import format_size  # noqa: E402
 from worktree_swarm.infra.redact import REDACTED  # noqa: E402
 
@@ -1346,6 +1347,109 @@ def test_a_repository_an_agent_makes_in_its_clone_fails_the_task_and_keeps_the_r
         used = conn.execute("SELECT cost_usd, tokens_in, tokens_out FROM attempts").fetchall()
         assert used == [(1.25, 300, 40)]
     assert row["cost_usd"] == 1.25
+    assert not actor_processes(cluster)
+
+
+# Named claude, read as Claude Code: notes its start in the SQL trace (as a line no
+# connection wrote) and its pid, does its work, and says what it cost.
+PAYING_AGENT = """#!{python}
+import json, os, pathlib
+with open({log!r}, "a") as log:
+    log.write(json.dumps([-1, "the agent started"]) + "\\n")
+with open({launches!r}, "a") as launches:
+    launches.write(f"{{os.getpid()}}\\n")
+pathlib.Path("work.txt").write_text("own work\\n")
+print(json.dumps({{"type": "result", "subtype": "success", "is_error": False, "result": "ok",
+    "session_id": "s1", "total_cost_usd": 1.25,
+    "usage": {{"input_tokens": 300, "output_tokens": 40}}}}), flush=True)
+"""
+
+
+def paying_run(tmp_path: Path, log: Path) -> tuple[Path, str, Path]:
+    """A repository, a manifest of one Ray task whose agent is PAYING_AGENT, its launches."""
+    repo, _, _ = setup_repo(tmp_path, [])
+    launches = tmp_path / "launches"
+    script = tmp_path / "bin" / "claude"
+    script.parent.mkdir()
+    text = PAYING_AGENT.format(python=sys.executable, log=str(log), launches=str(launches))
+    script.write_text(text)
+    script.chmod(0o755)
+    (tmp_path / "tasks.toml").write_text(
+        '[defaults]\nexecutor = "ray"\nray_memory = "64M"\n\n'
+        f'[[task]]\nid = "e"\nprompt = "p"\nagent = {json.dumps([str(script), "-p", "{prompt}"])}\n'
+    )
+    return repo, str(tmp_path / "tasks.toml"), launches
+
+
+KEY = {"ANTHROPIC_API_KEY": "sk-ant-api03-coordinator-key-not-used"}
+
+
+def test_a_ray_attempt_is_recorded_in_one_transaction_before_its_agent_one_after_one_at_its_end(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # Before its agent: the task running and the launch's intent (a resumed coordinator finds
+    # the actor by its name), two commits; after: the attempt, the task's count and the
+    # event, three; at its end: the attempt's end and the task's totals, two.
+    log = tmp_path / "sql.jsonl"
+    repo, manifest, _ = paying_run(tmp_path, log)
+    address = cluster.address
+    out = _traced_swarm(repo, log, "run", manifest, "--ray-address", address, env=KEY, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ended = _committed(log)
+    before = ended[: ended.index(["the agent started"])]
+    intent = [
+        t for t in before if any(s.startswith("UPDATE tasks SET state = 'running'") for s in t)
+    ]
+    assert len(intent) == 1, before
+    assert [t for t in ended if any("launching = 1" in s for s in t)] == intent
+    assert len(intent[0]) == 2, intent  # the task's row and its state event
+    assert "launching_agent = 'claude', node = NULL" in intent[0][0]
+    assert ", 'state', '{" in intent[0][1]
+    launch = [t for t in ended if any(s.startswith("INSERT INTO attempts") for s in t)]
+    assert len(launch) == 1, ended
+    assert [t for t in ended if any("launching = NULL" in s for s in t)] == launch
+    assert len(launch[0]) == 3, launch
+    assert "attempts = 1" in launch[0][1]
+    assert ", 'agent_started', '{" in launch[0][2]
+    end = [t for t in ended if any(s.startswith("UPDATE attempts SET exit_code") for s in t)]
+    assert [t for t in ended if any("cost_usd = " in s for s in t)] == end
+    assert len(end) == 1, ended
+    assert end[0][-1].startswith("UPDATE tasks SET cost_usd = 1.25"), end
+    row = status(repo)["e"]
+    assert (row["state"], row["cost_usd"], row["tokens_in"]) == ("done", 1.25, 300)
+    assert not actor_processes(cluster)
+
+
+def test_a_ray_launch_its_killed_coordinator_did_not_record_is_recorded_by_resume_at_once(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # Killed as it records the attempt its agent started: the resumed coordinator finds the
+    # actor and records the attempt with its task's count, one commit (was two).
+    log = tmp_path / "sql.jsonl"
+    repo, manifest, launches = paying_run(tmp_path, log)
+    kill = KEY | {"SQL_KILL_AT": "INSERT INTO attempts"}
+    address = cluster.address
+    killed = _traced_swarm(
+        repo, log, "run", manifest, "--ray-address", address, env=kill, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        assert conn.execute("SELECT count(*) FROM attempts").fetchone() == (0,)
+        assert conn.execute("SELECT launching, launching_agent FROM tasks").fetchone() == (
+            1,
+            "claude",
+        )
+    resumed_log = tmp_path / "resumed.jsonl"
+    out = _traced_swarm(repo, resumed_log, "resume", env=KEY, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ended = _committed(resumed_log)
+    launch = [t for t in ended if any(s.startswith("INSERT INTO attempts") for s in t)]
+    assert len(launch) == 1, ended
+    assert [t for t in ended if any("launching = NULL" in s for s in t)] == launch
+    assert "attempts = 1, launching = NULL" in launch[0][1]
+    assert len(launches.read_text().split()) == 1  # its agent ran once
+    row = status(repo)["e"]
+    assert (row["state"], row["attempt"], row["cost_usd"]) == ("done", 1, 1.25)
     assert not actor_processes(cluster)
 
 

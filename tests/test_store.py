@@ -520,14 +520,19 @@ def test_a_state_and_its_event_are_one_transaction_all_or_nothing(store: Store) 
 
 
 # Runs swarm with every SQLite statement it runs written to a file, by connection, one JSON
-# array per line.
+# array per line; with $SQL_KILL_AT, SIGKILLed as it begins the first statement starting so.
 _TRACED_SWARM = """
-import itertools, json, os, runpy, sqlite3, sys
+import itertools, json, os, runpy, signal, sqlite3, sys
 log = open(os.environ["SQL_LOG"], "a", buffering=1)
+kill_at = os.environ.get("SQL_KILL_AT")
 connect, numbers = sqlite3.connect, itertools.count()
 def traced(*args, **kwargs):
     conn, number = connect(*args, **kwargs), next(numbers)
-    conn.set_trace_callback(lambda sql: log.write(json.dumps([number, sql]) + "\\n"))
+    def trace(sql):
+        log.write(json.dumps([number, sql]) + "\\n")
+        if kill_at and sql.startswith(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+    conn.set_trace_callback(trace)
     return conn
 sqlite3.connect = traced
 sys.argv = ["swarm", *sys.argv[1:]]

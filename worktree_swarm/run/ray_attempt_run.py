@@ -74,8 +74,7 @@ class RayAttemptRun(RayResume):
             why = "budget reached" if refused == "budget" else "stopped"
             return TaskOutcome(state=TaskState.STOPPED, reason=f"{why} before it started")
         try:
-            self._charge_repair(task, course)
-            return self._launch(live, number, prompt=course.prompt)
+            return self._launch(live, course, number)
         except _SetupFailedError as exc:
             self.gate.release(provider)
             return check_failed(exc.failure)
@@ -88,15 +87,18 @@ class RayAttemptRun(RayResume):
             self.gate.release(provider)
             raise
 
-    def _launch(self, live: Live, number: int, *, prompt: str | None) -> Handle:
+    def _launch(self, live: Live, course: Course, number: int) -> Handle:
         task = live.task
+        prompt = course.prompt
         ray = ray_module()
         assignment = self._assignment(task, number)
-        # The intent first: a coordinator killed from here on finds the actor by its name.
         if not self.head.answers(live.stop):
             raise NodeLostError("stopped before it started")
-        self.store.update_task(self.run_id, task.id, launching=number, node=None)
-        self._running(task.id, number)
+        # The intent first, with the task's state and its repair round counted (one
+        # transaction): a coordinator killed from here on finds the actor by its name.
+        intent = self._repair_charged(task, course)
+        intent["launching"], intent["launching_agent"], intent["node"] = number, task.agent, None
+        self._running(task.id, number, **intent)
         actor = self._actor(assignment)
         node: object = None  # unknown until the actor answers (it may never)
         try:
@@ -143,7 +145,9 @@ class RayAttemptRun(RayResume):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch()
         started = time.time()
-        attempt_id = self.store.start_attempt(
+        data = {"attempt": number, "agent": task.agent, "node": node}
+        # With its task's count and its event (one transaction), as a local attempt.
+        attempt_id = self.store.record_attempt(
             self.run_id,
             task.id,
             number=number,
@@ -151,9 +155,9 @@ class RayAttemptRun(RayResume):
             log_path=str(log_path),
             started_at=started,
             agent=task.agent,
+            event=("agent_started", data),
         )
-        self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
-        self._emit("agent_started", task.id, {"attempt": number, "agent": task.agent, "node": node})
+        self._announce("agent_started", task.id, data)
         return Handle(
             actor=actor,
             task_id=task.id,

@@ -66,9 +66,9 @@ class RayResume(RayAttempts):
     def _adopt_unrecorded(self, task: Task) -> Handle | None:
         """The actor a killed coordinator launched but did not record, if it is there."""
         row = self.store.task(self.run_id, task.id)
-        number = row.launching if row is not None else None
-        if number is None:
+        if row is None or row.launching is None:
             return None
+        number = row.launching
         log_path = self._logs_root / task.id / f"attempt-{number}.log"
         handle = self._find(task, number, 0, log_path)
         if handle is None:
@@ -80,16 +80,16 @@ class RayResume(RayAttempts):
             self._retire(handle)
             self.store.update_task(self.run_id, task.id, launching=None)
             return None
-        handle.attempt_id = self.store.start_attempt(
+        # With its task's count (one transaction): the launch is an intent or an attempt.
+        handle.attempt_id = self.store.record_attempt(
             self.run_id,
             task.id,
             number=number,
             identity=NO_IDENTITY,
             log_path=str(log_path),
             started_at=time.time(),
-            agent=task.agent,
+            agent=row.launching_agent or task.agent,
         )
-        self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
         return handle
 
     def _find(self, task: Task, number: int, attempt_id: int, log_path: Path) -> Handle | None:
