@@ -1,11 +1,12 @@
 """Per task: the manager's state-database transactions and statements, and its git processes.
 
-    python benchmarks/count_store.py [--tasks 50] [--jobs 8] [--depth 1] [--sleep 0.2]
+    python benchmarks/count_store.py [--tasks 50] [--jobs 8] [--depth 1] [--sleep 0.2] [--cost]
 
-Runs the real `swarm run` (as bench_schedule.py does: sleeping fake agents, one file each) in
-a throwaway repository, with every SQLite connection the manager opens traced: transactions
-(``BEGIN``) and write statements are counted by kind, and so are the wake-ups of threads
-waiting for the guard's lock (`TurnLock`). Git processes are counted from a GIT_TRACE2 event
+Runs the real `swarm run` (as bench_schedule.py does: sleeping fake agents, one file each; with
+--cost, named `claude` and saying what they cost, as Claude Code does) in a throwaway
+repository, with every SQLite connection the manager opens traced: transactions (``BEGIN``)
+and write statements are counted by kind, and so are the wake-ups of threads waiting for the
+guard's lock (`TurnLock`). Git processes are counted from a GIT_TRACE2 event
 file, by command. Counts, not times: they do not move with the machine's load.
 """
 
@@ -33,6 +34,21 @@ from bench_schedule import AGENT, make_repo, manifest
 from worktree_swarm.guard.lock import TurnLock
 
 _OUT = "SWARM_COUNT_STORE_OUT"
+# What Claude Code's last line says of an attempt's cost and tokens.
+_PAID = (
+    '{"type": "result", "subtype": "success", "is_error": false, "result": "ok",'
+    ' "session_id": "s", "total_cost_usd": 0.01, "usage": {"input_tokens": 10,'
+    ' "output_tokens": 2}}'
+)
+
+
+def _paying_agent(base: Path, sleep: float) -> list[str]:
+    """A sleeping fake agent named `claude` (read as Claude Code) that says what it cost."""
+    script = base / "bin" / "claude"
+    script.parent.mkdir()
+    script.write_text(f"#!/bin/sh\n{AGENT.replace('$1', str(sleep))}\necho '{_PAID}'\n")
+    script.chmod(0o755)
+    return [str(script), "-p", "{prompt}"]
 
 
 def _child(swarm_args: list[str]) -> None:
@@ -90,6 +106,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--depth", type=int, default=1)
     parser.add_argument("--sleep", type=float, default=0.2)
+    parser.add_argument("--cost", action="store_true", help="agents that say what they cost")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -101,9 +118,13 @@ def main() -> int:
         repo = base / "repo"
         make_repo(repo)
         agent = ["sh", "-c", AGENT, "agent", str(args.sleep)]
+        if args.cost:
+            agent = _paying_agent(base, args.sleep)
         (base / "tasks.toml").write_text(manifest(args.tasks, args.depth, agent, args.jobs))
         out, trace = base / "counts.json", base / "trace2.json"
         env = {**os.environ, _OUT: str(out), "GIT_TRACE2_EVENT": str(trace)}
+        if args.cost:  # signed in, as far as swarm checks: the fake calls no API
+            env["ANTHROPIC_API_KEY"] = "sk-ant-api03-not-used"
         command = [sys.executable, __file__, "--child", "run", str(base / "tasks.toml")]
         proc = subprocess.run(
             command, check=False, cwd=repo, env=env, capture_output=True, text=True
@@ -114,7 +135,11 @@ def main() -> int:
             states = dict(db.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
 
     print(f"machine: {platform.node()} {platform.system()} {platform.release()}")
-    print(f"tasks {args.tasks}, jobs {args.jobs}, depth {args.depth}, agent sleep {args.sleep}s")
+    paying = ", agents saying what they cost" if args.cost else ""
+    print(
+        f"tasks {args.tasks}, jobs {args.jobs}, depth {args.depth}, agent sleep {args.sleep}s"
+        + paying
+    )
     print(f"exit code {proc.returncode}; states {states}")
     if counts is None:
         print(proc.stderr[-2000:])
