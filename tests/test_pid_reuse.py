@@ -7,7 +7,9 @@ recorded for it is another process's now: `swarm stop`, `swarm resume` and `swar
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -144,6 +146,66 @@ def test_a_recorded_pid_or_group_another_process_holds_now_is_never_signalled(
     row = status_json(repo, "--run", _first_run(repo))["a"]
     assert row["alive"] is False
     assert branch_file(repo, "swarm/a", "work.txt") == "work"
+
+
+# Runs the command given in a session of its own and reaps whatever is re-parented to it (a
+# child subreaper: PR_SET_CHILD_SUBREAPER) until it has no child left, as an init that reaps
+# would (a container's PID 1 may not: a dead shim would stay a zombie holding its PID).
+_REAPER = (
+    "import ctypes, os, subprocess, sys\n"
+    "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n"
+    "subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, start_new_session=True)\n"
+    "while True:\n"
+    "    try:\n"
+    "        os.wait()\n"
+    "    except ChildProcessError:\n"
+    "        break\n"
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a child subreaper is Linux's")
+def test_swarm_stop_ends_a_leftover_with_no_environment_whose_shim_was_killed(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, unrelated: list[psutil.Process]
+) -> None:
+    # The manager, then the agent's shim (reaped) and the agent killed: left in the shim's
+    # group is what the agent started with `env -i` (no mark), working in its worktree.
+    pid_file = tmp_path / "leftover.pid"
+    agent = write_agent(
+        "import pathlib, subprocess, time\n"
+        "child = subprocess.Popen(['env', '-i', 'sleep', '600'], env={})\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(child.pid))\n"
+        "time.sleep(600)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    run = [sys.executable, "-m", "worktree_swarm.cli", "run", str(manifest(repo, text))]
+    with (tmp_path / "bg.log").open("ab") as log:
+        reaper = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, *run], cwd=repo, stdout=log, stderr=log
+        )
+    try:
+        leftover = psutil.Process(int(written(pid_file, timeout=120, what="the agent")))
+        unrelated.append(leftover)  # killed at the end, should the test fail
+        wait_for(lambda: leftover.name() == "sleep", what="env to start sleep")
+        with state_db(repo) as conn:
+            ((shim,),) = conn.execute("SELECT pid FROM attempts").fetchall()
+        (command,) = psutil.Process(shim).children()
+        (manager,) = psutil.Process(reaper.pid).children()
+        os.killpg(manager.pid, signal.SIGKILL)
+        # Its shim server ends with it, the shim left to the reaper.
+        wait_for(lambda: psutil.Process(shim).ppid() == reaper.pid, what="the server's end")
+        os.kill(shim, signal.SIGKILL)
+        command.kill()
+        wait_for(lambda: not psutil.pid_exists(shim), what="the shim reaped")
+        wait_for(lambda: not pid_alive(command.pid), what="the agent's end")
+        assert os.getpgid(leftover.pid) == shim
+        out = swarm(repo, "stop", "a")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert not pid_alive(leftover.pid)  # stop returns once what it kills is gone
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(reaper.pid).children():
+                child.kill()
+        reaper.wait(timeout=60)
 
 
 def _first_run(repo: Path) -> str:

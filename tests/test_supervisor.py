@@ -692,6 +692,34 @@ def test_kill_tree_of_a_killed_shim_ends_its_group_by_the_mark_one_of_it_carries
     assert all(gone(pid, started) for pid, started in left)
 
 
+def test_stopping_an_agent_whose_shim_was_killed_ends_a_leftover_started_with_no_environment(
+    start, tmp_path: Path, reaper: Reaper
+) -> None:
+    if not SHIM_AVAILABLE:
+        pytest.skip("no shim marks the tree")
+    # The shim SIGKILLed and its command gone: what is left of the group was started with
+    # `env -i` (no mark), in the directory the agent was started in. It is the agent's.
+    agent = start(
+        "import subprocess, time\n"
+        "child = subprocess.Popen(['env', '-i', 'sleep', '3600'], env={})\n"
+        f"publish({str(tmp_path / 'child')!r}, child.pid)\n"
+        "time.sleep(3600)\n"
+    )
+    child = psutil.Process(reaper.pid(read_pid(tmp_path / "child")))
+    wait_for(lambda: child.name() == "sleep")  # env has exec'd it
+    (command,) = psutil.Process(agent.identity.pid).children()
+    reaper.pid(command.pid)
+    os.kill(agent.identity.pid, signal.SIGKILL)
+    assert agent.popen is not None
+    assert agent.popen.wait(timeout=30) == -signal.SIGKILL
+    command.kill()
+    wait_for(lambda: gone(command.pid, command.create_time()))
+    assert os.getpgid(child.pid) == agent.identity.pgid
+    assert "SWARM_SHIM" not in child.environ()
+    agent.stop(grace=5)
+    assert gone(child.pid, child.create_time())
+
+
 def test_kill_tree_of_a_leader_gone_at_sigterm_kills_its_stray_without_its_empty_group(
     tmp_path: Path, reaper: Reaper
 ) -> None:

@@ -107,14 +107,16 @@ def shim_alive(record: Path) -> bool:
     return same and running(proc) and _shim_grace(proc) is not None
 
 
-def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
+def kill_tree(identity: ProcessIdentity, *, grace: float, within: Sequence[Path] = ()) -> None:
     """Stop *identity*'s process and everything it started.
 
     SIGTERM goes to the process group and to every descendant (some may have left the
     group with setsid); whatever is still running at the single *grace* deadline gets
     SIGKILL. Returns once all are gone; zombies count as gone, so an unreaped child of
     the caller does not block (reap it with its Popen). Works on processes that are not
-    the caller's children. Raises SwarmError if some process survives SIGKILL.
+    the caller's children. Raises SwarmError if some process survives SIGKILL. *within*:
+    the directories its tree works in (the task's worktree), which tell a group whose
+    leader is gone to be its own (see :func:`_owns_group`).
     """
     leader = _matching(identity)
     if leader is not None and running(leader):
@@ -131,7 +133,7 @@ def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
     # Snapshot before signalling: once the leader dies its children are reparented
     # and can no longer be found through it.
     tree = [] if leader is None else [leader, *_children(leader)]
-    pgid = identity.pgid if _owns_group(identity, leader) else None
+    pgid = identity.pgid if _owns_group(identity, leader, within) else None
     _signal(tree, pgid, signal.SIGTERM)
     survivors = _wait_gone(tree, pgid, deadline)
     if not survivors:
@@ -200,7 +202,9 @@ def _children(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def _owns_group(identity: ProcessIdentity, leader: psutil.Process | None) -> bool:
+def _owns_group(
+    identity: ProcessIdentity, leader: psutil.Process | None, within: Sequence[Path]
+) -> bool:
     """Return whether signalling *identity*'s process group can only hit its tree."""
     # Only a group the process leads is its own: otherwise the group belongs to
     # whoever started it (possibly our own shell or manager).
@@ -222,8 +226,12 @@ def _owns_group(identity: ProcessIdentity, leader: psutil.Process | None) -> boo
         _create_time(m) < identity.create_time - CREATE_TIME_TOLERANCE for m in members
     ):
         return False
-    # Where every recorded process is a shim, one of its tree's still carries its mark.
-    return not SHIM_AVAILABLE or any(_marked_by(m, identity.pid) for m in members)
+    # Where every recorded process is a shim, one of its tree's still carries its mark, or
+    # (its environment wiped: `env -i`) works where the tree works.
+    roots = [Path(os.path.realpath(d)) for d in within]
+    return not SHIM_AVAILABLE or any(
+        _marked_by(m, identity.pid) or _works_in(m, roots) for m in members
+    )
 
 
 def _marked_by(proc: psutil.Process, shim_pid: int) -> bool:
@@ -234,6 +242,17 @@ def _marked_by(proc: psutil.Process, shim_pid: int) -> bool:
         return False
     recorded = read_record(Path(marker)) if marker else None
     return recorded is not None and recorded.shim_pid == shim_pid
+
+
+def _works_in(proc: psutil.Process, roots: Sequence[Path]) -> bool:
+    """Whether *proc*'s working directory is one of *roots* or inside one."""
+    if not roots:
+        return False
+    try:
+        cwd = Path(proc.cwd())  # psutil drops the " (deleted)" of a removed directory
+    except (psutil.Error, OSError):
+        return False
+    return any(cwd.is_relative_to(root) for root in roots)
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:

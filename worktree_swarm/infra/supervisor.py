@@ -40,7 +40,7 @@ class AgentProcess:
 
     ``popen`` reaps it when it is this process's child; a shim forked by a
     :class:`ShimServer` is not (``popen`` is None), and its command's exit code is read
-    from the shim's record.
+    from the shim's record. ``workdir``: where it was started (see :func:`kill_tree`).
     """
 
     identity: ProcessIdentity
@@ -49,6 +49,7 @@ class AgentProcess:
     started_at: float
     record: Path | None = None
     forked: Forked | None = None
+    workdir: Path | None = None
     _log_size: int = field(default=0, init=False, repr=False)
     _last_growth: float = field(default=0.0, init=False, repr=False)
 
@@ -98,7 +99,7 @@ class AgentProcess:
 
     def stop(self, *, grace: float) -> int | None:
         """Kill the agent's whole process tree (see :func:`kill_tree`) and reap it."""
-        kill_tree(self.identity, grace=grace)
+        kill_tree(self.identity, grace=grace, within=_dirs(self.workdir))
         return self.wait(KILL_TIMEOUT)
 
     def last_activity(self) -> float:
@@ -155,6 +156,7 @@ class AdoptedProcess:
     log_path: Path
     started_at: float
     record: Path | None = None
+    workdir: Path | None = None
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait up to *timeout* (None: until it ends) for the process; its recorded exit code."""
@@ -181,7 +183,7 @@ class AdoptedProcess:
 
     def stop(self, *, grace: float) -> int | None:
         """Kill the whole tree."""
-        kill_tree(self.identity, grace=grace)
+        kill_tree(self.identity, grace=grace, within=_dirs(self.workdir))
         return None
 
 
@@ -218,14 +220,21 @@ def _wait_for_end(identity: ProcessIdentity, timeout: float) -> None:
         time.sleep(0.02)
 
 
-def adopt(identity: ProcessIdentity, *, log_path: Path, started_at: float) -> AdoptedProcess:
-    """Supervise an agent recorded by a previous manager (alive or not)."""
+def adopt(
+    identity: ProcessIdentity, *, log_path: Path, started_at: float, workdir: Path | None = None
+) -> AdoptedProcess:
+    """Supervise an agent recorded by a previous manager (alive or not), started in *workdir*."""
     return AdoptedProcess(
         identity=identity,
         log_path=log_path,
         started_at=started_at,
         record=record_path(log_path),
+        workdir=workdir,
     )
+
+
+def _dirs(workdir: Path | None) -> tuple[Path, ...]:
+    return () if workdir is None else (workdir,)
 
 
 def spawn(
@@ -278,6 +287,7 @@ def spawn(
                     started_at=before_start,
                     record=record,
                     forked=forked,
+                    workdir=cwd,
                 )
         args = [
             sys.executable, *shim_record.SHIM_FLAGS, "-c", shim_record.SHIM_LAUNCH, shim.MARKER,
@@ -306,7 +316,12 @@ def spawn(
         pid=popen.pid, create_time=before_start, pgid=popen.pid
     )
     return AgentProcess(
-        identity=identity, popen=popen, log_path=log_path, started_at=before_start, record=record
+        identity=identity,
+        popen=popen,
+        log_path=log_path,
+        started_at=before_start,
+        record=record,
+        workdir=cwd,
     )
 
 

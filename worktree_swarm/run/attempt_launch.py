@@ -261,7 +261,12 @@ class AttemptLaunch(AgentWatch):
             pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
         )
         log_path = Path(attempt.log_path)
-        agent = supervisor.adopt(identity, log_path=log_path, started_at=attempt.started_at)
+        agent = supervisor.adopt(
+            identity,
+            log_path=log_path,
+            started_at=attempt.started_at,
+            workdir=worktree_path(self.spec, live.task),
+        )
         # Gone already and nothing wrote its end down (the machine went down with it): it
         # ended no later than... its last sign of life, not when this manager noticed.
         gone_since = None if agent.alive() else time.time() - agent.idle_seconds()

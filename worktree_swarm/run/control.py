@@ -394,11 +394,16 @@ def _kill_left(
                 ended[task_id] = unwatched.ended_by_itself(store, attempt, agent)
                 open_attempts.append(attempt)
     # What they left, or all of them: at once, so that N agents take one grace, not N.
-    idents = [
-        ProcessIdentity(pid=a.pid, create_time=a.create_time, pgid=a.pgid) for a in open_attempts
+    # Each with its task's worktree: a leftover there is its tree's, its environment wiped.
+    kills = [
+        (
+            ProcessIdentity(pid=a.pid, create_time=a.create_time, pgid=a.pgid),
+            _worktree_of(rows[a.task_id]),
+        )
+        for a in open_attempts
     ]
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(idents)))) as pool:
-        list(pool.map(lambda ident: proctree.kill_tree(ident, grace=grace), idents))
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(kills)))) as pool:
+        list(pool.map(lambda k: proctree.kill_tree(k[0], grace=grace, within=k[1]), kills))
     for attempt in open_attempts:
         if ended[attempt.task_id] is None:
             store.end_attempt(attempt.id, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
@@ -411,11 +416,16 @@ def _kill_left(
             provision.unrecorded_agent(row.run_id, task_id, worktree) if worktree.is_dir() else None
         )
         if stray is not None:
-            proctree.kill_tree(stray, grace=grace)
+            proctree.kill_tree(stray, grace=grace, within=_worktree_of(row))
         agent = task_from_json(row.spec_json).agent
         by_itself = unwatched.record_launch(repo, store, row, stray, agent, since=began)
         ended[task_id] = ended[task_id] or by_itself
     return ended
+
+
+def _worktree_of(row: TaskRow) -> tuple[Path, ...]:
+    """The task's worktree, as :func:`proctree.kill_tree` takes it (none recorded: none)."""
+    return (Path(row.worktree),) if row.worktree else ()
 
 
 def _record_diff(repo: git.Repo, store: Store, row: TaskRow, tip: str | None) -> None:
