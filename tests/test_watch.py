@@ -194,17 +194,17 @@ def test_a_reason_in_brackets_is_shown_as_typed() -> None:
         branch="swarm/t",
         worktree="/w/t",
     )
-    assert cells(row, marked=False)[-1].plain == "[agent] giving up on list[str]"
+    assert cells(row, marked=False, managed=True)[-1].plain == "[agent] giving up on list[str]"
     # Whatever reached a reason raw (a rate limit's message, recorded before it was made one
     # printable line) shows without its escape sequence: Rich drops a BEL, not an ESC.
     odd = dataclasses.replace(row, reason="\x1b]52;c;UFdO\x07\x1b]0;PWN\x07 waits\nforged")
-    assert cells(odd, marked=False)[-1].plain.isprintable()
+    assert cells(odd, marked=False, managed=True)[-1].plain.isprintable()
     assert details(dataclasses.replace(row, branch="swarm/\x1b[2Jt")).plain.isprintable()
     # A task blocked before it started has no branch or worktree to point at.
     assert details(dataclasses.replace(row, branch_made=False)).plain == "swarm/t: not made"
     # A long id keeps the state on a narrow screen: cut in the table, whole in the details.
     long_id = "a-task-id-of-sixty-three-characters-which-pushes-everything-righ"
-    shown = cells(dataclasses.replace(row, task_id=long_id), marked=False)[1].plain
+    shown = cells(dataclasses.replace(row, task_id=long_id), marked=False, managed=True)[1].plain
     assert (len(shown), shown[-1]) == (32, "…")
     assert long_id.startswith(shown[:-1])
 

@@ -3,6 +3,8 @@ or vanished store, hostile agent output, and keys pressed on tasks that ended me
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -15,6 +17,7 @@ import psutil
 import pytest
 from textual.widgets import DataTable, Log
 
+from tests.conftest import hang_git_at
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 from tests.test_watch import (
     SLOW_AGENT,
@@ -155,6 +158,79 @@ def test_a_manager_killed_under_the_screen_is_said_and_so_is_its_agents_end(
         run_async(drive)
     finally:
         store.close()
+        release(repo, gate)
+
+
+def test_an_agent_ended_under_a_live_manager_at_work_is_not_said_to_be_left_unrecorded(
+    repo: Path,
+    tmp_path: Path,
+    write_agent: Callable[[str], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The checkpoint after the attempt held (its `git commit` waits for a file): the task
+    # reads running, its agent has ended, and its manager is alive and at work.
+    go, real = tmp_path / "go", shutil.which("git")
+    assert real is not None
+    wait = f'while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.05; done; exec {real} "$@"'
+    hung = hang_git_at(tmp_path, monkeypatch, "commit", then=wait)
+    gate = start_detached(repo, write_agent, ["alpha"])
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.rows["alpha"].alive, "alpha's agent at work")
+            gate.write_text("go")
+            await until(pilot, hung.exists, "the checkpoint")
+            await until(pilot, lambda: not app.rows["alpha"].alive, "the agent's end seen")
+            assert not manager_gone(repo)
+            app.refresh_rows()
+            row = [str(cell) for cell in app.query_one("#tasks", DataTable).get_row("alpha")]
+            assert row[2] == "running", row
+            assert "has ended" not in row[-1], row
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+        go.touch()
+        release(repo, gate)
+    assert status_json(repo)["alpha"]["state"] == "done"
+
+
+def test_a_manager_killed_after_its_agent_ended_unrecorded_is_said_on_a_row_unchanged(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # The manager held still (SIGSTOP: alive) while its agent ends, its attempt still open:
+    # nothing on the row moves (the clock stops at the agent's end) when it is killed then.
+    gate = start_detached(repo, write_agent, ["alpha"])
+    app, store = open_app(repo)
+    held: list[psutil.Process] = []
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.rows["alpha"].alive, "alpha's agent at work")
+            run = store.get_run(app.run_id)
+            assert run is not None
+            assert run.manager_pid is not None
+            manager = psutil.Process(run.manager_pid)
+            held.append(manager)
+            manager.suspend()
+            gate.write_text("go")
+            await until(pilot, lambda: not app.rows["alpha"].alive, "the agent's end seen")
+            table = app.query_one("#tasks", DataTable)
+            assert "has ended" not in str(table.get_row("alpha")[-1])
+            manager.kill()
+            await until(pilot, lambda: "manager not running" in app.sub_title, "the header")
+            row = [str(cell) for cell in table.get_row("alpha")]
+            assert row[-1] == f"its agent (pid {app.rows['alpha'].pid}) has ended", row
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+        for manager in held:  # still held, should the test fail before it was killed
+            with contextlib.suppress(psutil.NoSuchProcess):
+                manager.kill()
         release(repo, gate)
 
 

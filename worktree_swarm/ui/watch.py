@@ -94,6 +94,7 @@ class WatchApp(App[None]):
         self._quit_asked = 0  # messages said before quitting was asked, while one was under way
         self._unread_store = False  # the store at its path could not be opened just now
         self._deleted = False  # the store's file is not at its path: said once
+        self._managed = True  # the run's manager was alive at the last refresh
         # task -> its attempt when `r` asked for a retry, and until when a second `r` waits
         self._retried: dict[str, tuple[int, float]] = {}
         self.crashed: Exception | None = None  # what ended the screen, raised by watch()
@@ -144,19 +145,21 @@ class WatchApp(App[None]):
         read = status.task_status(self.store, self.run_id, repo=self.repo, gates=self._gates)
         rows = {r.task_id: r for r in read}
         # As `swarm status` says beside the run id: a manager that is gone, a paused one.
-        notes = run_info.manager_status(self.repo, self.store, self.run_id).lines()
+        manager = run_info.manager_status(self.repo, self.store, self.run_id)
         # A pause's reason is an error's text (a file name in it): no escape of it is sent.
-        self.sub_title = plain(" · ".join([f"run {self.run_id}", *notes])).plain
+        self.sub_title = plain(" · ".join([f"run {self.run_id}", *manager.lines()])).plain
+        managed, self._managed = self._managed, manager.manager_running
         if list(rows) != list(self.rows):
             keep = self.selected
             table.clear()
             for task_id, row in rows.items():
-                table.add_row(*cells(row, marked=task_id in self.marked), key=task_id)
+                table.add_row(*self._cells(task_id, row), key=task_id)
             if keep in rows:
                 table.move_cursor(row=list(rows).index(keep))
         else:
             for task_id, row in rows.items():
-                if row != self.rows[task_id]:
+                # A manager that died since: a row unchanged may read otherwise now.
+                if row != self.rows[task_id] or managed != self._managed:
                     self._redraw(task_id, row)
         self.rows = rows
         self._show_selected()
@@ -205,9 +208,12 @@ class WatchApp(App[None]):
 
     def _redraw(self, task_id: str, row: TaskStatus) -> None:
         table = self.query_one("#tasks", DataTable)
-        for column, value in zip(COLUMNS, cells(row, marked=task_id in self.marked), strict=True):
+        for column, value in zip(COLUMNS, self._cells(task_id, row), strict=True):
             # Widened to fit: a state, cost or reason longer than the first one shown stays whole.
             table.update_cell(task_id, column or "mark", value, update_width=True)
+
+    def _cells(self, task_id: str, row: TaskStatus) -> tuple[Text, ...]:
+        return cells(row, marked=task_id in self.marked, managed=self._managed)
 
     def _show_selected(self) -> None:
         task_id = self.selected

@@ -39,12 +39,16 @@ _STYLE = {
 ID_CELL = 32  # characters of a task id the table shows
 
 
-def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
-    """One table row: every cell a Text, so `[agent]` in a reason shows as typed."""
+def cells(row: TaskStatus, *, marked: bool, managed: bool) -> tuple[Text, ...]:
+    """One table row: every cell a Text, so `[agent]` in a reason shows as typed.
+
+    *managed*: the run's manager is alive (it records what its agents did).
+    """
     diffstat = (
         f"{row.files_changed}f +{row.insertions} -{row.deletions}" if row.files_changed else "-"
     )
-    why = "; ".join(part for part in (_ended_unrecorded(row), row.why, row.after) if part)
+    ended = "" if managed else _ended_unrecorded(row)
+    why = "; ".join(part for part in (ended, row.why, row.after) if part)
     return (
         Text("*" if marked else ""),
         # A long id would push the state off a narrow screen; the details line has it whole.
@@ -60,10 +64,11 @@ def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
 
 
 def _ended_unrecorded(row: TaskStatus) -> str:
-    """That a task's agent has ended while the task still reads running ("" otherwise).
+    """That a task of a run whose manager is gone still reads running, its agent ended.
 
-    Its manager records that within a second; a manager that is gone (killed) never does,
-    and the row read "running" for good (`swarm status` says "alive no").
+    A manager that is gone (killed) never records that, and the row read "running" for good
+    (`swarm status` says "alive no"). Not asked while a manager lives: it is at work after
+    its agent ended (the checkpoint, the guard's look), or about to start the next attempt.
     """
     if row.state != "running" or row.alive or not row.pid or row.pid <= 0:  # Ray: no local pid
         return ""
