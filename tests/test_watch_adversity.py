@@ -295,6 +295,67 @@ def test_a_store_written_back_while_another_process_locks_it_leaves_the_screen_l
     assert app.crashed is None
 
 
+def _locking(path: Path, gate: Path) -> subprocess.Popen[str]:
+    """LOCK_HOLDER on *path*, once it holds the lock; it waits for the screen's reads."""
+    code = LOCK_HOLDER.replace("timeout=0", "timeout=30")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(path), str(gate)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_store_written_back_then_locked_past_its_wait_keeps_the_screen_and_its_rows(
+    repo: Path, write_agent: Callable[[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read again, the store written back kept the reopen's short wait for a lock for good, and
+    # a lock held past a refresh's wait (a manager writing it back) ended the screen.
+    monkeypatch.setattr(store_file, "BUSY_SECONDS", 1.0)  # the store's own wait, made short
+    agent = write_agent("open('x.txt', 'w').write('x\\n')\n")
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a", "-t", "bb=b")
+    assert out.returncode == 0, out.stderr
+    app, store = open_app(repo)
+    path, copy, gate = store.path, store.path.with_name("copy.db"), repo.parent / "unlock"
+    with sqlite3.connect(path) as db:
+        db.execute("VACUUM INTO ?", (str(copy),))
+    holder: subprocess.Popen[str] | None = None
+    said = "is locked by another process; the rows are shown as last read until it lets go"
+
+    def locks() -> int:
+        return sum(said in m for m in app.messages)
+
+    async def drive() -> None:
+        nonlocal holder
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            copy.replace(path)  # a store written back
+            await until(pilot, lambda: app.store is not store, "the new file read")
+            (busy,) = app.store._conn.execute("PRAGMA busy_timeout").fetchone()
+            assert busy == 1000  # the store's own wait, not the reopen's 200 ms
+            holder = _locking(path, gate)
+            await until(pilot, lambda: locks() > 0, "the screen to say the store is locked")
+            app.refresh_rows()
+            app.refresh_rows()
+            assert holder.poll() is None  # said while the lock is held
+            assert locks() == 1
+            assert app.crashed is None
+            assert sorted(app.rows) == ["aa", "bb"]
+            assert app.rows["bb"].why == ""  # what it read last
+            gate.touch()
+            await until(pilot, lambda: app.rows["bb"].why == "as written back", "read again")
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
+        gate.touch()
+        if holder is not None:
+            holder.communicate(timeout=60)
+        store.close()
+    assert app.crashed is None
+
+
 def test_a_store_deleted_under_the_screen_is_said_once_and_its_run_still_shown(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

@@ -329,6 +329,12 @@ class StoreFile:
         now = _identity(self.path)
         return now is not None and self._file is not None and now != self._file
 
+    def wait_for_locks(self, seconds: float | None = None) -> None:
+        """Wait up to *seconds* (``BUSY_SECONDS``) for another connection's lock from now on."""
+        wait = BUSY_SECONDS if seconds is None else seconds
+        with self._lock:
+            self._conn.execute(f"PRAGMA busy_timeout = {round(wait * 1000)}")
+
     def close(self) -> None:
         """Close the connection."""
         with self._lock:

@@ -23,7 +23,6 @@ from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
-from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.git import branches as git_branches
@@ -36,6 +35,7 @@ from worktree_swarm.report import run_info, status
 from worktree_swarm.report.status import TaskStatus
 from worktree_swarm.ui import watch_actions
 from worktree_swarm.ui.merge_text import merge_prediction_lines
+from worktree_swarm.ui.watch_store import ShownStore
 from worktree_swarm.ui.watch_view import (
     COLUMNS,
     LOG_LINES,
@@ -51,8 +51,6 @@ from worktree_swarm.ui.watch_view import (
 REFRESH_S = 1.0
 LOG_TAIL_BYTES = 256 * 1024
 RETRY_ASKED_SECONDS = 30.0
-# How long a store written back waits for another process's lock: the screen waits with it.
-REOPEN_BUSY_S = 0.2
 
 
 class WatchApp(App[None]):
@@ -82,7 +80,8 @@ class WatchApp(App[None]):
         super().__init__()
         self.repo = repo
         self.checkout = checkout  # yours that swarm runs in: a merge builds on its HEAD
-        self.store = self._first = store  # `store`: the one read now (see _reopen)
+        # The one read now: a store written back is read once it can be (see ShownStore).
+        self._stores = ShownStore(repo, store, run_id, lambda said: self._say(said, ok=False))
         self.run_id = run_id
         self.rows: dict[str, TaskStatus] = {}
         self.marked: set[str] = set()
@@ -92,8 +91,6 @@ class WatchApp(App[None]):
         self._busy: list[str] = []  # the actions under way, by name
         self._quit_when_done = False
         self._quit_asked = 0  # messages said before quitting was asked, while one was under way
-        self._unread_store = False  # the store at its path could not be opened just now
-        self._deleted = False  # the store's file is not at its path: said once
         self._managed = True  # the run's manager was alive at the last refresh
         # task -> its attempt when `r` asked for a retry, and until when a second `r` waits
         self._retried: dict[str, tuple[int, float]] = {}
@@ -124,6 +121,11 @@ class WatchApp(App[None]):
     # -- reading ---------------------------------------------------------------------------
 
     @property
+    def store(self) -> Store:
+        """The store read now."""
+        return self._stores.store
+
+    @property
     def selected(self) -> str | None:
         """The task under the cursor."""
         table = self.query_one("#tasks", DataTable)
@@ -138,14 +140,12 @@ class WatchApp(App[None]):
             table = self.query_one("#tasks", DataTable)
         except NoMatches:  # a timer that fired while the screen closed: nothing to refresh
             return
-        if self.store.replaced():  # written back by its manager: the file open is no more
-            self._reopen()
-        self._say_if_deleted()
-        # With the repository: a merge undone on its target since reads as such, as in status.
-        read = status.task_status(self.store, self.run_id, repo=self.repo, gates=self._gates)
-        rows = {r.task_id: r for r in read}
-        # As `swarm status` says beside the run id: a manager that is gone, a paused one.
-        manager = run_info.manager_status(self.repo, self.store, self.run_id)
+        self._stores.look()
+        read = self._stores.read(self._read)
+        if read is None:  # locked by another process: the rows read last stay
+            return
+        rows = {r.task_id: r for r in read[0]}
+        manager = read[1]
         # A pause's reason is an error's text (a file name in it): no escape of it is sent.
         self.sub_title = plain(" · ".join([f"run {self.run_id}", *manager.lines()])).plain
         managed, self._managed = self._managed, manager.manager_running
@@ -164,47 +164,11 @@ class WatchApp(App[None]):
         self.rows = rows
         self._show_selected()
 
-    def _say_if_deleted(self) -> None:
-        """Say once that the store's file is gone: the run shown is the deleted file's.
-
-        A manager alive writes it back (:meth:`_reopen` reads it then); with none, nothing
-        will, and the screen showed the run as if nothing had happened.
-        """
-        gone = not self.store.path.exists()
-        if gone and not self._deleted:
-            self._say(
-                f"the state database {self.store.path} was deleted; run {self.run_id} is shown "
-                "as it was last read",
-                ok=False,
-            )
-        self._deleted = gone
-
-    def _reopen(self) -> None:
-        """Read the store at its path from now on (the one first opened is closed by watch)."""
-        try:
-            # Not the store's own 30 s wait for a lock: the screen froze for it every second.
-            store = run_info.open_store(
-                self.repo, to_read=True, busy_seconds=REOPEN_BUSY_S, run_id=self.run_id
-            )
-        except SwarmError as exc:  # not there yet, locked, or refused: the file open is read
-            if not self._unread_store:  # said once, not every second
-                self._say(f"the state database was replaced; cannot read it yet: {exc}", ok=False)
-            self._unread_store = True
-            return
-        if store.get_run(self.run_id) is None:  # another run's store now: this one's is kept
-            store.close()
-            if not self._unread_store:
-                self._say(
-                    f"the state database was replaced by one without run {self.run_id}; "
-                    "showing it as it was",
-                    ok=False,
-                )
-            self._unread_store = True
-            return
-        self._unread_store = False
-        if self.store is not self._first:
-            self.store.close()
-        self.store = store
+    def _read(self, store: Store) -> tuple[list[TaskStatus], run_info.ManagerStatus]:
+        # With the repository: a merge undone on its target since reads as such, as in status.
+        read = status.task_status(store, self.run_id, repo=self.repo, gates=self._gates)
+        # As `swarm status` says beside the run id: a manager that is gone, a paused one.
+        return read, run_info.manager_status(self.repo, store, self.run_id)
 
     def _redraw(self, task_id: str, row: TaskStatus) -> None:
         table = self.query_one("#tasks", DataTable)
