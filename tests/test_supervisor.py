@@ -20,6 +20,7 @@ import pytest
 import worktree_swarm
 from tests.conftest import agent_python
 from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.infra import proc_scan, shim_record, starts
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.proc_scan import processes_in
@@ -718,6 +719,30 @@ def test_stopping_an_agent_whose_shim_was_killed_ends_a_leftover_started_with_no
     assert "SWARM_SHIM" not in child.environ()
     agent.stop(grace=5)
     assert gone(child.pid, child.create_time())
+
+
+def test_kill_tree_leaves_a_shell_job_that_took_a_dead_shims_group_number_in_its_worktree(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    # A user's `git log | less` in a task's worktree after its shim died: the job's leader
+    # took the dead shim's PID (a group number free again), exited, and left its pager in
+    # the group, working in the worktree, in the user's shell's session. Not the agent's.
+    worktree = tmp_path / "worktree"
+    worktree.mkdir()
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 3600 & echo $!; exit 0"],
+        cwd=worktree, stdout=subprocess.PIPE, text=True, process_group=0,
+    )  # fmt: skip
+    assert leader.stdout is not None
+    with leader.stdout:
+        pager = psutil.Process(reaper.pid(int(leader.stdout.readline())))
+    leader.wait()  # reaped: its PID free, its group number held by the pager
+    assert os.getpgid(pager.pid) == leader.pid
+    assert os.getsid(pager.pid) == os.getsid(0)
+    shim = ProcessIdentity(pid=leader.pid, create_time=pager.create_time() - 60, pgid=leader.pid)
+    kill_tree(shim, grace=2, within=(worktree,))
+    assert pager.is_running()
+    assert pager.status() != psutil.STATUS_ZOMBIE
 
 
 def test_kill_tree_of_a_leader_gone_at_sigterm_kills_its_stray_without_its_empty_group(

@@ -227,11 +227,22 @@ def _owns_group(
     ):
         return False
     # Where every recorded process is a shim, one of its tree's still carries its mark, or
-    # (its environment wiped: `env -i`) works where the tree works.
+    # (its environment wiped: `env -i`) works where the tree works in the shim's session
+    # (a shim leads a session of its own: a user's shell job that took the group's number,
+    # a pager left in a task's worktree, is in the shell's session).
     roots = [Path(os.path.realpath(d)) for d in within]
     return not SHIM_AVAILABLE or any(
-        _marked_by(m, identity.pid) or _works_in(m, roots) for m in members
+        _marked_by(m, identity.pid) or (_in_session(m, identity.pid) and _works_in(m, roots))
+        for m in members
     )
+
+
+def _in_session(proc: psutil.Process, sid: int) -> bool:
+    """Whether *proc* is in the session *sid* leads (led)."""
+    try:
+        return os.getsid(proc.pid) == sid
+    except OSError:
+        return False
 
 
 def _marked_by(proc: psutil.Process, shim_pid: int) -> bool:
