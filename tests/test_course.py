@@ -192,8 +192,9 @@ def test_a_ray_coordinator_spends_a_retry_on_a_replayed_limit_its_killed_manager
             if decided:  # its wait on record: its retry was spent by its manager
                 store.set_retry_at("r1", "a", 1, time.time() - 1, window=False)
             (row,) = store.attempts("r1", "a")
-        course = Course.resumed(task, [row])
-        ended = worker._replay(Live(task=task, port_slot=None), course, base, row)
+            worker.store, worker.run_id = store, "r1"
+            course = Course.resumed(task, [row])
+            ended = worker._replay(Live(task=task, port_slot=None), course, base, row)
         assert isinstance(ended, Throttled)
         outcomes.append(worker._rate_limited(task, 1, ended, course))
     assert outcomes[0] is not None
