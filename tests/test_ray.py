@@ -33,7 +33,7 @@ from tests.test_run import swarm as run_swarm
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'worktree-swarm[ray]')")
 
 from tests import raykit  # noqa: E402 - only with ray installed
-from tests.test_store import _committed, _traced_swarm  # noqa: E402
+from tests.test_store import _committed, _traced_swarm, launch_transactions  # noqa: E402
 from worktree_swarm.core.units import format_size  # noqa: E402
 from worktree_swarm.infra.redact import REDACTED  # noqa: E402
 
@@ -1396,21 +1396,8 @@ def test_a_ray_attempt_is_recorded_in_one_transaction_before_its_agent_one_after
     out = _traced_swarm(repo, log, "run", manifest, "--ray-address", address, env=KEY, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     ended = _committed(log)
-    before = ended[: ended.index(["the agent started"])]
-    intent = [
-        t for t in before if any(s.startswith("UPDATE tasks SET state = 'running'") for s in t)
-    ]
-    assert len(intent) == 1, before
-    assert [t for t in ended if any("launching = 1" in s for s in t)] == intent
-    assert len(intent[0]) == 2, intent  # the task's row and its state event
-    assert "launching_agent = 'claude', node = NULL" in intent[0][0]
-    assert ", 'state', '{" in intent[0][1]
-    launch = [t for t in ended if any(s.startswith("INSERT INTO attempts") for s in t)]
-    assert len(launch) == 1, ended
-    assert [t for t in ended if any("launching = NULL" in s for s in t)] == launch
-    assert len(launch[0]) == 3, launch
-    assert "attempts = 1" in launch[0][1]
-    assert ", 'agent_started', '{" in launch[0][2]
+    intent, _ = launch_transactions(ended)
+    assert "launching_agent = 'claude', node = NULL" in intent[0]
     end = [t for t in ended if any(s.startswith("UPDATE attempts SET exit_code") for s in t)]
     assert [t for t in ended if any("cost_usd = " in s for s in t)] == end
     assert len(end) == 1, ended

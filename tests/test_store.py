@@ -555,6 +555,29 @@ def _traced_swarm(
     )
 
 
+def launch_transactions(ended: list[list[str]]) -> tuple[list[str], list[str]]:
+    """An attempt's launch in a traced run's committed transactions (:func:`_committed`).
+
+    Two: before its agent started (the task running, its intent, its state event), and after
+    (the attempt, the task's count with its intent cleared, the `agent_started` event).
+    """
+    before = ended[: ended.index(["the agent started"])]
+    intent = [
+        t for t in before if any(s.startswith("UPDATE tasks SET state = 'running'") for s in t)
+    ]
+    assert len(intent) == 1, before
+    assert [t for t in ended if any("launching = 1" in s for s in t)] == intent
+    assert len(intent[0]) == 2, intent  # the task's row and its state event
+    assert ", 'state', '{" in intent[0][1]
+    launch = [t for t in ended if any(s.startswith("INSERT INTO attempts") for s in t)]
+    assert len(launch) == 1, ended
+    assert [t for t in ended if any("launching = NULL" in s for s in t)] == launch
+    assert len(launch[0]) == 3, launch
+    assert "attempts = 1" in launch[0][1]
+    assert ", 'agent_started', '{" in launch[0][2]
+    return intent[0], launch[0]
+
+
 def _committed(log: Path) -> list[list[str]]:
     """The transactions *log* holds, in the order they were committed; their statements.
 
@@ -610,22 +633,8 @@ pathlib.Path("out.txt").write_text("work\\n")
     agent = " ".join(write_agent(source))
     out = _traced_swarm(repo, log, "run", "--agent", agent, "-t", "ok=do")
     assert out.returncode == 0, out.stderr
-    ended = _committed(log)
-    before = ended[: ended.index(["the agent started"])]
-    intent = [
-        t for t in before if any(s.startswith("UPDATE tasks SET state = 'running'") for s in t)
-    ]
-    assert len(intent) == 1, before
-    assert [t for t in ended if any("launching = 1" in s for s in t)] == intent
-    assert len(intent[0]) == 2, intent  # the task's row and its state event
-    assert "launching_agent = " in intent[0][0]
-    assert ", 'state', '{" in intent[0][1]
-    launch = [t for t in ended if any(s.startswith("INSERT INTO attempts") for s in t)]
-    assert len(launch) == 1, ended
-    assert [t for t in ended if any("launching = NULL" in s for s in t)] == launch
-    assert len(launch[0]) == 3, launch
-    assert "attempts = 1" in launch[0][1]
-    assert ", 'agent_started', '{" in launch[0][2]
+    intent, _ = launch_transactions(_committed(log))
+    assert "launching_agent = " in intent[0]
 
 
 # Named claude, read as Claude Code: it says what it cost and used, as its last line.
