@@ -31,16 +31,8 @@ def environment_secrets(env: Mapping[str, str]) -> dict[str, str]:
     Only values that look made up: ``DB_PASSWORD=postgres`` is in half the files of a
     repository. A value without the blanks around it, as the program that reads it uses it.
     """
-    found: dict[str, str] = {}
-    for name, value in sorted(env.items()):
-        bare = value.strip()
-        if (
-            redact.is_secret_name(name)
-            and len(bare) >= redact.MIN_SECRET_LEN
-            and redact.made_up(bare)
-        ):
-            found.setdefault(bare, name)
-    return found
+    settings = redact.secret_settings(sorted(env.items()))
+    return {value: name for value, name in settings.items() if redact.made_up(value)}
 
 
 def own_commit_leaks(repo: git.Repo, *, since: str, tip: str, env: Mapping[str, str]) -> list[Leak]:

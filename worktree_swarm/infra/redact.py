@@ -189,19 +189,27 @@ def is_secret_name(name: str) -> bool:
     return _SECRET_NAME.search(name) is not None
 
 
+def secret_settings(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Value -> the first name, of *pairs*' secret-named settings long enough to be secrets.
+
+    A value without the blanks around it: `GITHUB_TOKEN=" ghp_x "` is the token ghp_x to the
+    program that reads it, and shows up without them.
+    """
+    found: dict[str, str] = {}
+    for name, value in pairs:
+        bare = value.strip()
+        if is_secret_name(name) and len(bare) >= MIN_SECRET_LEN:
+            found.setdefault(bare, name)
+    return found
+
+
 class Redactor:
     """Replace API keys, tokens and secret environment values with ``[REDACTED]``."""
 
     def __init__(self, env: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
         """Also redact the literal values of *env* variables whose names look secret."""
         pairs = env.items() if isinstance(env, Mapping) else env
-        # Without the blanks around it: `GITHUB_TOKEN=" ghp_x "` is the token ghp_x to the
-        # program that reads it, and shows up without them.
-        whole = {
-            value.strip()
-            for name, value in pairs
-            if is_secret_name(name) and len(value.strip()) >= MIN_SECRET_LEN
-        }
+        whole = set(secret_settings(pairs))
         # A value of several lines (a PEM key) is found a line at a time too: a log's tail, a
         # live view or a stream redacted line by line holds one line of it, not the whole.
         # Only its lines of one made-up word: not `-----END PRIVATE KEY-----` or a JSON
