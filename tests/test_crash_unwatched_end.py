@@ -5,8 +5,10 @@ resume does."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,15 +41,20 @@ def _killed_with_planting_agent(
     return ran
 
 
-def _ended_unwatched(repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]) -> Path:
-    """Task a's agent plants git's files and ends while no manager watches; `ran`."""
-    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_UNWATCHED, write_agent)
+def _shim_recorded_end(repo: Path) -> None:
+    """Wait until an agent's shim recorded its end (with no manager to watch it)."""
     runs = repo / ".git" / "swarm" / "runs"
 
     def ended() -> bool:
         return any(json.loads(p.read_text()).get("ended_at") for p in runs.rglob("*.exit.json"))
 
-    wait_for(ended, what="the agent to end unwatched")  # its shim recorded it
+    wait_for(ended, what="the agent to end unwatched")
+
+
+def _ended_unwatched(repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]) -> Path:
+    """Task a's agent plants git's files and ends while no manager watches; `ran`."""
+    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_UNWATCHED, write_agent)
+    _shim_recorded_end(repo)
     return ran
 
 
@@ -128,6 +135,34 @@ def test_swarm_run_force_puts_back_git_files_an_agent_changed_while_no_manager_w
     assert git(repo, "show", "swarm/a:a.txt") == "work"  # its work kept on its branch
     # The record of git's files (your config's bytes) goes with the abandoned run.
     assert not list(runs.glob("*/guard/surface.json"))
+
+
+@pytest.mark.parametrize("unrecorded", [False, True])
+@pytest.mark.parametrize("end", ["stop", "resume"])
+def test_what_an_agent_that_ended_while_no_manager_watched_cost_is_counted(
+    repo: Path, request: pytest.FixtureRequest, end: str, unrecorded: bool
+) -> None:
+    # `swarm stop` recorded the end of an agent that finished after its manager was killed
+    # (its launch recorded or not) without what it reported it used: its task showed no cost,
+    # and no budget counted it.
+    fake: Path = request.getfixturevalue("fake_claude")
+    plan(fake, "a", "wait")  # its result line: $0.50, 100 tokens in, 20 out
+    text = '[[task]]\nid = "a"\nprompt = "x"\nagent = "claude"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for((fake / "a.pid").exists, what="the agent")
+    _kill_group(proc)  # the agent, in its shim's session, goes on
+    (fake / "go").touch()
+    _shim_recorded_end(repo)
+    if unrecorded:
+        unrecord_launch(repo, "a", 1)
+    out = swarm(repo, end)
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "done", row
+    assert (row["cost_usd"], row["tokens_in"], row["tokens_out"]) == (0.5, 100, 20), row
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db:
+        costs = db.execute("SELECT cost_usd FROM attempts WHERE task_id = 'a'").fetchall()
+    assert costs == [(0.5,)]  # the attempt's own, as the budget (`max_cost_usd`) counts it
 
 
 @pytest.mark.parametrize("end", ["resume", "stop"])

@@ -28,7 +28,7 @@ from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow
 from worktree_swarm.run.agent_watch import LOG_READ_LIMIT
-from worktree_swarm.run.attempt_record import attempt_outcome
+from worktree_swarm.run.attempt_record import attempt_outcome, attempt_usage, attempts_own
 from worktree_swarm.run.retry import settle_guard
 
 
@@ -163,7 +163,8 @@ def ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResul
     """How the agent of open *attempt* went when it ended by itself with no manager watching.
 
     Read, as `swarm resume` reads it, from its shim's record and its log; recorded with the
-    attempt. None when it did not (it runs still, or its shim recorded no end).
+    attempt, and what it used (cost, tokens) with its task's totals, as a watched end is. None
+    when it did not (it runs still, or its shim recorded no end).
     """
     log = Path(attempt.log_path)
     record = shim_record.read_record(shim_record.record_path(log))
@@ -173,9 +174,13 @@ def ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResul
     result = adapter_for(agent).interpret(
         exit_code=record.exit_code, log_text=read_log_end(log, LOG_READ_LIMIT), now=now
     )
-    outcome = attempt_outcome(result).value
-    store.end_attempt(
-        attempt.id, exit_code=record.exit_code, outcome=outcome, ended_at=record.ended_at
+    own = attempts_own(store, attempt.run_id, attempt.task_id, attempt.id, result)
+    store.record_end(
+        attempt.id,
+        exit_code=record.exit_code,
+        outcome=attempt_outcome(own).value,
+        usage=attempt_usage(own, own.reason),
+        ended_at=record.ended_at,
     )
     return result
 
