@@ -679,6 +679,29 @@ def test_an_attempts_end_is_recorded_with_its_tasks_usage_in_one_transaction(
     assert used == [(1.25, 300, 40)]
 
 
+def test_an_attempt_ended_again_with_a_reason_only_keeps_what_it_used(store: Store) -> None:
+    # Its Ray cluster lost after its end was recorded, the attempt was ended again with the
+    # loss as its reason only: its cost and tokens were wiped, its task's totals kept them,
+    # and what the run had spent (`max_cost_usd`, counted from the attempts) lost them.
+    new_run(store)
+    with_tasks(store, "a")
+    ident = ProcessIdentity(pid=1, create_time=1.0, pgid=1)
+    aid = store.start_attempt("r1", "a", number=1, identity=ident, log_path="/l/1")
+    used = AttemptUsage(
+        reason="ok", session_id="s1", cost_usd=0.5, tokens_in=7, tokens_out=3, cache_read_tokens=2
+    )
+    store.record_end(aid, exit_code=0, outcome="succeeded", usage=used)
+    lost = AttemptUsage(reason="the Ray cluster was lost")
+    store.end_attempt(aid, exit_code=None, outcome="failed", usage=lost)
+    (attempt,) = store.attempts("r1", "a")
+    assert (attempt.outcome, attempt.reason) == ("failed", "the Ray cluster was lost")
+    assert (attempt.session_id, attempt.cost_usd, attempt.cache_read_tokens) == ("s1", 0.5, 2)
+    assert (attempt.tokens_in, attempt.tokens_out) == (7, 3)
+    row = store.task("r1", "a")
+    assert row is not None
+    assert (row.cost_usd, row.tokens_in, row.tokens_out) == (0.5, 7, 3)  # counted once
+
+
 def test_an_attempts_end_and_its_tasks_totals_are_all_or_nothing(store: Store) -> None:
     new_run(store)
     with_tasks(store, "a")

@@ -70,11 +70,16 @@ def end_attempt(
     ended_at: float,
     usage: AttemptUsage,
 ) -> None:
-    """Record how an attempt ended and what its agent reported (*usage*) on its own row."""
+    """Record how an attempt ended and what its agent reported (*usage*) on its own row.
+
+    What *usage* does not report keeps what is on record: an attempt ended again (its
+    cluster lost after its end was recorded, say) keeps the cost and tokens counted for it.
+    """
     cursor = conn.execute(
         "UPDATE attempts SET exit_code = ?, outcome = ?, ended_at = ?, reason = ?,"
-        " session_id = ?, cost_usd = ?, tokens_in = ?, tokens_out = ?,"
-        " cache_read_tokens = ? WHERE id = ?",
+        " session_id = COALESCE(?, session_id), cost_usd = COALESCE(?, cost_usd),"
+        " tokens_in = COALESCE(?, tokens_in), tokens_out = COALESCE(?, tokens_out),"
+        " cache_read_tokens = COALESCE(?, cache_read_tokens) WHERE id = ?",
         (
             exit_code,
             outcome,
