@@ -23,6 +23,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import scrub
 from worktree_swarm.infra.logtail import read_log_end
+from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.agent_watch import idle_reason, past_max_log
 from worktree_swarm.run.attempt_record import attempt_outcome, attempt_usage, attempts_own
@@ -365,16 +366,25 @@ class RayAttemptRun(RayResume):
 
     def _end(self, handle: Handle, reason: str, *, silent: bool = False) -> None:
         """Record the attempt as failed and take its actor down (:meth:`_retire`)."""
-        used = handle.used
-        failed = AttemptOutcome.FAILED.value
-        if used is not None and not handle.counted:  # with its task's totals, at once
-            usage = attempt_usage(used, reason)
-            self.store.record_end(handle.attempt_id, exit_code=None, outcome=failed, usage=usage)
-            handle.counted = True
-        else:
-            usage = AttemptUsage(reason=reason) if used is None else attempt_usage(used, reason)
-            self.store.end_attempt(handle.attempt_id, exit_code=None, outcome=failed, usage=usage)
+        end_failed(self.store, handle, reason)
         self._retire(handle, silent=silent)
+
+
+def end_failed(store: Store, handle: Handle, reason: str) -> None:
+    """Record *handle*'s attempt as failed with *reason*, keeping what its agent used.
+
+    What it used (:attr:`Handle.used`) and no end recorded yet counted: added to its task's
+    totals at once; already counted: kept on the attempt, not counted again.
+    """
+    used = handle.used
+    failed = AttemptOutcome.FAILED.value
+    if used is not None and not handle.counted:  # with its task's totals, at once
+        usage = attempt_usage(used, reason)
+        store.record_end(handle.attempt_id, exit_code=None, outcome=failed, usage=usage)
+        handle.counted = True
+    else:
+        usage = AttemptUsage(reason=reason) if used is None else attempt_usage(used, reason)
+        store.end_attempt(handle.attempt_id, exit_code=None, outcome=failed, usage=usage)
 
 
 def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: int) -> TaskOutcome:

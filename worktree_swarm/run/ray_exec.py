@@ -25,16 +25,15 @@ from dataclasses import dataclass
 
 from worktree_swarm.agents import provider_of
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import AttemptOutcome, TaskState
+from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.course import Course, stated_window
 from worktree_swarm.run.gate_model import Limit, Signal
 from worktree_swarm.run.ray_actors import NodeLostError, UnansweredError
 from worktree_swarm.run.ray_attempt import Ended, Handle, Throttled
-from worktree_swarm.run.ray_attempt_run import RayAttemptRun
+from worktree_swarm.run.ray_attempt_run import RayAttemptRun, end_failed
 from worktree_swarm.run.ray_cluster import ClusterLostError
 from worktree_swarm.run.retry import in_the_way
 from worktree_swarm.run.run_worker import Live, TaskOutcome, worktree_path
@@ -156,12 +155,7 @@ class RayTaskWorker(RayAttemptRun):
         try:
             return self._attempt(live, handle, base, course, cost)
         except ClusterLostError as exc:  # nothing of it can be reached: it ends here only
-            self.store.end_attempt(
-                handle.attempt_id,
-                exit_code=None,
-                outcome=AttemptOutcome.FAILED.value,
-                usage=AttemptUsage(reason=str(exc)),
-            )
+            end_failed(self.store, handle, str(exc))  # what its agent used kept and counted
             self.disk.released(handle.node, task.id)
             raise
         except NodeLostError as exc:

@@ -1,0 +1,83 @@
+"""A Ray attempt ended failed by its coordinator (its cluster or node lost): a real store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_store import new_run, with_tasks
+from worktree_swarm.agents.base import AgentOutcome, AgentResult
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.infra.store import Store
+from worktree_swarm.run.attempt_record import attempt_usage
+from worktree_swarm.run.ray_attempt import Handle
+from worktree_swarm.run.ray_attempt_run import end_failed
+
+USED = AgentResult(
+    outcome=AgentOutcome.SUCCESS, session_id="s1", cost_usd=0.5, tokens_in=7, tokens_out=3
+)
+LOST = "the Ray cluster at 127.0.0.1:6379 was lost"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "state.db") as s:
+        new_run(s)
+        with_tasks(s, "a")
+        yield s
+
+
+def _handle(store: Store, tmp_path: Path) -> Handle:
+    ident = ProcessIdentity(pid=1, create_time=1.0, pgid=1)
+    log = tmp_path / "attempt-1.log"
+    aid = store.start_attempt("r1", "a", number=1, identity=ident, log_path=str(log))
+    return Handle(
+        actor=None, task_id="a", number=1, attempt_id=aid, started_at=1.0, log_path=log, node="n"
+    )
+
+
+def _used(store: Store) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """The attempt's (outcome, reason, cost, tokens) and its task's (cost, tokens) totals."""
+    (attempt,) = store.attempts("r1", "a")
+    row = store.task("r1", "a")
+    assert row is not None
+    return (
+        (attempt.outcome, attempt.reason, attempt.cost_usd, attempt.tokens_in, attempt.tokens_out),
+        (row.cost_usd, row.tokens_in, row.tokens_out),
+    )
+
+
+def test_a_lost_attempt_whose_usage_was_read_but_not_recorded_counts_it(
+    store: Store, tmp_path: Path
+) -> None:
+    # The cluster lost between reading what the agent used and recording its end: the attempt
+    # was ended with the loss as its reason only, its cost counted nowhere.
+    handle = _handle(store, tmp_path)
+    handle.used = USED
+    end_failed(store, handle, LOST)
+    assert handle.counted
+    assert _used(store) == (("failed", LOST, 0.5, 7, 3), (0.5, 7, 3))
+
+
+def test_a_lost_attempt_whose_end_was_recorded_keeps_its_usage_counted_once(
+    store: Store, tmp_path: Path
+) -> None:
+    # The cluster lost in its checks, after its end was recorded: its cost was wiped from it.
+    handle = _handle(store, tmp_path)
+    handle.used = USED
+    usage = attempt_usage(USED, "")
+    store.record_end(handle.attempt_id, exit_code=0, outcome="succeeded", usage=usage)
+    handle.counted = True
+    end_failed(store, handle, LOST)
+    assert _used(store) == (("failed", LOST, 0.5, 7, 3), (0.5, 7, 3))
+
+
+def test_a_lost_attempt_whose_agent_reported_nothing_ends_with_its_reason(
+    store: Store, tmp_path: Path
+) -> None:
+    handle = _handle(store, tmp_path)
+    end_failed(store, handle, LOST)
+    assert not handle.counted
+    assert _used(store) == (("failed", LOST, None, None, None), (None, None, None))
