@@ -141,19 +141,13 @@ def test_an_agents_own_commit_of_an_environment_secret_is_refused_from_a_shell_w
     _nowhere_in_swarms_files(repo, outputs)
 
 
-@pytest.mark.long
-@pytest.mark.parametrize("end", ["resume", "stop"])
-def test_a_manager_killed_before_it_looked_leaves_it_to_the_command_that_ends_the_attempt(
-    repo: Path,
-    write_agent: AgentFactory,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    end: str,
+def _killed_before_it_looked(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The agent committed the token; the manager is killed as it starts to look through its
-    # commits (its first `git log`). `swarm resume` looks and records it; so does `swarm stop`,
-    # whose checkpoint moved the branch's recorded tip past the commit unlooked: no later look
-    # started before it, and the branch merged from a shell without the variable.
+    """A run whose agent committed the token, its manager killed as it starts to look.
+
+    Killed at its first `git log` (of the agent's commits): the task is left running.
+    """
     monkeypatch.setenv("SERVICE_TOKEN", SECRET)
     agent = write_agent(OWN_COMMIT)
     text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "x"\n'
@@ -172,6 +166,22 @@ def test_a_manager_killed_before_it_looked_leaves_it_to_the_command_that_ends_th
     (tmp_path / "gitbin" / "git").unlink()
     worktree = repo.parent / "repo.swarm" / "t"
     assert SECRET in git(worktree, "log", "-p", "--format=%B")  # committed, not yet looked at
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("end", ["resume", "stop"])
+def test_a_manager_killed_before_it_looked_leaves_it_to_the_command_that_ends_the_attempt(
+    repo: Path,
+    write_agent: AgentFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    end: str,
+) -> None:
+    # The agent committed the token; the manager is killed as it starts to look through its
+    # commits (its first `git log`). `swarm resume` looks and records it; so does `swarm stop`,
+    # whose checkpoint moved the branch's recorded tip past the commit unlooked: no later look
+    # started before it, and the branch merged from a shell without the variable.
+    _killed_before_it_looked(repo, write_agent, tmp_path, monkeypatch)
     resumed = swarm(repo, end)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     if end == "resume":
@@ -188,3 +198,42 @@ def test_a_manager_killed_before_it_looked_leaves_it_to_the_command_that_ends_th
     assert merged.returncode == 1, merged.stdout + merged.stderr
     assert "not merging swarm/t: config.txt (commit " in merged.stdout, merged.stdout
     _nowhere_in_swarms_files(repo, [resumed.stdout, resumed.stderr, merged.stdout])
+
+
+@pytest.mark.long
+def test_a_clean_in_the_shell_that_has_the_value_records_a_dead_managers_unlooked_commit(
+    repo: Path,
+    write_agent: AgentFactory,
+    tmp_path: Path,
+    fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The manager is killed before it looked; nobody stops or resumes the run. `swarm clean
+    # --yes` in the shell that has the variable leaves the unfinished task alone, and records
+    # its agent's commit: the `swarm stop` from another shell that ends the task (its
+    # checkpoint moves the recorded tip past the commit), then `swarm merge` and `swarm pr`
+    # from that shell, without the variable, refuse the branch all the same.
+    _killed_before_it_looked(repo, write_agent, tmp_path, monkeypatch)
+    cleaned = swarm(repo, "clean", "--yes")
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert status_json(repo)["t"]["state"] == "running"  # left for `swarm resume` or `stop`
+    monkeypatch.delenv("SERVICE_TOKEN")  # another shell
+    redact._current = None
+    stopped = swarm(repo, "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    row = status_json(repo)["t"]
+    assert row["state"] == "done", row
+    assert str(row["secret_commit"]).startswith("config.txt (commit "), row
+    merged = swarm(repo, "merge")
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    assert "not merging swarm/t: config.txt (commit " in merged.stdout, merged.stdout
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    assert pr.returncode == 1, pr.stdout + pr.stderr
+    assert pr.stdout.strip().startswith("t  failed  not pushing swarm/t: config.txt (commit ")
+    assert git(bare, "for-each-ref") == ""
+    outputs = [cleaned.stdout, cleaned.stderr, stopped.stdout, stopped.stderr, merged.stdout]
+    _nowhere_in_swarms_files(repo, [*outputs, merged.stderr, pr.stdout, pr.stderr])

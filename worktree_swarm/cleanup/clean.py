@@ -3,7 +3,9 @@
 For every finished task (done, merged, failed, no_changes, timed_out, stopped, blocked,
 conflicted) of one run or all runs: checkpoint and remove its worktree, prune git's worktree
 list, delete its branch when merged (or with ``force``). What was removed is recorded as a
-``cleaned`` event; rows, attempts and logs stay for ``swarm report``.
+``cleaned`` event; rows, attempts and logs stay for ``swarm report``. The tasks of a run
+whose manager died are left for `swarm resume` or `swarm stop`; the commits their agents made
+themselves are looked through for this shell's secrets first, as those commands do.
 
 This module puts the plan together and carries it out; a task's findings are made in
 task_plan, the integration branch's in integration_plan, over what plan_reads read once.
@@ -12,6 +14,7 @@ task_plan, the integration branch's in integration_plan, over what plan_reads re
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +45,8 @@ from worktree_swarm.core.models import RunStatus
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.core.run_settings import Executor
 from worktree_swarm.git import branches as git_branches
+from worktree_swarm.git import committed_secrets, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
 from worktree_swarm.git.remotes import strip_userinfo
 from worktree_swarm.guard import snapshot
 from worktree_swarm.infra import lock, proc_scan
@@ -167,6 +170,7 @@ def clean(
         findings = [*stale_git_locks(repo), *findings, *ref_move_notes(repo)]
         if not yes:
             return Report(mode="clean", findings=tuple(findings), kept_before=kept_before)
+        _look_at_unended(repo, store, run_ids)
         _record_landed(repo, store, findings)
         results = apply(repo, findings, store=store, force=force, grace=grace)
         _record_cleaned(store, results)
@@ -185,6 +189,25 @@ def clean(
 def _listed(value: object) -> list[object]:
     """*value* if it is a list (as an event's data holds it), else nothing."""
     return value if isinstance(value, list) else []
+
+
+def _look_at_unended(repo: git.Repo, store: Store, run_ids: list[str]) -> None:
+    """Record the secrets in commits the agents of unfinished tasks made themselves, unlooked.
+
+    Those of a run whose manager died (none is alive): its tasks stay for `swarm resume` or
+    `swarm stop`, which look with their own shell's environment; this shell's may be the one
+    that has the value (:func:`committed_secrets.record_unlooked`). Each task's branch, as
+    `swarm merge` and `swarm pr` take it. No git runs unless such a task has a branch.
+    """
+    if lock.manager_alive(repo.state_dir):
+        return  # a live manager looks when each attempt ends
+    rows = [row for rid in run_ids for row in store.tasks(rid) if not row.state.is_final]
+    rows = [row for row in rows if row.base_commit]  # a branch made: commits to look at
+    tips = git_branches.branch_tips(repo) if rows else {}
+    for row in rows:
+        task = task_from_json(row.spec_json)
+        head = tips.get(row.branch)
+        committed_secrets.record_unlooked(repo, store, row, task, head, env=os.environ)
 
 
 def _forget_sign_ins(repo: git.Repo, store: Store, run_ids: list[str]) -> None:
