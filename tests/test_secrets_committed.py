@@ -237,3 +237,26 @@ def test_a_clean_in_the_shell_that_has_the_value_records_a_dead_managers_unlooke
     assert git(bare, "for-each-ref") == ""
     outputs = [cleaned.stdout, cleaned.stderr, stopped.stdout, stopped.stderr, merged.stdout]
     _nowhere_in_swarms_files(repo, [*outputs, merged.stderr, pr.stdout, pr.stderr])
+
+
+@pytest.mark.long
+def test_an_agent_that_commits_it_and_removes_its_worktree_has_its_commit_recorded(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The attempt fails before its checkpoint (its worktree went while its agent worked); its
+    # branch keeps the agent's commits, and `swarm merge t` takes a failed task by name.
+    monkeypatch.setenv("SERVICE_TOKEN", SECRET)
+    gone = "import shutil\nhere = os.getcwd()\nos.chdir('/')\nshutil.rmtree(here)\n"
+    agent = write_agent(OWN_COMMIT + gone)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "x"\n'
+    run = swarm(repo, "run", manifest(repo, text))
+    assert SECRET in git(repo, "log", "-p", "--format=%B", "swarm/t")
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed", row
+    assert "its worktree was removed while its agent worked" in str(row["reason"]), row
+    monkeypatch.delenv("SERVICE_TOKEN")  # another shell
+    redact._current = None
+    merged = swarm(repo, "merge", "t")
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    assert "not merging swarm/t: config.txt (commit " in merged.stdout, merged.stdout
+    _nowhere_in_swarms_files(repo, [run.stdout, run.stderr, merged.stdout, merged.stderr])

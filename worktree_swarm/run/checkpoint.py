@@ -23,6 +23,7 @@ from worktree_swarm.git import (
     status,
     tampering,
 )
+from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs
 from worktree_swarm.run import task_checkpoint
@@ -51,13 +52,13 @@ class Checkpoints(RunWorker):
         """
         lost = self.guard.worktree_lost(task.id)  # first: it may put the worktree back
         if lost is not None:
-            return _failed_uncommitted(_lost_reason(task, lost))
+            return self._failed_before_checkpoint(task, base, _lost_reason(task, lost))
         if fs.sealed(path):  # no git can work there
-            return _failed_uncommitted(sealed_reason(path))
+            return self._failed_before_checkpoint(task, base, sealed_reason(path))
         admin = tampering.own_admin(self.repo, path)
         changed = None if admin is not None else tampering.tampered(self.repo, path)
         if changed is not None:  # git there would commit onto another checkout or branch
-            return _failed_uncommitted(tampering.left_uncommitted(changed))
+            return self._failed_before_checkpoint(task, base, tampering.left_uncommitted(changed))
         planted = tampering.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
@@ -94,6 +95,19 @@ class Checkpoints(RunWorker):
         No git runs unless the agent committed itself (its HEAD moved from the recorded tip).
         """
         self._record_own_commits(task, base, gitfiles.head_in(path))
+
+    def _failed_before_checkpoint(
+        self, task: Task, base: str, reason: str
+    ) -> tuple[diffs.DiffStat, TaskOutcome]:
+        """The task failed for *reason* before its checkpoint, its worktree unfit for git.
+
+        The commits its agent made itself on its branch are recorded all the same: the branch
+        keeps them, and `swarm merge` of the task would take them (:meth:`_record_own_commits`
+        of the branch's tip: the worktree's HEAD is gone, unreadable or another checkout's).
+        """
+        tip = git.rev_parse(self.repo, f"refs/heads/{task.branch}^{{commit}}")
+        self._record_own_commits(task, base, tip)
+        return _failed_uncommitted(reason)
 
     def _checkpoint_disarmed(
         self,
