@@ -2096,6 +2096,60 @@ def test_a_task_worktree_switched_between_the_plan_and_its_removal_is_kept_as_it
 
 
 @pytest.mark.long
+def test_a_task_worktree_switched_to_main_as_its_checkpoint_stages_leaves_main_where_it_was(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
+) -> None:
+    """Switched after the removal's last look at its HEAD, before its checkpoint's commit:
+    `git commit` committed the work onto wherever HEAD was by then, your `main`."""
+    agent = " ".join(write_agent("open('a.txt', 'w').write('a\\n')\n"))
+    assert swarm(repo, "run", "--agent", agent, "-t", "a=a").returncode == 0
+    worktree = repo.parent / "repo.swarm" / "a"
+    tips = {b: git(repo, "rev-parse", b) for b in ("main", "swarm/a")}
+    (worktree / "wip.txt").write_text("yours, half done\n")
+    # The checkpoint's `add` comes after that look: the worktree goes to `main` right then.
+    real = shlex.quote(str(shutil.which("git")))
+    switch = f"{real} -C {shlex.quote(str(worktree))} switch -q --ignore-other-worktrees main"
+    switched = hang_git_at(tmp_path, monkeypatch, "add", then=f'{switch}; exec {real} "$@"')
+
+    out = swarm(repo, "clean", "--yes")
+
+    assert switched.exists()
+    assert {b: git(repo, "rev-parse", b) for b in tips} == tips
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "its worktree is on branch main now, not swarm/a" in out.stdout, out.stdout
+    assert "kept: finish there" in out.stdout, out.stdout
+    assert (worktree / "wip.txt").read_text() == "yours, half done\n"
+    assert git(worktree, "symbolic-ref", "--short", "HEAD") == "main"
+
+
+@pytest.mark.long
+def test_a_task_worktree_switched_as_its_checkpoint_commits_keeps_it_on_its_branch(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
+) -> None:
+    """Switched once its tree is written and HEAD was found on its branch: the commit goes
+    onto that branch all the same, and the checkout, someone's now, stays."""
+    agent = " ".join(write_agent("open('a.txt', 'w').write('a\\n')\n"))
+    assert swarm(repo, "run", "--agent", agent, "-t", "a=a").returncode == 0
+    worktree = repo.parent / "repo.swarm" / "a"
+    main = git(repo, "rev-parse", "main")
+    (worktree / "wip.txt").write_text("yours, half done\n")
+    real = shlex.quote(str(shutil.which("git")))
+    switch = f"{real} -C {shlex.quote(str(worktree))} switch -q --ignore-other-worktrees main"
+    switched = hang_git_at(tmp_path, monkeypatch, "commit-tree", then=f'{switch}; exec {real} "$@"')
+
+    out = swarm(repo, "clean", "--yes")
+
+    assert switched.exists()
+    assert git(repo, "rev-parse", "main") == main
+    assert git(repo, "show", "swarm/a:wip.txt") == "yours, half done"
+    assert out.returncode == 1, out.stdout + out.stderr
+    tip = git(repo, "rev-parse", "swarm/a")
+    said = f"its worktree is on branch main now, not swarm/a (its work checkpointed {tip[:12]}"
+    assert said in out.stdout, out.stdout
+    assert git(worktree, "symbolic-ref", "--short", "HEAD") == "main"
+
+
+@pytest.mark.long
 def test_a_task_worktree_its_agent_left_on_a_detached_head_is_kept_as_it_is(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

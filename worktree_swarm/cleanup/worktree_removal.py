@@ -181,15 +181,22 @@ def _checkpoint_and_remove(
             tip = None if ref is None else moves.announce(ref, at=info.head)
             if known is not None:  # its own secrets too (`env`, `copy` files'): files stay out
                 run_info.know_secrets_of(repo.root, [known[1]])
-            sha = checkpoints.checkpoint(
-                path,
-                message=f"swarm: checkpoint {path.name} (clean)" + _trailers(store, f),
-                author=_author(store, f),
-                exclude=_local_paths(store, f, path),
-                max_file=_max_file(store, f),
-            )
+            try:  # onto its branch alone: switched by now, nothing is committed
+                sha = checkpoints.checkpoint(
+                    path,
+                    message=f"swarm: checkpoint {path.name} (clean)" + _trailers(store, f),
+                    author=_author(store, f),
+                    exclude=_local_paths(store, f, path),
+                    max_file=_max_file(store, f),
+                    onto=info.branch,
+                )
+            except checkpoints.SwitchedError:
+                _refuse_when_switched(path, f, worktrees.registration_locked(repo, path))
+                raise
             if ref is not None:
                 moves.moved(ref, sha or tip)
+            # Switched since the commit: that checkout is someone's now, never removed.
+            _refuse_when_switched(path, f, worktrees.registration_locked(repo, path), saved=sha)
             # Committed, it goes like a clean one: the index first (git's own removal deletes
             # the files first, and one killed in between left deletions to commit next time).
             clean = _nothing_to_keep(path, as_copied)
@@ -296,11 +303,14 @@ def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) 
         raise SwarmError(f"{keep}; kept")
 
 
-def _refuse_when_switched(path: Path, f: Finding, now: WorktreeInfo | None) -> None:
+def _refuse_when_switched(
+    path: Path, f: Finding, now: WorktreeInfo | None, *, saved: str | None = None
+) -> None:
     """Raise when the worktree *path* is no longer on the branch the plan *f* found it on.
 
     Switched since (by you, by an agent): a checkpoint would commit onto that branch, or onto
     no branch. Kept and named, as the plan keeps a worktree it finds so (*now*: as it is).
+    *saved*: the checkpoint already made onto the plan's branch, named too.
     """
     if now is None:
         raise SwarmError(f"{path} is no longer a registered worktree; left alone")
@@ -310,9 +320,10 @@ def _refuse_when_switched(path: Path, f: Finding, now: WorktreeInfo | None) -> N
     if not on:
         head = now.head or git.rev_parse_in(path, "HEAD") or "?"
         on = f"a detached HEAD at {head[:12]}"
+    done = f" (its work checkpointed {saved[:12]} on {f.branch} before)" if saved else ""
     raise SwarmError(
-        f"its worktree is on {on} now, not {f.branch or 'a detached HEAD'}; kept: finish there, "
-        "then remove it yourself (`git worktree remove`)"
+        f"its worktree is on {on} now, not {f.branch or 'a detached HEAD'}{done}; kept: finish "
+        "there, then remove it yourself (`git worktree remove`)"
     )
 
 

@@ -10,19 +10,20 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from worktree_swarm.core.errors import CommandError, GitError
 from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
-from worktree_swarm.core.text import path_text
+from worktree_swarm.core.text import one_line, path_text
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import index_copy, runner
 from worktree_swarm.git.gitconfig import identity_env
 from worktree_swarm.git.gitfiles import (
     head_in,
     mid_operation,
+    operation_in_progress,
     past_stale_lock,
     repair_checkout,
     restore_deleted_branch,
 )
 from worktree_swarm.git.index import populated_gitlinks, stage_gitlinks, unhide_edits
-from worktree_swarm.git.repo import in_batches, run
+from worktree_swarm.git.repo import in_batches, rev_parse_in, run
 from worktree_swarm.git.staged import (
     filtered_on_disk,
     named_blobs,
@@ -62,6 +63,7 @@ def checkpoint(
     max_file: int | None = DEFAULT_MAX_FILE,
     agent_ran: bool = False,
     branch: str | None = None,
+    onto: str | None = None,
 ) -> str | None:
     """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
 
@@ -83,7 +85,9 @@ def checkpoint(
     committed; and a file whose filter swarm's git does not run, raising FilteredError: never
     added (nor hashed), or, staged by the agent, unstaged (:func:`unstage_filtered`). The
     branch HEAD names, deleted, is put back first (only *branch*, a task's, when given: see
-    :func:`restore_deleted_branch`).
+    :func:`restore_deleted_branch`). With *onto* (a branch) the commit goes onto that branch
+    alone, by compare-and-swap (:func:`_commit_onto`): SwitchedError, nothing committed, when
+    HEAD is elsewhere by then.
     """
     env = identity_env(author)
     repair_checkout(worktree, agent_ran=agent_ran)
@@ -97,7 +101,10 @@ def checkpoint(
         )
     # Made again from the index as it is now where another git wrote it meanwhile.
     done = index_copy.afresh(lambda: _stage(worktree, exclude, droppings, max_file))
-    head = _commit(worktree, message, env, added=done.added.strip() != "")
+    if onto is None:
+        head = _commit(worktree, message, env, added=done.added.strip() != "")
+    else:
+        head = _commit_onto(worktree, onto, message, env)
     if done.embedded:
         raise EmbeddedRepositoryError(worktree, [path_text(p) for p in done.embedded], head)
     if done.refused:
@@ -382,3 +389,49 @@ def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool
     if head is None:
         raise GitError(f"checkpoint in {worktree} left no HEAD")
     return head
+
+
+class SwitchedError(GitError):
+    """A checkpoint meant for one branch found its worktree's HEAD elsewhere: nothing committed."""
+
+
+def _commit_onto(worktree: Path, branch: str, message: str, env: Mapping[str, str]) -> str | None:
+    """Commit the index of *worktree* onto *branch* only: its new tip, or None when nothing new.
+
+    `git commit` commits onto wherever HEAD is as it runs: a worktree switched since HEAD was
+    last looked at (a user's `git checkout main` there, an agent's still running) had the
+    work committed onto that branch. Here the tree is written first, then HEAD must still be
+    on *branch* (else SwitchedError), and the branch moves from the tip the commit is made on
+    to the commit, or not at all (GitError, nothing committed, when it moved meanwhile).
+    """
+    ref = f"refs/heads/{branch}"
+    if mid_operation(worktree):  # a commit of ours would not conclude it as `git commit` does
+        doing = operation_in_progress(worktree) or "a git operation"
+        raise GitError(f"{worktree}: {doing} is in progress; finish or abort it there first")
+    written = past_stale_lock(worktree, ["write-tree"])
+    if written.returncode != 0:
+        raise CommandError(["git", "write-tree"], written.returncode, written.stderr)
+    tree = written.stdout.strip()
+    on = run(worktree, ["symbolic-ref", "-q", "HEAD"], check=False).stdout.strip()
+    if on != ref:  # the tree written may be of that checkout's index: never committed
+        where = on.removeprefix("refs/heads/") or "a detached HEAD"
+        raise SwitchedError(
+            f"{worktree} is on {where} now, not {branch}: nothing committed there, its work "
+            "stays in it"
+        )
+    tip = rev_parse_in(worktree, f"{ref}^{{commit}}")
+    if tip is not None and rev_parse_in(worktree, f"{tip}^{{tree}}") == tree:
+        return None
+    parents = ["-p", tip] if tip is not None else []
+    commit = ["commit-tree", "--no-gpg-sign", *parents, "-m", message, tree]
+    new = run(worktree, commit, env=env).stdout.strip()
+    subject = message.partition("\n")[0]
+    # The old value checked as the ref is locked: a branch moved since stays where it went.
+    update = ["update-ref", "-m", f"commit: {subject}", ref, new, tip or ""]
+    moved = past_stale_lock(worktree, update)
+    if moved.returncode != 0:
+        raise GitError(
+            f"{branch} moved while a checkpoint was committed onto it in {worktree}: nothing "
+            f"committed, its work stays there ({one_line(moved.stderr)})"
+        )
+    return new
