@@ -740,3 +740,51 @@ def test_a_worktree_left_switched_is_put_back_on_its_branch_before_its_commit_fo
     assert task_id == "a"
     assert removed["put_back_from"] == "main"
     assert "its worktree was on main: put back on swarm/a first" in str(removed["reason"])
+
+
+def test_a_worktree_git_cannot_put_back_is_kept_and_told_once_and_the_run_goes_on(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # a's worktree could not be put back on its branch (a lock a killed git left on its
+    # HEAD): that git error failed c, the task waiting for the room, with a's error.
+    repo = _big_repo(tmp_path)
+    git(repo, "checkout", "-q", "-b", "feature")  # `main` free to be checked out elsewhere
+    tips = {b: git(repo, "rev-parse", b) for b in ("main", "feature")}
+    again = tmp_path / "again"
+    agent = argv_toml([*write_agent(SWITCHES_OR_FAILS), str(again)])
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {agent}\njobs = 2\nmax_disk = "2.5M"\n'  # two worktrees, not three
+        '[[task]]\nid = "a"\nprompt = "a"\n[[task]]\nid = "b"\nprompt = "b"\n'
+        '[[task]]\nid = "c"\nprompt = "c"\ndepends_on = ["b"]\n',
+    )
+    worktree = repo.parent / "repo.swarm" / "a"
+    try:
+        first = subprocess.run(
+            [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "run", path],
+            cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+            timeout=120,
+        )  # fmt: skip
+        assert first.returncode == 1, first.stdout + first.stderr
+    finally:
+        worktree.chmod(0o755)
+    assert git(worktree, "symbolic-ref", "--short", "HEAD") == "main"
+    (repo / ".git" / "worktrees" / "a" / "HEAD.lock").write_text("")
+    again.touch()
+
+    # b done, c needs room: a's worktree, the oldest finished one, cannot go; b's can.
+    out = swarm(repo, "retry", "b")
+
+    assert {t: r["state"] for t, r in status_json(repo).items()} == {
+        "a": "failed", "b": "done", "c": "done"
+    }, out.stdout + out.stderr  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr  # a failed
+    assert (worktree / "work.txt").read_text() == "work\n"
+    assert git(worktree, "symbolic-ref", "--short", "HEAD") == "main"
+    assert {b: git(repo, "rev-parse", b) for b in tips} == tips
+    [(task_id, kept)] = _events(repo, "worktree_kept")
+    assert task_id == "a"
+    assert "HEAD.lock" in str(kept["reason"]), kept
+    assert out.stdout.count("a: worktree kept, not removed for max_disk - ") == 1, out.stdout
+    assert [t for t, _ in _events(repo, "worktree_removed")] == ["b"]
+    assert not (repo.parent / "repo.swarm" / "b").exists()

@@ -17,16 +17,18 @@ fits, so a run always makes progress; otherwise it fails, naming what takes the 
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
-from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.models import Emit
 from worktree_swarm.core.run_settings import Executor, RunSpec
 from worktree_swarm.core.task import Task
+from worktree_swarm.core.text import one_line
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import checkpoints, gitfiles, local_files, removal, sparse, tampering
 from worktree_swarm.git import repo as git
@@ -42,6 +44,10 @@ _BLOCK = 4096
 
 class DiskFullError(SwarmError):
     """A worktree cannot fit under max_disk and nothing will make room."""
+
+
+class _KeptError(SwarmError):
+    """A finished worktree swarm must not touch: kept, its work uncommitted."""
 
 
 class DiskBudget:
@@ -81,7 +87,7 @@ class DiskBudget:
         # whose worktree is still there can make room, oldest first.
         self._active: dict[str, int] = {}  # task id -> its checkout estimate
         self._removable: list[str] = []
-        self._kept: list[str] = []  # finished, never removed: what is there no commit holds
+        self._kept: dict[str, str] = {}  # finished, never removed: task id -> why
         rows = sorted(store.tasks(run_id), key=lambda r: r.ended_at or 0.0)
         for row in rows:
             if not (self.root / row.task_id).is_dir():
@@ -198,7 +204,8 @@ class DiskBudget:
         """Commit what *task_id*'s worktree holds uncommitted, as `swarm clean` would.
 
         Its trailers name the agent of the task's latest attempt (a fallback, maybe), and it
-        leaves out what the run's checkpoints leave out (every agent's own files too).
+        leaves out what the run's checkpoints leave out (every agent's own files too). Onto
+        the task's branch alone: a worktree switched meanwhile gets SwitchedError.
         """
         row = self.store.task(self.run_id, task_id)
         if task is not None and row is not None:
@@ -213,6 +220,7 @@ class DiskBudget:
         else:
             trailers = checkpoints.trailers(task_id, None, "unknown")
             kept = task_checkpoint.LeftOut(exclude=(), droppings=())
+        branch = row.branch if row is not None else task.branch if task is not None else None
         checkpoints.checkpoint(
             path,
             message=f"swarm: checkpoint {task_id} (before removing its worktree for max_disk)"
@@ -222,48 +230,33 @@ class DiskBudget:
             droppings=kept.droppings,
             max_file=self.spec.max_file,
             agent_ran=row is not None and row.agent_started,
-            branch=row.branch if row is not None else task.branch if task is not None else None,
+            branch=branch,
+            onto=branch,
         )
 
     def _remove(self, task_id: str, *, used: int, need: int) -> None:
-        """Remove a finished task's worktree to make room; its branch keeps the work."""
+        """Remove a finished task's worktree to make room; its branch keeps the work.
+
+        One that must stay (its work in no commit, or git failing there) is kept and told
+        once: the run goes on, another worktree may make the room.
+        """
         path = self.root / task_id
         task = self._tasks.get(task_id)
         cap = format_size(self.spec.max_disk)
         reason = f"max_disk {cap}: {format_size(used)} used, another worktree needs ~"
         reason += format_size(need)
         branch = task.branch if task is not None else f"swarm/{task_id}"
-        switched = None
         # Busy: the guard neither takes the removal (or the checkpoint's commit) for a
         # foreign write nor watches the worktree any longer.
         with self.guard.busy(task_id, path):
-            if path.is_dir():
-                if tampering.tampered(self.repo, path) is not None:
-                    # Its agent pointed its `.git` elsewhere (your git dir): the commit below
-                    # would land there. Its work stays uncommitted, and its worktree with it.
-                    self._kept.append(task_id)
-                    return
-                # Left off its branch (an attempt that failed before the guard put it back):
-                # back on it first, as `swarm stop` does, so that the commit lands there.
-                tampering.unplant(self.repo, path, branch)  # nothing of git's writes through one
-                switched = gitfiles.put_back_on(path, branch)
-                # Every attempt ended with a checkpoint; this only keeps what a check or a
-                # setup step left behind, as `swarm clean` does, so that nothing is lost. On
-                # a full disk (that commit's objects need room too) it waits, as the run does.
-                try:
-                    faults.retry_while_full(
-                        lambda: self._commit_before_removal(task_id, task, path),
-                        self.store.on_full,
-                    )
-                except checkpoints.LeftOutError:
-                    self._kept.append(task_id)
-                    return  # what no commit holds stays, and its worktree with it
-                # Told to the guard as swarm's own: it expects the worktree gone from now on.
-                with self.guard.provisioning(path):
-                    faults.retry_while_full(
-                        lambda: removal.remove_worktree(self.repo, path, force=True),
-                        self.store.on_full,
-                    )
+            try:
+                switched = self._checkpoint_and_remove(task_id, task, path, branch)
+            except (_KeptError, checkpoints.LeftOutError, checkpoints.SwitchedError) as exc:
+                self._keep(task_id, path, str(exc), work=True)
+                return  # what no commit holds stays, and its worktree with it
+            except (GitError, CommandError) as exc:  # that worktree's, not the waiting task's
+                self._keep(task_id, path, _first_words(exc), work=False)
+                return
         self._scans.pop(task_id, None)
         self.store.update_task(self.run_id, task_id, worktree_removed_at=time.time())
         data: dict[str, object] = {"reason": reason, "path": str(path), "branch": branch}
@@ -272,14 +265,62 @@ class DiskBudget:
             data["put_back_from"] = switched
         self._emit("worktree_removed", task_id, data)
 
+    def _checkpoint_and_remove(
+        self, task_id: str, task: Task | None, path: Path, branch: str
+    ) -> str | None:
+        """:meth:`_remove`'s work: where its worktree was when not on *branch* (else None).
+
+        _KeptError, LeftOutError, GitError or CommandError when it stays.
+        """
+        if not path.is_dir():
+            return None
+        changed = tampering.tampered(self.repo, path)
+        if changed is not None:
+            # Its agent pointed its `.git` elsewhere (your git dir): the commit below would
+            # land there. Its work stays uncommitted, and its worktree with it.
+            raise _KeptError(f"{changed} (swarm runs no git there)")
+        # Left off its branch (an attempt that failed before the guard put it back): back on
+        # it first, as `swarm stop` does, so that the commit lands there.
+        tampering.unplant(self.repo, path, branch)  # nothing of git's writes through one
+        switched = gitfiles.put_back_on(path, branch)
+        # Every attempt ended with a checkpoint; this only keeps what a check or a setup step
+        # left behind, as `swarm clean` does, so that nothing is lost. On a full disk (that
+        # commit's objects need room too) it waits, as the run does.
+        faults.retry_while_full(
+            lambda: self._commit_before_removal(task_id, task, path), self.store.on_full
+        )
+        # Told to the guard as swarm's own: it expects the worktree gone from now on.
+        with self.guard.provisioning(path):
+            faults.retry_while_full(
+                lambda: removal.remove_worktree(self.repo, path, force=True),
+                self.store.on_full,
+            )
+        return switched
+
+    def _keep(self, task_id: str, path: Path, why: str, *, work: bool) -> None:
+        """Keep *task_id*'s worktree, never removed for room in this run; told once.
+
+        *work*: it holds work no commit has (else git failed there).
+        """
+        self._kept[task_id] = "holding work no commit has" if work else "git failed there"
+        self._emit("worktree_kept", task_id, {"reason": one_line(why), "path": str(path)})
+
     def _full_message(self, used: int, checkout: int) -> str:
         cap = format_size(self.spec.max_disk)
-        kept = "".join(f"; task {t}'s is kept, holding work no commit has" for t in self._kept)
+        kept = "".join(f"; task {t}'s is kept, {why}" for t, why in self._kept.items())
         return (
             f"max_disk {cap}: a new worktree needs ~{format_size(checkout)} but "
             f"{format_size(used)} under {self.root} belongs to no task of this run in flight "
             f"(worktrees of earlier runs?{kept}); run `swarm clean --all` or raise max_disk"
         )
+
+
+def _first_words(exc: SwarmError) -> str:
+    """What *exc* says, git's first line first: it names the thing at fault (a lock file)."""
+    if isinstance(exc, CommandError):
+        said = next((line for line in exc.output.splitlines() if line.strip()), "")
+        return f"`{shlex.join(exc.argv[:4])}` exited {exc.returncode}: {said}"
+    return str(exc)
 
 
 def checkout_size(repo: git.Repo, commit: str, *, cone: sparse.Cone | None = None) -> int:

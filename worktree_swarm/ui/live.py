@@ -123,6 +123,8 @@ def _task_line(kind: str, task_id: str | None, data: Mapping[str, object]) -> st
     """The line of a task's event other than its state (None: not one)."""
     if kind == "worktree_removed":
         return f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
+    if kind == "worktree_kept":  # one that would have made room for max_disk
+        return f"{task_id}: worktree kept, not removed for max_disk - {data.get('reason', '')}"
     if kind == committed_secrets.EVENT:
         return (
             f"{task_id}: {committed_secrets.told(data)}, committed by its agent itself: "
