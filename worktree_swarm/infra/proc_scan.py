@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING
 import psutil
 
 from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.infra import shim, starts
 from worktree_swarm.infra.proctree import found_identity, kill_tree, running
+from worktree_swarm.infra.shim_record import ShimRecord, read_record
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
 _PROC_CWD = Path("/proc/self/cwd")  # Linux: every process's cwd is a link to read
 
@@ -123,6 +125,55 @@ def kill_marked(
         except SwarmError:
             if strict:
                 raise
+
+
+def kill_left_by(
+    record: Path, *, grace: float, within: Sequence[Path] = (), strict: bool = False
+) -> None:
+    """Kill what the shim that writes *record* left running, when it did not kill it itself.
+
+    Nothing when the shim recorded that it did (``cleaned``). Else every process marked with
+    *record*, tree and all, then its shim's group (:func:`kill_shim_group`). *strict*: as for
+    :func:`kill_marked`.
+    """
+    recorded = read_record(record)
+    if recorded is not None and recorded.cleaned:
+        return
+    mine = os.path.realpath(record)
+
+    def only(marker: Path) -> bool:
+        return os.path.realpath(marker) == mine
+
+    kill_marked(record.parent, grace=grace, only=only, strict=strict)
+    kill_shim_group(record, grace=grace, within=within, strict=strict)
+
+
+def kill_shim_group(
+    record: Path, *, grace: float, within: Sequence[Path] = (), strict: bool = False
+) -> None:
+    """Kill the tree and process group of the shim that writes *record*, unless it cleaned up.
+
+    As :func:`kill_tree` takes them: the shim gone, its group is its own while a member carries
+    its mark or (its environment wiped, ``env -i``) works in *within* (the task's worktree) in
+    the shim's session. One that survives SIGKILL raises SwarmError with *strict*, else is left.
+    """
+    recorded = read_record(record)
+    if recorded is None or recorded.cleaned:
+        return
+    try:
+        kill_tree(_shim_identity(recorded), grace=grace, within=within)
+    except SwarmError:
+        if strict:
+            raise
+
+
+def _shim_identity(recorded: ShimRecord) -> ProcessIdentity:
+    """The identity of the shim that wrote *recorded*: it led a session and group of its own."""
+    if recorded.start_ticks is not None:
+        create_time = starts.at_ticks(recorded.start_ticks)
+    else:  # the wall clock's, stamped as the shim started
+        create_time = recorded.started_at
+    return ProcessIdentity(pid=recorded.shim_pid, create_time=create_time, pgid=recorded.shim_pid)
 
 
 def kill_merge_programs(logs: Path, *, grace: float) -> None:

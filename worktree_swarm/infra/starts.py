@@ -55,6 +55,11 @@ def of(process: psutil.Process) -> float:
     return boot_time() + ticks / _TICKS
 
 
+def at_ticks(ticks: int) -> float:
+    """A start the kernel counted as *ticks* since boot, as :func:`start_time` gives it."""
+    return boot_time() + ticks / _TICKS
+
+
 def age(pid: int) -> float | None:
     """Seconds since process *pid* started, by the kernel's boot clock; None if unknown.
 

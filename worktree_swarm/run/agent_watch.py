@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,7 +137,7 @@ class AgentWatch(RunWorker):
             for limit in tail.poll(now=time.time()):
                 self.gate.report(provider, limit, task=task.id)
             if ended:
-                self._kill_leftovers(agent.log_path)
+                self._kill_leftovers(agent.log_path, path)
                 text = read_log(agent.log_path)
                 # Read as of its end: one that ended while no manager watched (adopted) said
                 # "resets in N s" then, and a reset 302 s away then is a usage window still.
@@ -221,23 +220,18 @@ class AgentWatch(RunWorker):
         row = self.store.task(self.run_id, task_id)
         return row is not None and row.stop_requested
 
-    def _kill_leftovers(self, log_path: Path) -> None:
+    def _kill_leftovers(self, log_path: Path, worktree: Path) -> None:
         """Kill what the agent left running when its shim died before ending it (SIGKILL, OOM).
 
         A shim that ends normally kills its command's leftovers itself and records that it
         did; without that record (no record, or its end recorded and the shim killed in its
         grace), every process still marked as started under this shim (found by the variable
-        each inherits, wherever it moved) is killed, tree and all.
+        each inherits, wherever it moved) is killed, tree and all, and so is the shim's process
+        group where a member is marked or works in the task's *worktree* in the shim's session
+        (one started with its environment wiped, ``env -i``).
         """
-        record = shim_record.record_path(log_path)
-        shim = shim_record.read_record(record)
-        if shim is not None and shim.cleaned:
-            return
-        mine = os.path.realpath(record)
-        proc_scan.kill_marked(
-            record.parent,
-            grace=self.spec.kill_grace,
-            only=lambda marker: os.path.realpath(marker) == mine,
+        proc_scan.kill_left_by(
+            shim_record.record_path(log_path), grace=self.spec.kill_grace, within=(worktree,)
         )
 
     def _report_end(

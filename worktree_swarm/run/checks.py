@@ -16,7 +16,7 @@ from worktree_swarm.core.task import STEP_TIMEOUT, Task
 from worktree_swarm.core.text import path_text, without_escapes
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import fs, proc_scan, shim_record, supervisor
+from worktree_swarm.infra import fs, proc_scan, supervisor
 from worktree_swarm.infra.logtail import from_word_start
 
 TAIL_LINES = 15
@@ -175,7 +175,10 @@ def run_steps(
                 out.write(f"{exc}\n")
             why = "not found or not executable"
             return CheckFailure(summary=f"{what} `{shown}` could not start: {why}")
-        _kill_orphans(log.with_name(f"{log.stem}-{number}.exit.json"), grace=grace)
+        # What it left running if its shim died before killing it (a check that SIGKILLed
+        # its own shim): marked with the shim's record, or in its group working in *cwd*.
+        record = log.with_name(f"{log.stem}-{number}.exit.json")
+        proc_scan.kill_left_by(record, grace=grace, within=(cwd,))
         tail = _tail(log, start)
         if ended.cut is supervisor.Cut.STOPPED:
             return CheckFailure(summary=f"stopped during {what} `{shown}`", stopped=True)
@@ -191,20 +194,6 @@ def run_steps(
         if ended.code != 0:
             return CheckFailure(summary=f"{what} `{shown}` exited {ended.code}", detail=tail)
     return None
-
-
-def _kill_orphans(record: Path, *, grace: float) -> None:
-    """Kill what a step left running when its shim died before ending it.
-
-    A check that SIGKILLed its own shim: every process still marked with that shim's record.
-    """
-    shim = shim_record.read_record(record)
-    if shim is not None and shim.cleaned:
-        return
-    mine = os.path.realpath(record)
-    proc_scan.kill_marked(
-        record.parent, grace=grace, only=lambda marker: os.path.realpath(marker) == mine
-    )
 
 
 def _tail(log: Path, start: int) -> str:
