@@ -2,8 +2,8 @@
 
 An agent or a check starts a daemon with its environment wiped (``env -i``: no shim's mark)
 in its worktree, and its shim is SIGKILLed (the OOM killer). A live manager watching the
-agent or the check must end that daemon, and leave alone a process of the same user that
-works in the worktree in a session of its own.
+agent, and `swarm stop` of a run whose manager was killed, must both end that daemon, and
+leave alone a process of the same user that works in the worktree in a session of its own.
 """
 
 from __future__ import annotations
@@ -164,3 +164,35 @@ def test_a_live_manager_ends_a_wiped_daemon_a_check_that_killed_its_shim_left(
     assert status_json(repo)["a"]["state"] == "failed"
     assert _gone(daemon)  # killed as the check ended
     assert not _gone(bystander)  # in the worktree, but in a session of its own
+
+
+def test_swarm_stop_ends_a_wiped_daemon_a_check_left_when_its_shim_was_killed(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, left: list[psutil.Process]
+) -> None:
+    # The manager killed during a check (its shim lives on, in a session of its own), then
+    # the check's shim SIGKILLed: `swarm stop` killed the check, which carries the mark, and
+    # left its `env -i` daemon working in the worktree.
+    pid_file = tmp_path / "daemon.pid"
+    check = [*write_agent(WIPED_DAEMON), str(pid_file)]
+    work = write_agent("import pathlib\npathlib.Path('work.txt').write_text('done')\n")
+    text = f"[defaults]\nagent = {argv_toml(work)}\nchecks = [{argv_toml(check)}]\n"
+    text += 'kill_grace = "2s"\n[[task]]\nid = "a"\nprompt = "x"\n'
+    reaper = _under_reaper(repo, "run", manifest(repo, text))
+    left.append(reaper)
+    daemon = _daemon(pid_file)
+    left.append(daemon)
+    shim = os.getpgid(daemon.pid)  # the check's shim leads its group
+    assert "--swarm-shim" in psutil.Process(shim).cmdline()
+    # Its children: the check, and the daemon re-parented to it (a child subreaper).
+    (command,) = [c for c in psutil.Process(shim).children() if c.pid != daemon.pid]
+    _kill_manager(reaper, shim)
+    os.kill(shim, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(shim), what="the shim reaped")
+    bystander = _bystander(repo.parent / "repo.swarm" / "a")
+    left.append(bystander)
+    out = swarm(repo, "stop", "a")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert _gone(command)  # marked: killed before as now
+    assert _gone(daemon)  # stop returns once what it kills is gone
+    assert not _gone(bystander)  # in the worktree, but in a session of its own
+    assert status_json(repo)["a"]["state"] == "stopped"

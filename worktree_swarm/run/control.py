@@ -409,7 +409,9 @@ def _kill_left(
             store.end_attempt(attempt.id, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
     for task_id in targets:
         row = rows[task_id]
-        _kill_steps(repo.state_dir / "runs" / row.run_id / task_id, grace=grace)
+        _kill_steps(
+            repo.state_dir / "runs" / row.run_id / task_id, within=_worktree_of(row), grace=grace
+        )
         worktree = Path(row.worktree)
         # An agent its manager launched but was killed before recording.
         stray = (
@@ -443,12 +445,16 @@ def _record_diff(repo: git.Repo, store: Store, row: TaskRow, tip: str | None) ->
     )
 
 
-def _kill_steps(task_logs: Path, *, grace: float) -> None:
+def _kill_steps(task_logs: Path, *, within: Sequence[Path], grace: float) -> None:
     """Kill what still runs under shims recorded in *task_logs* (setup steps, checks).
 
-    Oldest first, so each shim goes before its descendants and kills them itself.
+    Oldest first, so each shim goes before its descendants and kills them itself; then the
+    group of each shim that died before it could (see :func:`proc_scan.kill_shim_group`:
+    *within*, the task's worktree, finds a member started with its environment wiped).
     """
     proc_scan.kill_marked(task_logs, grace=grace, strict=True)
+    for record in sorted(task_logs.glob("*.exit.json")):
+        proc_scan.kill_shim_group(record, grace=grace, within=within, strict=True)
 
 
 def _wait_final(
