@@ -2,8 +2,9 @@
 
 An agent or a check starts a daemon with its environment wiped (``env -i``: no shim's mark)
 in its worktree, and its shim is SIGKILLed (the OOM killer). A live manager watching the
-agent, and `swarm stop` of a run whose manager was killed, must both end that daemon, and
-leave alone a process of the same user that works in the worktree in a session of its own.
+agent or the check, `swarm resume` before it runs the check again, and `swarm stop` of a run
+whose manager was killed must end that daemon, and leave alone a process of the same user
+that works in the worktree in a session of its own.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ while not pathlib.Path(sys.argv[2]).exists():
     time.sleep(0.02)
 os.kill(os.getppid(), signal.SIGKILL)
 """
+
+# WIPED_DAEMON, but run again (argv[1] written) it ends at once, passing.
+WIPED_DAEMON_ONCE = (
+    "import os, sys\nif os.path.exists(sys.argv[1]):\n    sys.exit(0)\n" + WIPED_DAEMON
+)
 
 
 @pytest.fixture
@@ -196,3 +202,31 @@ def test_swarm_stop_ends_a_wiped_daemon_a_check_left_when_its_shim_was_killed(
     assert _gone(daemon)  # stop returns once what it kills is gone
     assert not _gone(bystander)  # in the worktree, but in a session of its own
     assert status_json(repo)["a"]["state"] == "stopped"
+
+
+def test_swarm_resume_ends_a_wiped_daemon_a_check_left_before_it_checks_again(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, left: list[psutil.Process]
+) -> None:
+    # The manager killed during a check, then the check's shim SIGKILLed: `swarm resume`
+    # killed the check (marked) before running it again, beside the `env -i` daemon the first
+    # one left working in the worktree, which outlived the run.
+    pid_file = tmp_path / "daemon.pid"
+    check = [*write_agent(WIPED_DAEMON_ONCE), str(pid_file)]
+    work = write_agent("import pathlib\npathlib.Path('work.txt').write_text('done')\n")
+    text = f"[defaults]\nagent = {argv_toml(work)}\nchecks = [{argv_toml(check)}]\n"
+    text += 'kill_grace = "2s"\n[[task]]\nid = "a"\nprompt = "x"\n'
+    reaper = _under_reaper(repo, "run", manifest(repo, text))
+    left.append(reaper)
+    daemon = _daemon(pid_file)
+    left.append(daemon)
+    shim = os.getpgid(daemon.pid)
+    _kill_manager(reaper, shim)
+    os.kill(shim, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(shim), what="the shim reaped")
+    bystander = _bystander(repo.parent / "repo.swarm" / "a")
+    left.append(bystander)
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "done"
+    assert _gone(daemon)  # killed before the check ran again
+    assert not _gone(bystander)  # in the worktree, but in a session of its own

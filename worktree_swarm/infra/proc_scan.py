@@ -167,6 +167,26 @@ def kill_shim_group(
             raise
 
 
+def kill_left_in(
+    root: Path,
+    *,
+    grace: float,
+    within: Sequence[Path] = (),
+    only: Callable[[Path], bool] | None = None,
+    strict: bool = False,
+) -> None:
+    """Kill what runs under the shims whose records are in *root*, or what they left.
+
+    :func:`kill_marked`, then the group of each shim recorded in *root* (those *only* takes)
+    that did not clean up (:func:`kill_shim_group`: *within*, the task's worktree, finds a
+    member started with its environment wiped).
+    """
+    kill_marked(root, grace=grace, only=only, strict=strict)
+    for record in sorted(root.glob("*.exit.json")):
+        if only is None or only(record):
+            kill_shim_group(record, grace=grace, within=within, strict=strict)
+
+
 def _shim_identity(recorded: ShimRecord) -> ProcessIdentity:
     """The identity of the shim that wrote *recorded*: it led a session and group of its own."""
     if recorded.start_ticks is not None:

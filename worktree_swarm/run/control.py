@@ -452,9 +452,7 @@ def _kill_steps(task_logs: Path, *, within: Sequence[Path], grace: float) -> Non
     group of each shim that died before it could (see :func:`proc_scan.kill_shim_group`:
     *within*, the task's worktree, finds a member started with its environment wiped).
     """
-    proc_scan.kill_marked(task_logs, grace=grace, strict=True)
-    for record in sorted(task_logs.glob("*.exit.json")):
-        proc_scan.kill_shim_group(record, grace=grace, within=within, strict=True)
+    proc_scan.kill_left_in(task_logs, grace=grace, within=within, strict=True)
 
 
 def _wait_final(

@@ -105,7 +105,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
             if live.resume_from is None or live.resume_from.ended_at is not None:
                 live.resume_from = self._unrecorded(task, path, row) or live.resume_from
             unlock = not _agent_may_run(live.resume_from)
-            self._kill_leftover_steps(task)
+            self._kill_leftover_steps(task, path)
             with self.guard.provisioning(path):
                 provision.restore(
                     self.repo,
@@ -431,15 +431,17 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         finally:
             self.guard.agent_ended(task_id)
 
-    def _kill_leftover_steps(self, task: Task) -> None:
+    def _kill_leftover_steps(self, task: Task, path: Path) -> None:
         """Kill setup steps and checks a dead manager left running, before they run again.
 
         Their shims live in sessions of their own, so a kill of the manager's process group
-        leaves them; two checks at once in one worktree would trip over each other.
+        leaves them; two checks at once in one worktree would trip over each other. A shim
+        killed too left its group: what works in the worktree *path* in its session is its.
         """
-        proc_scan.kill_marked(
+        proc_scan.kill_left_in(
             self._logs(task),
             grace=self.spec.kill_grace,
+            within=(path,),
             only=lambda record: record.name.startswith(("setup-", "checks-")),
         )
 
