@@ -251,16 +251,26 @@ def hang_git_at(
     *,
     after: bool = False,
     then: str = "exec sleep 600",
+    nth: int = 1,
+    word: str | None = None,
 ) -> Path:
     """Put a `git` first on PATH whose first *step* (``read-tree``, ``merge``) hangs, before it
     runs or (*after*) once it has; returns the flag file it touches then. Everything else is
-    the real git. *then*: the shell it runs instead of git's step (by default, it sleeps)."""
+    the real git. *then*: the shell it runs instead of git's step (by default, it sleeps).
+    *nth*: the *nth* such step hangs, not the first; *word*: only a step with that argument
+    counts (``worktree`` ``add``, not ``worktree list``)."""
     flag = tmp_path / "hung"
     run_first = '{real} "$@"; ' if after else ""
+    taken = shlex.quote(str(tmp_path / "taken"))
+    claim = (
+        f"mkdir {taken} 2>/dev/null"
+        if nth == 1
+        else f'{{ i=0; until mkdir {taken}.$((i+=1)) 2>/dev/null; do :; done; [ "$i" = {nth} ]; }}'
+    )
+    has_word = "" if word is None else f'case " $* " in *" {word} "*) ;; *) false;; esac && '
     git_first_on_path(tmp_path, monkeypatch, lambda real: (
         GIT_SUBCOMMAND
-        + f'if [ "$sub" = {shlex.quote(step)} ] && mkdir {shlex.quote(str(tmp_path / "taken"))}'
-        " 2>/dev/null; then\n"
+        + f'if [ "$sub" = {shlex.quote(step)} ] && {has_word}{claim}; then\n'
         f"  {run_first.format(real=real)}touch {shlex.quote(str(flag))}; {then}\nfi\n"
         f'exec {real} "$@"\n'
     ))  # fmt: skip
