@@ -172,13 +172,29 @@ def moving_refs(repo: git.Repo, refs: Sequence[str]) -> Iterator[RefMoves]:
         finally:
             moves._close()  # noqa: SLF001
             forget(path)
+            _forget_the_killed(repo.state_dir)
+
+
+def _forget_the_killed(state_dir: Path) -> None:
+    """Remove what killed commands left here, unless a run's guard is there to tell of it.
+
+    Done once this command's own moves are told (a merge's guard has read, and told of, what
+    it found by then): run again, a killed `swarm merge` or `swarm pr` that starts no guard
+    would else leave its note for `swarm doctor` to find.
+    """
+    if lock.guard_alive(state_dir):
+        return  # it reads each one and removes it itself, once told of
+    for path in abandoned(state_dir):
+        with contextlib.suppress(OSError):
+            forget_abandoned(path)
 
 
 def abandoned(state_dir: Path) -> list[Path]:
     """The announcements and listening marks left by a process that is gone.
 
     A killed `swarm merge` or `swarm clean` (or a merge's guard) leaves its files here until a
-    run's guard reads them; `swarm doctor` removes them with :func:`forget_abandoned`. Each is
+    run's guard reads them, or the next command that announced moves ends while no run's
+    guard runs; `swarm doctor` removes them with :func:`forget_abandoned`. Each is
     named by its main file (``.json`` or ``.listening``; else the first file of its name). A
     directory made at such a name is nobody's note: never found, never removed.
     """
