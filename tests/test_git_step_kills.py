@@ -21,9 +21,9 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.conftest import git, hang_git_at, make_repo
+from tests.conftest import agent_command, git, hang_git_at, make_repo
 from tests.github_server import TOKEN, FakeGitHub, serve
-from tests.mergekit import LINES, RUN_ID, Brancher, record_run
+from tests.mergekit import LINES, RUN_ID, Brancher, conflicting, record_run
 from tests.test_pr import AGENT as PR_AGENT
 from tests.test_run import checkout_snapshot, status_json, swarm, wait_for
 
@@ -181,6 +181,91 @@ def test_a_merge_into_a_branch_killed_at_a_git_step_moves_it_once_or_not_at_all(
     assert checkout_snapshot(repo) == before
 
 
+SQUASH_STEPS = [
+    Step("merge"),  # the first task's squash
+    Step("commit"),  # squashed, not committed
+    Step("commit", after=True),  # committed, its checks not run
+    Step("reset", nth=2),  # its checks failed: the undo
+    Step("reset", nth=2, after=True),  # undone, not recorded
+    Step("commit", nth=2, after=True),
+]
+# Fails with task one's work alone on the target: its merge is undone, two's kept.
+ONE_FAILS = "import pathlib, sys\nsys.exit(pathlib.Path('one.txt').exists())\n"
+
+
+@pytest.mark.parametrize("step", SQUASH_STEPS, ids=str)
+def test_a_squash_merge_killed_at_a_git_step_undoes_a_failed_task_once_run_again(
+    two_tasks: tuple[Path, str, dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: Step,
+) -> None:
+    repo, base, _ = two_tasks
+    check = tmp_path / "check.py"
+    check.write_text(ONE_FAILS)
+    argv = ("merge", "--strategy", "squash", "--check", f"{agent_command()} {check}")
+    killed_at(tmp_path, monkeypatch, repo, step, *argv)
+    told = status_json(repo)["one"]["merge_result"] == "failed"  # by the killed merge
+
+    out = swarm(repo, *argv)
+
+    assert out.returncode == (0 if told else 1), out.stdout + out.stderr  # 1: a task failed
+    rows = status_json(repo)
+    assert (rows["one"]["merge_result"], rows["two"]["merge_result"]) == ("failed", "merged")
+    assert first_parents(repo, base, INTEGRATION) == ["swarm: two (task two, squashed)"]
+    files = git(repo, "ls-tree", "--name-only", INTEGRATION).split()
+    assert "two.txt" in files
+    assert "one.txt" not in files
+    worktree = repo.parent / "repo.swarm" / f"_integration-{RUN_ID}"
+    assert git(worktree, "status", "--porcelain", "--untracked-files=all") == ""
+    assert left_behind(repo) == []
+
+
+RESOLVE_STEPS = [
+    Step("merge", nth=2, after=True),  # conflicted, its resolver not started
+    Step("add", word="--pathspec-from-file=-"),  # what the resolver did, staged
+    Step("commit"),
+    Step("commit", after=True),  # resolved and committed, not recorded
+]
+# Keeps both sides of each conflict and stages them, leaving the commit to swarm.
+RESOLVER = """
+import pathlib, subprocess
+names = subprocess.run(["git", "diff", "--name-only", "--diff-filter=U"],
+                       capture_output=True, text=True, check=True).stdout.split()
+for name in names:
+    p = pathlib.Path(name)
+    rows = p.read_text().splitlines(keepends=True)
+    p.write_text("".join(r for r in rows if not r.startswith(("<<<<<<<", "=======", ">>>>>>>"))))
+    subprocess.run(["git", "add", "--", name], check=True)
+"""
+
+
+@pytest.mark.parametrize("step", RESOLVE_STEPS, ids=str)
+def test_a_resolving_merge_killed_at_a_git_step_is_finished_by_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: Step
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"f.txt": LINES})
+    resolver = tmp_path / "resolver.py"
+    resolver.write_text(RESOLVER)
+    brancher = Brancher(repo)
+    base = conflicting(repo, brancher, resolver)
+    brancher.close()
+    git(repo, "worktree", "prune")
+    tips = {t: git(repo, "rev-parse", f"swarm/{t}") for t in ("first", "second")}
+    killed_at(tmp_path, monkeypatch, repo, step, "merge", "--resolve")
+
+    out = swarm(repo, "merge", "--resolve")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    _merged_once(repo, base, tips, INTEGRATION)
+    text = git(repo, "show", f"{INTEGRATION}:f.txt")
+    assert "five first" in text
+    assert "five second" in text
+    assert "<<<<<<<" not in text
+    worktree = repo.parent / "repo.swarm" / f"_integration-{RUN_ID}"
+    assert git(worktree, "status", "--porcelain", "--untracked-files=all") == ""
+
+
 # --- swarm pr --------------------------------------------------------------------------
 
 PR_STEPS = [Step("push"), Step("push", after=True), Step("push", nth=2, after=True)]
@@ -219,8 +304,11 @@ def test_a_pr_killed_at_a_push_opens_each_pull_request_once_when_run_again(
     assert again.returncode == 0, again.stdout + again.stderr
     heads = sorted(p["head"]["ref"] for p in fake_github.pulls.values())
     assert heads == ["swarm/one", "swarm/two"]  # one each, none twice
+    numbers = {p["head"]["ref"]: n for n, p in fake_github.pulls.items()}
+    rows = status_json(repo)
     for task in ("one", "two"):
         assert git(origin, "rev-parse", f"swarm/{task}") == git(repo, "rev-parse", f"swarm/{task}")
+        assert rows[task]["pr_number"] == numbers[f"swarm/{task}"]
     assert left_behind(repo) == []
 
 
