@@ -129,6 +129,77 @@ def test_a_planted_upload_or_receive_pack_never_runs(repo: Path, tmp_path: Path)
     assert Path(f"{marker}-uploadpack").exists()
 
 
+def _receiving_repository(tmp_path: Path, marker: Path, objects: Path) -> Path:
+    """A bare repository whose own hooks and config run a program on a push it receives."""
+    evil = tmp_path / "evil.git"
+    git(tmp_path, "init", "-q", "--bare", str(evil))
+    for name in ("pre-receive", "update", "post-receive", "post-update", "reference-transaction"):
+        hook = evil / "hooks" / name
+        hook.write_text(f"#!/bin/sh\ntouch {marker}-{name}\ncat >/dev/null\n")
+        hook.chmod(0o755)
+    (evil / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+    git(evil, "config", "core.alternateRefsCommand", f"touch {marker}-alternates; true")
+    git(evil, "config", "receive.autogc", "true")
+    git(evil, "config", "gc.auto", "1")
+    return evil
+
+
+@pytest.mark.parametrize(
+    "redirect",
+    [
+        pytest.param("url.{evil}.insteadOf={origin}", id="insteadOf"),
+        pytest.param("url.{evil}.pushInsteadOf={origin}", id="pushInsteadOf"),
+        pytest.param("remote.origin.pushurl={evil}", id="pushurl"),
+        pytest.param("remote.origin.url={evil}", id="url"),
+    ],
+)
+def test_a_push_redirected_to_a_planted_repository_runs_none_of_its_programs(
+    repo: Path, tmp_path: Path, redirect: str
+) -> None:
+    # A push to a path starts receive-pack in the repository that receives it, under that
+    # repository's hooks and config, which swarm's `-c` overrides do not reach: an agent that
+    # pointed the remote at a repository of its making had its hooks run by `swarm pr`.
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(origin))
+    git(repo, "remote", "add", "origin", str(origin))
+    marker = tmp_path / "pwned"
+    evil = _receiving_repository(tmp_path, marker, origin / "objects")
+    key, _, value = redirect.format(evil=evil, origin=origin).partition("=")
+    git(repo, "config", key, value)
+    (repo / "README.md").write_text("more\n")
+    git(repo, "commit", "-qam", "more")
+    runner.run(repo, "push", "-q", "--", "origin", "HEAD:refs/heads/swarm/t")
+    assert not list(tmp_path.glob("pwned-*"))
+    assert git(evil, "rev-parse", "swarm/t") == git(repo, "rev-parse", "HEAD")
+    # Without the runner they run: the test is real.
+    git(repo, "push", "-q", "origin", "HEAD:refs/heads/again")
+    assert Path(f"{marker}-pre-receive").exists()
+    assert Path(f"{marker}-alternates").exists()
+
+
+def test_a_push_redirected_to_a_path_once_swarm_looked_where_it_goes_is_refused(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The remote is no path when swarm looks; an agent plants the redirect right after (here:
+    # as git starts the push). The push must fail, not reach the agent's repository.
+    origin = "https://example.invalid/acme/w.git"
+    git(repo, "remote", "add", "origin", origin)
+    marker = tmp_path / "pwned"
+    evil = _receiving_repository(tmp_path, marker, repo / ".git" / "objects")
+    plant = f"url.{evil}.insteadOf"
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        GIT_SUBCOMMAND
+        + f'if [ "$sub" = push ]; then {real} -C {shlex.quote(str(repo))} config'
+        f" {shlex.quote(plant)} {origin}; fi\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    pushed = runner.run(repo, "push", "-q", "--", "origin", "HEAD:refs/heads/swarm/t", check=False)
+    assert pushed.returncode != 0
+    assert "transport 'file' not allowed" in pushed.stderr
+    assert not list(tmp_path.glob("pwned-*"))
+    assert git(evil, "for-each-ref") == ""
+
+
 def _partial_clone_with_planted_upload_pack(repo: Path, tmp_path: Path) -> tuple[str, Path]:
     """*repo* made a partial clone lacking a blob, its uploadpack planted.
 

@@ -4,9 +4,10 @@ Each command is one :func:`subprocess.run` (no shell, stdin closed, messages in 
 with ``-c`` overrides that switch off what a repository's own files could make git execute
 (hooks, fsmonitor, filter/diff/merge drivers, signing, transport commands), so an agent that
 plants config in the repository cannot run code through swarm's checkpoints, scans or
-merges. The overrides are :mod:`worktree_swarm.git.config_overrides`; starting git and
-reading its output, :mod:`worktree_swarm.git.process`; object reads through one hardened
-``cat-file --batch``, :mod:`worktree_swarm.git.object_reader`. docs/guard.md lists them.
+merges; nor, where a push lands, the receiving repository's (:mod:`.push_target`). The
+overrides are :mod:`worktree_swarm.git.config_overrides`; starting git and reading its
+output, :mod:`worktree_swarm.git.process`; object reads through one hardened ``cat-file
+--batch``, :mod:`worktree_swarm.git.object_reader`. docs/guard.md lists them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from worktree_swarm.git import push_target
 from worktree_swarm.git.config_overrides import (
     NO_LAZY_FETCH,
     PACK_KEYS,
@@ -35,6 +37,8 @@ def hardened(
 ) -> tuple[list[str], int, dict[str, str]]:
     """The argv to run, where the command as asked starts in it (for error messages), the env."""
     at = subcommand(args)
+    receiving: list[str] = []
+    transports: tuple[str, ...] = ()
     if at is not None:
         added = []
         # An empty diff.external breaks `git diff`, so the external diff is refused per command.
@@ -44,12 +48,16 @@ def hardened(
         # git there, under that repository's own config, which these overrides do not cover.
         if args[at] in _WORKTREE_COMMANDS:
             added.append("--ignore-submodules=dirty")
-        if args[at] in PACK_OPTIONS:
+        if args[at] == "push":  # the receiving repository's hooks, where git sends it
+            receiving, transports = push_target.hardening(cwd, args[at + 1 :])
+            added += receiving
+        if args[at] in PACK_OPTIONS and not receiving:
             leaf, option = PACK_OPTIONS[args[at]]
             if leaf in planted_packs(cwd):
                 added.append(f"{option}={PACK_KEYS[leaf]}")
         args = [*args[: at + 1], *added, *args[at + 1 :]]
     prefix, values = overrides(cwd)
+    prefix = [*prefix, *transports]
     if NO_LAZY_FETCH in values and (
         at is None or args[at] not in PACK_OPTIONS or lazy_fetches(cwd)
     ):  # a lazy fetch, in a git that ignores the variable

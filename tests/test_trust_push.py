@@ -1,0 +1,70 @@
+"""The trust boundary at a push: a remote an agent redirected runs nothing of the agent's.
+
+A real agent in a real run points the remote at a repository of its making, whose hooks would
+run a program; `swarm pr` then pushes there. git runs the receiving repository's hooks under
+that repository's config, out of reach of swarm's ``-c`` overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+from tests.github_server import TOKEN, FakeGitHub, serve
+from tests.test_run import status_json, swarm
+
+PLANT = """
+import pathlib, subprocess, sys
+evil, origin, marker = sys.argv[1:4]
+subprocess.run(['git', 'init', '-q', '--bare', evil], check=True)
+for name in ('pre-receive', 'update', 'post-receive', 'post-update', 'reference-transaction'):
+    hook = pathlib.Path(evil) / 'hooks' / name
+    hook.write_text(f'#!/bin/sh\\ntouch {marker}-{name}\\ncat >/dev/null\\n')
+    hook.chmod(0o755)
+common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+subprocess.run(['git', 'config', '--file', common + '/config',
+                f'url.{evil}.insteadOf', origin], check=True)
+pathlib.Path('work.txt').write_text('own work\\n')
+"""
+
+
+@pytest.fixture
+def fake_github() -> Iterator[FakeGitHub]:
+    with serve() as fake:
+        yield fake
+
+
+def test_swarm_pr_to_a_remote_an_agent_redirected_runs_none_of_its_hooks(
+    repo: Path,
+    tmp_path: Path,
+    write_agent: Callable[[str], list[str]],
+    fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(repo, "remote", "add", "origin", str(origin))
+    git(repo, "push", "-q", "origin", "main")
+    evil, marker = tmp_path / "evil.git", tmp_path / "pwned"
+    agent = " ".join([*write_agent(PLANT), str(evil), str(origin), str(marker)])
+    # Outside writes allowed: the plant is recorded and left, as it is while a run goes on.
+    out = swarm(repo, "run", "--allow-outside-writes", "--agent", agent, "-t", "bad=p")
+    assert out.returncode == 0, out.stderr
+    assert status_json(repo)["bad"]["state"] == "done"
+    report = swarm(repo, "report", "--json")
+    writes = json.loads(report.stdout)["outside_writes"]
+    assert [w["suspects"] for w in writes] == [["bad"]], writes
+    assert "config" in json.dumps(writes), writes
+    assert git(repo, "config", f"url.{evil}.insteadOf") == str(origin)  # left, as allowed
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    monkeypatch.delenv("GH_TOKEN", raising=False)
+    out = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    assert out.returncode == 0, out.stderr
+    assert not list(tmp_path.glob("pwned-*"))
+    # The push went where the config says, and the repository there ran none of its hooks.
+    assert git(evil, "rev-parse", "swarm/bad") == git(repo, "rev-parse", "swarm/bad")
