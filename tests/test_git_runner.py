@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -198,6 +199,59 @@ def test_a_push_redirected_to_a_path_once_swarm_looked_where_it_goes_is_refused(
     assert "transport 'file' not allowed" in pushed.stderr
     assert not list(tmp_path.glob("pwned-*"))
     assert git(evil, "for-each-ref") == ""
+
+
+def _runs_configured_hooks() -> bool:
+    """Whether the git on PATH runs hooks its config defines (``hook.<x>.command``: 2.54 on)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        ran = Path(scratch) / "ran"
+        subprocess.run(
+            ["git", "-c", f"hook.probe.command=touch {ran}", "-c", "hook.probe.event=pre-commit",
+             "hook", "run", "--ignore-missing", "pre-commit"],
+            cwd=scratch, capture_output=True, check=False,
+        )  # fmt: skip
+        return ran.exists()
+
+
+needs_configured_hooks = pytest.mark.skipif(
+    not _runs_configured_hooks(), reason="this git runs no hook its config defines (< 2.54)"
+)
+_HOOK_EVENTS = (
+    "reference-transaction", "post-index-change", "pre-commit", "prepare-commit-msg",
+    "commit-msg", "post-commit", "post-checkout", "pre-merge-commit", "post-merge", "pre-push",
+    "pre-auto-gc", "post-rewrite", "pre-receive", "update", "post-receive", "post-update",
+)  # fmt: skip
+
+
+@needs_configured_hooks
+def test_a_hook_planted_in_config_never_runs(repo: Path, tmp_path: Path) -> None:
+    # git 2.54 runs `hook.<name>.command` at each `hook.<name>.event` whatever core.hooksPath
+    # says: one planted in the repository's config ran in every checkpoint of swarm's.
+    marker = tmp_path / "pwned"
+    for name in ("evil", "a=b"):  # a name git splits at its `=` when given with `-c`
+        git(repo, "config", f"hook.{name}.command", f"touch {marker}-{name.replace('=', '')} #")
+        for event in _HOOK_EVENTS:
+            git(repo, "config", "--add", f"hook.{name}.event", event)
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(bare, "config", "hook.there.command", f"touch {marker}-there #")
+    for event in _HOOK_EVENTS:
+        git(bare, "config", "--add", "hook.there.event", event)
+    env = gitconfig.identity_env("Swarm Test <swarm@example.com>")
+    (repo / "README.md").write_text("changed\n")
+    runner.run(repo, "status", "--porcelain")
+    runner.run(repo, "add", "--all")
+    runner.run(repo, "commit", "-q", "-m", "x", env=env)
+    runner.run(repo, "update-ref", "refs/heads/side", "HEAD~1")
+    runner.run(repo, "checkout", "-q", "side")
+    runner.run(repo, "merge", "-q", "--no-edit", "main", env=env)
+    runner.run(repo, "worktree", "add", "-q", str(tmp_path / "wt"), "-b", "swarm/t")
+    runner.run(repo, "push", "-q", "--", str(bare), "side")
+    assert not list(tmp_path.glob("pwned-*"))
+    # Without the runner they run: the test is real.
+    git(repo, "push", "-q", str(bare), "main")
+    assert {p.name for p in tmp_path.glob("pwned-*")} == {"pwned-evil", "pwned-ab", "pwned-there"}
+    assert config_overrides.runs_program("hook.evil.command")  # the guard judges them
 
 
 def _partial_clone_with_planted_upload_pack(repo: Path, tmp_path: Path) -> tuple[str, Path]:

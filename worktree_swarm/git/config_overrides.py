@@ -1,10 +1,11 @@
 """The ``-c`` overrides that keep a repository's own files from making git run a program.
 
 Always the same list (:data:`ALWAYS`: hooks, fsmonitor, signing, editors, submodules ...),
-plus, per checkout, a neutral value for each program-running setting its repository-level
-config defines (filter, diff and merge drivers, credential helpers, ssh and gpg programs, what
-git-lfs runs),
-read with ``git config --list`` and cached while the config files stay as they are.
+plus, per checkout, ``hook.<x>.enabled=false`` for each hook its config defines (git 2.54 runs
+those whatever ``core.hooksPath`` says), and a neutral value for each program-running setting
+its repository-level config defines (filter, diff and merge drivers, credential helpers, ssh
+and gpg programs, what git-lfs runs), read with ``git config --list`` and cached while the
+config files stay as they are.
 docs/guard.md lists them.
 """
 
@@ -202,13 +203,30 @@ _JUDGED_LEAVES = {  # <section>.<name>.<leaf>
 }
 
 
+def _configured_hook(name: str) -> str | None:
+    """The hook *name* configures (``hook.<hook>.command`` or ``.event``), or None.
+
+    git 2.54 on runs such a hook at its event whatever ``core.hooksPath`` says; only
+    ``hook.<hook>.enabled=false`` turns it off.
+    """
+    section, _, rest = name.partition(".")
+    hook, _, leaf = rest.rpartition(".")
+    if section.lower() == "hook" and hook and leaf.lower() in _HOOK_LEAVES:
+        return hook
+    return None
+
+
+_HOOK_LEAVES = frozenset({"command", "event"})
+
+
 def runs_program(name: str) -> bool:
     """Whether the config key *name* can make git run a program (or read a file that may).
 
     :data:`ALWAYS`'s keys, the program-running ones of repository-level config (drivers,
     helpers, ssh and gpg programs, ``remote.<x>.uploadpack``), ``include.path`` and
-    ``includeIf.<cond>.path``, pagers, aliases and the tools' commands, and what only a
-    later git of yours runs (:data:`_JUDGED_KEYS`, :data:`_JUDGED_LEAVES`).
+    ``includeIf.<cond>.path``, configured hooks (``hook.<x>.command``/``event``), pagers,
+    aliases and the tools' commands, and what only a later git of yours runs
+    (:data:`_JUDGED_KEYS`, :data:`_JUDGED_LEAVES`).
     """
     lowered = name.lower()
     section, _, rest = lowered.partition(".")
@@ -220,6 +238,8 @@ def runs_program(name: str) -> bool:
     if leaf in _JUDGED_LEAVES.get(section, ()) and (middle or section == "sendemail"):
         return True
     if section in {"include", "includeif"} and leaf == "path":
+        return True
+    if _configured_hook(name) is not None:
         return True
     if section in {"pager", "alias"} or (section == "remote" and leaf in PACK_KEYS):
         return True
@@ -394,9 +414,12 @@ def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
     fields = out.stdout.split("\0")
     # With -z each entry is "scope NUL name NL value NUL" ("scope NUL name NUL": no value).
     for scope, entry in zip(fields[0::2], fields[1::2], strict=False):
+        name, newline, value = entry.partition("\n")
+        hook = _configured_hook(name)
+        if hook is not None:  # of any scope: swarm's git runs no hook (core.hooksPath) at all
+            found[f"hook.{hook}.enabled"] = "false"
         if scope not in _UNTRUSTED_SCOPES:
             continue
-        name, newline, value = entry.partition("\n")
         lfs.update(lfs_keys(name, value if newline else None))
         lowered = name.lower()
         if lowered in _EXEC_KEYS:

@@ -26,7 +26,15 @@ _RECEIVING = (
     ("receive.autogc", "false"),
     ("receive.denyCurrentBranch", "refuse"),
     ("core.alternateRefsCommand", "true"),
-)
+    # Hooks its config defines (git 2.54 on), which core.hooksPath leaves on: per event (2.55).
+    *(
+        (f"hook.{event}.enabled", "false")
+        for event in (
+            "pre-receive", "update", "proc-receive", "post-receive", "post-update",
+            "reference-transaction", "push-to-checkout", "pre-auto-gc",
+        )
+    ),
+)  # fmt: skip
 _SETTINGS = [arg for key, value in (*ALWAYS, *_RECEIVING) for arg in ("-c", f"{key}={value}")]
 RECEIVE_PACK = shlex.join(["git", *_SETTINGS, "receive-pack"])
 FILE_TRANSPORT_OFF = ("-c", "protocol.file.allow=never")
