@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests import git_http
 from tests.conftest import GIT_SUBCOMMAND, git, git_first_on_path, make_repo
 from tests.test_run import wait_for
 from tests.test_trust import FORGE_GRAPH
@@ -463,6 +464,36 @@ def test_a_planted_push_signing_never_runs(repo: Path, tmp_path: Path) -> None:
     # Without the runner it runs (the push then fails, wanting a key): the test is real.
     subprocess.run(["git", "push", "-q", "origin", "HEAD:refs/heads/again"], cwd=repo,
                    capture_output=True, check=False)  # fmt: skip
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "transport"),
+    [
+        pytest.param("core.sshCommand", "{program}", "ssh", id="sshCommand"),
+        pytest.param("core.askPass", "{program}", "http", id="askPass"),
+        pytest.param("credential.helper", "!{program}", "http", id="credential-helper"),
+    ],
+)
+def test_a_planted_transport_program_never_runs(
+    repo: Path, tmp_path: Path, key: str, value: str, transport: str
+) -> None:
+    # What git starts to reach a remote, or to log in to it, as the repository's config names.
+    marker = tmp_path / "pwned"
+    program = tmp_path / "program"
+    program.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    program.chmod(0o755)
+    git(repo, "config", key, value.format(program=program))
+    served = tmp_path / "served"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(served / "x.git"))
+    with git_http.serving(served, "user", "secret") as server:
+        url = f"{server}/x.git" if transport == "http" else "ssh://git@127.0.0.1:1/x.git"
+        assert runner.run(repo, "ls-remote", url, check=False).returncode != 0
+        runner.run(repo, "fetch", "-q", url, check=False)
+        runner.run(repo, "push", "-q", "--", url, "HEAD:refs/heads/pushed", check=False)
+        assert not marker.exists()
+        # Without the runner it runs: the test is real.
+        subprocess.run(["git", "ls-remote", url], cwd=repo, capture_output=True, check=False)
     assert marker.exists()
 
 
