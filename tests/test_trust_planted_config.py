@@ -1,8 +1,9 @@
-"""The trust boundary at a push: a remote an agent redirected runs nothing of the agent's.
+"""The trust boundary, attacked through git config that swarm's own later git steps read.
 
-A real agent in a real run points the remote at a repository of its making, whose hooks would
-run a program; `swarm pr` then pushes there. git runs the receiving repository's hooks under
-that repository's config, out of reach of swarm's ``-c`` overrides.
+A real agent in a real run plants config, left in place (outside writes allowed, as they are
+while a run goes on beside swarm's other commands): a hook defined in config, or the remote
+pointed at a repository of its making whose hooks would run. swarm's checkpoint, `swarm merge`
+and `swarm pr` then run, and the program the agent planted never does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import git
 from tests.github_server import TOKEN, FakeGitHub, serve
+from tests.test_git_runner import needs_configured_hooks
 from tests.test_run import status_json, swarm
 
 PLANT = """
@@ -68,3 +70,39 @@ def test_swarm_pr_to_a_remote_an_agent_redirected_runs_none_of_its_hooks(
     assert not list(tmp_path.glob("pwned-*"))
     # The push went where the config says, and the repository there ran none of its hooks.
     assert git(evil, "rev-parse", "swarm/bad") == git(repo, "rev-parse", "swarm/bad")
+
+
+HOOK = """
+import pathlib, subprocess, sys
+marker = sys.argv[1]
+common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+def config(*args):
+    subprocess.run(['git', 'config', '--file', common + '/config', *args], check=True)
+config('hook.x.command', f'touch {marker} #')
+for event in ('reference-transaction', 'post-index-change', 'pre-commit', 'commit-msg',
+              'post-commit', 'post-checkout', 'pre-merge-commit', 'post-merge', 'post-rewrite'):
+    config('--add', 'hook.x.event', event)
+pathlib.Path('work.txt').write_text('own work\\n')
+"""
+
+
+@needs_configured_hooks
+def test_a_hook_an_agent_defined_in_config_never_runs_in_swarms_checkpoint_or_merge(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    marker = tmp_path / "pwned"
+    agent = " ".join([*write_agent(HOOK), str(marker)])
+    out = swarm(repo, "run", "--allow-outside-writes", "--agent", agent, "-t", "bad=p")
+    assert out.returncode == 0, out.stderr
+    assert status_json(repo)["bad"]["state"] == "done"
+    assert git(repo, "show", "swarm/bad:work.txt") == "own work"  # swarm's checkpoint
+    writes = json.loads(swarm(repo, "report", "--json").stdout)["outside_writes"]
+    assert [w["suspects"] for w in writes] == [["bad"]], writes
+    out = swarm(repo, "merge", "bad")
+    assert out.returncode == 0, out.stderr
+    merged = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*")
+    assert git(repo, "show", f"{merged}:work.txt") == "own work"
+    assert not marker.exists()
+    git(repo, "commit", "-q", "--allow-empty", "-m", "yours")  # your git runs it: the test is real
+    assert marker.exists()
