@@ -44,6 +44,8 @@ OWN_COMMIT = (
     "work = pathlib.Path('work.txt')\n"
     "work.write_text(work.read_text() + 'more\\n' if work.exists() else 'work\\n')\n"
 )
+# Then removes its own worktree.
+GONE = "import shutil\nhere = os.getcwd()\nos.chdir('/')\nshutil.rmtree(here)\n"
 
 
 @pytest.fixture
@@ -246,8 +248,7 @@ def test_an_agent_that_commits_it_and_removes_its_worktree_has_its_commit_record
     # The attempt fails before its checkpoint (its worktree went while its agent worked); its
     # branch keeps the agent's commits, and `swarm merge t` takes a failed task by name.
     monkeypatch.setenv("SERVICE_TOKEN", SECRET)
-    gone = "import shutil\nhere = os.getcwd()\nos.chdir('/')\nshutil.rmtree(here)\n"
-    agent = write_agent(OWN_COMMIT + gone)
+    agent = write_agent(OWN_COMMIT + GONE)
     text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "x"\n'
     run = swarm(repo, "run", manifest(repo, text))
     assert SECRET in git(repo, "log", "-p", "--format=%B", "swarm/t")
@@ -260,3 +261,44 @@ def test_an_agent_that_commits_it_and_removes_its_worktree_has_its_commit_record
     assert merged.returncode == 1, merged.stdout + merged.stderr
     assert "not merging swarm/t: config.txt (commit " in merged.stdout, merged.stdout
     _nowhere_in_swarms_files(repo, [run.stdout, run.stderr, merged.stdout, merged.stderr])
+
+
+@pytest.mark.long
+def test_a_stop_of_a_dead_run_records_the_commits_of_an_agent_that_removed_its_worktree(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent commits the token; its manager is killed; then the agent removes its worktree.
+    # `swarm stop` (no checkpoint: no worktree) looks through the branch's commits with its
+    # shell's environment, and `swarm merge t` from a shell without the variable refuses.
+    monkeypatch.setenv("SERVICE_TOKEN", SECRET)
+    monkeypatch.setenv("FLAGS", str(tmp_path))
+    wait = (
+        "import time\nflags = pathlib.Path(os.environ['FLAGS'])\n(flags / 'committed').touch()\n"
+        "while not (flags / 'go').exists():\n    time.sleep(0.02)\n"
+    )
+    agent = write_agent(OWN_COMMIT + wait + GONE)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "x"\n'
+    manager = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", str(manifest(repo, text))],
+        cwd=repo, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for((tmp_path / "committed").exists, what="the agent's commits")
+    finally:
+        os.killpg(manager.pid, signal.SIGKILL)
+        manager.wait(timeout=30)
+    (tmp_path / "go").touch()
+    worktree = repo.parent / "repo.swarm" / "t"
+    wait_for(lambda: not worktree.exists(), what="the agent to remove its worktree")
+    assert SECRET in git(repo, "log", "-p", "--format=%B", "swarm/t")  # committed, not looked at
+    stopped = swarm(repo, "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert str(status_json(repo)["t"]["secret_commit"]).startswith("config.txt (commit ")
+    monkeypatch.delenv("SERVICE_TOKEN")  # another shell
+    redact._current = None
+    merged = swarm(repo, "merge", "t")
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    assert "not merging swarm/t: config.txt (commit " in merged.stdout, merged.stdout
+    assert SECRET not in git(repo, "log", "-p", "--format=%B", "HEAD")
+    _nowhere_in_swarms_files(repo, [stopped.stdout, stopped.stderr, merged.stdout, merged.stderr])

@@ -148,6 +148,10 @@ def _wind_up_worktree(
     """
     worktree = Path(row.worktree)
     if not worktree.is_dir():
+        # Its branch keeps the commits its agent made before its worktree went, and the task
+        # ends here: looked through now, as after an attempt, or never.
+        tip = git.rev_parse(repo, f"refs/heads/{row.branch}^{{commit}}")
+        committed_secrets.record_unlooked(repo, store, row, task, tip, env=os.environ)
         provision.free_worktree(repo, worktree, row.branch, populated=row.base_commit is not None)
         return None, None
     # Its `.git` pointed elsewhere (your git dir): git there would commit onto another
