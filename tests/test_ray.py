@@ -203,6 +203,52 @@ def test_a_secret_an_agent_on_a_node_commits_itself_is_recorded_and_refused_from
     assert SERVICE_SECRET not in merged.stdout + merged.stderr + out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("left", [False, True])
+def test_a_secret_only_its_node_holds_that_an_agent_commits_itself_is_recorded_there(
+    cluster: raykit.Cluster, tmp_path: Path, left: bool
+) -> None:
+    # The value is the node's own (NODE_DEPLOY_TOKEN, set in the environment of each node's
+    # `ray start`, never the coordinator's): the node looks through the agent's commits. Also
+    # when the attempt fails on its node (*left*: a file holding the value, which its
+    # checkpoint leaves out).
+    repo, _remote, _ctl = setup_repo(tmp_path, ["n1"])
+    leaves = "\npathlib.Path('leak.txt').write_text(value)\n" if left else ""
+    (tmp_path / "agent.py").write_text(
+        COMMITTING_AGENT.replace(
+            'value = (pathlib.Path(sys.argv[1]) / "value").read_text()',
+            'import os\nvalue = os.environ["NODE_DEPLOY_TOKEN"]',
+        )
+        + leaves
+    )
+    assert "NODE_DEPLOY_TOKEN" not in os.environ  # the coordinator's: never held
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == (1 if left else 0), out.stdout + out.stderr
+    row = status(repo)["n1"]
+    assert row["state"] == ("failed" if left else "done"), row
+    assert not left or "leak.txt" in str(row["reason"]), row
+    assert NODE_SECRET in git(repo, "log", "-p", "swarm/n1")  # the agent's own act
+    said = [line for line in out.stdout.splitlines() if line.startswith("n1: config.txt (commit ")]
+    assert len(said) == 1, out.stdout
+    shown = str(status(repo)["n1"]["secret_commit"])
+    assert shown.startswith("config.txt (commit "), shown
+    assert "holds the value of NODE_DEPLOY_TOKEN" in shown, shown
+    merged = swarm(repo, "merge", "n1")  # a failed task by name
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    assert "not merging swarm/n1: config.txt (commit " in merged.stdout, merged.stdout
+    assert NODE_SECRET not in git(repo, "log", "-p", "HEAD")
+    texts = [out.stdout, out.stderr, merged.stdout, merged.stderr]
+    for args in (("status",), ("status", "--json"), ("report", "--json"), ("logs", "n1")):
+        shown_out = swarm(repo, *args)
+        assert shown_out.returncode == 0, (args, shown_out.stderr)
+        texts += [shown_out.stdout, shown_out.stderr]
+    for text in texts:
+        assert NODE_SECRET not in text, text[:2000]
+    kept = [p for p in (repo / ".git" / "swarm").rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "state.db" for p in kept)
+    for path in kept:
+        assert NODE_SECRET.encode() not in path.read_bytes(), path
+
+
 def test_tasks_spread_over_both_nodes_and_their_branches_are_pushed(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -55,14 +55,27 @@ def new_leaks(
     tip: str,
     env: Mapping[str, str],
 ) -> list[Leak]:
-    """:func:`own_commit_leaks` of ``since..tip`` not recorded yet.
+    """:func:`own_leaks_since` not recorded yet."""
+    found = own_leaks_since(repo, since=since, base=base, tip=tip, env=env)
+    return unrecorded(store, run_id, found)
 
-    Of ``base..tip`` when *since* is no commit any more: all the branch brings.
+
+def own_leaks_since(
+    repo: git.Repo, *, since: str, base: str, tip: str, env: Mapping[str, str]
+) -> list[Leak]:
+    """:func:`own_commit_leaks` of ``since..tip``.
+
+    Of ``base..tip`` when *since* is no commit any more (or not in *repo*): all the branch
+    brings.
     """
     try:
-        found = own_commit_leaks(repo, since=since, tip=tip, env=env)
+        return own_commit_leaks(repo, since=since, tip=tip, env=env)
     except CommandError:
-        found = own_commit_leaks(repo, since=base, tip=tip, env=env)
+        return own_commit_leaks(repo, since=base, tip=tip, env=env)
+
+
+def unrecorded(store: Store, run_id: str, found: list[Leak]) -> list[Leak]:
+    """Those of *found* whose commit the run has not recorded yet. No store read for none."""
     recorded = _recorded(store, run_id) if found else {}
     return [leak for leak in found if leak.commit not in recorded]
 

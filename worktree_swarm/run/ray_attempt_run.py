@@ -10,16 +10,18 @@ mean for their task (lost nodes, rate limits, repairs) is :mod:`worktree_swarm.r
 from __future__ import annotations
 
 import contextlib
+import re
 import time
-from typing import cast
+from typing import Any, cast
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import paths_text
-from worktree_swarm.git import diffs
+from worktree_swarm.git import committed_secrets, diffs
 from worktree_swarm.git import repo as git
+from worktree_swarm.git.leaks import Leak
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import scrub
 from worktree_swarm.infra.logtail import read_log_end
@@ -44,6 +46,8 @@ from worktree_swarm.run.ray_cluster import ClusterLostError, ray_module
 from worktree_swarm.run.ray_node import Progress
 from worktree_swarm.run.ray_resume import RayResume
 from worktree_swarm.run.run_worker import Live, TaskOutcome, check_failed
+
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a commit's id, as a node names it
 
 
 class _SetupFailedError(SwarmError):
@@ -264,12 +268,14 @@ class RayAttemptRun(RayResume):
         switched: str | None = self._call(handle.actor, "switched", live=live)
         self._report_planted(task, handle, planted, switched)
         left: list[str] = self._call(handle.actor, "submodule_work", live=live)
+        on_node = self._node_leaks(handle.actor, task, base, live)
         # As it ended: what `swarm status` and `report` keep, and the session to go on with.
         # The attempt is over and pushed: a node lost now only loses these.
         with contextlib.suppress(NodeLostError):
             self._kept_from_node(handle, live)
         self._fetch(task)
         # What its agent committed itself of the run's secrets: before the tip is recorded.
+        self._record_node_leaks(task, on_node)
         self._record_own_commits(task, base, git.rev_parse(self.repo, f"refs/heads/{task.branch}"))
         self._record(handle, code, result, cut)
         scrub.scrub_file(handle.log_path)
@@ -299,6 +305,36 @@ class RayAttemptRun(RayResume):
         failure = self._checked(live, handle, base) if outcome.state is TaskState.DONE else None
         self._retire(handle)
         return outcome if failure is None else failure
+
+    def _node_leaks(
+        self,
+        actor: Any,  # noqa: ANN401 - a Ray actor handle
+        task: Task,
+        base: str,
+        live: Live,
+    ) -> list[Leak]:
+        """The agent's own commits holding a secret of its node's environment, as it found them.
+
+        Since the branch's last recorded tip (before it is recorded again): a value only the
+        node holds is never known here. None when the node is lost meanwhile (what it pushed
+        is looked through here all the same, for this environment's secrets).
+        """
+        row = self.store.task(self.run_id, task.id)
+        since = (row.tip_commit if row is not None else None) or base
+        try:
+            found = self._call(actor, "own_commits", since=since, base=base, live=live)
+        except NodeLostError:
+            return []
+        return [
+            Leak(commit=str(f["commit"]), path=str(f["path"]), why=str(f["why"]))
+            for f in found
+            if _COMMIT.fullmatch(str(f.get("commit", "")))
+        ]
+
+    def _record_node_leaks(self, task: Task, found: list[Leak]) -> None:
+        """Record those of *found* (:meth:`_node_leaks`, fetched now) not recorded yet."""
+        for leak in committed_secrets.unrecorded(self.store, self.run_id, found):
+            self._emit(committed_secrets.EVENT, task.id, committed_secrets.event_data(leak))
 
     def _stop_asked(self, live: Live) -> bool:
         """Whether the task is being stopped: by this coordinator, or asked in the store."""

@@ -80,18 +80,22 @@ class RayTaskWorker(RayAttemptRun):
             reason=f"interrupted: {why}; its work is kept on {task.branch} as last pushed",
         )
 
-    def _keep_pushed(self, task: Task) -> None:
+    def _keep_pushed(self, task: Task, ended: tuple[Handle, Live] | None = None) -> None:
         """Fetch the task's branch as its nodes last pushed it, and record what it holds.
 
         After an attempt cut off (its node or the cluster lost, a node-side failure): a task
         stopped or failed then, its branch here still at its base, lost that work to `swarm
-        clean` (and its remote branch to a retry's push).
+        clean` (and its remote branch to a retry's push). The attempt's node, still there
+        (*ended*), looks through its agent's own commits for its own secrets too.
         """
         row = self.store.task(self.run_id, task.id)
         with contextlib.suppress(SwarmError):  # the remote may be gone as well
+            base = row.base_commit if row is not None else None
+            found = self._node_leaks(ended[0].actor, task, base, ended[1]) if ended and base else []
             self._fetch(task)
             if row is not None and row.base_commit:
                 tip = git.rev_parse(self.repo, task.branch) or row.base_commit
+                self._record_node_leaks(task, found)
                 self._record_own_commits(task, row.base_commit, tip)
                 self._record_diff(task.id, row.base_commit, tip)
 
@@ -172,7 +176,7 @@ class RayTaskWorker(RayAttemptRun):
             course.interrupted()
             return None
         except SwarmError as exc:  # a node-side failure (git): the attempt fails
-            self._keep_pushed(task)  # what it pushed (its last checkpoint)
+            self._keep_pushed(task, (handle, live))  # what it pushed (its last checkpoint)
             self._end(handle, str(exc))
             raise
         finally:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from worktree_swarm.agents import adapter_for, claude_auth
 from worktree_swarm.agents.base import prompt_argument
+from worktree_swarm.git import committed_secrets
+from worktree_swarm.git import repo as git
 from worktree_swarm.guard import sandbox, surface
 from worktree_swarm.infra import fs, redact, scrub, supervisor
 from worktree_swarm.infra.logtail import read_log_end
@@ -205,6 +207,30 @@ class NodeAgent(NodeClone):
                 max_log=self.a.max_log,
             )
         return _redacted(failure), redact.redact(read_log_end(log, 8 * 2**20))
+
+    def own_commits(self, *, since: str, base: str) -> list[dict[str, str]]:
+        """The commits its agent made itself on the task's branch holding a node's secret.
+
+        Of ``since..`` the branch's tip in the clone (as pushed), looked through with this
+        node's environment and the task's ``env`` (:meth:`_base_env`): a secret only the node
+        holds, which its coordinator never knows. Each as ``commit``, ``path`` (redacted here:
+        a file's name can be the value) and ``why`` (the variable's name, never the value).
+        """
+        if self._agent is None:  # no agent ran: nothing is its own
+            return []
+        with self._git_lock:
+            self._settle_git_files()  # nothing its agent planted runs with swarm's git
+            tip = git.rev_parse_in(self.work, f"refs/heads/{self.a.task.branch}")
+            if tip is None or tip == since:
+                return []
+            clone = git.Repo(root=self.work, common_dir=self.work / ".git")
+            found = committed_secrets.own_leaks_since(
+                clone, since=since, base=base, tip=tip, env=self._base_env()
+            )
+        return [
+            {"commit": leak.commit, "path": redact.redact(leak.path), "why": leak.why}
+            for leak in found
+        ]
 
     def session_state(self, since: str | None) -> ray_session.SessionState | None:
         """The agent's config dir packed (its session files), unless unchanged since *since*."""
