@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -11,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import as_owner_only, git, make_repo
+import pytest
+
+from tests.conftest import GIT_SUBCOMMAND, as_owner_only, git, git_first_on_path, make_repo
 from tests.test_run import (
     AgentFactory,
     argv_toml,
@@ -743,10 +746,10 @@ def test_a_worktree_left_switched_is_put_back_on_its_branch_before_its_commit_fo
 
 
 def test_a_worktree_git_cannot_put_back_is_kept_and_told_once_and_the_run_goes_on(
-    tmp_path: Path, write_agent: AgentFactory
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
 ) -> None:
-    # a's worktree could not be put back on its branch (a lock a killed git left on its
-    # HEAD): that git error failed c, the task waiting for the room, with a's error.
+    # a's worktree could not be put back on its branch (another git held its HEAD): that git
+    # error failed c, the task waiting for the room, with a's error.
     repo = _big_repo(tmp_path)
     git(repo, "checkout", "-q", "-b", "feature")  # `main` free to be checked out elsewhere
     tips = {b: git(repo, "rev-parse", b) for b in ("main", "feature")}
@@ -769,7 +772,15 @@ def test_a_worktree_git_cannot_put_back_is_kept_and_told_once_and_the_run_goes_o
     finally:
         worktree.chmod(0o755)
     assert git(worktree, "symbolic-ref", "--short", "HEAD") == "main"
-    (repo / ".git" / "worktrees" / "a" / "HEAD.lock").write_text("")
+    # Another git holds a's HEAD.lock while the put-back runs, and lets go of it after.
+    lock = shlex.quote(str(repo / ".git" / "worktrees" / "a" / "HEAD.lock"))
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        GIT_SUBCOMMAND
+        + 'if [ "$sub" = symbolic-ref ]; then case "$*" in *"swarm: put back"*)\n'
+        f'  : > {lock}; {real} "$@"; rc=$?; rm -f {lock}; exit $rc;;\n'
+        "esac; fi\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
     again.touch()
 
     # b done, c needs room: a's worktree, the oldest finished one, cannot go; b's can.

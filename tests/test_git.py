@@ -902,6 +902,24 @@ def test_only_a_stale_lock_in_the_repository_git_names_is_removed(
     assert not stale.exists()
 
 
+def test_a_worktree_is_put_back_on_its_branch_past_a_stale_head_lock(
+    repo: Path, tmp_path: Path
+) -> None:
+    # A HEAD.lock a killed git left blocked the put-back for good: every stop, retry and
+    # removal for room after it failed there.
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/a", str(worktree))
+    git(worktree, "checkout", "-q", "--detach")
+    lock = repo / ".git" / "worktrees" / "wt" / "HEAD.lock"
+    lock.write_text("")
+    old = lock.stat().st_mtime - 60  # its git killed a minute ago
+    os.utime(lock, (old, old))
+    tip = git(worktree, "rev-parse", "HEAD")
+    assert gitfiles.put_back_on(worktree, "swarm/a") == f"a detached HEAD at {tip[:12]}"
+    assert git(worktree, "symbolic-ref", "HEAD") == "refs/heads/swarm/a"
+    assert not lock.exists()
+
+
 def test_a_broken_ref_file_is_a_regular_file_of_garbage(repo: Path) -> None:
     heads = repo / ".git" / "refs" / "heads"
     (heads / "garbage").write_bytes(b"\0\0 not a ref\n")

@@ -17,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from worktree_swarm.core.errors import GitError
+from worktree_swarm.core.errors import CommandError, GitError
 from worktree_swarm.git import sparse
 from worktree_swarm.git.config_files import common_dir, git_dir
 from worktree_swarm.git.repo import rev_parse_in, run
@@ -164,6 +164,7 @@ def put_back_on(worktree: Path, branch: str) -> str | None:
     Another branch, one of no commit yet (``git checkout --orphan x``), or a detached HEAD
     (``a detached HEAD at <commit>``): its files and index stay, for the checkpoint to commit
     onto *branch*. What the guard does after each attempt, for a stop no manager watched.
+    Past a stale ``HEAD.lock`` (:func:`past_stale_lock`); CommandError when git fails.
     """
     want = f"refs/heads/{branch}"
     with suppress(OSError, GitError):  # the fast way: read the HEAD file
@@ -176,7 +177,11 @@ def put_back_on(worktree: Path, branch: str) -> str | None:
     where = on.removeprefix("refs/heads/")
     if not on:
         where = f"a detached HEAD at {(rev_parse_in(worktree, 'HEAD') or '?')[:12]}"
-    run(worktree, ["symbolic-ref", "-m", "swarm: put back", "HEAD", want])
+    # A HEAD.lock a killed git left (or an agent planted) would block this for good.
+    put = ["symbolic-ref", "-m", "swarm: put back", "HEAD", want]
+    done = past_stale_lock(worktree, put)
+    if done.returncode != 0:
+        raise CommandError(["git", *put], done.returncode, done.stdout + done.stderr)
     return where
 
 
