@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Callable
@@ -339,6 +341,53 @@ def test_swarm_stop_puts_a_worktree_its_agent_switched_back_on_its_branch_with_i
         "feature\nmain\nswarm/a"  # no branch made for the orphan; `main` as it was
     )
     assert git(repo, "rev-parse", "main") == base
+
+
+# Writes its work and stays running (until it is killed).
+WRITES_AND_STAYS = """
+import pathlib, sys, time
+pathlib.Path('work.txt').write_text('work\\n')
+pathlib.Path(sys.argv[1]).touch()
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.long
+def test_swarm_stop_of_a_worktree_switched_to_main_as_its_checkpoint_stages_leaves_main(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_agent: Callable[[str], list[str]],
+) -> None:
+    # Switched after the stop's look at its HEAD (its put-back), before its checkpoint's
+    # commit: `git commit` committed the work onto wherever HEAD was by then, your `main`.
+    git(repo, "checkout", "-q", "-b", "feature")  # `main` free to be checked out elsewhere
+    wrote = tmp_path / "wrote"
+    agent = [*write_agent(WRITES_AND_STAYS), str(wrote)]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(wrote.exists, what="the agent to write")
+    _kill_group(proc)  # the agent, in its shim's session, goes on
+    tips = {b: git(repo, "rev-parse", b) for b in ("main", "feature", "swarm/a")}
+    worktree = repo.parent / "repo.swarm" / "a"
+    # The checkpoint's `add` comes after that look: the worktree goes to `main` right then.
+    real = shlex.quote(str(shutil.which("git")))
+    switch = f"{real} -C {shlex.quote(str(worktree))} switch -q main"
+    switched = hang_git_at(tmp_path, monkeypatch, "add", then=f'{switch}; exec {real} "$@"')
+
+    out = swarm(repo, "stop")
+
+    assert switched.exists()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {b: git(repo, "rev-parse", b) for b in tips} == tips
+    said = f"{worktree} is on main now, not swarm/a: nothing committed there, its work stays in it"
+    assert f"swarm: task a: {said}\n" in out.stderr, out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "stopped", row
+    assert said in str(row["reason"]), row
+    assert (worktree / "work.txt").read_text() == "work\n"
+    assert git(worktree, "symbolic-ref", "--short", "HEAD") == "main"
 
 
 # Points its worktree's `.git` at your git dir (argv[2]), writes its work, and stays running.

@@ -9,6 +9,8 @@ on the task's own branch, never on the branch its agent switched to, nor in the 
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import as_owner_only, git
+from tests.conftest import as_owner_only, git, hang_git_at
 from tests.test_run import argv_toml, manifest, status_json, swarm
 
 # The first go switches its worktree off its branch, writes its work and makes the worktree
@@ -95,6 +97,42 @@ def test_retry_fresh_commits_a_switched_worktree_on_the_task_branch(
         "README.md",
         "fresh.txt",
     ]
+
+
+@pytest.mark.long
+def test_retry_fresh_of_a_worktree_switched_to_main_as_its_commit_stages_keeps_it(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_agent: Callable[[str], list[str]],
+) -> None:
+    # Switched after the retry's look at its HEAD (its put-back), before the commit that keeps
+    # its work: `git commit` committed it onto wherever HEAD was by then, your `main`.
+    git(repo, "checkout", "-q", "-b", "feature")  # `main` free to be checked out elsewhere
+    agent = " ".join(write_agent("open('a.txt', 'w').write('a\\n')\nraise SystemExit(3)\n"))
+    assert swarm(repo, "run", "--agent", agent, "-t", "a=a").returncode == 1
+    worktree = repo.parent / "repo.swarm" / "a"
+    tips = {b: git(repo, "rev-parse", b) for b in ("main", "feature", "swarm/a")}
+    (worktree / "wip.txt").write_text("yours, half done\n")
+    # The checkpoint's `add` comes after that look: the worktree goes to `main` right then.
+    real = shlex.quote(str(shutil.which("git")))
+    switch = f"{real} -C {shlex.quote(str(worktree))} switch -q main"
+    switched = hang_git_at(tmp_path, monkeypatch, "add", then=f'{switch}; exec {real} "$@"')
+
+    out = swarm(repo, "retry", "a", "--fresh")
+
+    assert switched.exists()
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert {b: git(repo, "rev-parse", b) for b in tips} == tips
+    assert out.stderr == (
+        f"swarm: not retrying a afresh, which deletes its worktree: {worktree} is on main now, "
+        "not swarm/a: nothing committed there, its work stays in it; finish there, or switch "
+        "it back to swarm/a there, then retry\n"
+    )
+    assert (worktree / "wip.txt").read_text() == "yours, half done\n"
+    assert git(worktree, "symbolic-ref", "--short", "HEAD") == "main"
+    assert status_json(repo)["a"]["state"] == "failed"
+    assert retry_events(repo) == []
 
 
 # Points its worktree's `.git` at your git dir and writes its work.

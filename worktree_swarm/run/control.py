@@ -139,12 +139,18 @@ def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[bool]:
 
 
 def _wind_up_worktree(
-    repo: git.Repo, store: Store, row: TaskRow, task: Task, *, announce: bool
+    repo: git.Repo,
+    store: Store,
+    row: TaskRow,
+    task: Task,
+    *,
+    announce: bool,
+    tell: Callable[[str], None] | None = None,
 ) -> tuple[str | None, str | None]:
     """A stopped task's worktree made fit for git, and its work committed on its branch.
 
     Returns why the task fails for what its agent did there (None: nothing), and what the
-    checkpoint left (None: nothing).
+    checkpoint left (None: nothing; *tell*: as :func:`_checkpoint_stopped`).
     """
     worktree = Path(row.worktree)
     if not worktree.is_dir():
@@ -168,7 +174,7 @@ def _wind_up_worktree(
     # Switched by its agent: back on its branch, as its manager's guard does after each
     # attempt, so that the checkpoint commits onto it (not yours, nor one of no commit yet).
     where = None if admin is None else gitfiles.put_back_on(worktree, row.branch)
-    left = _checkpoint_stopped(repo, store, row, task, announce=announce)
+    left = _checkpoint_stopped(repo, store, row, task, announce=announce, tell=tell)
     if where is not None:
         return f"its agent switched its worktree from {row.branch} to {where}; put back", left
     if planted:  # as after an attempt: its work committed all the same
@@ -177,12 +183,19 @@ def _wind_up_worktree(
 
 
 def _checkpoint_stopped(
-    repo: git.Repo, store: Store, row: TaskRow, task: Task, *, announce: bool
+    repo: git.Repo,
+    store: Store,
+    row: TaskRow,
+    task: Task,
+    *,
+    announce: bool,
+    tell: Callable[[str], None] | None = None,
 ) -> str | None:
     """Commit what a stopped task's agent left in its worktree; record the branch's diff.
 
     Returns what the checkpoint left out there, and why (a file over ``max_file``), and the
-    setuid programs it disarmed there, if any.
+    setuid programs it disarmed there, if any. Onto the task's branch alone: a worktree
+    switched meanwhile has nothing committed, which is returned too and told (*tell*).
 
     Announced beside another run's live manager (*announce*), whose guard watches this branch
     too: with none, nothing would hear it and the announcement would wait in vain.
@@ -211,9 +224,14 @@ def _checkpoint_stopped(
                 max_file=run.settings.max_file if run is not None else DEFAULT_MAX_FILE,
                 agent_ran=row.agent_started,  # else only swarm's checkout wrote there
                 branch=row.branch,
+                onto=task_checkpoint.onto(worktree, row.branch),
             )
         except checkpoints.LeftOutError as exc:  # the rest is committed; they stay in the worktree
             tip, left, left_out = exc.head, str(exc), tuple(status.status_paths(worktree))
+        except checkpoints.SwitchedError as exc:  # nothing committed: its work stays there
+            tip, left = git.rev_parse(repo, ref), str(exc)
+            if tell is not None:
+                tell(f"swarm: task {row.task_id}: {exc}")
         if moves is not None:
             moves.moved(ref, git.rev_parse(repo, ref))
     local_files.unlink_links(repo.root, worktree, task.link)
@@ -357,7 +375,9 @@ def _stop_unmanaged(
     stopped: list[str] = []
     for task_id in targets:
         task = task_from_json(rows[task_id].spec_json)
-        fails, left = _wind_up_worktree(repo, store, rows[task_id], task, announce=announce)
+        fails, left = _wind_up_worktree(
+            repo, store, rows[task_id], task, announce=announce, tell=tell
+        )
         as_ended = unwatched.as_it_ended(store.task(run_id, task_id), task, ended[task_id])
         state, why = (
             (TaskState.FAILED, verdicts[task_id])

@@ -364,11 +364,17 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> str | None:
             droppings=kept.droppings,
             max_file=settings.max_file if settings else DEFAULT_MAX_FILE,
             branch=row.branch,
+            onto=task_checkpoint.onto(path, row.branch),
         )
     except checkpoints.LeftOutError as exc:
         raise SwarmError(
             f"not retrying {row.task_id} afresh, which deletes its worktree: its agent {exc}; "
             "move them out of it (or delete them) first"
+        ) from exc
+    except checkpoints.SwitchedError as exc:  # switched since its put-back: kept as it is
+        raise SwarmError(
+            f"not retrying {row.task_id} afresh, which deletes its worktree: {exc}; finish "
+            f"there, or switch it back to {row.branch} there, then retry"
         ) from exc
     return switched
 

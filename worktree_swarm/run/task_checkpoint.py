@@ -15,7 +15,7 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.task import Task
-from worktree_swarm.git import checkpoints, local_files
+from worktree_swarm.git import checkpoints, gitfiles, local_files
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow
 
@@ -51,3 +51,14 @@ def left_out(store: Store, row: TaskRow, task: Task, worktree: Path) -> LeftOut:
 def droppings(agents: Iterable[str]) -> tuple[str, ...]:
     """The own files of the tools of *agents* (profile names), each pattern once."""
     return tuple(dict.fromkeys(p for agent in sorted(agents) for p in adapter_for(agent).droppings))
+
+
+def onto(worktree: Path, branch: str) -> str | None:
+    """The branch a checkpoint of *worktree* outside an attempt commits onto alone: *branch*.
+
+    A worktree switched after its put-back on *branch* (by you, by an agent's leftover) had
+    the work committed onto the branch it went to. None (`git commit`, onto HEAD) in a merge
+    or cherry-pick its agent left staged, which only `git commit` concludes, as the run's own
+    checkpoint does.
+    """
+    return None if gitfiles.mid_operation(worktree) else branch
