@@ -294,3 +294,26 @@ def test_writes_into_a_directory_git_ignores_in_the_users_checkout_cost_no_git_c
     found = guard.scan()
     assert [(v.where, v.paths) for v in found] == [(MAIN, ("app.py",))]
     assert (repo / "build" / "cache" / "out.o").exists()
+
+
+def test_a_write_through_a_hard_link_seen_by_the_last_scan_is_blamed_on_its_ended_agent(
+    guard: Guard, tmp_path: Path
+) -> None:
+    # Written through a second name outside your checkout, no event tells of it. Seen by the
+    # last scan after its agent ended, its suspects are those since git last compared your
+    # checkout, not since the change test last found no event there (nobody: "the user's").
+    repo = guard.repo.root
+    guard.agent_started("rogue", me())
+    assert guard.scan() == []
+    other = tmp_path / "app.py"
+    os.link(repo / "app.py", other)
+    other.write_bytes(b"PRINT('v1')\n")
+    guard.agent_ended("rogue")
+    assert guard.scan() == []  # no event: nothing flagged the checkout
+    guard.close()
+    found = guard.scan()
+    assert [(v.where, v.paths, v.suspects, v.restored) for v in found] == [
+        (MAIN, ("app.py",), ("rogue",), True)
+    ]
+    assert (repo / "app.py").read_text() == "print('v1')\n"
+    assert other.read_text() == "PRINT('v1')\n"  # the restore wrote a file of its own

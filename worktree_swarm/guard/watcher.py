@@ -358,8 +358,10 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
             sweep = None if final else self._sweep_pick()
             compared = time.monotonic()
             for place in [p for p in self._places.values() if p.users]:
-                flagged = final or place.where in changed
-                if flagged or place is sweep:
+                # Compared in full at the end, unflagged: a change found then is one the test
+                # missed (a write through a hard link), its suspects those since git last looked.
+                flagged = place.where in changed
+                if final or flagged or place is sweep:
                     found += self._compare(place, began, quick=False, sweep=not flagged)
             users = time.monotonic() - compared
             places = [p for p in self._places.values() if not p.users]
