@@ -1,16 +1,19 @@
-"""Writes outside a worktree by ways no event tells of are caught.
+"""Writes outside a worktree by ways no event tells of, or that break git there, are caught.
 
 Real runs of the real CLI: an agent writes your checkout through a hard link it made in its own
-worktree (no inotify event names your checkout). It is blamed on its agent and put back.
+worktree (no inotify event names your checkout), or writes garbage over a finished sibling's
+index (every git command there, the guard's and `swarm clean`'s, fails on it). Each is blamed
+on its agent and put back.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import git
-from tests.test_guard import events
+from tests.test_guard import events, run_victim_then_bad
 from tests.test_run import status_json, swarm
 
 AgentFactory = Callable[[str], list[str]]
@@ -43,3 +46,36 @@ def test_a_write_into_your_checkout_through_a_hard_link_fails_its_agent_and_is_u
     linked = repo.parent / "repo.swarm" / "bad" / "mine.txt"
     assert (repo / "README.md").stat().st_ino != linked.stat().st_ino  # no longer one file
     assert git(repo, "show", "swarm/bad:mine.txt") == "hello\nwritten through a hard link"
+
+
+# Writes garbage over the index of the finished task "victim".
+INDEX_BREAKER = """
+import pathlib, subprocess
+common = subprocess.run(['git', 'rev-parse', '--git-common-dir'], capture_output=True,
+                        text=True, check=True).stdout.strip()
+(pathlib.Path(common) / 'worktrees' / 'victim' / 'index').write_bytes(b'DIRC not an index')
+pathlib.Path('own.txt').write_text('own\\n')
+"""
+
+
+def test_a_finished_siblings_index_made_unreadable_is_put_back_and_blamed(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('work\\n')\n")
+    out = run_victim_then_bad(repo, victim, write_agent(INDEX_BREAKER))
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = status_json(repo)
+    assert rows["victim"]["state"] == "done"
+    assert rows["bad"]["state"] == "failed", rows["bad"]  # it ended done, nobody blamed
+    assert rows["bad"]["reason"] == (
+        "wrote outside its worktree: its staged changes in task victim's worktree; restored"
+    )
+    assert [(w["where"], w["suspects"]) for w in events(repo, "outside_write")] == [
+        ("victim", ["bad"])
+    ]
+    worktree = repo.parent / "repo.swarm" / "victim"
+    assert git(worktree, "status", "--porcelain") == ""  # git reads its index again
+    cleaned = swarm(repo, "clean", "--yes")
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert not os.path.lexists(worktree)
+    assert git(repo, "show", "swarm/victim:victim.txt") == "work"

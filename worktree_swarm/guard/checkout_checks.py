@@ -110,13 +110,15 @@ class CheckoutChecks(WorktreeChecks):
         lost = None if ok else self._store_lost(began, self._failing.get(place.where, ""))
         if lost is not None:  # the guard's own store emptied: the place has a new baseline
             found, ok = lost, True
-        if not ok and place.users and self.restore and _unreadable_index(place.path):
-            # Your index, written unreadable (every git command of yours fails on it): the
-            # one saved at the baseline goes back, and the place is compared as usual.
+        if not ok and self.restore and _unreadable_index(place.path):
+            # An index written unreadable (yours, or a finished task's: every git command
+            # there fails on it, `swarm clean` too): the one saved at the baseline goes back,
+            # and the place is compared as usual.
             window = (since, began)
+            exclude = () if place.users else (place.where,)
             with self._job(place.where):
                 if put_index(place.path, place.saved_index):
-                    suspects = self._agents.suspects(window, exclude=())
+                    suspects = self._agents.suspects(window, exclude=exclude)
                     broken = Violation(
                         number=0, where=place.where, index_changed=True, suspects=suspects,
                         restored=True,
