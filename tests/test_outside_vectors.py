@@ -79,3 +79,40 @@ def test_a_finished_siblings_index_made_unreadable_is_put_back_and_blamed(
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert not os.path.lexists(worktree)
     assert git(repo, "show", "swarm/victim:victim.txt") == "work"
+
+
+# Names git quotes or a command line could take for options, and links out of the worktree.
+ODD_NAMES = """
+import os
+t = os.environ['SWARM_TASK_ID'].encode()
+for name in (b'new\\nline', b'tab\\tname', b'-rf', b'--stat', b'odd\\xff\\xfe'):
+    with open(name + b'-' + t, 'wb') as f:
+        f.write(b'content\\n')
+os.symlink('/', b'root-' + t)
+os.symlink(os.path.expanduser('~'), b'home-' + t)
+"""
+
+
+def test_odd_names_and_links_out_are_one_line_each_and_merge_and_clean_follow_no_link(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    home = Path(os.environ["HOME"])
+    (home / ".bashrc").write_text("yours\n")
+    agent = " ".join(write_agent(ODD_NAMES))
+    out = swarm(repo, "run", "--agent", agent, "-t", "a=p", "-t", "b=p")
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = swarm(repo, "diff", "a", "--name-only")
+    assert names.returncode == 0, names.stderr
+    listed = [line.strip() for line in names.stdout.splitlines()[1:]]
+    assert listed == [
+        "--stat-a", "-rf-a", "home-a", '"new\\nline-a"', '"odd\\377\\376-a"', "root-a",
+        '"tab\\tname-a"',
+    ]  # fmt: skip
+    assert status_json(repo)["a"]["files_changed"] == 7
+    merged = swarm(repo, "merge")
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    assert "2 merged, 0 conflicted" in merged.stdout
+    cleaned = swarm(repo, "clean", "--yes", "--force")
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert not (repo.parent / "repo.swarm").exists()
+    assert (home / ".bashrc").read_text() == "yours\n"
