@@ -1806,6 +1806,31 @@ def test_an_error_no_command_caught_writes_its_traceback_redacted_and_says_where
     assert DB_PASSWORD not in text
 
 
+def test_debug_shows_an_unexpected_errors_traceback_redacted(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `swarm --debug` shows the traceback on stderr (a detached manager's, in its log): the
+    # exception's message can hold a key, as the crash file's does.
+    import tempfile  # noqa: PLC0415
+
+    from tests.conftest import swarm_here  # noqa: PLC0415
+    from worktree_swarm.run import runs  # noqa: PLC0415
+
+    monkeypatch.setenv("DEPLOY_TOKEN", DB_PASSWORD)
+
+    def broken(summaries: object) -> list[str]:
+        raise RuntimeError(f"a bug while the token {DB_PASSWORD} was at hand")
+
+    monkeypatch.setattr(runs, "format_runs", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = swarm_here(repo, "--debug", "runs")
+    assert out.returncode == 1
+    assert out.stderr.startswith("Traceback (most recent call last):")
+    assert "RuntimeError: a bug while the token [REDACTED] was at hand\n" in out.stderr
+    assert out.stderr.splitlines()[-1].startswith("swarm: internal error; traceback written to ")
+    assert DB_PASSWORD not in out.stderr + out.stdout
+
+
 def test_a_copy_globs_file_an_agent_named_in_bytes_that_are_not_utf8_is_left_out(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -180,10 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except SwarmError as exc:
         return swarm_error(exc, command, debug=debug)
-    except Exception as exc:
-        if debug:
-            raise
-        return unexpected(exc, command)
+    except Exception as exc:  # noqa: BLE001 - a bug's traceback, redacted: never Python's raw one
+        return unexpected(exc, command, debug=debug)
     return int(code or 0)
 
 

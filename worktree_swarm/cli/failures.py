@@ -84,8 +84,13 @@ def _owned_by_another(filename: object) -> str:
     return ""
 
 
-def unexpected(exc: Exception, command: str | None) -> int:
-    """One line for an error no command caught: the user's to fix, or a bug's traceback file."""
+def unexpected(exc: Exception, command: str | None, *, debug: bool = False) -> int:
+    """One line for an error no command caught: the user's to fix, or a bug's traceback file.
+
+    With *debug* its traceback first, redacted as the file's is: its message can hold a key.
+    """
+    if debug:
+        click.echo(redact("".join(traceback.format_exception(exc))), err=True, nl=False)
     if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
         where = getattr(exc, "filename", None) or _full_where(exc)
         text = faults.retry_with(faults.full_message(where, exc), command)
