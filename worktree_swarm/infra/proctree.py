@@ -18,7 +18,7 @@ import psutil
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
-from worktree_swarm.infra import shim, starts
+from worktree_swarm.infra import redact, shim, starts
 from worktree_swarm.infra.shim_record import SHIM_AVAILABLE, read_record
 
 if TYPE_CHECKING:
@@ -107,6 +107,25 @@ def shim_alive(record: Path) -> bool:
     return same and running(proc) and _shim_grace(proc) is not None
 
 
+def learn_secrets(identity: ProcessIdentity) -> None:
+    """Have this process's redactor replace the secret values of *identity*'s environment too.
+
+    A command that adopts or ends an agent (``swarm resume``, ``swarm stop``) may run from a
+    shell without the variables of the manager that started it; while the agent lives, the
+    kernel still holds them: in its environment, or its shim's child's (a shim forked by the
+    shim server has the server's). Read here, kept nowhere.
+    """
+    leader = _matching(identity)
+    if leader is None or not running(leader):
+        return
+    pairs: list[tuple[str, str]] = []
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        for proc in [leader, *leader.children()]:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                pairs += proc.environ().items()
+    redact.add_env(pairs)
+
+
 def kill_tree(identity: ProcessIdentity, *, grace: float, within: Sequence[Path] = ()) -> None:
     """Stop *identity*'s process and everything it started.
 
@@ -118,6 +137,7 @@ def kill_tree(identity: ProcessIdentity, *, grace: float, within: Sequence[Path]
     the directories its tree works in (the task's worktree), which tell a group whose
     leader is gone to be its own (see :func:`_owns_group`).
     """
+    learn_secrets(identity)  # what it printed is redacted next, maybe by another shell's swarm
     leader = _matching(identity)
     if leader is not None and running(leader):
         shim_grace = _shim_grace(leader)

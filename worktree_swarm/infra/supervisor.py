@@ -23,7 +23,13 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.infra import fs, shim, shim_record
 from worktree_swarm.infra.logtail import last_line
-from worktree_swarm.infra.proctree import KILL_TIMEOUT, identity_of, is_alive, kill_tree
+from worktree_swarm.infra.proctree import (
+    KILL_TIMEOUT,
+    identity_of,
+    is_alive,
+    kill_tree,
+    learn_secrets,
+)
 from worktree_swarm.infra.shim_record import read_record, record_path
 from worktree_swarm.infra.shim_server import Forked, ShimServer, not_started
 
@@ -223,7 +229,11 @@ def _wait_for_end(identity: ProcessIdentity, timeout: float) -> None:
 def adopt(
     identity: ProcessIdentity, *, log_path: Path, started_at: float, workdir: Path | None = None
 ) -> AdoptedProcess:
-    """Supervise an agent recorded by a previous manager (alive or not), started in *workdir*."""
+    """Supervise an agent recorded by a previous manager (alive or not), started in *workdir*.
+
+    The secrets of a live one's environment are redacted from then on (that manager's shell's).
+    """
+    learn_secrets(identity)
     return AdoptedProcess(
         identity=identity,
         log_path=log_path,

@@ -202,11 +202,17 @@ def know_task_secrets(repo: git.Repo, store: Store, run_id: str, task_id: str) -
     """Have this process's redactor replace *task_id*'s own secrets too, as its manager does.
 
     Those are the secret-named values of the task's ``env`` and the secrets of its ``copy``
-    files; the environment's are known to every swarm process already.
+    files, and those of its running agent's environment (its manager's shell's, which this
+    one's may lack).
     """
     row = store.task(run_id, task_id)
     if row is not None:
         know_secrets_of(repo.root, [task_from_json(row.spec_json)])
+    for attempt in store.attempts(run_id, task_id):
+        if attempt.ended_at is None:
+            proctree.learn_secrets(
+                ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
+            )
 
 
 def know_secrets_of(root: Path, tasks: Iterable[Task]) -> None:
