@@ -1493,10 +1493,40 @@ def test_a_log_an_agent_swapped_for_a_link_or_a_pipe_is_neither_read_nor_rewritt
         ("XKB_KEYMAP", False),
         ("KEYRING_PASSWORD", True),
         ("SSH_KEY", True),
+        ("GH_PAT", True),
+        ("AZURE_DEVOPS_EXT_PAT", True),
+        ("PAT_FOR_CI", True),
+        ("MANPATH", False),
+        ("PATCH_LEVEL", False),
+        ("PATTERN", False),
     ],
 )
 def test_secret_names(name: str, secret: bool) -> None:
     assert is_secret_name(name) is secret
+
+
+def test_a_personal_access_tokens_value_is_redacted_from_a_run(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An Azure DevOps PAT is 52 characters of base32: no format the redactor knows.
+    pat = "q7xk2mzp4bnd6wvr3hjt5cyl2fse7gua4onk6tiq3bmr5zdx7wpa"
+    monkeypatch.setenv("AZURE_DEVOPS_EXT_PAT", pat)
+    agent = write_agent(
+        "import os, sys\nprint('az: using', os.environ['AZURE_DEVOPS_EXT_PAT'])\n"
+        "sys.exit('az: refused ' + os.environ['AZURE_DEVOPS_EXT_PAT'])\n"
+    )
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert status_json(repo)["t"]["reason"] == f"agent exited 1: az: refused {REDACTED}"
+    logs = swarm(repo, "logs", "t").stdout
+    assert f"az: using {REDACTED}" in logs, logs
+    texts = [out.stdout, out.stderr, logs, swarm(repo, "status").stdout]
+    assert not [text for text in texts if pat in text]
+    assert not [
+        p
+        for p in (repo / ".git" / "swarm").rglob("*")
+        if p.is_file() and pat.encode() in p.read_bytes()
+    ]
 
 
 @pytest.mark.parametrize(

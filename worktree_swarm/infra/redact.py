@@ -35,14 +35,15 @@ _KEY_LIKE = re.compile(r"[A-Za-z0-9_\-.+/=~]+")
 
 # A name holds a secret when one of these is in it; AUTH only as a word of its own (OAUTH,
 # AUTH_TOKEN, HTTP_AUTH), not in AUTHOR (GIT_AUTHOR_NAME is a person, not a credential); PWD
-# only after an underscore (DB_PWD), never the shell's PWD or OLDPWD (a directory); PASS not
+# only after an underscore (DB_PWD), never the shell's PWD or OLDPWD (a directory); PAT (a
+# personal access token: GH_PAT, AZURE_DEVOPS_EXT_PAT) only as a word, not PATH; PASS not
 # in BYPASS, PASSTHROUGH, PASSIVE or PASSENGER, nor ASKPASS (the program that asks for one);
 # KEY not in KEYRING, KEYBOARD or KEYMAP (PIP_KEYRING_PROVIDER=subprocess names a mode: its
 # value redacted would cut the word "subprocess" out of every log).
 _SECRET_NAME = re.compile(
     r"KEY(?!RING|BOARD|MAP)|TOKEN|SECRET|(?<!BY)(?<!ASK)PASS(?!THROUGH|IVE|ENGER)|COOKIE"
     r"|CREDENTIAL|PRIVATE|WEBHOOK"
-    r"|(?<![A-Z])DSN|_PWD"
+    r"|(?<![A-Z])DSN|_PWD|(?<![A-Z])PAT(?![A-Z])"
     r"|(?<![A-Z])O?AUTH(?!OR)",
     re.IGNORECASE,
 )
