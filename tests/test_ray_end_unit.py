@@ -61,17 +61,20 @@ def test_a_lost_attempt_whose_usage_was_read_but_not_recorded_counts_it(
     assert _used(store) == (("failed", LOST, 0.5, 7, 3), (0.5, 7, 3))
 
 
-def test_a_lost_attempt_whose_end_was_recorded_keeps_its_usage_counted_once(
+def test_a_lost_attempt_whose_end_was_recorded_keeps_that_end_and_its_usage_counted_once(
     store: Store, tmp_path: Path
 ) -> None:
-    # The cluster lost in its checks, after its end was recorded: its cost was wiped from it.
+    # The cluster lost in its checks, after its end was recorded: the attempt that had
+    # succeeded was rewritten failed, its end moved to the time of the loss.
     handle = _handle(store, tmp_path)
     handle.used = USED
     usage = attempt_usage(USED, "")
-    store.record_end(handle.attempt_id, exit_code=0, outcome="succeeded", usage=usage)
+    store.record_end(handle.attempt_id, exit_code=0, outcome="succeeded", usage=usage, ended_at=5.0)
     handle.counted = True
     end_failed(store, handle, LOST)
-    assert _used(store) == (("failed", LOST, 0.5, 7, 3), (0.5, 7, 3))
+    assert _used(store) == (("succeeded", "", 0.5, 7, 3), (0.5, 7, 3))
+    (attempt,) = store.attempts("r1", "a")
+    assert (attempt.ended_at, attempt.exit_code) == (5.0, 0)
 
 
 def test_a_lost_attempt_whose_agent_reported_nothing_ends_with_its_reason(
@@ -79,5 +82,5 @@ def test_a_lost_attempt_whose_agent_reported_nothing_ends_with_its_reason(
 ) -> None:
     handle = _handle(store, tmp_path)
     end_failed(store, handle, LOST)
-    assert not handle.counted
+    assert handle.counted
     assert _used(store) == (("failed", LOST, None, None, None), (None, None, None))

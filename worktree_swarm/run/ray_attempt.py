@@ -97,7 +97,8 @@ class Handle:
     session_id: str | None = None
     push_failures: int = 0  # the streaks of failed running checkpoints told so far
     # What the agent said it used, once its attempt ended: recorded even when what follows
-    # (its checkpoint, the push) fails the attempt; *counted*: added to its task's totals.
+    # (its checkpoint, the push) fails the attempt; *counted*: its end is on record, what
+    # it used added to its task's totals with it (never rewritten, nor counted again).
     used: AgentResult | None = None
     counted: bool = False
 

@@ -407,20 +407,19 @@ class RayAttemptRun(RayResume):
 
 
 def end_failed(store: Store, handle: Handle, reason: str) -> None:
-    """Record *handle*'s attempt as failed with *reason*, keeping what its agent used.
+    """Record *handle*'s attempt as failed with *reason*, what its agent used counted with it.
 
-    What it used (:attr:`Handle.used`) and no end recorded yet counted: added to its task's
-    totals at once; already counted: kept on the attempt, not counted again.
+    What it used (:attr:`Handle.used`) is added to its task's totals at once. One whose end
+    is on record already (:attr:`Handle.counted`: lost in its checks, say) keeps it, its
+    outcome and end time as they were: its task's state carries the later failure.
     """
+    if handle.counted:
+        return
     used = handle.used
+    usage = AttemptUsage(reason=reason) if used is None else attempt_usage(used, reason)
     failed = AttemptOutcome.FAILED.value
-    if used is not None and not handle.counted:  # with its task's totals, at once
-        usage = attempt_usage(used, reason)
-        store.record_end(handle.attempt_id, exit_code=None, outcome=failed, usage=usage)
-        handle.counted = True
-    else:
-        usage = AttemptUsage(reason=reason) if used is None else attempt_usage(used, reason)
-        store.end_attempt(handle.attempt_id, exit_code=None, outcome=failed, usage=usage)
+    store.record_end(handle.attempt_id, exit_code=None, outcome=failed, usage=usage)
+    handle.counted = True
 
 
 def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: int) -> TaskOutcome:

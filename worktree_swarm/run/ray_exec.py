@@ -159,7 +159,7 @@ class RayTaskWorker(RayAttemptRun):
         try:
             return self._attempt(live, handle, base, course, cost)
         except ClusterLostError as exc:  # nothing of it can be reached: it ends here only
-            end_failed(self.store, handle, str(exc))  # what its agent used kept and counted
+            end_failed(self.store, handle, str(exc))  # unless its end is on record
             self.disk.released(handle.node, task.id)
             raise
         except NodeLostError as exc:

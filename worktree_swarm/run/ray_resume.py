@@ -196,6 +196,7 @@ class RayResume(RayAttempts):
             started_at=time.time(),
             log_path=Path(attempt.log_path),
             node="",
+            counted=True,  # its end is on record: a failure here is its task's
         )
         try:
             node = self._call(handle.actor, "node", live=live, placing=True)
