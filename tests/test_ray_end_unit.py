@@ -1,19 +1,26 @@
-"""A Ray attempt ended failed by its coordinator (its cluster or node lost): a real store."""
+"""A Ray attempt ended by its coordinator (its cluster or node lost) or by a resume.
+
+A real store; no cluster: what they do when none answers.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from tests.test_store import new_run, with_tasks
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.task import Task
 from worktree_swarm.infra.store import Store
 from worktree_swarm.run.attempt_record import attempt_usage
 from worktree_swarm.run.ray_attempt import Handle
 from worktree_swarm.run.ray_attempt_run import end_failed
+from worktree_swarm.run.ray_resume import RayResume
 
 USED = AgentResult(
     outcome=AgentOutcome.SUCCESS, session_id="s1", cost_usd=0.5, tokens_in=7, tokens_out=3
@@ -84,3 +91,55 @@ def test_a_lost_attempt_whose_agent_reported_nothing_ends_with_its_reason(
     end_failed(store, handle, LOST)
     assert handle.counted
     assert _used(store) == (("failed", LOST, None, None, None), (None, None, None))
+
+
+# What Claude Code's last line says when it ends: read from the attempt's log copied here.
+RESULT = json.dumps({
+    "type": "result", "subtype": "success", "is_error": False, "result": "ok",
+    "session_id": "s1", "total_cost_usd": 1.25,
+    "usage": {"input_tokens": 300, "output_tokens": 40},
+})  # fmt: skip
+
+
+def _claude_attempt(store: Store, tmp_path: Path) -> int:
+    """Task c, run by claude, with an open attempt whose log copy holds its result line."""
+    store.add_tasks("r1", [(Task(id="c", prompt="p", agent="claude"), "swarm/c", "/wt/c")])
+    log = tmp_path / "c" / "attempt-1.log"
+    log.parent.mkdir()
+    log.write_text(RESULT + "\n")
+    ident = ProcessIdentity(pid=0, create_time=0.0, pgid=0)
+    return store.start_attempt("r1", "c", number=1, identity=ident, log_path=str(log))
+
+
+def _c_used(store: Store) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """Task c's attempt's (outcome, reason, cost, tokens) and its task's (cost, tokens)."""
+    (attempt,) = store.attempts("r1", "c")
+    row = store.task("r1", "c")
+    assert row is not None
+    return (
+        (attempt.outcome, attempt.reason, attempt.cost_usd, attempt.tokens_in, attempt.tokens_out),
+        (row.cost_usd, row.tokens_in, row.tokens_out),
+    )
+
+
+class _AllGone:
+    """The resumed coordinator's worker as its adoption reads it, every actor gone (no Ray)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _find(self, *_: object) -> None:
+        return None
+
+
+def test_an_attempt_whose_actor_is_gone_at_resume_counts_what_its_log_reports(
+    store: Store, tmp_path: Path
+) -> None:
+    # Its agent had said what it cost (the coordinator copied that line, then was killed):
+    # the resume ended the attempt with its reason only, its cost counted nowhere.
+    _claude_attempt(store, tmp_path)
+    (attempt,) = store.attempts("r1", "c")
+    task = Task(id="c", prompt="p", agent="claude")
+    assert RayResume._adopt(cast("RayResume", _AllGone(store)), task, attempt) is None
+    gone = "its actor was gone when the run was resumed"
+    assert _c_used(store) == (("failed", gone, 1.25, 300, 40), (1.25, 300, 40))

@@ -19,7 +19,7 @@ from worktree_swarm.core.task import Task
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.logtail import mirrored
-from worktree_swarm.infra.store_rows import AttemptRow, AttemptUsage
+from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.run.agent_watch import read_log
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, decided, stated_limit
@@ -33,6 +33,7 @@ from worktree_swarm.run.ray_attempt import (
 )
 from worktree_swarm.run.ray_cluster import ray_module
 from worktree_swarm.run.run_worker import Live, TaskOutcome
+from worktree_swarm.run.unwatched import end_as_logged
 
 
 class RayResume(RayAttempts):
@@ -51,12 +52,11 @@ class RayResume(RayAttempts):
             return None
         handle = self._find(task, attempt.number, attempt.id, Path(attempt.log_path))
         if handle is None:
-            # Its actor is gone with its node (or was never made): a lost attempt.
-            self.store.end_attempt(
-                attempt.id,
-                exit_code=None,
-                outcome=AttemptOutcome.FAILED.value,
-                usage=AttemptUsage(reason="its actor was gone when the run was resumed"),
+            # Its actor is gone with its node (or was never made): a lost attempt, with what
+            # its log copied here says its agent used.
+            gone = (AttemptOutcome.FAILED, "its actor was gone when the run was resumed")
+            end_as_logged(
+                self.store, attempt, attempt.agent or task.agent, exit_code=None, cut=gone
             )
             return None
         handle.started_at = attempt.started_at

@@ -170,17 +170,38 @@ def ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResul
     record = shim_record.read_record(shim_record.record_path(log))
     if record is None or record.ended_at is None or record.stopped:
         return None
-    now = time.time()
+    return end_as_logged(
+        store, attempt, agent, exit_code=record.exit_code, ended_at=record.ended_at
+    )
+
+
+def end_as_logged(
+    store: Store,
+    attempt: AttemptRow,
+    agent: str,
+    *,
+    exit_code: int | None,
+    ended_at: float | None = None,
+    cut: tuple[AttemptOutcome, str] | None = None,
+) -> AgentResult:
+    """Record open *attempt*'s end as its log (the copy here) tells it; how its agent went.
+
+    Its outcome is as its agent (*agent*'s adapter) reads from the log and *exit_code*, or
+    *cut*'s (outcome, reason) when it did not end by itself (stopped, lost); what the log
+    says it used (cost, tokens) is kept with it and added to its task's totals, at once.
+    """
+    log = Path(attempt.log_path)
     result = adapter_for(agent).interpret(
-        exit_code=record.exit_code, log_text=read_log_end(log, LOG_READ_LIMIT), now=now
+        exit_code=exit_code, log_text=read_log_end(log, LOG_READ_LIMIT), now=time.time()
     )
     own = attempts_own(store, attempt.run_id, attempt.task_id, attempt.id, result)
+    outcome, reason = cut or (attempt_outcome(own), own.reason)
     store.record_end(
         attempt.id,
-        exit_code=record.exit_code,
-        outcome=attempt_outcome(own).value,
-        usage=attempt_usage(own, own.reason),
-        ended_at=record.ended_at,
+        exit_code=exit_code,
+        outcome=outcome.value,
+        usage=attempt_usage(own, reason),
+        ended_at=ended_at,
     )
     return result
 
