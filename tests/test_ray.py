@@ -1486,6 +1486,64 @@ def test_a_ray_launch_its_killed_coordinator_did_not_record_is_recorded_by_resum
     assert not actor_processes(cluster)
 
 
+# Named claude: does its work, waits for a release file, then says what it cost and ends.
+RELEASED_PAYER = """#!{python}
+import json, os, pathlib, time
+ctl = pathlib.Path({ctl!r})
+pathlib.Path("work.txt").write_text("own work\\n")
+(ctl / f"payer.{{os.getpid()}}").write_text("")
+while not (ctl / "release").exists():
+    time.sleep(0.05)
+print(json.dumps({{"type": "result", "subtype": "success", "is_error": False, "result": "ok",
+    "session_id": "s1", "total_cost_usd": 1.25,
+    "usage": {{"input_tokens": 300, "output_tokens": 40}}}}), flush=True)
+"""
+
+
+def test_stop_without_a_manager_records_an_agent_that_ended_on_its_node_with_its_cost(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # Its coordinator killed, the agent finished on its node: `swarm stop` recorded its
+    # attempt `stopped` with a reason only, and its task `stopped`, the cost its agent
+    # reported counted nowhere (nor against `max_cost_usd`).
+    repo, remote, ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "bin" / "claude"
+    script.parent.mkdir()
+    script.write_text(RELEASED_PAYER.format(python=sys.executable, ctl=str(ctl)))
+    script.chmod(0o755)
+    manifest = tmp_path / "payer.toml"
+    manifest.write_text(
+        '[defaults]\nexecutor = "ray"\nray_memory = "64M"\nkill_grace = "2s"\n\n'
+        f'[[task]]\nid = "e"\nprompt = "p"\nagent = {json.dumps([str(script), "-p", "{prompt}"])}\n'
+    )
+    env = os.environ | KEY
+    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address, env=env)
+    try:
+        started = wait_for("the agent", lambda: sorted(ctl.glob("payer.*")))
+        wait_for("its attempt", lambda: status_if_any(repo).get("e", {}).get("attempt") == 1)
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+    agent = psutil.Process(int(cast("list[Path]", started)[0].name.rsplit(".", 1)[1]))
+    (ctl / "release").touch()
+    wait_for("the agent to end by itself", lambda: gone(agent))
+
+    out = swarm(repo, "stop")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status(repo)["e"]
+    assert (row["state"], row["cost_usd"], row["tokens_in"], row["tokens_out"]) == (
+        "done", 1.25, 300, 40,
+    ), row  # fmt: skip
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        used = conn.execute("SELECT outcome, cost_usd, tokens_in FROM attempts").fetchall()
+    assert used == [("succeeded", 1.25, 300)]  # its own, as the budget counts it
+    assert git(repo, "show", "swarm/e:work.txt") == "own work"
+    made = git(remote, "log", "-1", "--format=%s", "swarm/e")
+    assert made == "swarm: checkpoint e attempt 1 (success)"
+    wait_for("the actor to exit", lambda: not actor_processes(cluster), timeout=60)
+
+
 def test_a_push_the_remote_refuses_fails_the_task_and_leaves_no_actor(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -1,22 +1,28 @@
-"""A Ray attempt ended by its coordinator (its cluster or node lost) or by a resume.
+"""A Ray attempt ended by its coordinator (its cluster or node lost), a resume or a stop.
 
-A real store; no cluster: what they do when none answers.
+A real store, and a real repository for the stop; no cluster: what they do when none answers.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import pytest
 
+from tests.conftest import git, make_repo
+from tests.raykit import free_port
 from tests.test_store import new_run, with_tasks
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
-from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.models import ProcessIdentity, TaskState
+from worktree_swarm.core.run_settings import RunSettings
 from worktree_swarm.core.task import Task
+from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.store import Store
+from worktree_swarm.run import ray_stop
 from worktree_swarm.run.attempt_record import attempt_usage
 from worktree_swarm.run.ray_attempt import Handle
 from worktree_swarm.run.ray_attempt_run import end_failed
@@ -143,3 +149,23 @@ def test_an_attempt_whose_actor_is_gone_at_resume_counts_what_its_log_reports(
     assert RayResume._adopt(cast("RayResume", _AllGone(store)), task, attempt) is None
     gone = "its actor was gone when the run was resumed"
     assert _c_used(store) == (("failed", gone, 1.25, 300, 40), (1.25, 300, 40))
+
+
+def test_a_stop_without_its_cluster_counts_what_an_attempts_log_reports(
+    store: Store, tmp_path: Path
+) -> None:
+    # Its coordinator killed and its cluster gone, the attempt was recorded stopped with a
+    # reason only: what its agent had said it cost was lost to the task and the budget.
+    repo = make_repo(tmp_path / "repo")
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(tmp_path / "r.git")], check=True)
+    git(repo, "remote", "add", "origin", str(tmp_path / "r.git"))
+    _claude_attempt(store, tmp_path)
+    spec = RunSettings(ray_address=f"127.0.0.1:{free_port()}", remote="origin")
+    ray_stop.stop_unmanaged(open_repo(repo), store, "r1", ["c"], spec=spec)
+    (attempt, task) = _c_used(store)
+    assert attempt[0] == "stopped"
+    assert str(attempt[1]).startswith("stopped without its Ray cluster (at 127.0.0.1:")
+    assert (attempt[2:], task) == ((1.25, 300, 40), (1.25, 300, 40))
+    row = store.task("r1", "c")
+    assert row is not None
+    assert row.state is TaskState.STOPPED

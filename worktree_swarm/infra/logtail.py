@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.infra import fs
-from worktree_swarm.infra.redact import redact
+from worktree_swarm.infra.redact import redact, redact_bytes
 from worktree_swarm.infra.scrub import RedactingWriter, token_safe_end
 
 TAIL_BYTES = 64 * 1024
@@ -354,6 +354,17 @@ def note_read(log_path: Path, read_to: int, size: int) -> None:
     part = log_path.with_name(log_path.name + ".read.part")
     part.write_text(f"{read_to} {size}\n")
     part.replace(_read_to(log_path))
+
+
+def append_copy(log_path: Path, read_to: int, chunk: bytes) -> None:
+    """Append *chunk* of a node's log, read to *read_to* there, to its copy *log_path*, redacted.
+
+    How far it was read, and the copy's size then, are noted beside the copy (:func:`mirrored`).
+    """
+    with fs.open_append_bytes(log_path) as fh:
+        fh.write(redact_bytes(chunk))
+        size = fh.tell()
+    note_read(log_path, read_to, size)
 
 
 def mirrored(log_path: Path) -> int:

@@ -26,8 +26,8 @@ from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_duration
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import faults, fs, redact, scrub
-from worktree_swarm.infra.logtail import note_read, read_log_end
+from worktree_swarm.infra import faults, fs, scrub
+from worktree_swarm.infra.logtail import append_copy, note_read, read_log_end
 from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
@@ -330,11 +330,8 @@ class RayAttempts(RunWorker):
             if read_to == handle.offset:
                 return
             copied += read_to - handle.offset
-            with fs.open_append_bytes(handle.log_path) as fh:
-                fh.write(redact.redact_bytes(chunk))
-                size = fh.tell()
+            append_copy(handle.log_path, read_to, chunk)
             handle.offset = read_to
-            note_read(handle.log_path, read_to, size)
 
     def _recopy(self, handle: Handle, live: Live) -> None:
         """Copy the ended attempt's log again, once the node has redacted it whole.

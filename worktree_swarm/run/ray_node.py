@@ -43,6 +43,7 @@ class Progress:
     # Streaks of failed running checkpoints so far, and why the current one fails ("" if not).
     push_failures: int = 0
     push_failure: str = ""
+    stopped: bool = False  # a stop was asked: an agent that ended did not end by itself
 
 
 class NodeAgent(NodeClone):
@@ -145,6 +146,7 @@ class NodeAgent(NodeClone):
             log_size=fs.size_of(agent.log_path),
             push_failures=failures,
             push_failure=failing,
+            stopped=self._stopping.is_set(),
         )
 
     def tail(self, offset: int) -> tuple[int, bytes]:

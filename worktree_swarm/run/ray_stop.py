@@ -11,6 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import AgentResult
@@ -20,12 +21,19 @@ from worktree_swarm.core.task import BRANCH_PREFIX
 from worktree_swarm.git import diffs
 from worktree_swarm.git import remotes as git_remotes
 from worktree_swarm.git import repo as git
+from worktree_swarm.infra.logtail import append_copy, note_read
 from worktree_swarm.infra.store import Store
-from worktree_swarm.infra.store_rows import AttemptRow, AttemptUsage, TaskRow, task_from_json
+from worktree_swarm.infra.store_rows import AttemptRow, TaskRow, task_from_json
 from worktree_swarm.run.ray_actors import actor_name, namespace
 from worktree_swarm.run.ray_cluster import connect, head_problem, ray_module
+from worktree_swarm.run.ray_node import Progress
 from worktree_swarm.run.ray_preflight import remote_url
-from worktree_swarm.run.unwatched import as_it_ended, cut_on_record, ended_on_record
+from worktree_swarm.run.unwatched import (
+    as_it_ended,
+    cut_on_record,
+    end_as_logged,
+    ended_on_record,
+)
 
 
 def stop_unmanaged(
@@ -35,6 +43,8 @@ def stop_unmanaged(
 
     Each open attempt's actor (and one a killed manager launched without recording it) stops
     its agent's whole tree, pushes the checkpoint and is removed; the branch is fetched here.
+    An attempt is recorded with what its log (copied here) says its agent used; one whose
+    agent had ended by itself, as it ended (:func:`_stop_attempt`).
     With no cluster answering at its address (its head gone), nothing on the nodes can be
     reached (an agent there stopped with its actor, which ended with its node's raylet): the
     attempts end here, the branches are fetched as last pushed, and the reasons say so. A
@@ -59,16 +69,17 @@ def stop_unmanaged(
         numbers, cut, ended = _on_record(row, attempts)
         if problem is None and (cut or ended):
             _discard_actor(task_id, attempts[-1].number, run_id)
+        opened = {a.id: a for a in attempts}
+        own = task_from_json(row.spec_json).agent if row is not None else ""
         for number, attempt_id in sorted(numbers.items()):
-            if problem is None:
-                _stop_actor(task_id, number, run_id, spec)
-            if attempt_id:
-                store.end_attempt(
-                    attempt_id,
-                    exit_code=None,
-                    outcome=AttemptOutcome.STOPPED.value,
-                    usage=AttemptUsage(reason=reason),
-                )
+            actor = _actor(task_id, number, run_id) if problem is None else None
+            attempt = opened.get(attempt_id)  # None: launched, never recorded
+            # Read as the agent it ran (a fallback's, maybe) would be.
+            agent = (attempt.agent if attempt is not None else None) or own
+            by_itself = _stop_attempt(
+                store, actor, attempt, agent, f"{task_id} attempt {number}", reason, spec
+            )
+            ended = by_itself or ended
         branch = f"{BRANCH_PREFIX}{task_id}"
         git.git(
             repo.root,
@@ -111,28 +122,79 @@ def _on_record(
     return numbers, cut_on_record(row, attempts), ended_on_record(row, attempts)
 
 
-def _stop_actor(task_id: str, number: int, run_id: str, spec: RunSettings) -> None:
-    """Have the actor of attempt *number*, if there, stop its agent, push (if it started), go."""
+def _actor(task_id: str, number: int, run_id: str) -> Any:  # noqa: ANN401 - a Ray handle
+    """The actor of attempt *number*, or None: gone with its node, or never made."""
     ray = ray_module()
     try:
-        actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
-    except ValueError:  # no such actor: gone with its node, or never made
-        return
-    message = f"swarm: checkpoint {task_id} attempt {number} (stopped)"
-    with contextlib.suppress(Exception):  # a dead actor has nothing to stop
-        ray.get(actor.stop.remote(), timeout=spec.kill_grace + 60)
-        ray.get(actor.finish.remote(message=message), timeout=120)
-    _take_down(actor)
+        return ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
+    except ValueError:
+        return None
+
+
+def _stop_attempt(
+    store: Store,
+    actor: Any,  # noqa: ANN401 - a Ray handle
+    attempt: AttemptRow | None,
+    agent: str,
+    named: str,
+    reason: str,
+    spec: RunSettings,
+) -> AgentResult | None:
+    """Stop an open attempt's agent on its node (*actor*, if there), and record its end.
+
+    *named*: "TASK attempt N", as its checkpoint names it; *attempt*: its row (None: a
+    launch never recorded). Its log, copied here whole once it ended, tells what it used;
+    one whose agent ended by itself is recorded as it ended (as a local stop records one),
+    its result returned; any other ends stopped with *reason*. Its actor pushes its
+    checkpoint and is taken down.
+    """
+    ended: Progress | None = None  # its agent's end, when it ended by itself
+    if actor is not None:
+        ray = ray_module()
+        with contextlib.suppress(Exception):  # a dead actor has nothing to stop
+            progress: Progress = ray.get(actor.poll.remote(), timeout=60)
+            ended = progress if progress.ended and not progress.stopped else None
+        if ended is None:
+            with contextlib.suppress(Exception):
+                ray.get(actor.stop.remote(), timeout=spec.kill_grace + 60)
+        if attempt is not None:
+            _copy_log(actor, Path(attempt.log_path))
+    result: AgentResult | None = None
+    if attempt is not None and ended is not None:
+        result = end_as_logged(store, attempt, agent, exit_code=ended.exit_code)
+    elif attempt is not None:
+        cut = (AttemptOutcome.STOPPED, reason)
+        end_as_logged(store, attempt, agent, exit_code=None, cut=cut)
+    if actor is not None:
+        how = "stopped" if result is None else result.outcome.value
+        message = f"swarm: checkpoint {named} ({how})"
+        with contextlib.suppress(Exception):
+            ray_module().get(actor.finish.remote(message=message), timeout=120)
+        _take_down(actor)
+    return result
+
+
+def _copy_log(actor: Any, log: Path) -> None:  # noqa: ANN401 - a Ray handle
+    """Copy the ended agent's log here anew, once its node redacted it whole (as an end's is)."""
+    ray = ray_module()
+    with contextlib.suppress(Exception):  # gone meanwhile: the copy here is what is left
+        ray.get(actor.scrub_log.remote(), timeout=60)
+        log.write_bytes(b"")
+        note_read(log, 0, 0)  # a stop killed meanwhile copies it anew too
+        offset = 0
+        while True:
+            read_to, chunk = ray.get(actor.tail.remote(offset), timeout=60)
+            if read_to == offset:
+                return
+            append_copy(log, read_to, chunk)
+            offset = read_to
 
 
 def _discard_actor(task_id: str, number: int, run_id: str) -> None:
     """Take down the actor of attempt *number*, if there, whose end is on record: it is over."""
-    ray = ray_module()
-    try:
-        actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
-    except ValueError:  # gone with its node, or retired
-        return
-    _take_down(actor)
+    actor = _actor(task_id, number, run_id)
+    if actor is not None:  # not gone with its node, nor retired
+        _take_down(actor)
 
 
 def _take_down(actor: Any) -> None:  # noqa: ANN401 - a Ray handle
