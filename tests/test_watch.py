@@ -58,6 +58,19 @@ async def until(pilot: Any, predicate: Callable[[], bool], what: str, wait: floa
     pytest.fail(f"timed out waiting for {what}")
 
 
+async def settled(pilot: Any, app: WatchApp) -> None:
+    """Let the screen's read of the store under way (if any) end."""
+    await until(pilot, lambda: app._reading is None, "the refresh under way to end")
+
+
+async def refresh(pilot: Any, app: WatchApp) -> None:
+    """One more read of the store, as the screen's clock does, once none is under way; shown."""
+    await settled(pilot, app)
+    worker = app.refresh_rows()  # no await since: none started meanwhile
+    assert worker is not None
+    await worker.wait()  # what it read is shown before its thread ends
+
+
 def start_detached(repo: Path, write_agent: Callable[[str], list[str]], ids: list[str]) -> Path:
     gate = repo.parent / "gate"
     agent = [*write_agent(SLOW_AGENT), str(gate)]
@@ -461,6 +474,9 @@ def test_the_diff_pane_of_a_task_in_a_state_it_does_not_know_names_it_and_stays_
     async def drive() -> None:
         async with app.run_test(size=(100, 24)) as pilot:
             await until(pilot, lambda: app.selected == "t", "t selected")
+            log = app.query_one("#log-view", Log)
+            await until(pilot, lambda: "nothing to do" in log.lines, "its log read")
+            await settled(pilot, app)  # no read after it
             app.rows["t"] = dataclasses.replace(app.rows["t"], state="merging")
             await pilot.press("d")
             view = app.query_one("#diff-view", Log)

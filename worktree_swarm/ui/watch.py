@@ -1,9 +1,10 @@
 """`swarm watch`: a full-screen terminal view of a run, read from the state store.
 
-The screen is a reader: it polls the store (as `swarm status` does), follows the selected
-task's newest log file, and acts through watch_actions (the same library calls as `swarm
-stop`, `swarm pr`, `swarm merge`), so it never competes with the run's manager. Everything
-it draws from agents (log lines, reasons, file names) is plain text, never markup.
+The screen is a reader: it polls the store (as `swarm status` does) off its own thread, one
+read at a time, follows the selected task's newest log file, and acts through watch_actions
+(the same library calls as `swarm stop`, `swarm pr`, `swarm merge`), so it never competes
+with the run's manager. Everything it draws from agents (log lines, reasons, file names) is
+plain text, never markup.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerFailed, get_current_worker
 
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra.logtail import Follower
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge import diff
@@ -40,17 +41,20 @@ from worktree_swarm.ui.watch_view import (
     COLUMNS,
     LOG_LINES,
     Follow,
+    LogRead,
     TailLog,
     cells,
     details,
+    no_changes,
     plain,
     shown,
     worktree_note,
 )
 
 REFRESH_S = 1.0
-LOG_TAIL_BYTES = 256 * 1024
 RETRY_ASKED_SECONDS = 30.0
+BUSY = "state database busy, waiting for it"  # the header's, while a read waits for a lock
+_Read = tuple[list[TaskStatus], run_info.ManagerStatus, Path | None, bool]
 
 
 class WatchApp(App[None]):
@@ -81,12 +85,14 @@ class WatchApp(App[None]):
         self.repo = repo
         self.checkout = checkout  # yours that swarm runs in: a merge builds on its HEAD
         # The one read now: a store written back is read once it can be (see ShownStore).
-        self._stores = ShownStore(repo, store, run_id, lambda said: self._say(said, ok=False))
+        self._stores = ShownStore(repo, store, run_id, self._say_read)
         self.run_id = run_id
         self.rows: dict[str, TaskStatus] = {}
         self.marked: set[str] = set()
         self.messages: list[str] = []  # every action's result, newest last (tests read it)
         self._follow = Follow()
+        self._reading: Worker[None] | None = None  # the refresh under way, one at a time
+        self._again = False  # one more once it has ended: the selection changed meanwhile
         self._gates = status.GateReader()  # read anew from a store written back
         self._busy: list[str] = []  # the actions under way, by name
         self._quit_when_done = False
@@ -116,7 +122,7 @@ class WatchApp(App[None]):
         for column in COLUMNS:
             table.add_column(column, key=column or "mark")
         self.refresh_rows()
-        self.set_interval(REFRESH_S, self.refresh_rows)
+        self.set_interval(REFRESH_S, self._tick)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -134,16 +140,79 @@ class WatchApp(App[None]):
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
         return None if key.value is None else str(key.value)
 
-    def refresh_rows(self) -> None:
-        """Re-read the store: table rows, details line, new log output."""
+    def _tick(self) -> None:
+        """The clock's refresh; while a read waits for a lock, the header says so instead."""
+        if self._reading is None:
+            self.refresh_rows()
+        elif not self.sub_title.endswith(BUSY):
+            self.sub_title = f"{self.sub_title} · {BUSY}"
+
+    def refresh_rows(self) -> Worker[None] | None:
+        """Re-read the store off the screen's thread: rows, details line, new log output.
+
+        The read of a store another process locks waits for it (30 s) while the keys stay
+        live. None while a read is under way: one more follows it.
+        """
+        try:
+            self.query_one("#tasks", DataTable)
+        except NoMatches:  # a timer that fired while the screen closed: nothing to refresh
+            return None
+        if self._reading is not None:
+            self._again = True
+            return None
+        read = functools.partial(self._refresh, self.selected, self._follow)
+        self._reading = self.run_worker(read, thread=True, group="refresh")
+        return self._reading
+
+    def _refresh(self, task_id: str | None, follow: Follow) -> None:
+        """Read the store and *task_id*'s log on from *follow* (a worker's thread)."""
+        worker = get_current_worker()
+        self._stores.look()
+        read = self._stores.read(
+            functools.partial(self._read, task_id=task_id, follow=follow),
+            closing=lambda: worker.is_cancelled,
+        )
+        log = None if read is None else follow.read_on(task_id, read[2], ended=read[3])
+        if not worker.is_cancelled:  # the screen closing has no table to fill
+            self.call_from_thread(self._refreshed, read, task_id, follow, log)
+
+    def _read(self, store: Store, *, task_id: str | None, follow: Follow) -> _Read:
+        # With the repository: a merge undone on its target since reads as such, as in status.
+        read = status.task_status(store, self.run_id, repo=self.repo, gates=self._gates)
+        # As `swarm status` says beside the run id: a manager that is gone, a paused one.
+        manager = run_info.manager_status(self.repo, store, self.run_id)
+        attempts = store.attempts(self.run_id, task_id) if task_id else []
+        path = Path(attempts[-1].log_path) if attempts else None
+        if task_id is not None and path is not None and path != follow.path:
+            # While the agent runs its log is raw: its task's secrets are known to the redactor.
+            run_info.know_task_secrets(self.repo, store, self.run_id, task_id)
+        return read, manager, path, bool(attempts) and attempts[-1].ended_at is not None
+
+    def _refreshed(
+        self,
+        read: _Read | None,
+        task_id: str | None,
+        follow: Follow,
+        log: tuple[Follow, LogRead] | None,
+    ) -> None:
+        """Show what a refresh read (None: the store locked past its wait, the rows stay)."""
+        self._reading = None
         try:
             table = self.query_one("#tasks", DataTable)
-        except NoMatches:  # a timer that fired while the screen closed: nothing to refresh
+        except NoMatches:  # closed meanwhile
             return
-        self._stores.look()
-        read = self._stores.read(self._read)
-        if read is None:  # locked by another process: the rows read last stay
-            return
+        if read is not None:
+            self._show_rows(table, read)
+        if log is not None and task_id == self.selected and follow is self._follow:
+            self._follow = log[0]
+            self.query_one("#log-view", TailLog).show(log[1])
+        elif log is not None:  # read for a task selected before: the one selected now's next
+            self._again = True
+        if self._again:
+            self._again = False
+            self.refresh_rows()
+
+    def _show_rows(self, table: DataTable[Text], read: _Read) -> None:
         rows = {r.task_id: r for r in read[0]}
         manager = read[1]
         # A pause's reason is an error's text (a file name in it): no escape of it is sent.
@@ -162,13 +231,12 @@ class WatchApp(App[None]):
                 if row != self.rows[task_id] or managed != self._managed:
                     self._redraw(task_id, row)
         self.rows = rows
-        self._show_selected()
+        self._show_details()
 
-    def _read(self, store: Store) -> tuple[list[TaskStatus], run_info.ManagerStatus]:
-        # With the repository: a merge undone on its target since reads as such, as in status.
-        read = status.task_status(store, self.run_id, repo=self.repo, gates=self._gates)
-        # As `swarm status` says beside the run id: a manager that is gone, a paused one.
-        return read, run_info.manager_status(self.repo, store, self.run_id)
+    def _say_read(self, said: str) -> None:
+        """What the refresh's thread has to say of the store, said on the screen."""
+        if not get_current_worker().is_cancelled:
+            self.call_from_thread(self._say, said, ok=False)
 
     def _redraw(self, task_id: str, row: TaskStatus) -> None:
         table = self.query_one("#tasks", DataTable)
@@ -179,38 +247,19 @@ class WatchApp(App[None]):
     def _cells(self, task_id: str, row: TaskStatus) -> tuple[Text, ...]:
         return cells(row, marked=task_id in self.marked, managed=self._managed)
 
-    def _show_selected(self) -> None:
-        task_id = self.selected
-        row = self.rows.get(task_id or "")
+    def _show_details(self) -> None:
+        row = self.rows.get(self.selected or "")
         self.query_one("#details", Static).update(details(row) if row else Text(""))
-        self._follow_log(task_id)
-
-    def _follow_log(self, task_id: str | None) -> None:
-        view = self.query_one("#log-view", Log)
-        attempts = self.store.attempts(self.run_id, task_id) if task_id else []
-        path = Path(attempts[-1].log_path) if attempts else None
-        if (task_id, path) != (self._follow.task_id, self._follow.path):
-            view.clear()
-            if path is None or task_id is None:
-                self._follow = Follow(task_id=task_id)
-                view.write_line("(no agent started yet)" if task_id else "")
-                return
-            # While the agent runs its log is raw: its task's secrets are known to the redactor.
-            run_info.know_task_secrets(self.repo, self.store, self.run_id, task_id)
-            follower = Follower(path, limit=LOG_TAIL_BYTES)
-            self._follow = Follow(task_id=task_id, path=path, follower=follower)
-        if self._follow.follower is None:
-            return
-        ended = bool(attempts) and attempts[-1].ended_at is not None
-        restart, text = self._follow.follower.read(ended=ended)  # at most LOG_TAIL_BYTES a tick
-        if restart:
-            view.clear()
-        if text:
-            view.write(text)
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         """A new selection: its details, log, and the open pane."""
-        self._show_selected()
+        self._show_details()
+        if self.selected != self._follow.task_id:  # its log once the store is read
+            self.query_one("#log-view", Log).clear()
+            if self._follow.task_id is not None:  # what a read under way follows is no more
+                self._follow = Follow()
+            if self._reading is None:  # else the read under way is followed by this one's
+                self.refresh_rows()
         # The diff is the task's own; the conflicts pane predicts the whole run: not again.
         if self.query_one("#panes", TabbedContent).active == "diff":
             self.action_pane("diff")
@@ -238,7 +287,7 @@ class WatchApp(App[None]):
             text = shown(text, f"`swarm diff {task_id}` prints all of it")
         except Exception as exc:  # noqa: BLE001 - any failure is said in the pane
             text = shown(f"{task_id}: its diff cannot be shown: {exc}", "")
-        text = text or f"{task_id}: {_no_changes(self.rows.get(task_id))}"
+        text = text or f"{task_id}: {no_changes(self.rows.get(task_id))}"
         self.call_from_thread(self._fill, "#diff-view", text, task_id=task_id)
 
     @work(thread=True, exclusive=True, group="conflicts")
@@ -276,7 +325,9 @@ class WatchApp(App[None]):
         self._close_messages_no_wait()
 
     def _handle_exception(self, error: Exception) -> None:
-        self.crashed = self.crashed or error
+        # A refresh's thread failed: its own error, as if raised on the screen's thread.
+        inner = error.error if isinstance(error, WorkerFailed) else error
+        self.crashed = self.crashed or (inner if isinstance(inner, Exception) else error)
         super()._handle_exception(error)
 
     # -- actions ---------------------------------------------------------------------------
@@ -415,20 +466,6 @@ class WatchApp(App[None]):
         self.messages.append(message)
         # markup=False: task ids, paths and git output are shown as they are.
         self.notify(message, severity="information" if ok else "error", markup=False)
-
-
-def _no_changes(row: TaskStatus | None) -> str:
-    """What the diff pane says of a task whose branch holds no changes (*row*: its status).
-
-    "yet" while it is in play; a state this swarm does not know is named as it is.
-    """
-    if row is None:
-        return "no changes yet"
-    try:
-        active = TaskState(row.state).is_active
-    except ValueError:
-        return f"no changes ({row.state})"
-    return "no changes yet" if active else "no changes"
 
 
 def watch(repo: git.Repo, run_id: str | None, *, checkout: Path | None = None) -> None:

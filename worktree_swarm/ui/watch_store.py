@@ -2,16 +2,19 @@
 
 A manager writes its store back when its state directory was deleted: the screen then reads
 the new file. What keeps it from reading (a file not there yet, another run's, a lock another
-process holds) is said once, and the screen shows what it read last meanwhile.
+process holds) is said once, and the screen shows what it read last meanwhile. The screen
+reads off its own thread (its keys stay live); a read meeting a lock waits for it in short
+slices, the store's own wait in all, so that a screen closing does not wait for it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import TYPE_CHECKING, TypeVar
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.infra import faults
+from worktree_swarm.infra import faults, store_file
 from worktree_swarm.report import run_info
 
 if TYPE_CHECKING:
@@ -20,8 +23,9 @@ if TYPE_CHECKING:
     from worktree_swarm.git import repo as git
     from worktree_swarm.infra.store import Store
 
-# How long a store written back waits for another process's lock: the screen waits with it.
-REOPEN_BUSY_S = 0.2
+# How long one read of the screen's waits for another process's lock before it looks whether
+# the screen is closing; it tries again until the store's own wait (BUSY_SECONDS) is over.
+LOCK_SLICE_S = 0.2
 
 _T = TypeVar("_T")
 
@@ -34,6 +38,7 @@ class ShownStore:
     ) -> None:
         self.repo = repo
         self.store = self._first = store  # the first is closed by whoever opened it
+        store.wait_for_locks(LOCK_SLICE_S)
         self.run_id = run_id
         self._say = say  # an error line for the screen
         self._unread = False  # the store at its path could not be opened just now
@@ -46,17 +51,26 @@ class ShownStore:
             self._reopen()
         self._say_if_deleted()
 
-    def read(self, read: Callable[[Store], _T]) -> _T | None:
-        """*read* of the store; None while another process locks it past its busy timeout.
+    def read(
+        self, read: Callable[[Store], _T], *, closing: Callable[[], bool] = lambda: False
+    ) -> _T | None:
+        """*read* of the store; None while another process locks it past the store's wait.
 
         A manager writing it back holds it so: the screen keeps what it read last, and says
-        so once a lock.
+        so once a lock. *closing*: the screen is closing (None at once, nothing said).
         """
-        try:
-            found = read(self.store)
-        except sqlite3.OperationalError as exc:
-            if not faults.is_locked(exc):
-                raise
+        deadline = time.monotonic() + store_file.BUSY_SECONDS
+        while True:
+            try:
+                found = read(self.store)
+                break
+            except sqlite3.OperationalError as exc:
+                if not faults.is_locked(exc):
+                    raise
+            if closing():
+                return None
+            if time.monotonic() < deadline:
+                continue
             if not self._locked:
                 self._say(
                     f"the state database {self.store.path} is locked by another process; "
@@ -84,9 +98,9 @@ class ShownStore:
     def _reopen(self) -> None:
         """Read the store at its path from now on."""
         try:
-            # Not the store's own 30 s wait for a lock: the screen froze for it every second.
+            # Not the store's own 30 s wait for a lock: the next refresh tries again.
             store = run_info.open_store(
-                self.repo, to_read=True, busy_seconds=REOPEN_BUSY_S, run_id=self.run_id
+                self.repo, to_read=True, busy_seconds=LOCK_SLICE_S, run_id=self.run_id
             )
         except SwarmError as exc:  # not there yet, locked, or refused: the file open is read
             self._unread_once(f"the state database was replaced; cannot read it yet: {exc}")
@@ -107,7 +121,6 @@ class ShownStore:
             )
             return
         self._unread = False
-        store.wait_for_locks()  # the store's own wait from now on, not the reopen's short one
         if self.store is not self._first:
             self.store.close()
         self.store = store

@@ -17,6 +17,7 @@ from textual import events
 from textual.geometry import Size
 from textual.widgets import Log
 
+from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.text import one_line, printable, without_escapes
 from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.infra.logtail import Follower
@@ -94,6 +95,15 @@ class TailLog(Log):
             self.scroll_end(animate=False, immediate=True, x_axis=False)
         return self
 
+    def show(self, read: LogRead) -> None:
+        """What a refresh read of the log: the pane cleared first, or added to."""
+        if read.clear:
+            self.clear()
+        if read.line is not None:
+            self.write_line(read.line)
+        if read.text:
+            self.write(read.text)
+
     def on_resize(self, _event: events.Resize) -> None:
         """A pane that follows the end still ends at the log's last line once it shrank.
 
@@ -152,6 +162,18 @@ def details(row: TaskStatus) -> Text:
     return plain("  ·  ".join(parts))
 
 
+LOG_TAIL_BYTES = 256 * 1024  # the log pane starts at a log's last bytes, and reads that a tick
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogRead:
+    """What one refresh read of the selected task's log: the pane cleared or not, then text."""
+
+    clear: bool
+    text: str = ""
+    line: str | None = None  # a line said in its place: no agent has started
+
+
 @dataclass(slots=True)
 class Follow:
     """Which log file the log pane shows, and what reads it."""
@@ -159,6 +181,25 @@ class Follow:
     task_id: str | None = None
     path: Path | None = None
     follower: Follower | None = None
+
+    def read_on(
+        self, task_id: str | None, path: Path | None, *, ended: bool
+    ) -> tuple[Follow, LogRead]:
+        """What follows *task_id*'s log at *path* now (self, or a new Follow), and what it read.
+
+        *ended*: its attempt has ended (its log is rewritten redacted then).
+        """
+        follow, clear = self, False
+        if (task_id, path) != (self.task_id, self.path):
+            if path is None or task_id is None:
+                said = "(no agent started yet)" if task_id else ""
+                return Follow(task_id=task_id), LogRead(clear=True, line=said)
+            follower = Follower(path, limit=LOG_TAIL_BYTES)
+            follow, clear = Follow(task_id=task_id, path=path, follower=follower), True
+        if follow.follower is None:
+            return follow, LogRead(clear=clear)
+        restart, text = follow.follower.read(ended=ended)  # at most LOG_TAIL_BYTES a tick
+        return follow, LogRead(clear=clear or restart, text=text)
 
 
 def shown(text: str, rest: str) -> str:
@@ -168,3 +209,17 @@ def shown(text: str, rest: str) -> str:
         more = len(lines) - PANE_LINES
         text = "\n".join(lines[:PANE_LINES]) + f"\n... {more} more lines: {rest}\n"
     return printable(redact(without_escapes(text)))
+
+
+def no_changes(row: TaskStatus | None) -> str:
+    """What the diff pane says of a task whose branch holds no changes (*row*: its status).
+
+    "yet" while it is in play; a state this swarm does not know is named as it is.
+    """
+    if row is None:
+        return "no changes yet"
+    try:
+        active = TaskState(row.state).is_active
+    except ValueError:
+        return f"no changes ({row.state})"
+    return "no changes yet" if active else "no changes"
