@@ -85,6 +85,35 @@ def test_creates_parent_dir_wal_and_user_version(db_path: Path, store: Store) ->
         conn.close()
 
 
+def test_a_store_switched_out_of_wal_by_hand_goes_back_once_no_other_connection_holds_it(
+    db_path: Path, store: Store
+) -> None:
+    # `sqlite3 state.db 'PRAGMA journal_mode=DELETE'` stayed so: every read (the screen of
+    # `swarm watch`) then waited behind a manager's writes, and the writes behind the reads.
+    new_run(store)
+    store.close()
+
+    def mode() -> str:
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+    by_hand = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        assert by_hand.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
+        by_hand.execute("BEGIN")  # a reader at work: the switch needs it gone
+        assert by_hand.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+        with Store(db_path) as opened:
+            assert opened.latest_run_id() == "r1"  # opened and read all the same
+        assert mode() == "delete"
+        by_hand.execute("COMMIT")
+        with Store(db_path) as opened:
+            new_run(opened, "r2", created_at=200.0)
+        assert mode() == "wal"
+        assert by_hand.execute("SELECT count(*) FROM runs").fetchone()[0] == 2  # it reads on
+    finally:
+        by_hand.close()
+
+
 def test_reopening_keeps_data(db_path: Path, store: Store) -> None:
     new_run(store)
     store.close()

@@ -336,8 +336,15 @@ def test_a_store_written_back_then_locked_past_its_wait_keeps_the_screen_and_its
         nonlocal holder
         async with app.run_test(size=(140, 40)) as pilot:
             await until(pilot, lambda: app.selected == "aa", "aa selected")
+            # Read meanwhile: opened, the file stays out of WAL (as VACUUM INTO made it), where
+            # an exclusive-locking writer can take it under the screen's open connection.
+            reading = sqlite3.connect(copy, isolation_level=None)
+            reading.execute("BEGIN")
+            reading.execute("SELECT count(*) FROM runs").fetchall()
             copy.replace(path)  # a store written back
             await until(pilot, lambda: app.store is not store, "the new file read")
+            reading.execute("COMMIT")
+            reading.close()
             (busy,) = app.store._conn.execute("PRAGMA busy_timeout").fetchone()
             # A slice of the store's own wait, tried again until that is over (not once).
             assert busy == round(watch_store.LOCK_SLICE_S * 1000)

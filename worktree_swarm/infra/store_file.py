@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Self
 
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.infra import fs, lock
-from worktree_swarm.infra.faults import DiskFullError, full_message, is_full
+from worktree_swarm.infra.faults import DiskFullError, full_message, is_full, is_locked
 from worktree_swarm.infra.store_schema import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -212,6 +212,7 @@ class StoreFile:
         # Readers (`swarm status`) must not queue behind a writing manager, so only take the
         # write lock when the schema actually needs work.
         if self._user_version() == SCHEMA_VERSION:
+            self._back_to_wal()
             return
         _refuse_newer(self.path, self._user_version())
         mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -229,6 +230,26 @@ class StoreFile:
                     conn.execute(statement)
             # PRAGMA takes no parameters; SCHEMA_VERSION is our own integer.
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+    def _back_to_wal(self) -> None:
+        """Put a store switched out of WAL by hand (``PRAGMA journal_mode=DELETE``) back in it.
+
+        Out of it, a reader waits behind every write, and a writer behind every read (the
+        screen of `swarm watch` froze). The switch needs no other connection reading or
+        writing; one that is is not waited for (a reader must not queue behind a writer): the
+        next open tries again. SQLite makes the switch atomic; other connections follow it.
+        """
+        if str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return
+        (wait,) = self._conn.execute("PRAGMA busy_timeout").fetchone()
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if not is_locked(exc):
+                raise
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(wait):d}")
 
     def _user_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
