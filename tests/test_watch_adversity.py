@@ -67,8 +67,10 @@ def test_a_run_of_500_tasks_costs_few_reads_a_refresh_and_keeps_the_selection(
             await until(pilot, lambda: app.rows["t001"].state == "running", "two running")
             table = app.query_one("#tasks", DataTable)
             table.move_cursor(row=400)
-            await until(pilot, lambda: app.selected == "t400" and table.scroll_y > 0,
-                        "t400 selected, scrolled to")  # fmt: skip
+            log = app.query_one("#log-view", Log)
+            await until(pilot, lambda: app.selected == "t400" and table.scroll_y > 0
+                        and log.lines == ["(no agent started yet)"],
+                        "t400 selected, scrolled to, its log read")  # fmt: skip
             scrolled = table.scroll_y
             await settled(pilot, app)
             reads = statements(app)
