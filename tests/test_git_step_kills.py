@@ -377,12 +377,14 @@ def test_a_fresh_retry_killed_at_a_git_step_is_finished_by_retry_or_resume(
 # --- swarm clean --yes -----------------------------------------------------------------
 
 CLEAN_STEPS = [
-    Step("add"),  # the commit of task one's uncommitted work
-    Step("commit"),
-    Step("commit", after=True),
-    Step("status", nth=3),  # between the worktrees' removals
-    Step("update-ref"),  # the branches' deletion
+    Step("add"),  # the checkpoint of task one's uncommitted work
+    Step("commit-tree"),
+    Step("commit-tree", after=True),
+    Step("update-ref"),  # the checkpoint's branch moved from the tip it was made on
     Step("update-ref", after=True),
+    Step("status", nth=3),  # between the worktrees' removals
+    Step("update-ref", nth=2),  # the branches' deletion
+    Step("update-ref", nth=2, after=True),
 ]
 
 
