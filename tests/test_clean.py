@@ -1032,6 +1032,17 @@ def test_stale_git_lock_is_removed_only_when_no_git_runs(repo: Path) -> None:
     assert git(repo, "status", "--porcelain") == ""
 
 
+def test_a_directory_an_agent_planted_as_a_git_lock_is_removed_by_doctor(repo: Path) -> None:
+    # Git never makes one, and it blocks git as a lock file does: removing it crashed doctor.
+    planted = repo / ".git" / "refs" / "heads" / "main.lock"
+    planted.mkdir()
+    (planted / "inside").write_text("planted\n")
+    found = report(repo, "doctor", "--yes", code=0)
+    assert found[str(planted)]["fixed"] is True
+    assert not planted.exists()
+    git(repo, "commit", "-q", "--allow-empty", "-m", "moves main again")
+
+
 def test_doctor_mends_a_ref_file_an_agent_filled_with_garbage(repo: Path) -> None:
     # Git skips such a ref when it lists refs (`warning: ignoring broken ref`) and fails on it
     # when asked (`git log --all`: fatal): nothing of swarm's told you, nothing mended it.

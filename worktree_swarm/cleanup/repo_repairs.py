@@ -140,7 +140,7 @@ def unlink_lock(repo: git.Repo, f: Finding) -> str:
     users = git_users(repo_paths(repo))
     if users:
         raise SwarmError(f"{describe(users[0])} is working in this repository; try again later")
-    path.unlink()
+    gitfiles.remove_lock(path)  # a directory planted so too: git never makes one
     return "removed"
 
 

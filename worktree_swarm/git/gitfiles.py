@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import shutil
 import stat
 import time
 from collections.abc import Mapping, Sequence
@@ -37,22 +38,30 @@ STALE_LOCK_SECONDS = 2.0
 def past_stale_lock(
     cwd: Path, args: Sequence[str], *, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``git *args`` in *cwd*, unchecked, and once more past a stale lock file.
+    """``git *args`` in *cwd*, unchecked, and once more past each stale lock file it meets.
 
-    Run again only when it failed on one that :func:`removed_stale_lock` removed.
+    Run again only when it failed on one that :func:`removed_stale_lock` removed: git stops
+    at the first lock it cannot take, and one command takes several (a commit: the index,
+    HEAD and its branch), all of which an agent can plant.
     """
     res = run(cwd, args, check=False, env=env)
-    if res.returncode != 0 and removed_stale_lock(cwd, res.stdout + res.stderr):
+    for _ in range(_LOCKS_PER_COMMAND):
+        if res.returncode == 0 or not removed_stale_lock(cwd, res.stdout + res.stderr):
+            break
         res = run(cwd, args, check=False, env=env)
     return res
+
+
+# Locks one git command takes at most that past_stale_lock goes past.
+_LOCKS_PER_COMMAND = 8
 
 
 def removed_stale_lock(cwd: Path, said: str) -> bool:
     """Remove a stale lock file git *said* it could not create in *cwd*'s repository.
 
-    Whether one was removed (stale: :data:`STALE_LOCK_SECONDS`). Only a file named ``*.lock``
-    under that repository's common dir (its worktrees' admin dirs too): git's message names
-    the path, which is not trusted further.
+    Whether one was removed (:func:`stale_lock`). Only one named ``*.lock`` under that
+    repository's common dir (its worktrees' admin dirs too): git's message names the path,
+    which is not trusted further.
     """
     match = _LOCK_EXISTS.search(said)
     if match is None:
@@ -64,14 +73,38 @@ def removed_stale_lock(cwd: Path, said: str) -> bool:
     lock = Path(match[1])
     try:
         inside = Path(os.path.realpath(lock.parent)).is_relative_to(common)
-        stale = time.time() - lock.lstat().st_mtime > STALE_LOCK_SECONDS
-    except OSError:
+        if not inside or not lock.name.endswith(".lock") or not stale_lock(lock):
+            return False
+        remove_lock(lock)
+    except OSError:  # gone, or left as it is: git's own error stands
         return False
-    if not inside or not stale or not lock.name.endswith(".lock"):
-        return False
-    with suppress(FileNotFoundError):
-        lock.unlink()
     return True
+
+
+def stale_lock(lock: Path) -> bool:
+    """Whether the lock file *lock* is no live git's; OSError when it cannot be looked at.
+
+    A git holds its lock, a regular file it has just made, while it writes: one changed more
+    than :data:`STALE_LOCK_SECONDS` from now either way (an mtime set in the future, `touch -d
+    '+1 year'`, never ages) or of another kind (a directory: git never makes one, and no ref
+    name has a component ending in ``.lock``) was left or planted.
+    """
+    found = lock.lstat()
+    if not stat.S_ISREG(found.st_mode):
+        return True
+    return abs(time.time() - found.st_mtime) > STALE_LOCK_SECONDS
+
+
+def remove_lock(lock: Path) -> None:
+    """Remove the stale lock *lock*: a file or link, or a directory planted so, with its content.
+
+    Gone already is no error; another OSError is raised.
+    """
+    with suppress(FileNotFoundError):
+        if stat.S_ISDIR(lock.lstat().st_mode):
+            shutil.rmtree(lock)  # never follows a link inside (an agent's, to your files)
+        else:
+            lock.unlink()
 
 
 # Files git keeps while a merge, cherry-pick, revert or rebase waits for a commit.
@@ -177,12 +210,20 @@ def put_back_on(worktree: Path, branch: str) -> str | None:
     where = on.removeprefix("refs/heads/")
     if not on:
         where = f"a detached HEAD at {(rev_parse_in(worktree, 'HEAD') or '?')[:12]}"
-    # A HEAD.lock a killed git left (or an agent planted) would block this for good.
-    put = ["symbolic-ref", "-m", "swarm: put back", "HEAD", want]
+    point_head(worktree, branch)
+    return where
+
+
+def point_head(worktree: Path, branch: str) -> None:
+    """Point *worktree*'s HEAD at *branch* (its files and index stay); CommandError if not.
+
+    Past a stale ``HEAD.lock`` (:func:`past_stale_lock`): one a killed git left, or an agent
+    planted before it switched its worktree, would block this for good.
+    """
+    put = ["symbolic-ref", "-m", "swarm: put back", "HEAD", f"refs/heads/{branch}"]
     done = past_stale_lock(worktree, put)
     if done.returncode != 0:
         raise CommandError(["git", *put], done.returncode, done.stdout + done.stderr)
-    return where
 
 
 def restore_deleted_branch(worktree: Path, branch: str | None = None) -> str | None:

@@ -21,7 +21,7 @@ from typing import TypeVar
 from worktree_swarm.core.errors import GitError
 from worktree_swarm.git import quarantine, runner
 from worktree_swarm.git.config_files import common_dir, git_dir
-from worktree_swarm.git.gitfiles import STALE_LOCK_SECONDS
+from worktree_swarm.git.gitfiles import remove_lock, stale_lock
 
 T = TypeVar("T")
 _LOCK_WAIT = 1.0  # seconds another git's `index.lock` is waited out
@@ -184,11 +184,14 @@ def _take(lock: Path) -> None:
             os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
             try:
-                stale = time.time() - lock.lstat().st_mtime > STALE_LOCK_SECONDS
+                stale = stale_lock(lock)  # an mtime planted in the future, a directory too
             except FileNotFoundError:
                 continue
             if stale:
-                lock.unlink(missing_ok=True)
+                try:
+                    remove_lock(lock)
+                except OSError:  # one that cannot be removed is held as a live git's
+                    break
             elif time.monotonic() < deadline:
                 time.sleep(0.02)
             else:

@@ -13,7 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.errors import CommandError, SwarmError
+from worktree_swarm.git import gitfiles
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import REPOSITORY, Violation, short_ref
 from worktree_swarm.guard.ref_checks import STASH
@@ -58,7 +59,7 @@ class AttemptChecks(UnwatchedChecks):
             if head_ref is not None and not others:
                 self._evidence[head_ref] = task_id
             where = short_ref(head_ref) if head_ref else f"a detached HEAD at {(head or '?')[:12]}"
-            git.git(path, "symbolic-ref", "HEAD", want)
+            gitfiles.point_head(path, branch)  # past a HEAD.lock the agent left stale
             who = "its worktree was switched" if others else "its agent switched its worktree"
             return self._record(
                 Violation(
@@ -93,9 +94,13 @@ class AttemptChecks(UnwatchedChecks):
                 and not self._moved_by_itself(task_id, tip, now)
             ):
                 return None
+            # Past a HEAD.lock or index.lock the checks left stale, as the checkpoint's writes.
             if head_ref != want:
-                git.git(path, "symbolic-ref", "HEAD", want)
-            git.git(path, "reset", "--quiet", "--hard", tip)
+                gitfiles.point_head(path, branch)
+            reset = ["reset", "--quiet", "--hard", tip]
+            done = gitfiles.past_stale_lock(path, reset)
+            if done.returncode != 0:
+                raise CommandError(["git", *reset], done.returncode, done.stdout + done.stderr)
             self._refs[want] = tip
         if head_ref != want:
             where = short_ref(head_ref) if head_ref else "a detached HEAD"

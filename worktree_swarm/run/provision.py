@@ -185,9 +185,13 @@ def _unlink_stale_locks(repo: git.Repo, path: Path, branch: str) -> bool:
     stale.append(repo.common_dir / "refs" / "heads" / f"{branch}.lock")
     removed = False
     for lock in stale:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-            removed = True
+        if not os.path.lexists(lock):
+            continue
+        try:  # a directory planted so goes too: it is never git's
+            gitfiles.remove_lock(lock)
+        except OSError:
+            continue  # left: git's own error tells of it where it writes next
+        removed = True
     return removed
 
 
