@@ -302,3 +302,53 @@ def test_a_stop_of_a_dead_run_records_the_commits_of_an_agent_that_removed_its_w
     assert "not merging swarm/t: config.txt (commit " in merged.stdout, merged.stdout
     assert SECRET not in git(repo, "log", "-p", "--format=%B", "HEAD")
     _nowhere_in_swarms_files(repo, [stopped.stdout, stopped.stderr, merged.stdout, merged.stderr])
+
+
+# Then points its worktree's `.git` at your git dir: no git of swarm's runs there any more.
+ELSEWHERE = (
+    "main = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],"
+    " capture_output=True, text=True, check=True).stdout.strip()\n"
+    "pathlib.Path('.git').write_text(f'gitdir: {main}\\n')\n"
+)
+
+
+@pytest.mark.long
+def test_a_stop_of_a_dead_run_records_the_commits_of_an_agent_that_pointed_its_worktree_away(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As above, but the agent points its worktree's `.git` at your git dir: `swarm stop` runs
+    # no git there (no checkpoint) and looks through the branch's commits all the same.
+    monkeypatch.setenv("SERVICE_TOKEN", SECRET)
+    monkeypatch.setenv("FLAGS", str(tmp_path))
+    wait = (
+        "import time\nflags = pathlib.Path(os.environ['FLAGS'])\n(flags / 'committed').touch()\n"
+        "while not (flags / 'go').exists():\n    time.sleep(0.02)\n"
+    )
+    moved = "(flags / 'moved').touch()\nwhile True:\n    time.sleep(1)\n"
+    agent = write_agent(OWN_COMMIT + wait + ELSEWHERE + moved)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t"\nprompt = "x"\n'
+    manager = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", str(manifest(repo, text))],
+        cwd=repo, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for((tmp_path / "committed").exists, what="the agent's commits")
+    finally:
+        os.killpg(manager.pid, signal.SIGKILL)
+        manager.wait(timeout=30)
+    (tmp_path / "go").touch()
+    wait_for((tmp_path / "moved").exists, what="the agent to point its worktree away")
+    assert SECRET in git(repo, "log", "-p", "--format=%B", "swarm/t")  # committed, not looked at
+    stopped = swarm(repo, "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    row = status_json(repo)["t"]
+    assert "no longer names its registration" in str(row["reason"]), row
+    assert str(row["secret_commit"]).startswith("config.txt (commit "), row
+    monkeypatch.delenv("SERVICE_TOKEN")  # another shell
+    redact._current = None
+    merged = swarm(repo, "merge", "t")
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    assert "not merging swarm/t: config.txt (commit " in merged.stdout, merged.stdout
+    assert SECRET not in git(repo, "log", "-p", "--format=%B", "HEAD")
+    _nowhere_in_swarms_files(repo, [stopped.stdout, stopped.stderr, merged.stdout, merged.stderr])

@@ -154,10 +154,7 @@ def _wind_up_worktree(
     """
     worktree = Path(row.worktree)
     if not worktree.is_dir():
-        # Its branch keeps the commits its agent made before its worktree went, and the task
-        # ends here: looked through now, as after an attempt, or never.
-        tip = git.rev_parse(repo, f"refs/heads/{row.branch}^{{commit}}")
-        committed_secrets.record_unlooked(repo, store, row, task, tip, env=os.environ)
+        _record_branch_unlooked(repo, store, row, task)
         provision.free_worktree(repo, worktree, row.branch, populated=row.base_commit is not None)
         return None, None
     # Its `.git` pointed elsewhere (your git dir): git there would commit onto another
@@ -165,6 +162,7 @@ def _wind_up_worktree(
     admin = tampering.own_admin(repo, worktree)
     changed = None if admin is not None else tampering.tampered(repo, worktree)
     if changed is not None:
+        _record_branch_unlooked(repo, store, row, task)
         return tampering.left_uncommitted(changed), None
     # Nothing of git's below writes through a planted link.
     planted = [] if admin is None else tampering.unplant(repo, worktree, row.branch, admin=admin)
@@ -180,6 +178,17 @@ def _wind_up_worktree(
     if planted:  # as after an attempt: its work committed all the same
         return f"planted links where git writes ({', '.join(planted)}); removed first", left
     return None, left
+
+
+def _record_branch_unlooked(repo: git.Repo, store: Store, row: TaskRow, task: Task) -> None:
+    """Look through the agent's own commits on its branch, for a task ending with no checkpoint.
+
+    Its worktree gone or no longer swarm's: the branch keeps the commits its agent made
+    before, and the task ends here, so they are looked through now, as after an attempt, or
+    never.
+    """
+    tip = git.rev_parse(repo, f"refs/heads/{row.branch}^{{commit}}")
+    committed_secrets.record_unlooked(repo, store, row, task, tip, env=os.environ)
 
 
 def _checkpoint_stopped(
