@@ -564,9 +564,9 @@ def test_one_config_scan_answers_for_every_worktree_but_never_across_an_include(
     scans: list[Path] = []
     real_scan = config_overrides._scan_repository_config
 
-    def counted(cwd: Path) -> tuple[tuple[str, str], ...]:
+    def counted(cwd: Path, state_dir: Path | None) -> tuple[tuple[str, str], ...]:
         scans.append(cwd)
-        return real_scan(cwd)
+        return real_scan(cwd, state_dir)
 
     monkeypatch.setattr(config_overrides, "_scan_repository_config", counted)
     # Equal config files of earlier tests' repos.

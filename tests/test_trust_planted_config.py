@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git
+from tests.conftest import git, make_repo
 from tests.github_server import TOKEN, FakeGitHub, serve
 from tests.test_git_runner import needs_configured_hooks
 from tests.test_run import status_json, swarm
@@ -106,3 +106,60 @@ def test_a_hook_an_agent_defined_in_config_never_runs_in_swarms_checkpoint_or_me
     assert not marker.exists()
     git(repo, "commit", "-q", "--allow-empty", "-m", "yours")  # your git runs it: the test is real
     assert marker.exists()
+
+
+GLOBAL_FILTER = """
+import os, pathlib, subprocess, sys
+marker = sys.argv[1]
+# Not this agent's own git config (GIT_CONFIG_GLOBAL): yours, which swarm's git reads.
+mine = pathlib.Path(os.environ['HOME']) / '.gitconfig'
+for leaf in ('clean', 'smudge'):
+    subprocess.run(['git', 'config', '--file', str(mine), f'filter.x.{leaf}',
+                    f'touch {marker}-{leaf}; cat'], check=True)
+pathlib.Path('.gitattributes').write_text('*.txt filter=x\\n')
+pathlib.Path('a.txt').write_text('data\\n')
+subprocess.run(['git', 'add', '.gitattributes', 'a.txt'], check=True)
+subprocess.run(['git', 'commit', '-q', '-m', 'attributes'], check=True)
+# Same bytes, another time: git reads the file through its filter to compare it.
+later = os.stat('a.txt').st_mtime + 10
+os.utime('a.txt', (later, later))
+pathlib.Path('work.md').write_text('own work\\n')
+"""
+
+
+def test_a_filter_an_agent_plants_in_your_global_config_never_runs_in_swarms_git(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    marker = tmp_path / "pwned"
+    agent = " ".join([*write_agent(GLOBAL_FILTER), str(marker)])
+    out = swarm(repo, "run", "--allow-outside-writes", "--agent", agent, "-t", "bad=p")
+    assert out.returncode == 0, out.stderr
+    assert status_json(repo)["bad"]["state"] == "done"
+    assert git(repo, "show", "swarm/bad:work.md") == "own work"  # swarm's checkpoint
+    writes = json.loads(swarm(repo, "report", "--json").stdout)["outside_writes"]
+    assert [w["suspects"] for w in writes] == [["bad"]], writes
+    assert ".gitconfig: filter.x.clean" in json.dumps(writes), writes
+    out = swarm(repo, "merge", "bad")  # its worktree checks a.txt out: the smudge filter
+    assert out.returncode == 0, out.stderr
+    merged = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*")
+    assert git(repo, "show", f"{merged}:a.txt") == "data"
+    assert swarm(repo, "clean", "--yes").returncode == 0, out.stderr
+    assert not list(tmp_path.glob("pwned-*"))
+    git(repo, "checkout", "-q", merged)  # your git runs it: the test is real
+    assert list(tmp_path.glob("pwned-*"))
+
+
+def test_a_filter_of_your_global_config_from_before_the_run_runs_in_swarms_git(
+    tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    git(tmp_path, "config", "--global", "filter.up.clean", "tr a-z A-Z")
+    repo = make_repo(tmp_path / "repo", {".gitattributes": "*.txt filter=up\n"})
+    agent = " ".join(write_agent("import pathlib\npathlib.Path('work.txt').write_text('own\\n')"))
+    out = swarm(repo, "run", "--agent", agent, "-t", "t=p")
+    assert out.returncode == 0, out.stderr
+    assert git(repo, "show", "swarm/t:work.txt") == "OWN"  # swarm's checkpoint ran it
+    assert json.loads(swarm(repo, "report", "--json").stdout)["outside_writes"] == []
+    out = swarm(repo, "merge", "t")
+    assert out.returncode == 0, out.stderr
+    merged = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*")
+    assert git(repo, "show", f"{merged}:work.txt") == "OWN"

@@ -4,8 +4,9 @@ Always the same list (:data:`ALWAYS`: hooks, fsmonitor, signing, editors, submod
 plus, per checkout, ``hook.<x>.enabled=false`` for each hook its config defines (git 2.54 runs
 those whatever ``core.hooksPath`` says), and a neutral value for each program-running setting
 its repository-level config defines (filter, diff and merge drivers, credential helpers, ssh
-and gpg programs, what git-lfs runs), read with ``git config --list`` and cached while the
-config files stay as they are.
+and gpg programs, what git-lfs runs), or its user-level config since the run began
+(:mod:`worktree_swarm.git.user_config`), read with ``git config --list`` and cached while the
+config files (and the trusted snapshot) stay as they are.
 docs/guard.md lists them.
 """
 
@@ -16,7 +17,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from worktree_swarm.git import sparse
+from worktree_swarm.core.paths import STATE_DIR_NAME
+from worktree_swarm.git import sparse, user_config
 from worktree_swarm.git.config_files import bounded_put, cache_lock, config_files
 from worktree_swarm.git.process import execute
 from worktree_swarm.infra import fs
@@ -377,28 +379,35 @@ def _repository_exec_settings(cwd: Path, files: Sequence[Path]) -> tuple[tuple[s
 
     *files* are the repository-level config files of *cwd* (:func:`config_files`).
     """
-    key = (str(cwd), _stat_key(files)) if files else None
-    if key is None:
-        return _scan_repository_config(cwd)
+    # Your global and system config count too: a setting new there since the run began is not
+    # trusted (user_config), so their stats and the trusted snapshot are in both keys.
+    if not files:
+        return _scan_repository_config(cwd, None)
+    state_dir = files[1].parent / STATE_DIR_NAME  # the common dir's: its runs' record
+    users = user_config.state_key(state_dir)
+    key = (str(cwd), _stat_key(files), users)
     with cache_lock:
         cached = _cache.get(key)
         if cached is not None:
             _cache[key] = _cache.pop(key)  # the newest again
     if cached is not None:
         return cached
-    shared = _content_key(files)
+    shared = _shared_key(files, users)
     if shared is None:
         # Config that includes other files is read for every command: an included file can
         # change (or a condition answer differently) while the including files stay as they are.
-        return _scan_repository_config(cwd)
+        return _scan_repository_config(cwd, state_dir)
     with cache_lock:
         result = _cache.get(shared)
         if result is not None:
             _cache[shared] = _cache.pop(shared)  # shared by every worktree: kept the newest
     if result is None:
-        result = _scan_repository_config(cwd)
+        result = _scan_repository_config(cwd, state_dir)
         # Cached only when the files did not change while git read them.
-        if _stat_key(files) != key[1] or _content_key(files) != shared:
+        if (
+            _stat_key(files) != key[1]
+            or _shared_key(files, user_config.state_key(state_dir)) != shared
+        ):
             return result
     with cache_lock:
         bounded_put(_cache, key, result)
@@ -406,21 +415,31 @@ def _repository_exec_settings(cwd: Path, files: Sequence[Path]) -> tuple[tuple[s
     return result
 
 
-def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
+def _shared_key(files: Sequence[Path], users: tuple[object, ...]) -> tuple[object, ...] | None:
+    """:func:`_content_key` of *files* with *users* (the user-level config's state key)."""
+    content = _content_key(files)
+    return None if content is None else (*content, users)
+
+
+def _scan_repository_config(cwd: Path, state_dir: Path | None) -> tuple[tuple[str, str], ...]:
+    """Overrides for what the config of *cwd* runs (one `git config`).
+
+    The repository's own settings, and the user-level ones that *state_dir*'s runs do not
+    trust (:mod:`user_config`; all trusted without a state dir).
+    """
     # `git config` only reads files: it runs no hook, fsmonitor or driver.
-    out = execute(cwd, ["config", "--list", "--show-scope", "-z"], check=False)
+    args = ["config", "--list", "--show-scope", "--show-origin", "-z"]
+    entries = user_config.parse(execute(cwd, args, check=False).stdout)
+    user_config.note_origins(entries)  # included files' stats join the cache key
     found: dict[str, str] = {}
     lfs: set[str] = set()
-    fields = out.stdout.split("\0")
-    # With -z each entry is "scope NUL name NL value NUL" ("scope NUL name NUL": no value).
-    for scope, entry in zip(fields[0::2], fields[1::2], strict=False):
-        name, newline, value = entry.partition("\n")
+    for scope, _, name, value in entries:
         hook = _configured_hook(name)
         if hook is not None:  # of any scope: swarm's git runs no hook (core.hooksPath) at all
             found[f"hook.{hook}.enabled"] = "false"
-        if scope not in _UNTRUSTED_SCOPES:
+        if scope not in _UNTRUSTED_SCOPES and not _planted(state_dir, scope, name, value):
             continue
-        lfs.update(lfs_keys(name, value if newline else None))
+        lfs.update(lfs_keys(name, value))
         lowered = name.lower()
         if lowered in _EXEC_KEYS:
             found[name] = _EXEC_KEYS[lowered]
@@ -432,7 +451,14 @@ def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
             continue
         keys = _DRIVER_KEYS.get(section.lower())
         if keys is not None and driver and leaf.lower() in keys:
-            for neutral_leaf, value in keys.items():
-                found[f"{section}.{driver}.{neutral_leaf}"] = value
+            for neutral_leaf, neutral in keys.items():
+                found[f"{section}.{driver}.{neutral_leaf}"] = neutral
     found |= _lfs_settings(lfs)
     return tuple(sorted(found.items()))
+
+
+def _planted(state_dir: Path | None, scope: str, name: str, value: str | None) -> bool:
+    """Whether a user-level setting is new since the run began (not in its snapshot)."""
+    if state_dir is None or scope not in user_config.USER_SCOPES:
+        return False
+    return not user_config.trusted(state_dir, name, value)

@@ -8,6 +8,7 @@ What is watched, against a baseline recorded when watching starts:
   the user's own uncommitted edits are part of the baseline and can be put back byte for byte;
 - the repository's executable surface: ``config``, ``config.worktree`` files, ``hooks/``, the
   ``core.hooksPath`` directory and ``info/`` (see surface.py);
+- program-running settings new in your global or system git config (user_config_checks.py);
 - every branch and tag, ``refs/stash`` and the guard's kept tips: only a task's own branch may
   move, and only while swarm works on that task; swarm's own commands name their moves
   through the channel (channel.py);
@@ -31,9 +32,9 @@ and retried.
 :class:`Guard` is one mixin per kind of check, each in a module of its own: state.py (its
 fields), verdicts.py (violations and failed scans on record), ref_checks.py,
 object_checks.py, pack_checks.py, baselines.py, worktree_checks.py, surface_checks.py,
-checkout_checks.py and attempt_checks.py (the checks after an attempt); recovery.py finishes
-what a killed manager's guard left half done. This module keeps the guard's life: its start,
-the hand-over of task worktrees and the scan loop.
+checkout_checks.py, user_config_checks.py and attempt_checks.py (the checks after an
+attempt); recovery.py finishes what a killed manager's guard left half done. This module
+keeps the guard's life: its start, the hand-over of task worktrees and the scan loop.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from worktree_swarm.guard.recovery import finish_put_backs
 from worktree_swarm.guard.snapshot import read_refs, status_field
 from worktree_swarm.guard.state import MIN_INTERVAL
 from worktree_swarm.guard.surface_checks import SETUID_EVERY, SurfaceChecks
+from worktree_swarm.guard.user_config_checks import UserConfigChecks
 from worktree_swarm.guard.worktree_checks import users_label
 from worktree_swarm.infra import interrupts
 
@@ -74,7 +76,7 @@ _HEAR_INTERVAL = 0.05
 UNWATCHED_EVENT = "checkout_changed_unwatched"
 
 
-class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
+class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks, UserConfigChecks):
     """Watches the user's checkouts, the git dir, the refs and idle task worktrees of one run.
 
     Thread-safe: workers call :meth:`busy`, :meth:`agent_started`, :meth:`agent_ended`,
@@ -332,6 +334,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
             with self._job(REPOSITORY):
                 found += self._scan_surface(began, afresh=final)
                 found += self._scan_graph(began)
+                found += self._scan_user_config(began)
                 if final or time.monotonic() >= self._setuid_due:
                     found += self._scan_setuid(began)
                     self._setuid_due = time.monotonic() + SETUID_EVERY

@@ -215,6 +215,7 @@ class Runner(TaskLaunch):
         if self.spec.sandbox and self.spec.executor is not Executor.RAY:
             sandbox.prepare(self.repo.common_dir)  # before the guard's baseline
         interrupts.check()
+        self.guard.watch_user_config(self.run_id, time.time())  # what your git config runs
         self.guard.start()  # on a resume after a `git gc`, it may walk the whole history
         interrupts.check()
         if (unwatched := self.guard.unwatched()) is not None:  # a resumed run

@@ -1,0 +1,81 @@
+"""The run guard's check of your global and system git config: what appeared there meanwhile.
+
+Your user-level config lies outside the repository and is not put back (nor is the rest of
+your home). swarm's own git honours what it held when the run began
+(:mod:`worktree_swarm.git.user_config`); a program-running setting that appears or changes
+there later is neutralised in swarm's git whoever wrote it. This check tells whose it was: one
+written while an agent ran is that agent's violation (recorded, its task failed unless outside
+writes are allowed) and stays untrusted by later runs while it is there; one written while
+none ran is yours, trusted from then on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from worktree_swarm.core.text import path_text
+from worktree_swarm.git import user_config
+from worktree_swarm.git.config_overrides import lfs_runs, runs_program
+from worktree_swarm.guard.model import REPOSITORY, Violation
+from worktree_swarm.guard.verdicts import Verdicts
+
+
+@dataclasses.dataclass(slots=True)
+class _Watch:
+    checked: float  # when the last check began (time.time)
+    key: tuple[object, ...] | None = None  # the files' stats as last judged
+    reported: set[str] = dataclasses.field(default_factory=set)  # digests already told
+
+
+class UserConfigChecks(Verdicts):
+    """Program-running settings new in your user-level git config since the run began."""
+
+    _user_watch: _Watch | None = None
+
+    def watch_user_config(self, run_id: str, began: float) -> None:
+        """Trust your user-level config as it is now (a resumed run: as its start found it).
+
+        The run's guard only (a merge's guard does not): called before :meth:`start`, so that
+        the baselines' own git commands already honour your settings.
+        """
+        key = user_config.files_key()  # before reading: a later write is judged
+        read = user_config.begin_run(self.repo.root, self.repo.state_dir, run_id)
+        # A resumed run judges what changed while no manager watched at its first scan.
+        self._user_watch = _Watch(checked=began, key=key if read else None)
+
+    def _scan_user_config(self, began: float) -> list[Violation]:
+        """New untrusted settings: the agents alive meanwhile blamed, or taken as yours.
+
+        A stat of the files while they stay as they were; one `git config` when they change.
+        """
+        watch = self._user_watch
+        if watch is None:
+            return []
+        key = user_config.files_key()  # before reading: a later write is seen next time
+        if key == watch.key:
+            return []
+        new: dict[str, str] = {}  # digest -> "file: name"
+        for entry in user_config.user_entries(self.repo.root):
+            if not (runs_program(entry.name) or lfs_runs(entry.name, entry.value)):
+                continue
+            found = user_config.digest(entry.name, entry.value)
+            state = self.repo.state_dir
+            if found not in watch.reported and not user_config.trusted(state, *entry[2:]):
+                new[found] = f"{path_text(entry.origin)}: {entry.name}"
+        window = (watch.checked, began)
+        watch.key, watch.checked = key, began
+        if not new:
+            return []
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:  # yours, made while no agent ran: trusted from now on
+            user_config.adopt(self.repo.state_dir, new)
+            return []
+        user_config.planted(self.repo.state_dir, new)
+        watch.reported.update(new)
+        labels = tuple(sorted(set(new.values())))
+        patch = (
+            "# settings that run a program, new in your user-level git config during the run;"
+            " swarm's own git never runs them, your own git does until you remove them\n"
+        ) + "".join(f"# {label}\n" for label in labels)
+        found_here = Violation(number=0, where=REPOSITORY, git_files=labels, suspects=suspects)
+        return [self._record(found_here, patch_text=patch)]
