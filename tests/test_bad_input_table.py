@@ -92,6 +92,12 @@ ROWS = [
     ),
     _toml("toml syntax", "../m.toml: invalid TOML", "[[task]\n"),
     _toml("toml nested", "nested too deeply", "x = " + "[" * 9999 + "]" * 9999),
+    _row(
+        "toml 5000-digit integer",
+        RUN,
+        "../m.toml: invalid TOML: an integer of more than 4300 digits",
+        manifest=D + "jobs = " + "9" * 5000 + "\n" + TASK,
+    ),
     _toml("unknown top key", "unknown key 'tasks'", '[[tasks]]\nid = "a"\n'),
     _toml("unknown task key", "unknown key 'promt'", TASK + 'promt = "x"\n'),
     # --- task ids: each a path component and a ref name ---

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import stat
+import sys
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -473,6 +474,11 @@ def _read_toml(path: Path, *, where: str) -> dict[str, object]:
         raise BadInputError(f"{where}: {not_utf8(exc)}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"{where}: invalid TOML: {' '.join(str(exc).split())}") from exc
+    except ValueError:  # int() of an integer past Python's limit on digits, in tomllib
+        limit = sys.get_int_max_str_digits()
+        raise BadInputError(
+            f"{where}: invalid TOML: an integer of more than {limit} digits"
+        ) from None
     except RecursionError:
         raise BadInputError(f"{where}: nested too deeply to read") from None
 
