@@ -326,7 +326,7 @@ AFTER_A_RUN = [
             (("merge", "--into", "nosuch"), "--into branch nosuch does not exist"),
             (("clean", "--orphans", "--all"), "--orphans and --all exclude each other"),
             (("run", "--agent", "scripted", "-t", "ok=again"), "branch swarm/ok already exists"),
-            (("run", "--agent", "scripted", "-t", "c=x", "-j", "0"), "0 is not in the range"),
+            (("run", "--agent", "scripted", "-t", "c=x", "-j", "0"), "--jobs: must be >= 1, got 0"),
         ]
     ),
 ]

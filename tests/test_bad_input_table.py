@@ -147,11 +147,16 @@ ROWS = [
     _toml("env SWARM_", "SWARM_X is swarm's to set", TASK + 'env = {SWARM_X = "x"}\n'),
     _toml("env GIT_DIR", "GIT_DIR points git elsewhere", TASK + 'env = {GIT_DIR = "x"}\n'),
     # --- flags ---
+    _row("-j abc", (*INLINE, "-j", "abc"), "--jobs: expected an integer, got 'abc'"),
+    _row("-j arabic 3", (*INLINE, "-j", "\u0663"), "--jobs: expected an integer"),
+    _row("-j 0", (*INLINE, "-j", "0"), "--jobs: must be >= 1, got 0"),
+    _row("--retries -1", (*INLINE, "--retries", "-1"), "--retries: must be >= 0"),
     _row(
         "--max-cost-usd -1",
         (*INLINE, "--max-cost-usd", "-1"),
         "--max-cost-usd: expected a positive",
     ),
+    _row("--max-cost-usd arabic 3", (*INLINE, "--max-cost-usd", "\u0663"), "expected a number"),
     _row("--timeout nan", (*INLINE, "--timeout", "nan"), "--timeout: bad duration 'nan'"),
     _row("--max-disk 0", (*INLINE, "--max-disk", "0"), "--max-disk: bad size '0'"),
     _row("-t without =", ("run", "--agent", "scripted", "-t", "abc"), "expected ID=PROMPT"),

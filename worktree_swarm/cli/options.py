@@ -40,10 +40,10 @@ def setting_options(command: Callable[..., int]) -> Callable[..., int]:
                 names[-1] = f"{flag.name}/--no-{flag.name.removeprefix('--')}"
             else:
                 options["is_flag"] = True
-        elif entry.kind is Kind.INT:
-            options["type"] = click.IntRange(min=entry.minimum, max=entry.maximum)
+        elif entry.kind is Kind.INT:  # read, as every setting, by config.values
+            options["metavar"] = "INTEGER"
         elif entry.kind in {Kind.NUMBER, Kind.SHARE}:
-            options["type"] = float
+            options["metavar"] = "NUMBER"
         elif entry.kind is Kind.CHOICE and entry.choices is not None and not flag.metavar:
             options["metavar"] = f"[{'|'.join(choice.value for choice in entry.choices)}]"
         command = click.option(*names, entry.key, **options)(command)

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_NUMBER_RE = re.compile(
+    r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf)", re.IGNORECASE
+)
+_FLAG_DIGITS = 400
 # Variables that point git at another repository, index, object store or config (or make it
 # run code): set by swarm for every agent, never by a task's `env`.
 GIT_REPOSITORY_VARIABLES = frozenset(
@@ -61,7 +66,18 @@ def read_flag(entry: Setting, value: object, where: str) -> object:
     """The typed value of *entry* given on the command line (a list for a repeated flag)."""
     if entry.kind is Kind.AGENT:
         return AgentRef(spec=_cli_agent(_string(value, where)), where=where)
+    if isinstance(value, str) and entry.kind in {Kind.INT, Kind.NUMBER, Kind.SHARE}:
+        value = _flag_number(value, where, whole=entry.kind is Kind.INT)
     return read(entry, value, where)
+
+
+def _flag_number(text: str, where: str, *, whole: bool) -> int | float:
+    # ASCII digits only, as in durations: int() and float() take any script's (`-j ٣` was 3).
+    # At most 400 digits: int() refuses more than 4300 with an error of its own.
+    if len(text) <= _FLAG_DIGITS and (_INT_RE if whole else _NUMBER_RE).fullmatch(text.strip()):
+        return int(text) if whole else float(text)
+    what = "an integer" if whole else "a number"
+    raise BadInputError(f"{where}: expected {what}, got {units.shown(text)}")
 
 
 # --- readers by kind ---------------------------------------------------------------------------
