@@ -22,6 +22,7 @@ D = "[defaults]\n"
 TASK = '[[task]]\nid = "a"\nprompt = "p"\n'
 RUN = ("run", "../m.toml", "--agent", "scripted")
 INLINE = ("run", "--agent", "scripted", "-t", "a=p")
+BIG = "x" * 200_000  # past the 128 KiB of one argument or environment variable
 ID_RULE = "must match [a-z0-9][a-z0-9._-]{0,62}"
 NO_RUNS = "no swarm runs in {repo} yet; start one with `swarm run`"
 
@@ -146,6 +147,14 @@ ROWS = [
     _toml("env NUL", "contains a NUL character", TASK + 'env = {A = "x\\u0000"}\n'),
     _toml("env SWARM_", "SWARM_X is swarm's to set", TASK + 'env = {SWARM_X = "x"}\n'),
     _toml("env GIT_DIR", "GIT_DIR points git elsewhere", TASK + 'env = {GIT_DIR = "x"}\n'),
+    _toml("env value 200K", "env: A's value: 195K long", f'{TASK}env = {{A = "{BIG}"}}\n'),
+    _toml("check argument 200K", "checks[0][1]: 195K long", f'{TASK}checks = ["echo {BIG}"]\n'),
+    _row(
+        "agent argument 200K",
+        RUN,
+        "agent[2]: 195K long",
+        manifest=f'{TASK}agent = ["python3", "-c", "{BIG}"]\n',
+    ),
     # --- flags ---
     _row("-j abc", (*INLINE, "-j", "abc"), "--jobs: expected an integer, got 'abc'"),
     _row("-j arabic 3", (*INLINE, "-j", "\u0663"), "--jobs: expected an integer"),

@@ -32,6 +32,9 @@ _NUMBER_RE = re.compile(
     r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf)", re.IGNORECASE
 )
 _FLAG_DIGITS = 400
+# Linux starts a program with no argument, and no NAME=value of its environment, longer than
+# 128 KiB (MAX_ARG_STRLEN, the NUL counted): past it, exec fails with E2BIG after the run began.
+_ARG_LIMIT = 128 * 2**10 - 1
 # Variables that point git at another repository, index, object store or config (or make it
 # run code): set by swarm for every agent, never by a task's `env`.
 GIT_REPOSITORY_VARIABLES = frozenset(
@@ -277,10 +280,29 @@ def _argv(value: list[object], where: str) -> tuple[str, ...]:
     if not value:
         raise BadInputError(f"{where}: empty command")
     # An empty argument is one (`test -z ""`); an empty program is none.
-    return (
-        _non_empty(value[0], f"{where}[0]"),
-        *(_string(item, f"{where}[{i}]") for i, item in enumerate(value[1:], start=1)),
+    return _fits(
+        (
+            _non_empty(value[0], f"{where}[0]"),
+            *(_string(item, f"{where}[{i}]") for i, item in enumerate(value[1:], start=1)),
+        ),
+        where,
     )
+
+
+def _fits(argv: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """*argv*, each argument within _ARG_LIMIT (else BadInputError naming it)."""
+    for i, arg in enumerate(argv):
+        _within_limit(arg, f"{where}[{i}]")
+    return argv
+
+
+def _within_limit(text: str, where: str) -> None:
+    size = len(text.encode("utf-8", "surrogateescape"))
+    if size > _ARG_LIMIT:
+        raise BadInputError(
+            f"{where}: {units.format_size(size)} long, over the {(_ARG_LIMIT + 1) // 2**10} KiB "
+            "one argument or variable of a program may be; put it in a file in the repository"
+        )
 
 
 def _commands(value: object, where: str) -> tuple[tuple[str, ...], ...]:
@@ -308,7 +330,7 @@ def _split(text: str, *, where: str) -> tuple[str, ...]:
         raise BadInputError(f"{where}: cannot split {text!r}: {exc}") from exc
     if not argv:
         raise BadInputError(f"{where}: empty command")
-    return argv
+    return _fits(argv, where)
 
 
 def _env(value: object, where: str) -> tuple[tuple[str, str], ...]:
@@ -330,6 +352,7 @@ def _env(value: object, where: str) -> tuple[tuple[str, str], ...]:
             )
         # Not `env.NAME: ...`: a secret's name before a colon reads as a setting to redact.
         pairs.append((name, _string(text, f"{where}: {name}'s value")))
+        _within_limit(f"{name}={text}", f"{where}: {name}'s value")
     return tuple(pairs)
 
 
