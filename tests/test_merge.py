@@ -2708,6 +2708,27 @@ def test_merge_calls_out_files_that_change_what_git_or_swarm_do_once_landed(
     assert "review before landing" not in again.stdout
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["x = " + "[" * 5000 + "]" * 5000 + "\n", "x = " + "9" * 5000 + "\n"],
+    ids=["nested", "5000 digits"],
+)
+def test_a_pyproject_toml_tomllib_cannot_read_is_called_out_not_a_crash(
+    base_repo: Path, brancher: Brancher, text: str
+) -> None:
+    # An agent's pyproject.toml nested too deeply, or with an integer past Python's 4300
+    # digits: tomllib raised RecursionError or a plain ValueError, and `swarm merge` ended in
+    # an internal error.
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"pyproject.toml": text})
+    record_run(base_repo, [("one", base)], base=base)
+
+    out = swarm(base_repo, "merge", "--json")
+
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["review"] == {"one": ["pyproject.toml"]}
+
+
 @pytest.mark.parametrize("where", ["worktree", "checkout"])
 def test_the_integration_branch_checked_out_in_a_checkout_of_yours_is_never_merged_in(
     base_repo: Path, brancher: Brancher, tmp_path: Path, where: str

@@ -276,7 +276,7 @@ def _swarm_table(repo: git.Repo, commit: str) -> object:
         return None
     try:
         data = tomllib.loads(shown.stdout.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not TOML, past tomllib's depth or digits
         return shown.stdout
     tool = data.get("tool")
     return tool.get("swarm") if isinstance(tool, dict) else None
