@@ -1544,6 +1544,71 @@ def test_stop_without_a_manager_records_an_agent_that_ended_on_its_node_with_its
     wait_for("the actor to exit", lambda: not actor_processes(cluster), timeout=60)
 
 
+# As COMMITTING_AGENT, of the node's own value (or, given a second argument, the one in a
+# file); then it says so and works on until it is stopped.
+WORKING_ON_AGENT = r"""
+import os, pathlib, subprocess, sys, time
+ctl = pathlib.Path(sys.argv[1])
+value = (ctl / "value").read_text() if len(sys.argv) > 2 else os.environ["NODE_DEPLOY_TOKEN"]
+def git(*args): subprocess.run(["git", *args], check=True)
+pathlib.Path("config.txt").write_text(f"token = {value}\n")
+git("add", "config.txt")
+git("commit", "-q", "-m", "configure the service")
+git("rm", "-q", "config.txt")
+git("commit", "-q", "-m", "drop the config")
+pathlib.Path("work.txt").write_text("work\n")
+(ctl / "committed").write_text("")
+while not (ctl / "release").exists():
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("whose", ["node"])
+def test_stop_without_a_manager_records_a_secret_its_agent_committed_on_its_node(
+    cluster: raykit.Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whose: str
+) -> None:
+    # Its coordinator killed while its agent works on, after committing a secret's value: a
+    # value only the node holds (NODE_DEPLOY_TOKEN), or one of the stopping shell's
+    # environment. `swarm stop` recorded neither, and `swarm merge` took the branch.
+    # The value in its file, as the second argument (which would be "daemon") says.
+    repo, _remote, ctl = setup_repo(tmp_path, ["n1"], daemon=whose == "shell")
+    (tmp_path / "agent.py").write_text(WORKING_ON_AGENT)
+    (ctl / "value").write_text(SERVICE_SECRET)
+    secret, variable = {
+        "node": (NODE_SECRET, "NODE_DEPLOY_TOKEN"), "shell": (SERVICE_SECRET, "SERVICE_TOKEN"),
+    }[whose]  # fmt: skip
+    assert "NODE_DEPLOY_TOKEN" not in os.environ  # the coordinator's: never held
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("the agent's commits", (ctl / "committed").exists)
+        wait_for("its attempt", lambda: status_if_any(repo).get("n1", {}).get("attempt") == 1)
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+    if whose == "shell":  # the stopping shell's: the dead coordinator's had it not
+        monkeypatch.setenv("SERVICE_TOKEN", SERVICE_SECRET)
+
+    out = swarm(repo, "stop")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    monkeypatch.delenv("SERVICE_TOKEN", raising=False)  # the next shell: none of the values
+    row = status(repo)["n1"]
+    assert row["state"] == "stopped", row
+    assert secret in git(repo, "log", "-p", "swarm/n1")  # the agent's own act
+    shown = str(row["secret_commit"])
+    assert shown.startswith("config.txt (commit "), shown
+    assert f"holds the value of {variable}" in shown, shown
+    merged = swarm(repo, "merge", "n1")
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    assert "not merging swarm/n1: config.txt (commit " in merged.stdout, merged.stdout
+    assert secret not in git(repo, "log", "-p", "HEAD")
+    for text in (out.stdout, out.stderr, merged.stdout, merged.stderr):
+        assert secret not in text, text[:2000]
+    wait_for("the actor to exit", lambda: not actor_processes(cluster), timeout=60)
+
+
 def test_a_push_the_remote_refuses_fails_the_task_and_leaves_no_actor(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -11,7 +11,8 @@ still holds a recorded commit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.core.task import Task
@@ -23,6 +24,7 @@ from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow
 
 EVENT = "secret_committed"  # a commit of an agent's own holding a secret: one per commit
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a commit's id, as a node names it
 
 
 def environment_secrets(env: Mapping[str, str]) -> dict[str, str]:
@@ -80,6 +82,19 @@ def unrecorded(store: Store, run_id: str, found: list[Leak]) -> list[Leak]:
     return [leak for leak in found if leak.commit not in recorded]
 
 
+def handed_back(found: Iterable[Mapping[str, object]]) -> list[Leak]:
+    """The leaks a Ray node found in an agent's own commits, as it handed them back.
+
+    Each a ``commit``, ``path`` and ``why`` (the node's look, ``NodeAgent.own_commits``);
+    one that names no commit is none.
+    """
+    return [
+        Leak(commit=str(f["commit"]), path=str(f.get("path", "")), why=str(f.get("why", "")))
+        for f in found
+        if _COMMIT.fullmatch(str(f.get("commit", "")))
+    ]
+
+
 def record_unlooked(
     repo: git.Repo,
     store: Store,
@@ -98,17 +113,20 @@ def record_unlooked(
     since = row.tip_commit or row.base_commit
     if head is None or not since or head == since:
         return  # no commit of the agent's own: the usual case
-    found = new_leaks(
+    found = own_leaks_since(
         repo,
-        store,
-        row.run_id,
         since=since,
         base=row.base_commit or since,
         tip=head,
         env={**env, **dict(task.env)},
     )
-    for leak in found:
-        store.add_event(row.run_id, EVENT, task_id=row.task_id, data=event_data(leak))
+    record(store, row.run_id, row.task_id, found)
+
+
+def record(store: Store, run_id: str, task_id: str, found: list[Leak]) -> None:
+    """Record those of *found*, commits of *task_id*'s agent, not recorded yet (one event each)."""
+    for leak in unrecorded(store, run_id, found):
+        store.add_event(run_id, EVENT, task_id=task_id, data=event_data(leak))
 
 
 def _why(name: str) -> str:

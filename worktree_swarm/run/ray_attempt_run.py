@@ -10,7 +10,6 @@ mean for their task (lost nodes, rate limits, repairs) is :mod:`worktree_swarm.r
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from typing import Any, cast
 
@@ -46,8 +45,6 @@ from worktree_swarm.run.ray_cluster import ClusterLostError, ray_module
 from worktree_swarm.run.ray_node import Progress
 from worktree_swarm.run.ray_resume import RayResume
 from worktree_swarm.run.run_worker import Live, TaskOutcome, check_failed
-
-_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a commit's id, as a node names it
 
 
 class _SetupFailedError(SwarmError):
@@ -325,11 +322,7 @@ class RayAttemptRun(RayResume):
             found = self._call(actor, "own_commits", since=since, base=base, live=live)
         except NodeLostError:
             return []
-        return [
-            Leak(commit=str(f["commit"]), path=str(f["path"]), why=str(f["why"]))
-            for f in found
-            if _COMMIT.fullmatch(str(f.get("commit", "")))
-        ]
+        return committed_secrets.handed_back(found)
 
     def _record_node_leaks(self, task: Task, found: list[Leak]) -> None:
         """Record those of *found* (:meth:`_node_leaks`, fetched now) not recorded yet."""

@@ -18,9 +18,10 @@ from worktree_swarm.agents.base import AgentResult
 from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.run_settings import RunSettings
 from worktree_swarm.core.task import BRANCH_PREFIX
-from worktree_swarm.git import diffs
+from worktree_swarm.git import committed_secrets, diffs
 from worktree_swarm.git import remotes as git_remotes
 from worktree_swarm.git import repo as git
+from worktree_swarm.git.leaks import Leak
 from worktree_swarm.infra.logtail import append_copy, note_read
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow, task_from_json
@@ -44,7 +45,9 @@ def stop_unmanaged(
     Each open attempt's actor (and one a killed manager launched without recording it) stops
     its agent's whole tree, pushes the checkpoint and is removed; the branch is fetched here.
     An attempt is recorded with what its log (copied here) says its agent used; one whose
-    agent had ended by itself, as it ended (:func:`_stop_attempt`).
+    agent had ended by itself, as it ended (:func:`_stop_attempt`). The node looks through
+    the agent's own commits for its own secrets, as at an attempt's end; those it finds are
+    recorded once the branch is fetched here.
     With no cluster answering at its address (its head gone), nothing on the nodes can be
     reached (an agent there stopped with its actor, which ended with its node's raylet): the
     attempts end here, the branches are fetched as last pushed, and the reasons say so. A
@@ -71,15 +74,23 @@ def stop_unmanaged(
             _discard_actor(task_id, attempts[-1].number, run_id)
         opened = {a.id: a for a in attempts}
         own = task_from_json(row.spec_json).agent if row is not None else ""
+        # Since its last recorded tip, as an attempt's end looks (None: nothing to look at).
+        looks = (
+            (row.tip_commit or row.base_commit, row.base_commit)
+            if row and row.base_commit
+            else None
+        )
+        found: list[Leak] = []
         for number, attempt_id in sorted(numbers.items()):
             actor = _actor(task_id, number, run_id) if problem is None else None
             attempt = opened.get(attempt_id)  # None: launched, never recorded
             # Read as the agent it ran (a fallback's, maybe) would be.
             agent = (attempt.agent if attempt is not None else None) or own
-            by_itself = _stop_attempt(
-                store, actor, attempt, agent, f"{task_id} attempt {number}", reason, spec
+            named = f"{task_id} attempt {number}"
+            by_itself, leaks = _stop_attempt(
+                store, actor, attempt, agent, named, reason, spec, looks=looks
             )
-            ended = by_itself or ended
+            ended, found = by_itself or ended, found + leaks
         branch = f"{BRANCH_PREFIX}{task_id}"
         git.git(
             repo.root,
@@ -87,6 +98,7 @@ def stop_unmanaged(
             check=False,
         )  # fmt: skip
         tip = git.rev_parse(repo, branch)
+        committed_secrets.record(store, run_id, task_id, found)  # now here, in its branch
         if row is not None and row.base_commit and tip:
             stat = diffs.diff_stat(repo, row.base_commit, tip)
             store.update_task(
@@ -139,16 +151,20 @@ def _stop_attempt(
     named: str,
     reason: str,
     spec: RunSettings,
-) -> AgentResult | None:
+    *,
+    looks: tuple[str, str] | None,
+) -> tuple[AgentResult | None, list[Leak]]:
     """Stop an open attempt's agent on its node (*actor*, if there), and record its end.
 
     *named*: "TASK attempt N", as its checkpoint names it; *attempt*: its row (None: a
     launch never recorded). Its log, copied here whole once it ended, tells what it used;
     one whose agent ended by itself is recorded as it ended (as a local stop records one),
     its result returned; any other ends stopped with *reason*. Its actor pushes its
-    checkpoint and is taken down.
+    checkpoint, looks through its agent's own commits since *looks* (since, base) for its
+    node's secrets (returned, to record once fetched) and is taken down.
     """
     ended: Progress | None = None  # its agent's end, when it ended by itself
+    leaks: list[Leak] = []
     if actor is not None:
         ray = ray_module()
         with contextlib.suppress(Exception):  # a dead actor has nothing to stop
@@ -170,8 +186,18 @@ def _stop_attempt(
         message = f"swarm: checkpoint {named} ({how})"
         with contextlib.suppress(Exception):
             ray_module().get(actor.finish.remote(message=message), timeout=120)
+        if looks is not None:
+            leaks = _node_leaks(actor, *looks)
         _take_down(actor)
-    return result
+    return result, leaks
+
+
+def _node_leaks(actor: Any, since: str, base: str) -> list[Leak]:  # noqa: ANN401 - a Ray handle
+    """The agent's own commits holding a secret of its node's, as its node found them."""
+    with contextlib.suppress(Exception):  # gone meanwhile: what was pushed is fetched all the same
+        found = ray_module().get(actor.own_commits.remote(since=since, base=base), timeout=120)
+        return committed_secrets.handed_back(found)
+    return []
 
 
 def _copy_log(actor: Any, log: Path) -> None:  # noqa: ANN401 - a Ray handle
