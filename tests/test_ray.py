@@ -1563,7 +1563,7 @@ while not (ctl / "release").exists():
 """
 
 
-@pytest.mark.parametrize("whose", ["node"])
+@pytest.mark.parametrize("whose", ["node", "shell"])
 def test_stop_without_a_manager_records_a_secret_its_agent_committed_on_its_node(
     cluster: raykit.Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whose: str
 ) -> None:

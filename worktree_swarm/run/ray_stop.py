@@ -47,7 +47,7 @@ def stop_unmanaged(
     An attempt is recorded with what its log (copied here) says its agent used; one whose
     agent had ended by itself, as it ended (:func:`_stop_attempt`). The node looks through
     the agent's own commits for its own secrets, as at an attempt's end; those it finds are
-    recorded once the branch is fetched here.
+    recorded once the branch is fetched here; so are those holding one of this shell's.
     With no cluster answering at its address (its head gone), nothing on the nodes can be
     reached (an agent there stopped with its actor, which ended with its node's raylet): the
     attempts end here, the branches are fetched as last pushed, and the reasons say so. A
@@ -99,6 +99,9 @@ def stop_unmanaged(
         )  # fmt: skip
         tip = git.rev_parse(repo, branch)
         committed_secrets.record(store, run_id, task_id, found)  # now here, in its branch
+        if row is not None:  # and for this shell's secrets, as a local stop looks
+            task = task_from_json(row.spec_json)
+            committed_secrets.record_unlooked(repo, store, row, task, tip, env=os.environ)
         if row is not None and row.base_commit and tip:
             stat = diffs.diff_stat(repo, row.base_commit, tip)
             store.update_task(
