@@ -28,6 +28,9 @@ import psutil
 import pytest
 
 from tests.conftest import GIT_SUBCOMMAND, add_submodule, git, git_first_on_path, make_repo
+from tests.test_leftovers import _bystander as leftovers_bystander
+from tests.test_leftovers import _daemon as leftovers_daemon
+from tests.test_leftovers import _gone as leftovers_gone
 from tests.test_run import swarm as run_swarm
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'worktree-swarm[ray]')")
@@ -2316,6 +2319,81 @@ def test_an_actor_that_stopped_answering_while_no_coordinator_ran_is_ended_by_re
         (ctl / "release").write_text("")
         assert resumed.wait(timeout=300) == 0, output(resumed)
     assert status(repo)["v1"]["state"] == "done"
+    wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
+
+
+# Starts a daemon with its environment wiped (no shim's mark) in its clone, ignoring SIGTERM,
+# its PID to argv[1]/daemon.pid, and works on; with argv[2] "ended", once argv[1]/go exists,
+# SIGKILLs its own shim and exits. An attempt after that first one ends at once.
+LEAVING_AGENT = r"""
+import os, pathlib, signal, subprocess, sys, time
+ctl, how = pathlib.Path(sys.argv[1]), sys.argv[2]
+pid_file = ctl / "daemon.pid"
+if pid_file.exists():
+    sys.exit(0)
+pathlib.Path("w.txt").write_text("work\n")
+daemon = 'trap "" TERM; sleep 600 & echo $! > "$0"'
+subprocess.run(["env", "-i", "sh", "-c", daemon, str(pid_file)], check=True)
+while not (ctl / "go").exists():
+    time.sleep(0.02)
+if how == "ended":
+    os.kill(os.getppid(), signal.SIGKILL)
+    sys.exit(0)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", ["ended", "silent"])
+def test_a_daemon_its_agent_left_in_its_clone_is_ended_on_its_node_when_its_shim_was_killed(
+    cluster: raykit.Cluster, tmp_path: Path, how: str
+) -> None:
+    # The agent's shim SIGKILLed (by the agent itself as it ended, or by the OOM killer
+    # while its actor stopped answering): its node ended the attempt killing only what
+    # carried the shim's mark (or nothing at all), and the daemon worked on in the clone.
+    repo, _remote, ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "leaving.py"
+    script.write_text(LEAVING_AGENT)
+    manifest = tmp_path / "leaving.toml"
+    argv = [sys.executable, str(script), str(ctl), how]
+    manifest.write_text(
+        f"[defaults]\nagent = {json.dumps(argv)}\n"
+        'executor = "ray"\nray_memory = "64M"\nkill_grace = "2s"\nlost_after = "10s"\n\n'
+        '[[task]]\nid = "d"\nprompt = "p"\n'
+    )
+    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    left: list[psutil.Process] = []
+    actor: psutil.Process | None = None
+    try:
+        daemon = leftovers_daemon(ctl / "daemon.pid")
+        left.append(daemon)
+        shim = psutil.Process(os.getpgid(daemon.pid))  # the agent's shim leads its group
+        assert "--swarm-shim" in shim.cmdline()
+        actor = shim.parent()
+        assert actor is not None
+        assert "NodeAgent" in " ".join(actor.cmdline())
+        bystander = leftovers_bystander(Path(daemon.cwd()))  # in the clone, in its own session
+        left.append(bystander)
+        if how == "silent":
+            actor.send_signal(signal.SIGSTOP)  # alive to Ray, but it answers no call
+            shim.kill()
+        (ctl / "go").touch()
+        manager.wait(timeout=300)
+        ended, spared = leftovers_gone(daemon), not leftovers_gone(bystander)
+    finally:
+        if actor is not None and actor.is_running():
+            with contextlib.suppress(psutil.Error):
+                actor.send_signal(signal.SIGCONT)
+        if manager.poll() is None:
+            manager.kill()
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+            if isinstance(proc, psutil.Popen):
+                proc.wait(timeout=60)
+    assert ended, output(manager)
+    assert spared
+    if how == "silent":
+        assert events(repo, "node_lost"), output(manager)
     wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
 
 

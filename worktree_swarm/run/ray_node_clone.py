@@ -192,6 +192,7 @@ class NodeClone:
             self._pusher.join()
         if self._agent is None:
             return None
+        self._end_leftovers()  # nothing writes on in the clone as it is committed
         with self._git_lock:
             self._settle_git_files()
             # Its agent's `git checkout main` (the clone has every branch of the remote): the
@@ -219,6 +220,17 @@ class NodeClone:
                 raise GitError(f"{self.work} has no HEAD")
             self._push(tip)
         return tip
+
+    def _end_leftovers(self) -> None:
+        """Kill what the agent left running when its shim died before ending it (SIGKILL, OOM).
+
+        As a local manager does once an agent ends (:func:`proc_scan.kill_left_by`): marked
+        with its shim's record, or in the shim's group working in the clone in its session
+        (started with its environment wiped, ``env -i``). Nothing when its shim cleaned up.
+        """
+        record = None if self._agent is None else self._agent.record
+        if record is not None:
+            proc_scan.kill_left_by(record, grace=self.a.kill_grace, within=(self.work,))
 
     def disk_use(self) -> disk.DiskUsage:
         """What this attempt's clone uses on the node's disk (measured as locally)."""

@@ -88,8 +88,10 @@ def end_attempt(run_id: str, task_id: str, attempt: int, *, grace: float) -> Non
     seconds) and killed if it is still there, so it never pushes again. Its agent, setup
     steps and checks run under shims of their own, each writing its record in the attempt's
     logs, and outlive the actor: each is killed, tree and all (SIGTERM, SIGKILL after
-    *grace*). Then the clone and the logs go, as :meth:`NodeAgent.discard` would have done
-    (the task's work is on the remote up to its last push).
+    *grace*), and so is the group of a shim killed meanwhile where a member works in the
+    clone in its session (:func:`proc_scan.kill_left_in`). Then the clone and the logs go,
+    as :meth:`NodeAgent.discard` would have done (the task's work is on the remote up to
+    its last push).
     """
     run_dir = node_dir() / "runs" / run_id
     task_dir = run_dir / task_id
@@ -97,7 +99,7 @@ def end_attempt(run_id: str, task_id: str, attempt: int, *, grace: float) -> Non
         raise SwarmError(f"not a task of run {run_id}: {task_id!r}")
     logs = task_dir / f"logs-{attempt}"
     _end_actor(logs / ACTOR_FILE)
-    proc_scan.kill_marked(logs, grace=grace)
+    proc_scan.kill_left_in(logs, grace=grace, within=(task_dir / "work",))
     shutil.rmtree(task_dir / "work", ignore_errors=True)
     shutil.rmtree(logs, ignore_errors=True)
     with contextlib.suppress(OSError):  # only when empty
