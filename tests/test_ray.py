@@ -1508,7 +1508,7 @@ def test_stop_without_a_manager_records_an_agent_that_ended_on_its_node_with_its
 ) -> None:
     # Its coordinator killed, the agent finished on its node: `swarm stop` recorded its
     # attempt `stopped` with a reason only, and its task `stopped`, the cost its agent
-    # reported counted nowhere (nor against `max_cost_usd`).
+    # reported counted nowhere (nor against `max_cost_usd`); then, its end as the stop's time.
     repo, remote, ctl = setup_repo(tmp_path, [])
     script = tmp_path / "bin" / "claude"
     script.parent.mkdir()
@@ -1528,8 +1528,11 @@ def test_stop_without_a_manager_records_an_agent_that_ended_on_its_node_with_its
         manager.send_signal(signal.SIGKILL)
         manager.wait(timeout=30)
     agent = psutil.Process(int(cast("list[Path]", started)[0].name.rsplit(".", 1)[1]))
+    shim = agent.parent()  # it records when its agent ended, then exits
+    assert shim is not None
     (ctl / "release").touch()
-    wait_for("the agent to end by itself", lambda: gone(agent))
+    wait_for("the agent to end by itself", lambda: gone(agent) and gone(shim))
+    stopped_from = time.time()
 
     out = swarm(repo, "stop")
 
@@ -1540,7 +1543,9 @@ def test_stop_without_a_manager_records_an_agent_that_ended_on_its_node_with_its
     ), row  # fmt: skip
     with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
         used = conn.execute("SELECT outcome, cost_usd, tokens_in FROM attempts").fetchall()
+        ((started_at, ended_at),) = conn.execute("SELECT started_at, ended_at FROM attempts")
     assert used == [("succeeded", 1.25, 300)]  # its own, as the budget counts it
+    assert started_at < ended_at < stopped_from  # as it ended, not as the stop came
     assert git(repo, "show", "swarm/e:work.txt") == "own work"
     made = git(remote, "log", "-1", "--format=%s", "swarm/e")
     assert made == "swarm: checkpoint e attempt 1 (success)"

@@ -44,6 +44,7 @@ class Progress:
     push_failures: int = 0
     push_failure: str = ""
     stopped: bool = False  # a stop was asked: an agent that ended did not end by itself
+    ended_at: float | None = None  # when its shim saw it end, on the node's clock (None: unknown)
 
 
 class NodeAgent(NodeClone):
@@ -147,6 +148,7 @@ class NodeAgent(NodeClone):
             push_failures=failures,
             push_failure=failing,
             stopped=self._stopping.is_set(),
+            ended_at=agent.ended_at() if ended else None,
         )
 
     def tail(self, offset: int) -> tuple[int, bytes]:

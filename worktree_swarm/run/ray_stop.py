@@ -180,7 +180,10 @@ def _stop_attempt(
             _copy_log(actor, Path(attempt.log_path))
     result: AgentResult | None = None
     if attempt is not None and ended is not None:
-        result = end_as_logged(store, attempt, agent, exit_code=ended.exit_code)
+        # As it ended: when its node saw it end, not when this stop came.
+        result = end_as_logged(
+            store, attempt, agent, exit_code=ended.exit_code, ended_at=ended.ended_at
+        )
     elif attempt is not None:
         cut = (AttemptOutcome.STOPPED, reason)
         end_as_logged(store, attempt, agent, exit_code=None, cut=cut)
