@@ -1489,6 +1489,37 @@ def test_a_ray_launch_its_killed_coordinator_did_not_record_is_recorded_by_resum
     assert not actor_processes(cluster)
 
 
+def test_a_ray_launch_its_killed_coordinator_did_not_record_is_recorded_by_stop(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # Killed as it records the attempt its agent started (which then ended by itself): `swarm
+    # stop` stopped its actor and recorded no attempt, its task `stopped` with nothing of
+    # what its agent used, as a local stop records such a launch.
+    log = tmp_path / "sql.jsonl"
+    repo, manifest, launches = paying_run(tmp_path, log)
+    kill = KEY | {"SQL_KILL_AT": "INSERT INTO attempts"}
+    address = cluster.address
+    killed = _traced_swarm(
+        repo, log, "run", manifest, "--ray-address", address, env=kill, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    wait_for("its agent", lambda: launches.exists() and launches.read_text())
+
+    out = swarm(repo, "stop")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        used = conn.execute("SELECT number, outcome, cost_usd, agent FROM attempts").fetchall()
+        launching = conn.execute("SELECT launching FROM tasks").fetchall()
+    assert used == [(1, "succeeded", 1.25, "claude")]
+    assert launching == [(None,)]
+    row = status(repo)["e"]
+    assert (row["state"], row["attempt"], row["cost_usd"]) == ("done", 1, 1.25), row
+    assert git(repo, "show", "swarm/e:work.txt") == "own work"
+    assert len(launches.read_text().split()) == 1  # its agent ran once
+    wait_for("the actor to exit", lambda: not actor_processes(cluster), timeout=60)
+
+
 # Named claude: does its work, waits for a release file, then says what it cost and ends.
 RELEASED_PAYER = """#!{python}
 import json, os, pathlib, time

@@ -45,6 +45,7 @@ class Progress:
     push_failure: str = ""
     stopped: bool = False  # a stop was asked: an agent that ended did not end by itself
     ended_at: float | None = None  # when its shim saw it end, on the node's clock (None: unknown)
+    started_at: float | None = None  # when its agent was started, on the node's clock
 
 
 class NodeAgent(NodeClone):
@@ -149,6 +150,7 @@ class NodeAgent(NodeClone):
             push_failure=failing,
             stopped=self._stopping.is_set(),
             ended_at=agent.ended_at() if ended else None,
+            started_at=agent.started_at,
         )
 
     def tail(self, offset: int) -> tuple[int, bytes]:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import AgentResult
-from worktree_swarm.core.models import AttemptOutcome, TaskState
+from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, TaskState
+from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.run_settings import RunSettings
 from worktree_swarm.core.task import BRANCH_PREFIX
 from worktree_swarm.git import committed_secrets, diffs
@@ -42,8 +43,9 @@ def stop_unmanaged(
 ) -> None:
     """Stop *targets* of a Ray run no manager watches: on their nodes, pushed, then marked.
 
-    Each open attempt's actor (and one a killed manager launched without recording it) stops
-    its agent's whole tree, pushes the checkpoint and is removed; the branch is fetched here.
+    Each open attempt's actor (and one a killed manager launched without recording it, its
+    attempt recorded first once its agent started) stops its agent's whole tree, pushes the
+    checkpoint and is removed; the branch is fetched here.
     An attempt is recorded with what its log (copied here) says its agent used; one whose
     agent had ended by itself, as it ended (:func:`_stop_attempt`). The node looks through
     the agent's own commits for its own secrets, as at an attempt's end; those it finds are
@@ -84,6 +86,8 @@ def stop_unmanaged(
         for number, attempt_id in sorted(numbers.items()):
             actor = _actor(task_id, number, run_id) if problem is None else None
             attempt = opened.get(attempt_id)  # None: launched, never recorded
+            if attempt is None and actor is not None and row is not None:
+                attempt = _record_launch(repo, store, row, number, actor, own)
             # Read as the agent it ran (a fallback's, maybe) would be.
             agent = (attempt.agent if attempt is not None else None) or own
             named = f"{task_id} attempt {number}"
@@ -135,6 +139,40 @@ def _on_record(
         numbers.setdefault(row.launching, 0)
     # Its end on record, its coordinator dead in what came after (the fetch, its checks).
     return numbers, cut_on_record(row, attempts), ended_on_record(row, attempts)
+
+
+def _record_launch(
+    repo: git.Repo,
+    store: Store,
+    row: TaskRow,
+    number: int,
+    actor: Any,  # noqa: ANN401 - a Ray handle
+    own: str,
+) -> AttemptRow | None:
+    """Record attempt *number*, launched on *actor* by a dead coordinator that did not record it.
+
+    As a local stop records such a launch (:func:`.unwatched.record_launch`): then ended as
+    any open attempt, with what its agent used. Its agent's profile is the one launched
+    (*own*, the task's, when not on record). None when its agent never started (its actor
+    still cloning or in setup): no attempt ran.
+    """
+    try:
+        progress: Progress = ray_module().get(actor.poll.remote(), timeout=60)
+    except Exception:  # noqa: BLE001 - not started (or gone): nothing ran
+        return None
+    log = run_dir(repo, row.run_id) / row.task_id / f"attempt-{number}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.touch()
+    attempt_id = store.record_attempt(
+        row.run_id,
+        row.task_id,
+        number=number,
+        identity=ProcessIdentity(pid=0, create_time=0.0, pgid=0),  # on another machine
+        log_path=str(log),
+        started_at=progress.started_at or time.time(),
+        agent=row.launching_agent or own,
+    )
+    return next(a for a in store.attempts(row.run_id, row.task_id) if a.id == attempt_id)
 
 
 def _actor(task_id: str, number: int, run_id: str) -> Any:  # noqa: ANN401 - a Ray handle
