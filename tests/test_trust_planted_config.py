@@ -8,6 +8,7 @@ and `swarm pr` then run, and the program the agent planted never does.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -163,3 +164,32 @@ def test_a_filter_of_your_global_config_from_before_the_run_runs_in_swarms_git(
     assert out.returncode == 0, out.stderr
     merged = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*")
     assert git(repo, "show", f"{merged}:work.txt") == "OWN"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_the_record_of_your_global_config_holds_only_what_runs_a_program(
+    tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    header = "AUTHORIZATION: bearer s3cr3t-value"
+    git(tmp_path, "config", "--global", "filter.up.clean", "tr a-z A-Z")
+    git(tmp_path, "config", "--global", "http.extraheader", header)
+    git(tmp_path, "config", "--global", "http.https://me:pw@example.com/.extraheader", header)
+    git(tmp_path, "config", "--global", "user.email", "me@example.com")
+    repo = make_repo(tmp_path / "repo", {".gitattributes": "*.txt filter=up\n"})
+    agent = " ".join(write_agent("import pathlib\npathlib.Path('work.txt').write_text('own\\n')"))
+    out = swarm(repo, "run", "--agent", agent, "-t", "t=p")
+    assert out.returncode == 0, out.stderr
+    assert git(repo, "show", "swarm/t:work.txt") == "OWN"  # your filter: trusted
+    record = json.loads((repo / ".git" / "swarm" / "user-config.json").read_text())
+    assert record["trusted"] == [_sha256("filter.up.clean\ntr a-z A-Z")]
+    kept = json.dumps(record)
+    for name, value in [
+        ("http.extraheader", header),
+        ("http.https://me:pw@example.com/.extraheader", header),
+        ("user.email", "me@example.com"),
+    ]:
+        assert _sha256(f"{name}\n{value}") not in kept
+    assert "pw@" not in kept

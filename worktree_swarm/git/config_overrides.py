@@ -250,6 +250,14 @@ def runs_program(name: str) -> bool:
     return bool(middle) and leaf in _DRIVER_KEYS.get(section, {})
 
 
+def judged(name: str, value: str | None) -> bool:
+    """Whether the setting *name* = *value* runs a program (:func:`runs_program`, `lfs_runs`).
+
+    The only settings of your user-level config whose trust matters: no others are recorded.
+    """
+    return runs_program(name) or lfs_runs(name, value)
+
+
 def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
     """The arguments that make a git command in *cwd* immune to planted config, and their env.
 
@@ -458,7 +466,7 @@ def _scan_repository_config(cwd: Path, state_dir: Path | None) -> tuple[tuple[st
 
 
 def _planted(state_dir: Path | None, scope: str, name: str, value: str | None) -> bool:
-    """Whether a user-level setting is new since the run began (not in its snapshot)."""
-    if state_dir is None or scope not in user_config.USER_SCOPES:
+    """Whether a user-level setting that runs a program is new since the run began."""
+    if state_dir is None or scope not in user_config.USER_SCOPES or not judged(name, value):
         return False
     return not user_config.trusted(state_dir, name, value)

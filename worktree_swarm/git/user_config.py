@@ -6,8 +6,9 @@ not sandboxed could write it, and :mod:`worktree_swarm.git.config_overrides` neu
 as it does one of the repository's own config. A run's manager takes the snapshot when it
 starts (:func:`begin_run`) and records it in the repository's state dir; every other command
 trusts what the latest run recorded there (read again when the record changes: a stat per
-call), all of it when no run was ever recorded. Entries are kept as digests: no value of yours
-is written.
+call), all of it when no run was ever recorded. Only settings that run a program are recorded
+(the caller says which), as digests: no value of yours is written, nor any digest of the rest
+(your `user.email`, an `http.extraheader`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -165,10 +166,13 @@ def _write(state_dir: Path, run_id: str, trusted: set[str], planted: set[str]) -
         _state.own[str(state_dir)] = frozenset(trusted)
 
 
-def begin_run(cwd: Path, state_dir: Path, run_id: str) -> bool:
+def begin_run(
+    cwd: Path, state_dir: Path, run_id: str, *, kept: Callable[[str, str | None], bool]
+) -> bool:
     """Trust the user-level settings found now; a resumed run keeps its own snapshot.
 
-    Those a run's guard found planted (:func:`planted`) stay untrusted while they are there.
+    Only those *kept* says run a program are recorded (the rest is never judged). Those a
+    run's guard found planted (:func:`planted`) stay untrusted while they are there.
     This process trusts the snapshot from now on, recorded or not. Whether the files were
     read now (not for a resumed run).
     """
@@ -177,7 +181,7 @@ def begin_run(cwd: Path, state_dir: Path, run_id: str) -> bool:
     if resumed:
         trusted, planted = _strings(record, "trusted"), _strings(record, "planted")
     else:
-        now = {digest(e.name, e.value) for e in user_entries(cwd)}
+        now = {digest(e.name, e.value) for e in user_entries(cwd) if kept(e.name, e.value)}
         planted = _strings(record, "planted") & now
         trusted = now - planted
     _write(state_dir, run_id, trusted, planted)

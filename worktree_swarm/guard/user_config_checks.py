@@ -15,7 +15,7 @@ import dataclasses
 
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import user_config
-from worktree_swarm.git.config_overrides import lfs_runs, runs_program
+from worktree_swarm.git.config_overrides import judged
 from worktree_swarm.guard.model import REPOSITORY, Violation
 from worktree_swarm.guard.verdicts import Verdicts
 
@@ -39,7 +39,7 @@ class UserConfigChecks(Verdicts):
         the baselines' own git commands already honour your settings.
         """
         key = user_config.files_key()  # before reading: a later write is judged
-        read = user_config.begin_run(self.repo.root, self.repo.state_dir, run_id)
+        read = user_config.begin_run(self.repo.root, self.repo.state_dir, run_id, kept=judged)
         # A resumed run judges what changed while no manager watched at its first scan.
         self._user_watch = _Watch(checked=began, key=key if read else None)
 
@@ -56,7 +56,7 @@ class UserConfigChecks(Verdicts):
             return []
         new: dict[str, str] = {}  # digest -> "file: name"
         for entry in user_config.user_entries(self.repo.root):
-            if not (runs_program(entry.name) or lfs_runs(entry.name, entry.value)):
+            if not judged(entry.name, entry.value):
                 continue
             found = user_config.digest(entry.name, entry.value)
             state = self.repo.state_dir
