@@ -193,3 +193,48 @@ def test_the_record_of_your_global_config_holds_only_what_runs_a_program(
     ]:
         assert _sha256(f"{name}\n{value}") not in kept
     assert "pw@" not in kept
+
+
+TAMPER = (
+    GLOBAL_FILTER
+    + """
+import hashlib, json, time
+how = sys.argv[2]
+common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+record = pathlib.Path(common) / 'swarm' / 'user-config.json'
+mine = [hashlib.sha256(f'filter.x.{leaf}\\ntouch {marker}-{leaf}; cat'.encode()).hexdigest()
+        for leaf in ('clean', 'smudge')]
+deadline = time.monotonic() + 60
+# Once the guard recorded the filter as planted: nothing of swarm's writes the record again.
+while not set(mine) <= set(json.loads(record.read_text())['planted']):
+    if time.monotonic() > deadline:
+        sys.exit('the guard never recorded the filter')
+    time.sleep(0.05)
+if how == 'delete':
+    record.unlink()
+else:
+    run = json.loads(record.read_text())['run']
+    record.write_text(json.dumps({'run': run, 'trusted': mine, 'planted': []}))
+"""
+)
+
+
+@pytest.mark.parametrize("how", ["delete", "rewrite"])
+def test_the_record_of_your_global_config_an_agent_deletes_or_rewrites_is_written_back(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], how: str
+) -> None:
+    marker = tmp_path / "pwned"
+    agent = " ".join([*write_agent(TAMPER), str(marker), how])
+    out = swarm(repo, "run", "--allow-outside-writes", "--agent", agent, "-t", "bad=p")
+    assert out.returncode == 0, out.stderr
+    assert status_json(repo)["bad"]["state"] == "done"
+    writes = json.loads(swarm(repo, "report", "--json").stdout)["outside_writes"]
+    told = [w for w in writes if w["git_files"] == ["swarm/user-config.json"]]
+    assert [(w["suspects"], w["restored"]) for w in told] == [(["bad"], True)], writes
+    out = swarm(repo, "merge", "bad")  # its worktree checks a.txt out: the smudge filter
+    assert out.returncode == 0, out.stderr
+    merged = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*")
+    assert git(repo, "show", f"{merged}:a.txt") == "data"
+    assert swarm(repo, "clean", "--yes").returncode == 0
+    assert not list(tmp_path.glob("pwned-*"))

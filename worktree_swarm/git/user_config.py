@@ -8,7 +8,8 @@ starts (:func:`begin_run`) and records it in the repository's state dir; every o
 trusts what the latest run recorded there (read again when the record changes: a stat per
 call), all of it when no run was ever recorded. Only settings that run a program are recorded
 (the caller says which), as digests: no value of yours is written, nor any digest of the rest
-(your `user.email`, an `http.extraheader`).
+(your `user.email`, an `http.extraheader`). The manager keeps its record in memory, and its
+guard writes it back where anyone else changed it (:func:`put_back`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +32,15 @@ USER_SCOPES = frozenset({"global", "system"})
 RECORD = "user-config.json"  # in the state dir: {"run", "trusted", "planted"}
 
 
+class _Own(NamedTuple):
+    """The record as this process (a run's manager) wrote it: what it trusts, whatever the file."""
+
+    run: str
+    trusted: frozenset[str]
+    planted: frozenset[str]
+    data: bytes  # the file's bytes
+
+
 @dataclasses.dataclass(slots=True)
 class _State:
     """What this process knows: records read (by their stats), its own run's snapshot."""
@@ -37,7 +48,7 @@ class _State:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     # state dir -> (the record's stats, its trusted digests; None: no record, all trusted)
     read: dict[str, tuple[object, frozenset[str] | None]] = dataclasses.field(default_factory=dict)
-    own: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)  # a run's manager
+    own: dict[str, _Own] = dataclasses.field(default_factory=dict)  # a run's manager
     origins: frozenset[str] = frozenset()  # the files (includes too) entries came from
 
 
@@ -69,7 +80,7 @@ def _trusted(state_dir: Path) -> tuple[object, frozenset[str] | None]:
     """A key that changes with the trusted set of *state_dir*, and that set."""
     own = _state.own.get(str(state_dir))
     if own is not None:
-        return (("own", own), own)  # a frozenset keeps its hash: cheap as a key
+        return (("own", own.trusted), own.trusted)  # a frozenset keeps its hash: cheap as a key
     stats = _stats(state_dir / RECORD)
     known = _state.read.get(str(state_dir))
     if known is not None and known[0] == stats:
@@ -155,15 +166,41 @@ def _strings(record: dict[str, object] | None, key: str) -> set[str]:
 
 
 def _write(state_dir: Path, run_id: str, trusted: set[str], planted: set[str]) -> None:
-    """The record, whole or not at all (written aside, then renamed over)."""
+    """The record, whole or not at all; this process trusts it from now on, recorded or not."""
     data = {"run": run_id, "trusted": sorted(trusted), "planted": sorted(planted)}
-    aside = state_dir / f"{RECORD}.{os.getpid()}.tmp"
-    with contextlib.suppress(OSError):  # unrecorded: the other commands trust the last record
-        state_dir.mkdir(parents=True, exist_ok=True)
-        aside.write_text(json.dumps(data), encoding="utf-8")
-        aside.replace(state_dir / RECORD)
+    own = _Own(run_id, frozenset(trusted), frozenset(planted), json.dumps(data).encode())
     with _state.lock:
-        _state.own[str(state_dir)] = frozenset(trusted)
+        _state.own[str(state_dir)] = own
+    with contextlib.suppress(OSError):  # unrecorded: the other commands trust the last record
+        _put(state_dir, own.data)
+
+
+def _put(state_dir: Path, data: bytes) -> None:
+    """Write *data* as the record: aside, then renamed over (a directory there removed)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    record = state_dir / RECORD
+    if record.is_dir() and not record.is_symlink():  # planted: a rename cannot replace it
+        shutil.rmtree(record)  # never follows a link inside
+    aside = state_dir / f"{RECORD}.{os.getpid()}.tmp"
+    aside.write_bytes(data)
+    aside.replace(record)
+
+
+def put_back(state_dir: Path) -> bool:
+    """Write this process's record back where it is not as written; whether it was not.
+
+    The record sits where an agent that is not sandboxed can write: deleted, every later
+    command would trust all of your config; rewritten, what it names. A symlink there is not
+    as written either. OSError when it cannot be written back.
+    """
+    own = _state.own.get(str(state_dir))
+    if own is None:
+        return False
+    with contextlib.suppress(OSError), fs.open_file(state_dir / RECORD, follow=False) as fh:
+        if fh.read() == own.data:
+            return False
+    _put(state_dir, own.data)
+    return True
 
 
 def begin_run(
@@ -199,7 +236,14 @@ def planted(state_dir: Path, digests: Iterable[str]) -> None:
 
 
 def _change(state_dir: Path, *, more: set[str], planted: set[str]) -> None:
-    record = _read(state_dir) or {}
-    own = _state.own.get(str(state_dir), frozenset())
-    trusted = (set(own) | _strings(record, "trusted") | more) - planted
-    _write(state_dir, str(record.get("run", "")), trusted, _strings(record, "planted") | planted)
+    own = _state.own.get(str(state_dir))
+    if own is None:  # not a run's manager: the record as it is
+        record = _read(state_dir) or {}
+        own = _Own(
+            str(record.get("run", "")),
+            frozenset(_strings(record, "trusted")),
+            frozenset(_strings(record, "planted")),
+            b"",
+        )
+    trusted = (set(own.trusted) | more) - planted
+    _write(state_dir, own.run, trusted, set(own.planted) | planted)

@@ -6,13 +6,17 @@ your home). swarm's own git honours what it held when the run began
 there later is neutralised in swarm's git whoever wrote it. This check tells whose it was: one
 written while an agent ran is that agent's violation (recorded, its task failed unless outside
 writes are allowed) and stays untrusted by later runs while it is there; one written while
-none ran is yours, trusted from then on.
+none ran is yours, trusted from then on. The run's record of what it trusts is swarm's own: one
+written or deleted by anyone else is written back, whatever ``allow_outside_writes`` says, and
+is the violation of the agents alive meanwhile.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+from worktree_swarm.core.paths import STATE_DIR_NAME
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import user_config
 from worktree_swarm.git.config_overrides import judged
@@ -25,6 +29,8 @@ class _Watch:
     checked: float  # when the last check began (time.time)
     key: tuple[object, ...] | None = None  # the files' stats as last judged
     reported: set[str] = dataclasses.field(default_factory=set)  # digests already told
+    record_checked: float = 0.0  # when the record was last found as written
+    home: tuple[int, int] | None = None  # the state dir's (device, inode) then
 
 
 class UserConfigChecks(Verdicts):
@@ -41,7 +47,8 @@ class UserConfigChecks(Verdicts):
         key = user_config.files_key()  # before reading: a later write is judged
         read = user_config.begin_run(self.repo.root, self.repo.state_dir, run_id, kept=judged)
         # A resumed run judges what changed while no manager watched at its first scan.
-        self._user_watch = _Watch(checked=began, key=key if read else None)
+        home = _identity(self.repo.state_dir)
+        self._user_watch = _Watch(began, key if read else None, record_checked=began, home=home)
 
     def _scan_user_config(self, began: float) -> list[Violation]:
         """New untrusted settings: the agents alive meanwhile blamed, or taken as yours.
@@ -51,9 +58,10 @@ class UserConfigChecks(Verdicts):
         watch = self._user_watch
         if watch is None:
             return []
+        told = self._check_record(watch, began)
         key = user_config.files_key()  # before reading: a later write is seen next time
         if key == watch.key:
-            return []
+            return told
         new: dict[str, str] = {}  # digest -> "file: name"
         for entry in user_config.user_entries(self.repo.root):
             if not judged(entry.name, entry.value):
@@ -65,11 +73,11 @@ class UserConfigChecks(Verdicts):
         window = (watch.checked, began)
         watch.key, watch.checked = key, began
         if not new:
-            return []
+            return told
         suspects = self._agents.suspects(window, exclude=())
         if not suspects:  # yours, made while no agent ran: trusted from now on
             user_config.adopt(self.repo.state_dir, new)
-            return []
+            return told
         user_config.planted(self.repo.state_dir, new)
         watch.reported.update(new)
         labels = tuple(sorted(set(new.values())))
@@ -78,4 +86,43 @@ class UserConfigChecks(Verdicts):
             " swarm's own git never runs them, your own git does until you remove them\n"
         ) + "".join(f"# {label}\n" for label in labels)
         found_here = Violation(number=0, where=REPOSITORY, git_files=labels, suspects=suspects)
-        return [self._record(found_here, patch_text=patch)]
+        return [*told, self._record(found_here, patch_text=patch)]
+
+    def _check_record(self, watch: _Watch, began: float) -> list[Violation]:
+        """The run's record of your config written back if another wrote or deleted it.
+
+        Read whole each scan (a few digests). Gone with the whole state directory (which the
+        manager writes back, saying so), or changed while no agent ran, it is only logged.
+        """
+        state = self.repo.state_dir
+        label = f"{STATE_DIR_NAME}/{user_config.RECORD}"
+        window, home = (watch.record_checked, began), watch.home
+        try:
+            put_back = user_config.put_back(state)
+        except OSError as exc:  # judged once it is written back: its suspects since
+            self._part_failed(REPOSITORY, f"{label} could not be written back: {exc}")
+            return []
+        watch.record_checked, watch.home = began, _identity(state)
+        if not put_back:
+            return []
+        suspects = self._agents.suspects(window, exclude=()) if home == watch.home else ()
+        if not suspects:
+            self._log(f"{label}, the record of your trusted global config, changed: written back")
+            return []
+        patch = (
+            f"# {label}: swarm's record of what your global and system git config held when the"
+            " run began, written or deleted during the run; written back as swarm wrote it\n"
+        )
+        found = Violation(
+            number=0, where=REPOSITORY, git_files=(label,), suspects=suspects, restored=True
+        )
+        return [self._record(found, patch_text=patch)]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of *path*, None when it is missing."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino)
