@@ -238,3 +238,26 @@ def test_the_record_of_your_global_config_an_agent_deletes_or_rewrites_is_writte
     assert git(repo, "show", f"{merged}:a.txt") == "data"
     assert swarm(repo, "clean", "--yes").returncode == 0
     assert not list(tmp_path.glob("pwned-*"))
+
+
+PLANT_FILTER = """
+import os, pathlib, subprocess, sys
+mine = pathlib.Path(os.environ['HOME']) / '.gitconfig'
+subprocess.run(['git', 'config', '--file', str(mine), 'filter.x.clean', 'cat'], check=True)
+pathlib.Path('.gitattributes').write_text('*.txt filter=x\\n')
+pathlib.Path('new.txt').write_text('data\\n')
+"""
+
+
+def test_a_file_left_out_for_a_filter_planted_in_your_global_config_says_so(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = " ".join(write_agent(PLANT_FILTER))
+    out = swarm(repo, "run", "--allow-outside-writes", "--agent", agent, "-t", "t=p")
+    assert out.returncode == 1, out.stderr
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed"
+    assert str(row["reason"]).startswith(
+        "changed files whose filter comes from your global or system git config (new there"
+        " since the run began), which swarm's git never runs (new.txt (filter x)): left out"
+    ), row["reason"]

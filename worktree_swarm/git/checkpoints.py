@@ -13,6 +13,7 @@ from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
 from worktree_swarm.core.text import one_line, path_text
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import index_copy, runner
+from worktree_swarm.git.config_overrides import filter_origins
 from worktree_swarm.git.gitconfig import identity_env
 from worktree_swarm.git.gitfiles import (
     head_in,
@@ -110,7 +111,10 @@ def checkpoint(
     if done.refused:
         raise RefusedPathsError(worktree, [path_text(p) for p in done.refused], head)
     if done.filtered:
-        raise FilteredError(worktree, done.filtered, head)
+        drivers = {driver for _, driver in done.filtered}
+        origins = filter_origins(worktree, drivers)
+        told = [f"{path_text(path)} (filter {driver})" for path, driver in done.filtered]
+        raise FilteredError(worktree, told, head, _ORIGINS[frozenset(origins)])
     if done.secret and report_secrets:
         raise SecretLeftOutError(worktree, [path_text(p) for p in done.secret], head)
     if done.big and max_file is not None:
@@ -131,7 +135,6 @@ def _stage(
     stage_gitlinks(worktree, [link for link in links if link in declared])
     # Never hashed: a decrypted git-crypt file would be a loose object in the clear.
     kept_out = filtered_on_disk(worktree, worktree)
-    told = [f"{path_text(path)} (filter {driver})" for path, driver in kept_out]
     # Staged apart (quarantine): what is left out is never an object of the repository's.
     with index_copy.staging(worktree) as staging:
         apart = staging.env
@@ -142,7 +145,7 @@ def _stage(
             # A commit would hold a commit id nobody else has, not their files.
             rm = ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal]
             run(worktree, rm, env=apart)
-        filtered = list(dict.fromkeys([*told, *unstage_filtered(worktree, env=apart)]))
+        filtered = list(dict.fromkeys([*kept_out, *unstage_filtered(worktree, env=apart)]))
         secret = unstage_secrets(worktree, env=apart)
         big = unstage_over(worktree, added, max_file, env=apart)
         # What the index still names, when it left out something `add` hashed.
@@ -156,7 +159,7 @@ class _Staged(NamedTuple):
     added: str
     embedded: list[str]  # repositories of their own, made or checked out (gitlinks)
     refused: list[str]
-    filtered: list[str]  # each with its filter
+    filtered: list[tuple[str, str]]  # each with its filter
     secret: list[str]
     big: list[str]  # each with its size
 
@@ -172,7 +175,10 @@ class LeftOutError(GitError):
         self.worktree = worktree
         self.paths = tuple(paths)
         self.head = head
-        super().__init__(self.template.format(paths=", ".join(self.paths), worktree=worktree))
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return self.template.format(paths=", ".join(self.paths), worktree=self.worktree)
 
     def __reduce__(self) -> tuple[type[LeftOutError], tuple[Path, tuple[str, ...], str | None]]:
         return type(self), (self.worktree, self.paths, self.head)
@@ -215,14 +221,42 @@ class TooBigError(LeftOutError):
         return type(self), (self.worktree, self.paths, self.head, self.limit)
 
 
+REPOSITORY = "the repository's own config"
+USER_LEVEL = "your global or system git config (new there since the run began)"
+# filter_origins -> FilteredError's origin
+_ORIGINS = {
+    frozenset({"repository"}): REPOSITORY,
+    frozenset({"user"}): USER_LEVEL,
+    frozenset({"repository", "user"}): f"{REPOSITORY} or {USER_LEVEL}",
+    frozenset(): REPOSITORY,  # changed since: as it was
+}
+
+
 class FilteredError(LeftOutError):
     """A checkpoint left out files whose filter swarm's git does not run (the rest committed)."""
 
     template = (
-        "changed files whose filter comes from the repository's own config, which swarm's git "
-        "never runs ({paths}): left out of its commit (it would hold them unfiltered, a "
-        "git-crypt file in the clear), they stay in {worktree}; the rest is committed"
+        "changed files whose filter comes from {origin}, which swarm's git never runs "
+        "({paths}): left out of its commit (it would hold them unfiltered, a git-crypt file in "
+        "the clear), they stay in {worktree}; the rest is committed"
     )
+
+    def __init__(
+        self, worktree: Path, paths: Sequence[str], head: str | None, origin: str = REPOSITORY
+    ) -> None:
+        """As LeftOutError; *origin* says which config the filters come from."""
+        self.origin = origin
+        super().__init__(worktree, paths, head)
+
+    def _message(self) -> str:
+        return self.template.format(
+            paths=", ".join(self.paths), worktree=self.worktree, origin=self.origin
+        )
+
+    def __reduce__(  # type: ignore[override]
+        self,
+    ) -> tuple[type[FilteredError], tuple[Path, tuple[str, ...], str | None, str]]:
+        return type(self), (self.worktree, self.paths, self.head, self.origin)
 
 
 class SecretLeftOutError(LeftOutError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from worktree_swarm.core.paths import STATE_DIR_NAME
@@ -305,6 +305,30 @@ def neutral_filters(cwd: Path) -> frozenset[str]:
         for key, _ in settings
         if key.partition(".")[0].lower() == "filter"
     )
+
+
+def filter_origins(cwd: Path, drivers: Collection[str]) -> set[str]:
+    """Where the filters *drivers* of *cwd* that git never runs come from (one `git config`).
+
+    ``repository`` (its own config) and ``user`` (your global or system config, new there
+    since the run began): for a message, read only when a file was left out for one.
+    """
+    files = config_files(cwd)
+    state_dir = files[1].parent / STATE_DIR_NAME if files else None
+    args = ["config", "--list", "--show-scope", "--show-origin", "-z"]
+    found: set[str] = set()
+    for scope, _, name, value in user_config.parse(execute(cwd, args, check=False).stdout):
+        section, _, rest = name.partition(".")
+        driver, _, leaf = rest.rpartition(".")
+        if section.lower() != "filter" or driver not in drivers:
+            continue
+        if leaf.lower() not in _DRIVER_KEYS["filter"]:
+            continue
+        if scope in _UNTRUSTED_SCOPES:
+            found.add("repository")
+        elif _planted(state_dir, scope, name, value):
+            found.add("user")
+    return found
 
 
 def planted_packs(cwd: Path) -> set[str]:

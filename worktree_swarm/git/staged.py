@@ -54,13 +54,16 @@ def unstage_over(
     return [f"{path_text(path)} ({format_size(size)})" for path, size in over]
 
 
-def unstage_filtered(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[str]:
+def unstage_filtered(
+    worktree: Path, *, env: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
     """Unstage the changed files whose ``filter`` attribute names a driver git does not run.
 
     swarm's git switches off the filters the repository's own config defines (an agent can
     write that config): staged without its clean filter, a git-crypt file would be committed
     in the clear. Each goes back into the index (*env*: another index file) as HEAD has it;
-    returns them, each with its filter. No git runs unless the config defines a filter.
+    returns them, each with its filter (path, driver). No git runs unless the config defines
+    a filter.
     """
     drivers = neutral_filters(worktree)
     if not drivers:
@@ -69,7 +72,7 @@ def unstage_filtered(worktree: Path, *, env: Mapping[str, str] | None = None) ->
     over = filtered(worktree, staged, drivers, env=env)
     for literal in in_batches(f":(literal,top){path}" for path, _ in over):
         runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
-    return [f"{path_text(path)} (filter {driver})" for path, driver in over]
+    return over
 
 
 def filtered_on_disk(
