@@ -470,3 +470,50 @@ def test_swarm_stop_writes_through_no_link_an_agent_planted_in_its_worktrees_adm
         "failed",
         "planted links where git writes (worktrees/a/logs/HEAD); removed first",
     )
+
+
+# Once its manager is killed, it plants a filter in your global config (its task's files
+# select it) and ends.
+PLANTS_A_GLOBAL_FILTER = """
+import os, pathlib, subprocess, sys, time
+gate, ran = pathlib.Path(sys.argv[1]), sys.argv[2]
+pathlib.Path('a.txt').write_text('work\\n')
+while not gate.exists():
+    time.sleep(0.02)
+mine = pathlib.Path(os.environ['HOME']) / '.gitconfig'
+subprocess.run(['git', 'config', '--file', str(mine), 'filter.x.clean', f'touch {ran}; cat'],
+               check=True)
+"""
+
+
+@pytest.mark.parametrize("end", ["stop", "force"])
+def test_a_filter_planted_in_your_global_config_while_no_manager_watched_is_the_agents(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], end: str
+) -> None:
+    # `swarm stop` (or `swarm run --force`) ending a run whose manager died never looked at
+    # your global config: a filter planted there meanwhile went unreported, and the next run
+    # trusted it, so its checkpoint ran it.
+    (repo / ".gitattributes").write_text("*.txt filter=x\n")
+    git(repo, "add", ".gitattributes")
+    git(repo, "commit", "-q", "-m", "attributes")
+    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_A_GLOBAL_FILTER, write_agent)
+    _shim_recorded_end(repo)
+    (old,) = [p.name for p in (repo / ".git" / "swarm" / "runs").iterdir()]
+    writer = write_agent("import pathlib\npathlib.Path('b.txt').write_text('b\\n')\n")
+    text = f'[[task]]\nid = "b"\nprompt = "x"\nagent = {argv_toml(writer)}\n'
+    if end == "stop":
+        out = swarm(repo, "stop")
+        assert out.returncode == 0, out.stdout + out.stderr
+        swarm(repo, "run", manifest(repo, text))
+    else:
+        out = swarm(repo, "run", "--force", manifest(repo, text))
+    said = [line for line in out.stderr.splitlines() if ".gitconfig: filter.x.clean" in line]
+    assert len(said) == 1, out.stderr
+    assert "changed while no manager watched" in said[0]
+    assert "an outside write of a" in said[0]
+    row = status_json(repo, "--run", old)["a"]
+    assert row["state"] == "failed"
+    assert ".gitconfig: filter.x.clean" in str(row["reason"])
+    reason = str(status_json(repo)["b"]["reason"])  # the next run: switched off, b.txt left out
+    assert reason.startswith("changed files whose filter comes from your global"), reason
+    assert not Path(ran).exists()

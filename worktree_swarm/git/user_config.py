@@ -225,6 +225,12 @@ def begin_run(
     return not resumed
 
 
+def recorded_planted(state_dir: Path) -> frozenset[str]:
+    """The digests *state_dir*'s record names as written by an agent (told already)."""
+    own = _state.own.get(str(state_dir))
+    return own.planted if own is not None else frozenset(_strings(_read(state_dir), "planted"))
+
+
 def adopt(state_dir: Path, digests: Iterable[str]) -> None:
     """Trust *digests* from now on: settings you changed while no agent ran."""
     _change(state_dir, more=set(digests), planted=set())

@@ -14,6 +14,7 @@ is the violation of the agents alive meanwhile.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from pathlib import Path
 
 from worktree_swarm.core.paths import STATE_DIR_NAME
@@ -62,14 +63,7 @@ class UserConfigChecks(Verdicts):
         key = user_config.files_key()  # before reading: a later write is seen next time
         if key == watch.key:
             return told
-        new: dict[str, str] = {}  # digest -> "file: name"
-        for entry in user_config.user_entries(self.repo.root):
-            if not judged(entry.name, entry.value):
-                continue
-            found = user_config.digest(entry.name, entry.value)
-            state = self.repo.state_dir
-            if found not in watch.reported and not user_config.trusted(state, *entry[2:]):
-                new[found] = f"{path_text(entry.origin)}: {entry.name}"
+        new = self._untrusted(watch.reported)
         window = (watch.checked, began)
         watch.key, watch.checked = key, began
         if not new:
@@ -78,15 +72,46 @@ class UserConfigChecks(Verdicts):
         if not suspects:  # yours, made while no agent ran: trusted from now on
             user_config.adopt(self.repo.state_dir, new)
             return told
-        user_config.planted(self.repo.state_dir, new)
         watch.reported.update(new)
+        return [*told, self._blame_user_config(new, suspects, "during the run")]
+
+    def judge_user_config_unwatched(self, suspects: Collection[str]) -> list[Violation]:
+        """A run whose manager died, ended without one (`swarm stop`, `swarm run --force`).
+
+        A program-running setting in your user-level config that the run's record neither
+        trusts nor names as planted already appeared while no manager watched: the violation of
+        *suspects* (the tasks whose agents ran on), untrusted by later runs while it is there.
+        Returned with the rest of what the guard found, for the caller to record and apply.
+        """
+        new = self._untrusted(user_config.recorded_planted(self.repo.state_dir))
+        if new and suspects:
+            self._blame_user_config(new, tuple(sorted(suspects)), "while no manager watched")
+        return self.drain()
+
+    def _untrusted(self, told: Collection[str]) -> dict[str, str]:
+        """Program-running user-level settings untrusted and not in *told*: digest -> label."""
+        new: dict[str, str] = {}  # digest -> "file: name"
+        for entry in user_config.user_entries(self.repo.root):
+            if not judged(entry.name, entry.value):
+                continue
+            found = user_config.digest(entry.name, entry.value)
+            state = self.repo.state_dir
+            if found not in told and not user_config.trusted(state, *entry[2:]):
+                new[found] = f"{path_text(entry.origin)}: {entry.name}"
+        return new
+
+    def _blame_user_config(
+        self, new: dict[str, str], suspects: tuple[str, ...], when: str
+    ) -> Violation:
+        """Record *new* (:meth:`_untrusted`) as planted, the violation of *suspects*."""
+        user_config.planted(self.repo.state_dir, new)
         labels = tuple(sorted(set(new.values())))
         patch = (
-            "# settings that run a program, new in your user-level git config during the run;"
+            f"# settings that run a program, new in your user-level git config {when};"
             " swarm's own git never runs them, your own git does until you remove them\n"
         ) + "".join(f"# {label}\n" for label in labels)
         found_here = Violation(number=0, where=REPOSITORY, git_files=labels, suspects=suspects)
-        return [*told, self._record(found_here, patch_text=patch)]
+        return self._record(found_here, patch_text=patch)
 
     def _check_record(self, watch: _Watch, began: float) -> list[Violation]:
         """The run's record of your config written back if another wrote or deleted it.

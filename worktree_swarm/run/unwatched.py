@@ -4,6 +4,8 @@
 killed manager's guard kept. `swarm stop` and `swarm run --force` end the run (or stop its
 tasks) instead: they judge the same files the same way (:func:`judge_git_files`), so that a
 `core.fsmonitor` or a hook an agent planted meanwhile does not run with your next `git status`.
+A program-running setting new in your global config is theirs too (reported, never trusted
+by the next run).
 And how an agent that ended meanwhile went, read from its shim's record and its log
 (:func:`ended_by_itself`, :func:`record_launch`).
 """
@@ -92,6 +94,7 @@ def judge_git_files(
     )
     try:
         found = guard.judge_ended_unwatched(suspects)
+        found += guard.judge_user_config_unwatched(suspects)  # a filter in your ~/.gitconfig
     finally:
         guard.stand_down()
     settle_guard(repo, store, run_id)
