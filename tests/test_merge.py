@@ -1321,17 +1321,23 @@ def test_a_half_made_registration_not_named_as_swarm_names_its_merge_worktrees_i
     shutil.rmtree(admin)  # for the scratch worktree's removal
 
 
+@pytest.mark.parametrize("kind", ["file", "directory"])
 def test_an_index_lock_a_killed_merge_left_in_the_integration_worktree_is_removed(
-    base_repo: Path, brancher: Brancher
+    base_repo: Path, brancher: Brancher, kind: str
 ) -> None:
     worktree = one_merged(base_repo, brancher)
-    # What a git killed with its merge (a power loss, a killed process group) leaves.
+    # What a git killed with its merge (a power loss, a killed process group) leaves; or a
+    # directory of that name an agent planted (git never makes one): the merge crashed on it.
     lock = Path(git(worktree, "rev-parse", "--git-dir")) / "index.lock"
-    lock.touch()
+    if kind == "file":
+        lock.touch()
+    else:
+        lock.mkdir()
+        (lock / "inside").write_text("planted\n")
     out = swarm(base_repo, "merge", "two")
     assert out.returncode == 0, out.stdout + out.stderr
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
-    assert not lock.exists()
+    assert not os.path.lexists(lock)
     assert git(worktree, "status", "--porcelain") == ""
 
 

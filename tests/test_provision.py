@@ -46,15 +46,22 @@ def admin_dirs(repo: gitrepo.Repo) -> list[str]:
     return sorted(p.name for p in admin.iterdir()) if admin.is_dir() else []
 
 
+@pytest.mark.parametrize("lock_kind", ["file", "directory"])
 def test_a_half_made_worktree_is_rolled_back_entirely(
-    project: gitrepo.Repo, tmp_path: Path
+    project: gitrepo.Repo, tmp_path: Path, lock_kind: str
 ) -> None:
     start = gitrepo.head_commit(project)
     path = tmp_path / "wt" / "t1"
     git(project.root, "worktree", "add", "-q", "--no-checkout", "-b", "swarm/t1", str(path), start)
-    # Killed while `worktree add -b` held the branch's lock; and a second `worktree add` of
-    # the same path killed before it wrote its gitdir file.
-    (project.common_dir / "refs" / "heads" / "swarm" / "t1.lock").write_text(start)
+    # Killed while `worktree add -b` held the branch's lock (or a directory of that name an
+    # agent planted); and a second `worktree add` of the same path killed before it wrote its
+    # gitdir file.
+    lock = project.common_dir / "refs" / "heads" / "swarm" / "t1.lock"
+    if lock_kind == "file":
+        lock.write_text(start)
+    else:
+        lock.mkdir()
+        (lock / "inside").write_text("planted\n")
     (project.common_dir / "worktrees" / "t11").mkdir()
     # Someone else's worktree, which must survive.
     other = tmp_path / "wt" / "other"
@@ -65,7 +72,7 @@ def test_a_half_made_worktree_is_rolled_back_entirely(
     assert not path.exists()
     assert "swarm/t1" not in branches(project)
     assert admin_dirs(project) == ["other"]
-    assert not (project.common_dir / "refs" / "heads" / "swarm" / "t1.lock").exists()
+    assert not os.path.lexists(lock)
     assert (other / "README.md").is_file()
     # The same creation now goes through.
     git(project.root, "worktree", "add", "-q", "-b", "swarm/t1", str(path), start)

@@ -64,8 +64,8 @@ def _unlock_index(repo: git.Repo, path: Path) -> None:
     A `swarm clean` killed in its checkpoint's commit leaves one: the next clean would fail.
     """
     lock = git.git_dir(path) / "index.lock"
-    if lock.exists() and not git_users(repo_paths(repo)):
-        lock.unlink(missing_ok=True)
+    if os.path.lexists(lock) and not git_users(repo_paths(repo)):
+        gitfiles.remove_lock(lock)  # a directory planted so too
 
 
 def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]:

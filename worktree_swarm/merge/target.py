@@ -8,6 +8,7 @@ compare-and-swap at the end. A branch checked out anywhere else is never touched
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -268,8 +269,8 @@ def _unlock(worktree: Path) -> None:
     process works in that worktree (you, looking around in it), which is left its lock.
     """
     lock = git.git_dir(worktree) / "index.lock"
-    if lock.exists() and not proc_scan.processes_in(worktree):
-        lock.unlink(missing_ok=True)
+    if os.path.lexists(lock) and not proc_scan.processes_in(worktree):
+        gitfiles.remove_lock(lock)  # a directory planted so too
 
 
 def _unlock_made(repo: git.Repo, info: worktrees.WorktreeInfo) -> None:

@@ -46,7 +46,7 @@ def roll_back(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
         # `worktree add -b` killed while it made the branch leaves the ref's lock, and git
         # then refuses the branch ("Another git process seems to be running").
-        (repo.common_dir / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
+        gitfiles.remove_lock(repo.common_dir / "refs" / "heads" / f"{branch}.lock")
         git.git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", start, check=False)
         removal.prune_gone(repo)
 
