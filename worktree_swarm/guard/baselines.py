@@ -177,8 +177,8 @@ class Baselines(Verdicts):
                 interrupts.check()  # the stop signal that cut it short
                 raise
             if self._own_store is None:
-                self._own_store, self._store_seen = _identity(self._snapshots.own), began
-                self._state_dir = _identity(self.repo.state_dir)
+                self._own_store, self._store_seen = fs.identity(self._snapshots.own), began
+                self._state_dir = fs.identity(self.repo.state_dir)
         if users and base is not None:
             args = ("ls-tree", "-r", "-d", "-z", "--name-only", base.tree)
             out = runner.run_names(path, *args, env=self._snapshots.reading()).stdout
@@ -237,12 +237,12 @@ class Baselines(Verdicts):
         if self._own_store is None:
             return None
         own = self._snapshots.own
-        whole = _identity(own) == self._own_store
+        whole = fs.identity(own) == self._own_store
         if whole and not any(said in failure for said in _MISSING):
             self._store_seen = began
             return None
         window = (self._store_seen, began)
-        with_dir = _identity(self.repo.state_dir) != self._state_dir  # all of `.git/swarm`
+        with_dir = fs.identity(self.repo.state_dir) != self._state_dir  # all of `.git/swarm`
         self._own_store = None
         for place in self._places.values():  # their entries name objects that are gone
             for scratch in (place.scratch, place.scratch.with_name(place.scratch.name + ".lock")):
@@ -267,15 +267,6 @@ class Baselines(Verdicts):
 
     def _excludes(self, place: Place) -> tuple[str, ...]:
         return self._exclude if place.where == MAIN else ()
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """The (device, inode) of the directory *path*, None when it is missing."""
-    try:
-        found = path.stat()
-    except OSError:
-        return None
-    return (found.st_dev, found.st_ino)
 
 
 def repositories_in(root: Path, dirs: Sequence[str]) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection
-from pathlib import Path
 
 from worktree_swarm.core.paths import STATE_DIR_NAME
 from worktree_swarm.core.text import path_text
@@ -23,6 +22,7 @@ from worktree_swarm.git import user_config
 from worktree_swarm.git.config_overrides import judged
 from worktree_swarm.guard.model import REPOSITORY, Violation
 from worktree_swarm.guard.verdicts import Verdicts
+from worktree_swarm.infra import fs
 
 
 @dataclasses.dataclass(slots=True)
@@ -48,7 +48,7 @@ class UserConfigChecks(Verdicts):
         key = user_config.files_key()  # before reading: a later write is judged
         read = user_config.begin_run(self.repo.root, self.repo.state_dir, run_id, kept=judged)
         # A resumed run judges what changed while no manager watched at its first scan.
-        home = _identity(self.repo.state_dir)
+        home = fs.identity(self.repo.state_dir)
         self._user_watch = _Watch(began, key if read else None, record_checked=began, home=home)
 
     def _scan_user_config(self, began: float) -> list[Violation]:
@@ -127,7 +127,7 @@ class UserConfigChecks(Verdicts):
         except OSError as exc:  # judged once it is written back: its suspects since
             self._part_failed(REPOSITORY, f"{label} could not be written back: {exc}")
             return []
-        watch.record_checked, watch.home = began, _identity(state)
+        watch.record_checked, watch.home = began, fs.identity(state)
         if not put_back:
             return []
         suspects = self._agents.suspects(window, exclude=()) if home == watch.home else ()
@@ -142,12 +142,3 @@ class UserConfigChecks(Verdicts):
             number=0, where=REPOSITORY, git_files=(label,), suspects=suspects, restored=True
         )
         return [self._record(found, patch_text=patch)]
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """The (device, inode) of *path*, None when it is missing."""
-    try:
-        found = path.stat()
-    except OSError:
-        return None
-    return (found.st_dev, found.st_ino)

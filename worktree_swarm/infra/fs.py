@@ -305,6 +305,15 @@ def _open_regular(path: Path | str, flags: int) -> int:
     raise NotAFileError(errno.EINVAL, kind, os.fspath(path))
 
 
+def identity(path: Path | str) -> tuple[int, int] | None:
+    """The (device, inode) of *path*, None when it is missing: what tells a replaced one."""
+    try:
+        found = Path(path).stat()
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino)
+
+
 def same_file(a: Path, b: Path) -> bool:
     """Whether *a* and *b* hold the same: regular files of the same bytes, or symlinks alike.
 
