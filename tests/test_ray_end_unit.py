@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -21,11 +21,13 @@ from worktree_swarm.core.models import ProcessIdentity, TaskState
 from worktree_swarm.core.run_settings import RunSettings
 from worktree_swarm.core.task import Task
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.infra.logtail import copy_anew, mirrored
 from worktree_swarm.infra.store import Store
 from worktree_swarm.run import ray_stop
 from worktree_swarm.run.attempt_record import attempt_usage
 from worktree_swarm.run.ray_attempt import Handle
 from worktree_swarm.run.ray_attempt_run import end_failed
+from worktree_swarm.run.ray_node import Progress
 from worktree_swarm.run.ray_resume import RayResume
 
 USED = AgentResult(
@@ -169,3 +171,119 @@ def test_a_stop_without_its_cluster_counts_what_an_attempts_log_reports(
     row = store.task("r1", "c")
     assert row is not None
     assert row.state is TaskState.STOPPED
+
+
+class _Killed(BaseException):
+    """The stop killed (Ctrl-C, SIGKILL) in the middle of a call."""
+
+
+class _Call:
+    """One actor method: ``.remote()`` notes its name and answers with *fn* once got."""
+
+    def __init__(self, calls: list[str], name: str, fn: Callable[..., object]) -> None:
+        self.calls, self.name, self.fn = calls, name, fn
+
+    def remote(self, *args: object, **kwargs: object) -> Callable[[], object]:
+        self.calls.append(self.name)
+        return lambda: self.fn(*args, **kwargs)
+
+
+class _Node:
+    """The smallest stand-in for an attempt's actor and Ray: its agent stopped, its log *log*."""
+
+    def __init__(self, log: bytes, **failing: Callable[..., object]) -> None:
+        self.calls: list[str] = []
+        answers: dict[str, Callable[..., object]] = {
+            "poll": lambda: Progress(ended=False, exit_code=None),
+            "stop": lambda: None,
+            "scrub_log": lambda: None,
+            "tail": lambda offset: (len(log), log[offset:]),
+            "finish": lambda **_: None,
+            "own_commits": lambda **_: [],
+            "discard": lambda: None,
+        }
+        for name, fn in {**answers, **failing}.items():
+            setattr(self, name, _Call(self.calls, name, fn))
+
+    def get(self, ref: Callable[[], object], timeout: float | None = None) -> object:
+        del timeout  # each answers at once
+        return ref()
+
+    def get_actor(self, *_: object, **__: object) -> _Node:
+        return self
+
+    def kill(self, _: object) -> None:
+        self.calls.append("kill")
+
+
+def _stop_on(node: _Node, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`swarm stop` of task c, its cluster answering as *node*."""
+    repo = tmp_path / "repo"
+    remote = tmp_path / "r.git"
+    if not remote.exists():
+        make_repo(repo)
+        subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
+        git(repo, "remote", "add", "origin", str(remote))
+        store.update_task("r1", "c", base_commit=git(repo, "rev-parse", "HEAD").strip())
+    monkeypatch.setattr(ray_stop, "ray_module", lambda: node)
+    monkeypatch.setattr(ray_stop, "head_problem", lambda _: None)
+    monkeypatch.setattr(ray_stop, "connect", lambda *_, **__: None)
+    monkeypatch.setattr(ray_stop, "remote_url", lambda *_: str(remote))
+    spec = RunSettings(ray_address="127.0.0.1:1", remote="origin")
+    ray_stop.stop_unmanaged(open_repo(repo), store, "r1", ["c"], spec=spec)
+
+
+def test_a_ray_stop_killed_as_it_checkpoints_leaves_the_next_stop_to_checkpoint(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The attempt's end was recorded before its checkpoint: a stop killed in between left it
+    # ended, and the next one only took its actor down, its clone's unpushed work with it.
+    _claude_attempt(store, tmp_path)
+
+    def killed(**_: object) -> None:
+        raise _Killed
+
+    node = _Node((RESULT + "\n").encode(), finish=killed)
+    with pytest.raises(_Killed):
+        _stop_on(node, store, tmp_path, monkeypatch)
+    (attempt,) = store.attempts("r1", "c")
+    assert attempt.ended_at is None
+    node = _Node((RESULT + "\n").encode())
+    _stop_on(node, store, tmp_path, monkeypatch)
+    assert node.calls.index("finish") < node.calls.index("own_commits") < node.calls.index("kill")
+    assert _c_used(store)[1] == (1.25, 300, 40)
+
+
+def test_a_ray_stop_whose_node_goes_as_the_log_is_copied_keeps_the_copy_here(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The copy here was emptied before the node's was read: its node lost then, the attempt
+    # was recorded with nothing used, and the node's copy taken down.
+    _claude_attempt(store, tmp_path)
+
+    def lost(offset: int) -> tuple[int, bytes]:
+        raise RuntimeError("RayActorError: the actor died")
+
+    node = _Node(b"", tail=lost)
+    _stop_on(node, store, tmp_path, monkeypatch)
+    assert _c_used(store)[1] == (1.25, 300, 40)
+    assert "discard" not in node.calls
+
+
+def test_a_log_copied_anew_replaces_the_copy_only_once_whole(tmp_path: Path) -> None:
+    log = tmp_path / "attempt-1.log"
+    log.write_bytes(b"copied so far\n")
+    node = b"line one\nline two\n"
+
+    def cut_off(offset: int) -> tuple[int, bytes]:
+        if offset:
+            raise RuntimeError("node lost")
+        return 9, node[:9]
+
+    with pytest.raises(RuntimeError):
+        copy_anew(log, cut_off)
+    assert log.read_bytes() == b"copied so far\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attempt-1.log"]
+    assert copy_anew(log, lambda offset: (len(node), node[offset:])) == len(node)
+    assert log.read_bytes() == node
+    assert mirrored(log) == len(node)

@@ -367,6 +367,37 @@ def append_copy(log_path: Path, read_to: int, chunk: bytes) -> None:
     note_read(log_path, read_to, size)
 
 
+def copy_anew(log_path: Path, read: Callable[[int], tuple[int, bytes]]) -> int:
+    """Copy a node's log whole to *log_path*, redacted; how far it was read.
+
+    *read* (an offset there) gives how far it read and what: the same offset at its end. The
+    copy is made beside it and put in its place only once whole: a read that fails (its node
+    lost, a call timed out, this process killed) leaves the copy as it was, and raises.
+    """
+    part = log_path.with_name(log_path.name + ".whole.part")
+    part.unlink(missing_ok=True)
+    offset = 0
+    try:
+        with os.fdopen(os.open(part, _NEW, 0o644), "wb") as fh:
+            while True:
+                read_to, chunk = read(offset)
+                if read_to == offset:
+                    break
+                fh.write(redact_bytes(chunk))
+                offset = read_to
+            size = fh.tell()
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    note_read(log_path, 0, 0)  # killed before the next note: copied anew, never cut short
+    part.replace(log_path)
+    note_read(log_path, offset, size)
+    return offset
+
+
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def mirrored(log_path: Path) -> int:
     """How far the node's log of the copy *log_path* was read; the copy cut back to match.
 

@@ -27,7 +27,7 @@ from worktree_swarm.core.units import format_duration
 from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults, fs, scrub
-from worktree_swarm.infra.logtail import append_copy, note_read, read_log_end
+from worktree_swarm.infra.logtail import append_copy, copy_anew, read_log_end
 from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
@@ -336,13 +336,13 @@ class RayAttempts(RunWorker):
     def _recopy(self, handle: Handle, live: Live) -> None:
         """Copy the ended attempt's log again, once the node has redacted it whole.
 
-        Noted as read from the start first: a coordinator killed meanwhile copies it anew.
+        Put in the copy's place once whole (:func:`copy_anew`): its node lost meanwhile, what
+        was copied before is kept.
         """
         self._call(handle.actor, "scrub_log", live=live)
-        handle.log_path.write_bytes(b"")
-        note_read(handle.log_path, 0, 0)
-        handle.offset = 0
-        self._mirror(handle, live, whole=True)
+        handle.offset = copy_anew(
+            handle.log_path, lambda offset: self._call(handle.actor, "tail", offset, live=live)
+        )
 
     def _call(
         self,

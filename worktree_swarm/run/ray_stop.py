@@ -23,7 +23,7 @@ from worktree_swarm.git import committed_secrets, diffs
 from worktree_swarm.git import remotes as git_remotes
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.leaks import Leak
-from worktree_swarm.infra.logtail import append_copy, note_read
+from worktree_swarm.infra.logtail import copy_anew
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow, task_from_json
 from worktree_swarm.run.ray_actors import actor_name, namespace
@@ -32,6 +32,7 @@ from worktree_swarm.run.ray_node import Progress
 from worktree_swarm.run.ray_preflight import remote_url
 from worktree_swarm.run.unwatched import (
     as_it_ended,
+    as_logged,
     cut_on_record,
     end_as_logged,
     ended_on_record,
@@ -201,11 +202,13 @@ def _stop_attempt(
     launch never recorded). Its log, copied here whole once it ended, tells what it used;
     one whose agent ended by itself is recorded as it ended (as a local stop records one),
     its result returned; any other ends stopped with *reason*. Its actor pushes its
-    checkpoint, looks through its agent's own commits since *looks* (since, base) for its
-    node's secrets (returned, to record once fetched) and is taken down.
+    checkpoint and looks through its agent's own commits since *looks* (since, base) for its
+    node's secrets (returned, to record once fetched) before that end is recorded; then it is
+    taken down, unless its log could not be copied here whole.
     """
     ended: Progress | None = None  # its agent's end, when it ended by itself
     leaks: list[Leak] = []
+    copied = True
     if actor is not None:
         ray = ray_module()
         with contextlib.suppress(Exception):  # a dead actor has nothing to stop
@@ -215,23 +218,30 @@ def _stop_attempt(
             with contextlib.suppress(Exception):
                 ray.get(actor.stop.remote(), timeout=spec.kill_grace + 60)
         if attempt is not None:
-            _copy_log(actor, Path(attempt.log_path))
-    result: AgentResult | None = None
-    if attempt is not None and ended is not None:
-        # As it ended: when its node saw it end, not when this stop came.
-        result = end_as_logged(
-            store, attempt, agent, exit_code=ended.exit_code, ended_at=ended.ended_at
-        )
-    elif attempt is not None:
-        cut = (AttemptOutcome.STOPPED, reason)
-        end_as_logged(store, attempt, agent, exit_code=None, cut=cut)
+            copied = _copy_log(actor, Path(attempt.log_path))
+    # Read, not recorded: its end is recorded once its work is pushed and looked through, so
+    # a stop killed before then finds it open and does it all again.
+    code = ended.exit_code if ended is not None else None
+    read = (
+        as_logged(attempt, agent, exit_code=code)
+        if attempt is not None and ended is not None
+        else None
+    )
     if actor is not None:
-        how = "stopped" if result is None else result.outcome.value
+        how = "stopped" if read is None else read.outcome.value
         message = f"swarm: checkpoint {named} ({how})"
         with contextlib.suppress(Exception):
             ray_module().get(actor.finish.remote(message=message), timeout=120)
         if looks is not None:
             leaks = _node_leaks(actor, *looks)
+    result: AgentResult | None = None
+    if attempt is not None and ended is not None:
+        # As it ended: when its node saw it end, not when this stop came.
+        result = end_as_logged(store, attempt, agent, exit_code=code, ended_at=ended.ended_at)
+    elif attempt is not None:
+        cut = (AttemptOutcome.STOPPED, reason)
+        end_as_logged(store, attempt, agent, exit_code=None, cut=cut)
+    if actor is not None and copied:  # else its log is still there, whole
         _take_down(actor)
     return result, leaks
 
@@ -244,20 +254,18 @@ def _node_leaks(actor: Any, since: str, base: str) -> list[Leak]:  # noqa: ANN40
     return []
 
 
-def _copy_log(actor: Any, log: Path) -> None:  # noqa: ANN401 - a Ray handle
-    """Copy the ended agent's log here anew, once its node redacted it whole (as an end's is)."""
+def _copy_log(actor: Any, log: Path) -> bool:  # noqa: ANN401 - a Ray handle
+    """Copy the ended agent's log here anew, once its node redacted it whole (as an end's is).
+
+    False when it could not be copied whole (gone meanwhile): the copy here is kept as it was.
+    """
     ray = ray_module()
-    with contextlib.suppress(Exception):  # gone meanwhile: the copy here is what is left
+    try:
         ray.get(actor.scrub_log.remote(), timeout=60)
-        log.write_bytes(b"")
-        note_read(log, 0, 0)  # a stop killed meanwhile copies it anew too
-        offset = 0
-        while True:
-            read_to, chunk = ray.get(actor.tail.remote(offset), timeout=60)
-            if read_to == offset:
-                return
-            append_copy(log, read_to, chunk)
-            offset = read_to
+        copy_anew(log, lambda offset: ray.get(actor.tail.remote(offset), timeout=60))
+    except Exception:  # noqa: BLE001 - gone, or not answering: what was copied is kept
+        return False
+    return True
 
 
 def _discard_actor(task_id: str, number: int, run_id: str) -> None:

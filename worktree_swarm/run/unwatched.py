@@ -178,6 +178,14 @@ def ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResul
     )
 
 
+def as_logged(attempt: AttemptRow, agent: str, *, exit_code: int | None) -> AgentResult:
+    """How *attempt*'s agent went, as its log (the copy here) and *exit_code* tell; unrecorded."""
+    log = Path(attempt.log_path)
+    return adapter_for(agent).interpret(
+        exit_code=exit_code, log_text=read_log_end(log, LOG_READ_LIMIT), now=time.time()
+    )
+
+
 def end_as_logged(
     store: Store,
     attempt: AttemptRow,
@@ -193,10 +201,7 @@ def end_as_logged(
     *cut*'s (outcome, reason) when it did not end by itself (stopped, lost); what the log
     says it used (cost, tokens) is kept with it and added to its task's totals, at once.
     """
-    log = Path(attempt.log_path)
-    result = adapter_for(agent).interpret(
-        exit_code=exit_code, log_text=read_log_end(log, LOG_READ_LIMIT), now=time.time()
-    )
+    result = as_logged(attempt, agent, exit_code=exit_code)
     own = attempts_own(store, attempt.run_id, attempt.task_id, attempt.id, result)
     outcome, reason = cut or (attempt_outcome(own), own.reason)
     store.record_end(
