@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -17,6 +18,7 @@ from tests.conftest import git, make_repo
 from tests.raykit import free_port
 from tests.test_store import new_run, with_tasks
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
+from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, TaskState
 from worktree_swarm.core.run_settings import RunSettings
 from worktree_swarm.core.task import Task
@@ -27,8 +29,10 @@ from worktree_swarm.run import ray_stop
 from worktree_swarm.run.attempt_record import attempt_usage
 from worktree_swarm.run.ray_attempt import Handle
 from worktree_swarm.run.ray_attempt_run import end_failed
+from worktree_swarm.run.ray_exec import RayTaskWorker
 from worktree_swarm.run.ray_node import Progress
 from worktree_swarm.run.ray_resume import RayResume
+from worktree_swarm.run.run_worker import Live
 
 USED = AgentResult(
     outcome=AgentOutcome.SUCCESS, session_id="s1", cost_usd=0.5, tokens_in=7, tokens_out=3
@@ -287,3 +291,40 @@ def test_a_log_copied_anew_replaces_the_copy_only_once_whole(tmp_path: Path) -> 
     assert copy_anew(log, lambda offset: (len(node), node[offset:])) == len(node)
     assert log.read_bytes() == node
     assert mirrored(log) == len(node)
+
+
+def test_a_failed_node_side_secret_look_still_fetches_and_records_the_pushed_branch(
+    store: Store, tmp_path: Path
+) -> None:
+    # The node's look at the agent's own commits failing (a git error in its clone) skipped
+    # the fetch: the pushed work was not brought here, nor its tip and diff recorded.
+    repo = make_repo(tmp_path / "repo")
+    base = git(repo, "rev-parse", "HEAD")
+    remote = tmp_path / "r.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
+    node = tmp_path / "node"
+    subprocess.run(["git", "clone", "-q", str(remote), str(node)], check=True)
+    (node / "work.txt").write_text("an hour's work\n")
+    git(node, "add", "work.txt")
+    git(node, "-c", "user.name=n", "-c", "user.email=n@x", "commit", "-qm", "checkpoint")
+    git(node, "push", "-q", "origin", "HEAD:refs/heads/swarm/a")
+    pushed = git(node, "rev-parse", "HEAD")
+    store.update_task("r1", "a", base_commit=base)
+    events: list[tuple[str, object]] = []
+
+    def call(_actor: object, method: str, *_: object, **__: object) -> object:
+        assert method == "own_commits"
+        raise SwarmError("on its node: git rev-list: fatal: bad object")
+
+    worker = object.__new__(RayTaskWorker)
+    worker.store, worker.run_id, worker.repo = store, "r1", open_repo(repo)
+    worker.url, worker._git_lock = str(remote), threading.Lock()
+    worker._emit = lambda kind, _task, data: events.append((kind, data))  # type: ignore[method-assign]
+    worker._call = call  # type: ignore[method-assign]
+    handle = _handle(store, tmp_path)
+    worker._keep_pushed(Task(id="a", prompt="do a"), (handle, cast("Live", None)))
+    assert git(repo, "rev-parse", "swarm/a") == pushed
+    row = store.task("r1", "a")
+    assert row is not None
+    assert (row.tip_commit, row.diff_files) == (pushed, 1)
+    assert [kind for kind, _ in events] == ["node_look_failed"]

@@ -17,13 +17,14 @@ from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provid
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.task import Task
-from worktree_swarm.core.text import paths_text
+from worktree_swarm.core.text import one_line, paths_text
 from worktree_swarm.git import committed_secrets, diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.leaks import Leak
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import scrub
 from worktree_swarm.infra.logtail import read_log_end
+from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.agent_watch import idle_reason, past_max_log
@@ -313,14 +314,21 @@ class RayAttemptRun(RayResume):
         """The agent's own commits holding a secret of its node's environment, as it found them.
 
         Since the branch's last recorded tip (before it is recorded again): a value only the
-        node holds is never known here. None when the node is lost meanwhile (what it pushed
-        is looked through here all the same, for this environment's secrets).
+        node holds is never known here. None when the node is lost meanwhile or its look failed
+        there (a git error in its clone: told as a ``node_look_failed`` event); what it pushed
+        is fetched and looked through here all the same, for this environment's secrets.
         """
         row = self.store.task(self.run_id, task.id)
         since = (row.tip_commit if row is not None else None) or base
         try:
             found = self._call(actor, "own_commits", since=since, base=base, live=live)
         except NodeLostError:
+            return []
+        except ClusterLostError:
+            raise
+        except SwarmError as exc:  # a failed look fails no attempt, nor keeps its work back
+            reason = redact(one_line(str(exc), limit=300))
+            self._emit("node_look_failed", task.id, {"reason": reason})
             return []
         return committed_secrets.handed_back(found)
 

@@ -29,6 +29,7 @@ from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
+from worktree_swarm.git.leaks import Leak
 from worktree_swarm.run.course import Course, stated_window
 from worktree_swarm.run.gate_model import Limit, Signal
 from worktree_swarm.run.ray_actors import NodeLostError, UnansweredError
@@ -89,9 +90,12 @@ class RayTaskWorker(RayAttemptRun):
         (*ended*), looks through its agent's own commits for its own secrets too.
         """
         row = self.store.task(self.run_id, task.id)
+        base = row.base_commit if row is not None else None
+        found: list[Leak] = []
+        if ended and base:  # its look failed or cut off: the branch is fetched all the same
+            with contextlib.suppress(SwarmError):
+                found = self._node_leaks(ended[0].actor, task, base, ended[1])
         with contextlib.suppress(SwarmError):  # the remote may be gone as well
-            base = row.base_commit if row is not None else None
-            found = self._node_leaks(ended[0].actor, task, base, ended[1]) if ended and base else []
             self._fetch(task)
             if row is not None and row.base_commit:
                 tip = git.rev_parse(self.repo, task.branch) or row.base_commit
