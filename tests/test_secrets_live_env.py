@@ -8,6 +8,7 @@ rewrite, nor the store. Real runs of the real CLI; the agent waits for a file th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,18 +43,22 @@ AGENT = (
 
 
 def _orphaned_agent(
-    repo: Path, write_agent: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path,
+    write_agent: AgentFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: str = AGENT,
 ) -> Path:
     """A run whose manager had SERVICE_TOKEN, killed while its agent runs; the agent's go file.
 
-    This process (and every swarm it starts from now on) is another shell: without it.
+    This process (and every swarm it starts from now on) is another shell: without it. The
+    agent (*code*) is given its go file, the file it writes once started, and a third path.
     """
     monkeypatch.delenv("SERVICE_TOKEN", raising=False)
     go, started = tmp_path / "go", tmp_path / "started"
-    agent = write_agent(AGENT)
-    text = (
-        f'[[task]]\nid = "t"\nprompt = "x"\nagent = {argv_toml([*agent, str(go), str(started)])}\n'
-    )
+    agent = write_agent(code)
+    argv = [*agent, str(go), str(started), str(tmp_path / "daemon")]
+    text = f'[[task]]\nid = "t"\nprompt = "x"\nagent = {argv_toml(argv)}\n'
     manager = subprocess.Popen(
         [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
         cwd=repo, env={**os.environ, "SERVICE_TOKEN": SECRET}, stdin=subprocess.DEVNULL,
@@ -104,3 +109,41 @@ def test_an_agent_a_dead_manager_left_is_redacted_with_its_environments_secrets(
     shown = swarm(repo, "logs", "t").stdout
     assert f"connecting with {REDACTED}\n" in shown, shown
     _nowhere(repo, [logs.stdout, logs.stderr, out, shown, swarm(repo, "status", "--json").stdout])
+
+
+ORDINARY = "notes/plan.md"
+# Leaves a daemon (double-forked: the shim adopts it) whose environment it chose, a
+# secret-named variable holding an ordinary path; says both once the daemon runs (its pid in
+# argv[3]), then waits for the go as AGENT does.
+DAEMONISING = (
+    "import os, pathlib, subprocess, sys, time\n"
+    "daemon = 'import os, pathlib, sys, time\\n"
+    "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\\ntime.sleep(600)\\n'\n"
+    f"env = {{**os.environ, 'MY_TOKEN': '{ORDINARY}'}}\n"
+    "subprocess.run(['sh', '-c', '\"$0\" -c \"$1\" \"$2\" </dev/null >/dev/null 2>&1 &',\n"
+    "    sys.executable, daemon, sys.argv[3]], env=env, check=True)\n"
+    "ready = pathlib.Path(sys.argv[3])\n"
+    "while not (ready.exists() and ready.read_text()):\n"
+    "    time.sleep(0.05)\n"
+    f"print('editing {ORDINARY}', flush=True)\n" + AGENT.split("\n", 1)[1]
+)
+
+
+def test_a_daemon_an_agent_left_chooses_no_text_to_redact(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The environment of every child of the agent's shim was read, re-parented orphans too:
+    # an agent's daemon with MY_TOKEN=<a path> had that path redacted from every output.
+    _orphaned_agent(repo, write_agent, tmp_path, monkeypatch, DAEMONISING)
+    daemon = int((tmp_path / "daemon").read_text())
+    try:
+        logs = swarm(repo, "logs", "t")
+        assert logs.stdout == f"editing {ORDINARY}\nconnecting with {REDACTED}\n", logs.stdout
+        stopped = swarm(repo, "stop")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        shown = swarm(repo, "logs", "t").stdout
+        assert f"editing {ORDINARY}\nconnecting with {REDACTED}\n" in shown, shown
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # stopped with its tree, as it should be
+            os.kill(daemon, signal.SIGKILL)
+    _nowhere(repo, [logs.stdout, stopped.stdout, shown])

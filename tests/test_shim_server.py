@@ -27,7 +27,7 @@ from tests import test_shim
 from tests.test_run import pid_alive, wait_for
 from tests.test_shim import AgentFactory, marked, spawn_escaping
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.infra import shim, shim_record, shim_server, supervisor
+from worktree_swarm.infra import proctree, redact, shim, shim_record, shim_server, supervisor
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.run import provision
 
@@ -539,3 +539,26 @@ def test_an_empty_command_is_refused_before_any_server_starts(
     agent = supervisor.spawn(["true"], cwd=tmp_path, env=clean_env(), log_path=log, shims=shims)
     assert agent.popen is None  # forked by a server
     assert agent.wait(timeout=60) == 0
+
+
+def test_secrets_are_learned_from_a_forked_shims_command_never_from_a_daemon_it_adopted(
+    tmp_path: Path, shims: shim_server.ShimServer
+) -> None:
+    # A forked shim's environment is its server's: its command's is read for the secrets of
+    # a manager now gone. Every child of the shim was read, an agent's double-forked daemon
+    # too: a secret-named variable it chose had its text redacted from every output.
+    secret = f"cmd_{os.getpid()}_{time.monotonic_ns()}Zq"
+    ordinary = f"docs/plan-{time.monotonic_ns()}.md"
+    ready = tmp_path / "ready"
+    script = f"(MY_TOKEN='{ordinary}' setsid sh -c 'touch {ready}; exec sleep 600' &); sleep 600"
+    env = {**clean_env(), "DEPLOY_TOKEN": secret}
+    agent = supervisor.spawn(
+        ["sh", "-c", script], cwd=tmp_path, env=env, log_path=tmp_path / "a.log", grace=0.5,
+        shims=shims,
+    )  # fmt: skip
+    try:
+        wait_for(ready.exists, what="the daemon")
+        proctree.learn_secrets(agent.identity)
+        assert redact.redact(f"{secret} {ordinary}") == f"{redact.REDACTED} {ordinary}"
+    finally:
+        agent.stop(grace=0.5)

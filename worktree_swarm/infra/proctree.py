@@ -112,18 +112,49 @@ def learn_secrets(identity: ProcessIdentity) -> None:
 
     A command that adopts or ends an agent (``swarm resume``, ``swarm stop``) may run from a
     shell without the variables of the manager that started it; while the agent lives, the
-    kernel still holds them: in its environment, or its shim's child's (a shim forked by the
-    shim server has the server's). Read here, kept nowhere.
+    kernel still holds them: in its environment, or its shim's command's (a shim forked by the
+    shim server has the server's). Read here, kept nowhere. Never a process the shim adopted
+    (:func:`_command_of`): an agent's daemon would choose what swarm redacts.
     """
     leader = _matching(identity)
     if leader is None or not running(leader):
         return
     pairs: list[tuple[str, str]] = []
-    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-        for proc in [leader, *leader.children()]:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                pairs += proc.environ().items()
+    for proc in [leader, *_command_of(leader)]:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            pairs += proc.environ().items()
     redact.add_env(pairs)
+
+
+def _command_of(leader: psutil.Process) -> list[psutil.Process]:
+    """The command the shim *leader* started itself, if it still runs; none for an agent's own.
+
+    Its eldest child started after it, carrying the shim's mark (its record, where *leader*
+    carries it too), while that record says the command runs: a shim is a child subreaper,
+    so what its command's tree double-forks becomes its child as well, later, with whatever
+    environment the agent gave it.
+    """
+    if _shim_grace(leader) is None:  # the agent itself: its children are its own
+        return []
+    try:
+        born = leader.create_time()
+        mark = leader.environ().get(shim.ENV_VAR)
+        kids = [(c.create_time(), c.pid, c) for c in leader.children()]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+    kids = [k for k in kids if k[0] >= born - CREATE_TIME_TOLERANCE]
+    if not kids:
+        return []
+    eldest = min(kids, key=lambda k: k[:2])[2]
+    try:
+        carried = eldest.environ().get(shim.ENV_VAR)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+    if carried is None or carried != (mark or carried):
+        return []
+    recorded = read_record(Path(carried))
+    ended = recorded is None or recorded.shim_pid != leader.pid or recorded.ended_at is not None
+    return [] if ended else [eldest]
 
 
 def kill_tree(identity: ProcessIdentity, *, grace: float, within: Sequence[Path] = ()) -> None:
