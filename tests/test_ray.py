@@ -1581,6 +1581,16 @@ def test_stop_without_a_manager_records_an_agent_that_ended_on_its_node_with_its
     made = git(remote, "log", "-1", "--format=%s", "swarm/e")
     assert made == "swarm: checkpoint e attempt 1 (success)"
     wait_for("the actor to exit", lambda: not actor_processes(cluster), timeout=60)
+    # Its tip recorded as a local stop records it (none was): landed by you and its branch
+    # deleted, `swarm merge` finds its work in main, not a task with nothing to merge.
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        ((tip,),) = conn.execute("SELECT tip_commit FROM tasks WHERE task_id = 'e'")
+    assert tip == git(repo, "rev-parse", "swarm/e")
+    git(repo, "merge", "-q", "--ff-only", "swarm/e")
+    git(repo, "branch", "-D", "swarm/e")
+    merged = swarm(repo, "merge")
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    assert status(repo)["e"]["merge_result"] == "merged"
 
 
 # As COMMITTING_AGENT, of the node's own value (or, given a second argument, the one in a

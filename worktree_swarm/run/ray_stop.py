@@ -19,7 +19,7 @@ from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, TaskStat
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.run_settings import RunSettings
 from worktree_swarm.core.task import BRANCH_PREFIX
-from worktree_swarm.git import committed_secrets, diffs
+from worktree_swarm.git import committed_secrets
 from worktree_swarm.git import remotes as git_remotes
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.leaks import Leak
@@ -30,6 +30,7 @@ from worktree_swarm.run.ray_actors import actor_name, namespace
 from worktree_swarm.run.ray_cluster import connect, head_problem, ray_module
 from worktree_swarm.run.ray_node import Progress
 from worktree_swarm.run.ray_preflight import remote_url
+from worktree_swarm.run.stop_windup import record_diff
 from worktree_swarm.run.unwatched import (
     as_it_ended,
     as_logged,
@@ -107,15 +108,8 @@ def stop_unmanaged(
         if row is not None:  # and for this shell's secrets, as a local stop looks
             task = task_from_json(row.spec_json)
             committed_secrets.record_unlooked(repo, store, row, task, tip, env=os.environ)
-        if row is not None and row.base_commit and tip:
-            stat = diffs.diff_stat(repo, row.base_commit, tip)
-            store.update_task(
-                run_id,
-                task_id,
-                diff_files=stat.files,
-                diff_insertions=stat.insertions,
-                diff_deletions=stat.deletions,
-            )
+        if row is not None:  # its diff and tip, as a local stop records them
+            record_diff(repo, store, row, tip)
         state, why = TaskState.STOPPED, reason
         if row is not None and (cut or ended):
             task = task_from_json(row.spec_json)

@@ -137,7 +137,7 @@ def _checkpoint_stopped(
         if moves is not None:
             moves.moved(ref, git.rev_parse(repo, ref))
     local_files.unlink_links(repo.root, worktree, task.link)
-    _record_diff(repo, store, row, tip or gitfiles.head_in(worktree))
+    record_diff(repo, store, row, tip or gitfiles.head_in(worktree))
     armed = []
     if row.base_commit:
         armed = tampering.disarm_setuid(repo, worktree, row.base_commit, also=left_out)
@@ -146,7 +146,7 @@ def _checkpoint_stopped(
     return left
 
 
-def _record_diff(repo: git.Repo, store: Store, row: TaskRow, tip: str | None) -> None:
+def record_diff(repo: git.Repo, store: Store, row: TaskRow, tip: str | None) -> None:
     """What the task's branch holds now, as its manager records it after each attempt."""
     if row.base_commit is None or tip is None:
         return
