@@ -1476,6 +1476,7 @@ def test_a_ray_launch_its_killed_coordinator_did_not_record_is_recorded_by_resum
             "claude",
         )
     resumed_log = tmp_path / "resumed.jsonl"
+    resumed_from = time.time()
     out = _traced_swarm(repo, resumed_log, "resume", env=KEY, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     ended = _committed(resumed_log)
@@ -1484,6 +1485,9 @@ def test_a_ray_launch_its_killed_coordinator_did_not_record_is_recorded_by_resum
     assert [t for t in ended if any("launching = NULL" in s for s in t)] == launch
     assert "attempts = 1, launching = NULL" in launch[0][1]
     assert len(launches.read_text().split()) == 1  # its agent ran once
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        ((started_at,),) = conn.execute("SELECT started_at FROM attempts")
+    assert started_at < resumed_from  # its start as its node saw it, not the resume's
     row = status(repo)["e"]
     assert (row["state"], row["attempt"], row["cost_usd"]) == ("done", 1, 1.25)
     assert not actor_processes(cluster)

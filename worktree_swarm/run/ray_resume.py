@@ -32,6 +32,7 @@ from worktree_swarm.run.ray_attempt import (
     Throttled,
 )
 from worktree_swarm.run.ray_cluster import ray_module
+from worktree_swarm.run.ray_node import Progress
 from worktree_swarm.run.run_worker import Live, TaskOutcome
 from worktree_swarm.run.unwatched import end_as_logged
 
@@ -74,12 +75,14 @@ class RayResume(RayAttempts):
         if handle is None:
             self.store.update_task(self.run_id, task.id, launching=None)
             return None
-        try:
-            ray_module().get(handle.actor.poll.remote(), timeout=30)  # started, or it never ran
+        try:  # started, or it never ran
+            progress: Progress = ray_module().get(handle.actor.poll.remote(), timeout=30)
         except Exception:  # noqa: BLE001 - not started: retire it, start afresh
             self._retire(handle)
             self.store.update_task(self.run_id, task.id, launching=None)
             return None
+        # Its start as its node saw it, as the Ray stop records one.
+        handle.started_at = progress.started_at or handle.started_at
         # With its task's count (one transaction): the launch is an intent or an attempt.
         handle.attempt_id = self.store.record_attempt(
             self.run_id,
@@ -87,7 +90,7 @@ class RayResume(RayAttempts):
             number=number,
             identity=NO_IDENTITY,
             log_path=str(log_path),
-            started_at=time.time(),
+            started_at=handle.started_at,
             agent=row.launching_agent or task.agent,
         )
         return handle
