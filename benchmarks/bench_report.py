@@ -150,8 +150,8 @@ def record_run(repo: Path, *, tasks: int, jobs: int, seed: int = 7) -> str:
             store.update_task(run_id, task.id, state=TaskState.RUNNING, started_at=now,
                               attempts=number)  # fmt: skip
             log = state / "runs" / run_id / task.id / f"attempt-{number}.log"
-            attempt = store.start_attempt(run_id, task.id, number=number, identity=identity,
-                                          log_path=str(log), started_at=now)  # fmt: skip
+            attempt = store.record_attempt(run_id, task.id, number=number, identity=identity,
+                                           log_path=str(log), started_at=now)  # fmt: skip
             now += rng.uniform(30, 600)
             spent = round(rng.uniform(0.05, 1.5), 4)
             cost += spent

@@ -26,7 +26,7 @@ def add_run(store: Store, task: Task) -> None:
 
 def limited(store: Store, task: str, number: int, *, window: bool) -> None:
     """Record attempt *number* of *task* as rate limited, its wait a window's or not."""
-    attempt = store.start_attempt("r1", task, number=number, identity=MANAGER, log_path="/l")
+    attempt = store.record_attempt("r1", task, number=number, identity=MANAGER, log_path="/l")
     store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
     store.set_retry_at("r1", task, number, 1000.0 + number, window=window)
 
@@ -63,7 +63,9 @@ def test_a_throttle_that_got_work_done_ends_the_backoff_streak_a_resumed_manager
             live.throttled(
                 task, throttle, gate, provider="p", replayed=False, progressed=progressed
             )
-            attempt = store.start_attempt("r1", "a", number=number, identity=MANAGER, log_path="/l")
+            attempt = store.record_attempt(
+                "r1", "a", number=number, identity=MANAGER, log_path="/l"
+            )
             store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
             store.set_retry_at("r1", "a", number, 1000.0, progressed=live.got_work_done)
         resumed = Course.resumed(task, store.attempts("r1", "a"))
@@ -128,7 +130,9 @@ def test_an_agent_retried_after_its_timeout_or_a_stop_is_told_so(tmp_path: Path)
         add_run(store, task)
         prompts = []
         for number, outcome in enumerate(("timed_out", "stopped", "rate_limited"), start=1):
-            attempt = store.start_attempt("r1", "a", number=number, identity=MANAGER, log_path="/l")
+            attempt = store.record_attempt(
+                "r1", "a", number=number, identity=MANAGER, log_path="/l"
+            )
             store.end_attempt(attempt, exit_code=None, outcome=outcome)
             prompts.append(Course.resumed(task, store.attempts("r1", "a")).prompt)
     assert prompts[0] is not None
@@ -187,7 +191,7 @@ def test_a_ray_coordinator_spends_a_retry_on_a_replayed_limit_its_killed_manager
         task = Task(id="a", prompt="do a", retries=retries)
         with Store(tmp_path / f"state-{retries}.db") as store:
             add_run(store, task)
-            attempt = store.start_attempt("r1", "a", number=1, identity=MANAGER, log_path=str(log))
+            attempt = store.record_attempt("r1", "a", number=1, identity=MANAGER, log_path=str(log))
             store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
             if decided:  # its wait on record: its retry was spent by its manager
                 store.set_retry_at("r1", "a", 1, time.time() - 1, window=False)
@@ -212,7 +216,9 @@ def test_attempts_on_a_full_disk_are_tried_again_a_few_times_and_since_a_retry_o
         add_run(store, task)
         lefts = [Course.resumed(task, []).disk_retries_left]
         for number in range(1, 4):
-            attempt = store.start_attempt("r1", "a", number=number, identity=MANAGER, log_path="/l")
+            attempt = store.record_attempt(
+                "r1", "a", number=number, identity=MANAGER, log_path="/l"
+            )
             store.end_attempt(attempt, exit_code=1, outcome="disk_full")
             lefts.append(Course.resumed(task, store.attempts("r1", "a")).disk_retries_left)
         previous = store.attempts("r1", "a")
@@ -238,7 +244,7 @@ def test_attempts_that_got_work_done_use_no_retry_only_up_to_a_bound(tmp_path: P
     assert str(ends[-1]).startswith("rate limited and out of retries")
     with Store(tmp_path / "state.db") as store:
         add_run(store, task)
-        attempt = store.start_attempt("r1", "a", number=1, identity=MANAGER, log_path="/l")
+        attempt = store.record_attempt("r1", "a", number=1, identity=MANAGER, log_path="/l")
         store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
         store.set_retry_at("r1", "a", 1, 1000.0, progressed=True)
         resumed = Course.resumed(task, store.attempts("r1", "a"))

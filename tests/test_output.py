@@ -162,7 +162,7 @@ def test_a_rate_limited_task_past_its_wait_says_it_waits_for_its_providers_slot(
             ],
         )
         for task, wait in (("a", -5.0), ("b", 600.0)):
-            attempt = store.start_attempt("r", task, number=1, identity=LIVE, log_path="/l")
+            attempt = store.record_attempt("r", task, number=1, identity=LIVE, log_path="/l")
             store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
             store.set_retry_at("r", task, 1, time.time() + wait)
             store.update_task("r", task, state="rate_limited", reason="resuming after 11:38:21")

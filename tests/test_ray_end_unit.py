@@ -51,7 +51,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def _handle(store: Store, tmp_path: Path) -> Handle:
     ident = ProcessIdentity(pid=1, create_time=1.0, pgid=1)
     log = tmp_path / "attempt-1.log"
-    aid = store.start_attempt("r1", "a", number=1, identity=ident, log_path=str(log))
+    aid = store.record_attempt("r1", "a", number=1, identity=ident, log_path=str(log))
     return Handle(
         actor=None, task_id="a", number=1, attempt_id=aid, started_at=1.0, log_path=log, node="n"
     )
@@ -120,7 +120,7 @@ def _claude_attempt(store: Store, tmp_path: Path) -> int:
     log.parent.mkdir()
     log.write_text(RESULT + "\n")
     ident = ProcessIdentity(pid=0, create_time=0.0, pgid=0)
-    return store.start_attempt("r1", "c", number=1, identity=ident, log_path=str(log))
+    return store.record_attempt("r1", "c", number=1, identity=ident, log_path=str(log))
 
 
 def _c_used(store: Store) -> tuple[tuple[object, ...], tuple[object, ...]]:

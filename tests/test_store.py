@@ -457,10 +457,10 @@ def test_attempt_round_trip(store: Store) -> None:
     new_run(store)
     with_tasks(store, "a", "b")
     ident = ProcessIdentity(pid=100, create_time=5.5, pgid=99)
-    first = store.start_attempt(
+    first = store.record_attempt(
         "r1", "a", number=1, identity=ident, log_path="/l/a1", started_at=1.0
     )
-    second = store.start_attempt(
+    second = store.record_attempt(
         "r1", "b", number=1, identity=ident, log_path="/l/b1", started_at=2.0
     )
     store.end_attempt(first, exit_code=0, outcome="done", ended_at=3.0)
@@ -715,7 +715,7 @@ def test_an_attempt_ended_again_with_a_reason_only_keeps_what_it_used(store: Sto
     new_run(store)
     with_tasks(store, "a")
     ident = ProcessIdentity(pid=1, create_time=1.0, pgid=1)
-    aid = store.start_attempt("r1", "a", number=1, identity=ident, log_path="/l/1")
+    aid = store.record_attempt("r1", "a", number=1, identity=ident, log_path="/l/1")
     used = AttemptUsage(
         reason="ok", session_id="s1", cost_usd=0.5, tokens_in=7, tokens_out=3, cache_read_tokens=2
     )
@@ -735,14 +735,14 @@ def test_an_attempts_end_and_its_tasks_totals_are_all_or_nothing(store: Store) -
     new_run(store)
     with_tasks(store, "a")
     ident = ProcessIdentity(pid=1, create_time=1.0, pgid=1)
-    first = store.start_attempt("r1", "a", number=1, identity=ident, log_path="/l/1")
+    first = store.record_attempt("r1", "a", number=1, identity=ident, log_path="/l/1")
     store.record_end(
         first, exit_code=0, outcome="succeeded", usage=AttemptUsage(cost_usd=0.5, tokens_in=7)
     )
     row = store.task("r1", "a")
     assert row is not None
     assert (row.cost_usd, row.tokens_in, row.tokens_out) == (0.5, 7, None)
-    second = store.start_attempt("r1", "a", number=2, identity=ident, log_path="/l/2")
+    second = store.record_attempt("r1", "a", number=2, identity=ident, log_path="/l/2")
     statements: list[str] = []
     store._conn.set_trace_callback(statements.append)
     # The task's totals refused: the attempt's end is not on record either.
@@ -908,8 +908,8 @@ def test_concurrent_writers_lose_nothing(db_path: Path, store: Store) -> None:
             for k in range(per_thread):
                 target.add_event("r1", "tick", task_id=f"t{n}", data={"k": k})
                 target.update_task("r1", f"t{n}", attempts=k + 1)
-                aid = target.start_attempt(
-                    "r1", f"t{n}", number=k, identity=MANAGER, log_path=f"/l/{n}/{k}"
+                aid = target.record_attempt(
+                    "r1", f"t{n}", number=k + 1, identity=MANAGER, log_path=f"/l/{n}/{k}"
                 )
                 target.end_attempt(aid, exit_code=0, outcome="done")
         except BaseException as exc:
@@ -934,7 +934,7 @@ def test_concurrent_writers_lose_nothing(db_path: Path, store: Store) -> None:
         assert row is not None
         assert row.attempts == per_thread
         attempts = store.attempts("r1", f"t{n}")
-        assert [a.number for a in attempts] == list(range(per_thread))
+        assert [a.number for a in attempts] == list(range(1, per_thread + 1))
         assert all(a.outcome == "done" for a in attempts)
 
 
@@ -1173,8 +1173,8 @@ def test_version_3_attempts_gain_agent_and_retry_at(db_path: Path) -> None:
     with Store(db_path) as store:
         with_tasks(store, "a", run_id="old")
         ident = ProcessIdentity(pid=100, create_time=5.5, pgid=99)
-        first = store.start_attempt("old", "a", number=1, identity=ident, log_path="/l/1")
-        second = store.start_attempt(
+        first = store.record_attempt("old", "a", number=1, identity=ident, log_path="/l/1")
+        second = store.record_attempt(
             "old", "a", number=2, identity=ident, log_path="/l/2", agent="codex"
         )
         store.end_attempt(first, exit_code=1, outcome="rate_limited")

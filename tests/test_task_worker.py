@@ -68,7 +68,7 @@ def test_usage_an_agent_never_reported_stays_unknown_not_zero(tmp_path: Path) ->
     with Store(tmp_path / "state.db") as store:
         add_run(store, task)
         for number, usage in enumerate([AttemptUsage(tokens_in=5), AttemptUsage(cost_usd=0.5)]):
-            attempt = store.start_attempt("r1", "a", number=number, identity=ident, log_path="l")
+            attempt = store.record_attempt("r1", "a", number=number, identity=ident, log_path="l")
             store.record_end(attempt, exit_code=0, outcome="succeeded", usage=usage)
             row = store.task("r1", "a")
             assert row is not None

@@ -300,23 +300,6 @@ class Store(StoreFile):
     # -- attempts --------------------------------------------------------------------------
 
     @_waits_for_space
-    def start_attempt(
-        self,
-        run_id: str,
-        task_id: str,
-        *,
-        number: int,
-        identity: ProcessIdentity,
-        log_path: str,
-        started_at: float | None = None,
-        agent: str = "",
-    ) -> int:
-        """Record a launched agent process (and its profile) and return the attempt id."""
-        row = (run_id, task_id, number, identity, log_path, started_at, agent)
-        with self._lock, self._write() as conn:
-            return sql.insert_attempt(conn, *row)
-
-    @_waits_for_space
     def record_attempt(
         self,
         run_id: str,
@@ -329,9 +312,10 @@ class Store(StoreFile):
         agent: str = "",
         event: tuple[str, Mapping[str, object]] | None = None,
     ) -> int:
-        """As :meth:`start_attempt`, its task's ``attempts`` set and ``launching`` cleared with it.
+        """Record a launched agent process (and its profile); return the attempt id.
 
-        With *event* (kind, data) too. One transaction: the launch is either still an intent
+        Its task's ``attempts`` is set and ``launching`` cleared with it, with *event* (kind,
+        data) too. One transaction: the launch is either still an intent
         (``launching``, no attempt) or wholly on record, never half of each.
         """
         row = (run_id, task_id, number, identity, log_path, started_at, agent)
