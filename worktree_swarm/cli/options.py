@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from worktree_swarm.config import values
 from worktree_swarm.config.settings import FLAGGED
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.settings import Kind, Setting
@@ -100,6 +101,29 @@ class NonEmptyPath(click.Path):
         if value == "":
             self.fail("an empty path; name one", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class WholeNumber(click.IntRange):
+    """A whole-number option that is no setting, read as the settings' are (ASCII digits).
+
+    Its range shown in its help as click's.
+    """
+
+    def __init__(self, minimum: int | None = None, maximum: int | None = None) -> None:
+        super().__init__(min=minimum, max=maximum)
+        self.minimum, self.maximum = minimum, maximum
+
+    def convert(  # click's own signature
+        self,
+        value: Any,  # noqa: ANN401
+        param: click.Parameter | None,
+        ctx: click.Context | None,  # noqa: ARG002 - click's own signature
+    ) -> int:
+        """Read *value* (a default is an int already); bad input names the option."""
+        if isinstance(value, int):
+            return value
+        where = max(param.opts, key=len) if param is not None else "value"
+        return values.flag_int(str(value), where, self.minimum, self.maximum)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from worktree_swarm.cli.context import context_repo
-from worktree_swarm.cli.options import NonEmptyPath, example, paths_given
+from worktree_swarm.cli.options import NonEmptyPath, WholeNumber, example, paths_given
 from worktree_swarm.core.errors import ExitCode, SwarmError
 from worktree_swarm.plan.defaults import DEFAULT_MAX_TASKS, DEFAULT_MODEL, MAX_TASKS
 from worktree_swarm.report import run_info
@@ -29,13 +29,13 @@ from worktree_swarm.report import run_info
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option(
     "--max-tasks",
-    type=click.IntRange(1, MAX_TASKS),
+    type=WholeNumber(1, MAX_TASKS),
     default=DEFAULT_MAX_TASKS,
     show_default=True,
     help="The most tasks the plan may have.",
 )
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Anthropic model.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Jobs the speedup estimate assumes.")
+@click.option("-j", "--jobs", type=WholeNumber(1), help="Jobs the speedup estimate assumes.")
 @click.option(
     "--api-url", help="Anthropic API base URL; else $ANTHROPIC_BASE_URL, else the SDK's own."
 )

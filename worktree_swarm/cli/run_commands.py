@@ -19,6 +19,7 @@ from worktree_swarm.cli.context import context_repo, say_wait
 from worktree_swarm.cli.manager import detached, detached_spec, execute, run_spec, start
 from worktree_swarm.cli.options import (
     NonEmptyPath,
+    WholeNumber,
     example,
     exclusive,
     needs,
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 @setting_options
 @click.option("--issues", "issue_numbers", metavar="N,N,...", help="GitHub issues as tasks.")
 @click.option("--issues-label", metavar="LABEL", help="Open GitHub issues with this label.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many issues.")
+@click.option("--limit", type=WholeNumber(1), help="At most this many issues.")
 @click.option("--github-repo", metavar="OWNER/NAME", help="When the remote URL does not say.")
 @click.option("--api-url", metavar="URL", help="GitHub API URL (Enterprise).")
 @click.option("--detach", is_flag=True, help="Run the manager in the background.")
@@ -355,7 +356,7 @@ def stop(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None) -> i
 
 @click.command("demo", epilog=example("swarm demo --keep"))
 @click.option("--keep", is_flag=True, help="Keep the throwaway repository and print its path.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("-j", "--jobs", type=WholeNumber(1), default=2, show_default=True)
 def demo_cmd(keep: bool, jobs: int) -> int:
     """Run a few scripted tasks in a throwaway repository (no API key needed)."""
     from worktree_swarm import demo

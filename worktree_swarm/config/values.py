@@ -74,6 +74,11 @@ def read_flag(entry: Setting, value: object, where: str) -> object:
     return read(entry, value, where)
 
 
+def flag_int(text: str, where: str, minimum: int | None, maximum: int | None = None) -> int:
+    """A whole number given on the command line: ASCII digits, as a setting's, in its range."""
+    return _bounded(_flag_number(text, where, whole=True), where, minimum, maximum)
+
+
 def _flag_number(text: str, where: str, *, whole: bool) -> int | float:
     # ASCII digits only, as in durations: int() and float() take any script's (`-j ٣` was 3).
     # At most 400 digits: int() refuses more than 4300 with an error of its own.
