@@ -232,6 +232,19 @@ def test_an_empty_argument_is_one_in_an_argv_array_as_in_a_command_string(
     assert "checks[0][0]: must not be empty" in error(repo, path)
 
 
+def test_the_one_argument_limit_is_linuxs_and_applies_there_only(
+    repo: Path, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 128 KiB is Linux's MAX_ARG_STRLEN; macOS has only a total limit, so it was refused there too.
+    big = "x" * 200_000
+    path = manifest(cwd, f'[[task]]\nid = "a"\nprompt = "p"\nenv = {{ A = "{big}" }}\n')
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert "env: A's value: 195K long" in error(repo, path)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    (task,) = build_run_spec(repo_root=repo, manifest=path).tasks
+    assert dict(task.env)["A"] == big
+
+
 def test_precedence_task_over_cli_over_defaults_over_config(repo: Path, cwd: Path) -> None:
     (repo / "swarm.toml").write_text(
         f'agent = {AGENT_TOML}\ntimeout = "1m"\nidle_timeout = "2m"\nretries = 1\njobs = 2\n'

@@ -10,6 +10,7 @@ import math
 import re
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ _NUMBER_RE = re.compile(
 _FLAG_DIGITS = 400
 # Linux starts a program with no argument, and no NAME=value of its environment, longer than
 # 128 KiB (MAX_ARG_STRLEN, the NUL counted): past it, exec fails with E2BIG after the run began.
+# Other systems have no such per-string limit (only the total), so it applies on Linux only.
 _ARG_LIMIT = 128 * 2**10 - 1
 # Variables that point git at another repository, index, object store or config (or make it
 # run code): set by swarm for every agent, never by a task's `env`.
@@ -302,6 +304,8 @@ def _fits(argv: tuple[str, ...], where: str) -> tuple[str, ...]:
 
 
 def _within_limit(text: str, where: str) -> None:
+    if not sys.platform.startswith("linux"):
+        return
     size = len(text.encode("utf-8", "surrogateescape"))
     if size > _ARG_LIMIT:
         raise BadInputError(
