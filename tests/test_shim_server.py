@@ -27,7 +27,15 @@ from tests import test_shim
 from tests.test_run import pid_alive, wait_for
 from tests.test_shim import AgentFactory, marked, spawn_escaping
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.infra import proctree, redact, shim, shim_record, shim_server, supervisor
+from worktree_swarm.infra import (
+    proc_scan,
+    proctree,
+    redact,
+    shim,
+    shim_record,
+    shim_server,
+    supervisor,
+)
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.run import provision
 
@@ -123,6 +131,29 @@ def test_a_killed_forked_shim_ends_with_the_signal_that_killed_it(
         assert agent.wait(timeout=60) == -signal.SIGKILL
     finally:
         sleeper.kill()
+
+
+def test_the_leftovers_of_a_task_stop_a_live_forked_shim_by_its_record(
+    tmp_path: Path, shims: shim_server.ShimServer
+) -> None:
+    # A forked shim's command line is its server's, naming no record: it is told from another
+    # process by its output, a log in its record's folder (a check step's, as checks name it).
+    logs = tmp_path / "logs"
+    ready = tmp_path / "ready"
+    argv = ["sh", "-c", f"touch {ready}; exec sleep 600"]
+    agent = supervisor.spawn(
+        argv,
+        cwd=tmp_path,
+        env=clean_env(),
+        log_path=logs / "checks.log",
+        record=logs / "checks-1.exit.json",
+        shims=shims,
+    )
+    wait_for(ready.exists, what="the command")
+    sleeper = psutil.Process(agent.identity.pid).children()[0]
+    proc_scan.kill_left_in(logs, grace=0.5, within=(tmp_path,))
+    assert agent.wait(timeout=60) == -signal.SIGTERM
+    assert not pid_alive(sleeper.pid)
 
 
 def test_a_command_that_cannot_start_where_asked_is_refused_as_popen_would(

@@ -21,7 +21,7 @@ import worktree_swarm
 from tests.conftest import agent_python
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
-from worktree_swarm.infra import proc_scan, shim_record, starts
+from worktree_swarm.infra import proc_scan, shim, shim_record, starts
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.proc_scan import processes_in
 from worktree_swarm.infra.proctree import (
@@ -607,6 +607,42 @@ def test_shim_alive_follows_the_shim_not_the_pid(start, tmp_path: Path) -> None:
     assert not shim_alive(agent.record)
     # No record (a shim killed before it wrote one, or it was removed): no live shim.
     assert not shim_alive(tmp_path / "no-such-record.json")
+
+
+def test_a_record_naming_a_live_process_that_is_not_its_shim_kills_nothing(
+    start, tmp_path: Path, reaper: Reaper
+) -> None:
+    # A `*.exit.json` in a task's logs is a file its agent can write: one naming an unrelated
+    # live process (its PID and start) had that process SIGTERMed, its group and children too.
+    if not SHIM_AVAILABLE:
+        pytest.skip("no shim on this platform")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    sleeper = reaper.popen(
+        subprocess.Popen(
+            ["sleep", "600"], cwd=tmp_path, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    )
+    forged = {
+        "version": 1,
+        "pid": sleeper.pid,
+        "start_ticks": shim.start_ticks(sleeper.pid),
+        "started_at": time.time(),
+        "exit_code": None,
+        "ended_at": None,
+    }
+    (logs / "checks-0.exit.json").write_text(json.dumps(forged))
+    proc_scan.kill_left_in(logs, grace=0.5, within=(tmp_path,))
+    assert sleeper.poll() is None
+    # The live shim that wrote its record is still stopped by it, tree and all.
+    agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
+    read_pid(tmp_path / "ready")
+    assert agent.record is not None
+    assert shim_alive(agent.record)
+    proc_scan.kill_left_in(logs, grace=5, within=(tmp_path,))
+    assert agent.wait(timeout=30) is not None
+    assert not shim_alive(agent.record)
+    assert sleeper.poll() is None
 
 
 # Marked as a shim's tree: ignores SIGTERM and reaps nothing (its child's PID is freed at

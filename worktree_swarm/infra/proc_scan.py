@@ -17,7 +17,7 @@ import psutil
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.infra import shim, starts
-from worktree_swarm.infra.proctree import found_identity, kill_tree, running
+from worktree_swarm.infra.proctree import found_identity, is_alive, is_shim_of, kill_tree, running
 from worktree_swarm.infra.shim_record import ShimRecord, read_record
 
 if TYPE_CHECKING:
@@ -156,12 +156,17 @@ def kill_shim_group(
     As :func:`kill_tree` takes them: the shim gone, its group is its own while a member carries
     its mark or (its environment wiped, ``env -i``) works in *within* (the task's worktree) in
     the shim's session. One that survives SIGKILL raises SwarmError with *strict*, else is left.
+    A live process the record names that is not that shim is left alone: the record is only a
+    file in the task's logs, which its agent can write.
     """
     recorded = read_record(record)
     if recorded is None or recorded.cleaned:
         return
+    identity = _shim_identity(recorded)
+    if is_alive(identity) and not is_shim_of(identity, record):
+        return
     try:
-        kill_tree(_shim_identity(recorded), grace=grace, within=within)
+        kill_tree(identity, grace=grace, within=within)
     except SwarmError:
         if strict:
             raise

@@ -107,6 +107,32 @@ def shim_alive(record: Path) -> bool:
     return same and running(proc) and _shim_grace(proc) is not None
 
 
+def is_shim_of(identity: ProcessIdentity, record: Path) -> bool:
+    """Whether *identity*'s process runs as the shim that writes *record*.
+
+    A shim started with its record names it (``--record``); one the shim server forked has
+    the server's command line (the server's own output is its socket) and writes its output
+    to a log in its record's folder.
+    """
+    proc = _matching(identity)
+    if proc is None or not running(proc) or _shim_grace(proc) is None:
+        return False
+    mine = os.path.realpath(record)
+    try:
+        cmdline = proc.cmdline()
+        options = cmdline[cmdline.index(shim.MARKER) :]
+        options = options[: options.index("--")] if "--" in options else options
+        if "--record" in options:
+            named = options[options.index("--record") + 1]
+            if not os.path.isabs(named):  # noqa: PTH117
+                named = os.path.join(proc.cwd(), named)  # noqa: PTH118
+            return os.path.realpath(named) == mine
+        log = os.readlink(f"/proc/{proc.pid}/fd/1")  # noqa: PTH115
+    except (psutil.Error, OSError, ValueError, IndexError):
+        return False
+    return Path(log).parent == Path(mine).parent
+
+
 def learn_secrets(identity: ProcessIdentity) -> None:
     """Have this process's redactor replace the secret values of *identity*'s environment too.
 
