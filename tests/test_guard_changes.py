@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from tests.conftest import git, make_repo
 from tests.test_inotify import lose_events
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import file_stats
+from worktree_swarm.guard import attribution, file_stats
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.model import MAIN
 from worktree_swarm.guard.watcher import Guard
@@ -317,3 +318,50 @@ def test_a_write_through_a_hard_link_seen_by_the_last_scan_is_blamed_on_its_ende
     ]
     assert (repo / "app.py").read_text() == "print('v1')\n"
     assert other.read_text() == "PRINT('v1')\n"  # the restore wrote a file of its own
+
+
+def _past_slack(path: Path) -> None:
+    """Until the clock is past the slack around *path*'s change time (which nothing can set)."""
+    changed = path.lstat().st_ctime + attribution._MTIME_SLACK
+    while time.time() <= changed:
+        time.sleep(0.05)
+
+
+def test_your_edit_no_event_told_of_made_while_no_agent_ran_stays_yours_at_the_last_scan(
+    guard: Guard, tmp_path: Path
+) -> None:
+    # Your edit on a network file system or a bind mount raises no event either. Seen by the
+    # last scan, every agent since git last compared your checkout was a suspect: the edit,
+    # made before any of them started, was blamed on them and undone.
+    repo = guard.repo.root
+    other = tmp_path / "app.py"
+    os.link(repo / "app.py", other)
+    other.write_bytes(b"print('mine')\n")
+    _past_slack(other)
+    guard.agent_started("later", me())
+    assert guard.scan() == []
+    guard.agent_ended("later")
+    guard.close()
+    assert guard.scan() == []
+    assert (repo / "app.py").read_text() == "print('mine')\n"
+
+
+def test_an_agents_write_no_event_told_of_is_blamed_though_it_set_the_files_time_back(
+    guard: Guard, tmp_path: Path
+) -> None:
+    # Its modification time can be set to one when no agent ran (`touch -d`); the time of
+    # that change to the file, set by the kernel, still falls within the agent's life.
+    repo = guard.repo.root
+    guard.agent_started("rogue", me())
+    assert guard.scan() == []
+    other = tmp_path / "app.py"
+    os.link(repo / "app.py", other)
+    other.write_bytes(b"PRINT('v1')\n")
+    os.utime(other, (0, 0))
+    guard.agent_ended("rogue")
+    guard.close()
+    found = guard.scan()
+    assert [(v.where, v.paths, v.suspects, v.restored) for v in found] == [
+        (MAIN, ("app.py",), ("rogue",), True)
+    ]
+    assert (repo / "app.py").read_text() == "print('v1')\n"

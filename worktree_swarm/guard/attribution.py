@@ -95,6 +95,25 @@ class Agents:
                 alive.append(task_id)
         return tuple(alive)
 
+    def none_alive_then(self, suspects: tuple[str, ...], root: Path, paths: Sequence[str]) -> bool:
+        """Whether no suspect was alive when the files at *paths* last changed.
+
+        Each file's modification and status-change times count: an agent can set the first
+        (``touch -d``), not the second. False when no file is there to tell (all deleted).
+        """
+        times = []
+        for rel in paths:
+            with contextlib.suppress(OSError):
+                found = (root / rel).lstat()
+                times += [found.st_mtime, found.st_ctime]
+        agents = self._now()
+        return bool(times) and not any(
+            (b or 0) - _MTIME_SLACK <= when <= (e or float("inf")) + _MTIME_SLACK
+            for task_id in suspects
+            for b, e in agents[task_id].intervals
+            for when in times
+        )
+
     def owner_of(self, pid: int) -> str | None:
         """The task whose running agent *pid* is, or descends from (None: no agent's).
 

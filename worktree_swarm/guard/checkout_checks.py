@@ -105,7 +105,9 @@ class CheckoutChecks(WorktreeChecks):
         # git sees, since git last compared it.
         since = place.checked if sweep else max(place.checked, place.seen)
         with self._job(place.where):
-            found = self._scan_place(place, began, quick=quick, thorough=not sweep, since=since)
+            found = self._scan_place(
+                place, began, quick=quick, thorough=not sweep, since=since, unflagged=sweep
+            )
             ok = True
         lost = None if ok else self._store_lost(began, self._failing.get(place.where, ""))
         if lost is not None:  # the guard's own store emptied: the place has a new baseline
@@ -173,6 +175,21 @@ class CheckoutChecks(WorktreeChecks):
         violation = Violation(number=0, where=place.where, suspects=suspects, unchecked=why)
         return self._record(violation, patch_text=None)
 
+    def _suspects(
+        self, place: Place, window: tuple[float, float], paths: list[str], *, unflagged: bool
+    ) -> tuple[str, ...]:
+        """The agents that may have changed *paths* in *place* within *window*."""
+        exclude = () if place.users else (place.where,)
+        suspects = self._agents.suspects(window, exclude=exclude)
+        narrowed = self._agents.narrow(suspects, place.path, paths)
+        if narrowed:
+            return narrowed
+        if unflagged and self._agents.none_alive_then(suspects, place.path, paths):
+            # Found by no event (a sweep, the last scan): its window is all since git last
+            # looked, and the files' times show no agent alive when they changed: yours.
+            return ()
+        return suspects
+
     def _scan_place(
         self,
         place: Place,
@@ -181,12 +198,14 @@ class CheckoutChecks(WorktreeChecks):
         quick: bool,
         thorough: bool = False,
         since: float | None = None,
+        unflagged: bool = False,
     ) -> list[Violation]:
         """Check *place*; *quick* trusts an unchanged `git status` (blind to re-edited files).
 
         *thorough* (a change was seen there): an unchanged status is trusted only if the
         baseline was clean, where it is exact. Suspects are the agents alive from *since*
-        (by default, when it was last seen as its baseline).
+        (by default, when it was last seen as its baseline); *unflagged* (no event told of the
+        change), none when the changed files' times show none of them alive.
         """
         window = (place.checked if since is None else since, began)
         made = self._made_repositories(place, window) + self._made_specials(place, window)
@@ -223,9 +242,7 @@ class CheckoutChecks(WorktreeChecks):
             self._changes.mark(place.where)  # your `git worktree remove` at work: looked at again
             return made
         head = _head_move(base, now)
-        exclude = () if place.users else (place.where,)
-        suspects = self._agents.suspects(window, exclude=exclude)
-        suspects = self._agents.narrow(suspects, place.path, paths) or suspects
+        suspects = self._suspects(place, window, paths, unflagged=unflagged)
         if not suspects:
             # Nobody of ours was running: the user worked here. Take it as the new baseline.
             self._watch(place.where, place.path)
