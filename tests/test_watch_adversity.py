@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -441,6 +442,45 @@ def test_keys_work_and_quit_closes_while_a_store_out_of_wal_is_locked_for_writin
         store.close()
     assert holder.returncode == 0
     assert status_json(repo)["bb"]["reason"] == "written under the lock"
+
+
+def test_a_slow_read_that_met_no_lock_does_not_say_the_store_is_busy(
+    repo: Path, write_agent: Callable[[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any refresh longer than one tick of the clock said "busy, waiting for it": a big store
+    # read slowly is not locked. The read here is held by the test until it lets it go.
+    agent = write_agent("open('x.txt', 'w').write('x\\n')\n")
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a")
+    assert out.returncode == 0, out.stderr
+    app, store = open_app(repo)
+    held = threading.Event()
+    go = threading.Event()
+    plain_read = WatchApp._read
+
+    def slow_read(self: WatchApp, *args: Any, **kwargs: Any) -> Any:
+        if not go.is_set():
+            held.set()
+            go.wait()
+        return plain_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(WatchApp, "_read", slow_read)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, held.is_set, "the read to be under way")
+            app._tick()  # the clock's, while the read is under way
+            assert watch_module.BUSY not in app.sub_title
+            go.set()
+            await settled(pilot, app)
+            await until(pilot, lambda: app.selected == "aa", "the rows read")
+            assert watch_module.BUSY not in app.sub_title
+
+    try:
+        run_async(drive)
+        assert app.crashed is None
+    finally:
+        go.set()
+        store.close()
 
 
 def test_a_store_deleted_under_the_screen_is_said_once_and_its_run_still_shown(

@@ -141,10 +141,13 @@ class WatchApp(App[None]):
         return None if key.value is None else str(key.value)
 
     def _tick(self) -> None:
-        """The clock's refresh; while a read waits for a lock, the header says so instead."""
+        """The clock's refresh; while a read waits for a lock, the header says so instead.
+
+        Only a read that met the lock: a read that is only slow (a big store) is no wait.
+        """
         if self._reading is None:
             self.refresh_rows()
-        elif not self.sub_title.endswith(BUSY):
+        elif self._stores.waiting and not self.sub_title.endswith(BUSY):
             self.sub_title = f"{self.sub_title} · {BUSY}"
 
     def refresh_rows(self) -> Worker[None] | None:

@@ -44,6 +44,7 @@ class ShownStore:
         self._unread = False  # the store at its path could not be opened just now
         self._deleted = False  # the store's file is not at its path
         self._locked = False  # the last read met the store locked
+        self.waiting = False  # the read under way met the store locked: it waits for the lock
 
     def look(self) -> None:
         """Read a store written back at the path from now on; say if the file was deleted."""
@@ -59,6 +60,12 @@ class ShownStore:
         A manager writing it back holds it so: the screen keeps what it read last, and says
         so once a lock. *closing*: the screen is closing (None at once, nothing said).
         """
+        try:
+            return self._read(read, closing)
+        finally:
+            self.waiting = False
+
+    def _read(self, read: Callable[[Store], _T], closing: Callable[[], bool]) -> _T | None:
         deadline = time.monotonic() + store_file.BUSY_SECONDS
         while True:
             try:
@@ -67,6 +74,7 @@ class ShownStore:
             except sqlite3.OperationalError as exc:
                 if not faults.is_locked(exc):
                     raise
+                self.waiting = True
             if closing():
                 return None
             if time.monotonic() < deadline:
