@@ -11,12 +11,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git
 from tests.test_run import AgentFactory, argv_toml, manifest, status_json, swarm, wait_for
+from worktree_swarm.git.gitfiles import stale_lock
 
 # Writes its work, then plants locks where swarm's git writes next. argv: how, then which.
 PLANT = """
@@ -154,3 +156,22 @@ def test_a_stop_of_a_dead_run_goes_past_the_lock_directories_its_agent_planted(
     assert git(repo, "show", "swarm/t:work.txt") == "own work"
     assert git(repo, "rev-parse", "main") == main
     assert _locks(repo) == []
+
+
+@pytest.mark.parametrize(
+    ("ahead", "stale"),
+    [
+        (10.0, False),  # a live git's lock on NFS, dated by a server whose clock runs ahead
+        (-1.0, False),  # just taken
+        (-60.0, True),  # left by a killed git
+        (3600.0, True),  # planted far in the future: it never ages
+    ],
+)
+def test_a_lock_dated_a_little_ahead_is_a_live_gits(
+    tmp_path: Path, ahead: float, stale: bool
+) -> None:
+    lock = tmp_path / "index.lock"
+    lock.write_text("")
+    when = time.time() + ahead
+    os.utime(lock, (when, when))
+    assert stale_lock(lock) is stale

@@ -33,6 +33,8 @@ _LOCK_EXISTS = re.compile(r"Unable to create '([^'\n]+\.lock)': File exists")
 # (a git killed half-way) or planted (an agent, also under --sandbox: the top of the git dir and
 # refs/ are writable there), and would fail every later write of that ref or file.
 STALE_LOCK_SECONDS = 2.0
+# A lock dated further ahead than this is planted; a nearer one may be an NFS server's clock.
+FUTURE_LOCK_SECONDS = 60.0
 
 
 def past_stale_lock(
@@ -85,14 +87,16 @@ def stale_lock(lock: Path) -> bool:
     """Whether the lock file *lock* is no live git's; OSError when it cannot be looked at.
 
     A git holds its lock, a regular file it has just made, while it writes: one changed more
-    than :data:`STALE_LOCK_SECONDS` from now either way (an mtime set in the future, `touch -d
-    '+1 year'`, never ages) or of another kind (a directory: git never makes one, and no ref
-    name has a component ending in ``.lock``) was left or planted.
+    than :data:`STALE_LOCK_SECONDS` ago, or dated more than :data:`FUTURE_LOCK_SECONDS` ahead
+    (`touch -d '+1 year'` never ages; a nearer future may be a live git's lock on NFS, dated
+    by a server whose clock runs ahead), or of another kind (a directory: git never makes one,
+    and no ref name has a component ending in ``.lock``) was left or planted.
     """
     found = lock.lstat()
     if not stat.S_ISREG(found.st_mode):
         return True
-    return abs(time.time() - found.st_mtime) > STALE_LOCK_SECONDS
+    age = time.time() - found.st_mtime
+    return age > STALE_LOCK_SECONDS or -age > FUTURE_LOCK_SECONDS
 
 
 def remove_lock(lock: Path) -> None:
