@@ -10,12 +10,14 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sqlite3
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import git, hang_git_at, unrecord_launch
@@ -517,3 +519,76 @@ def test_a_filter_planted_in_your_global_config_while_no_manager_watched_is_the_
     reason = str(status_json(repo)["b"]["reason"])  # the next run: switched off, b.txt left out
     assert reason.startswith("changed files whose filter comes from your global"), reason
     assert not Path(ran).exists()
+
+
+# It works, says who it is (its shim and group), then stays until killed: it plants nothing.
+WORKS_AND_STAYS = """
+import os, pathlib, sys, time
+pathlib.Path('a.txt').write_text('work\\n')
+pathlib.Path(sys.argv[1]).write_text(f'{os.getppid()} {os.getpgid(0)}')
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("end", ["stop", "resume"])
+def test_your_global_filter_added_once_no_agent_outlived_the_manager_is_yours(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], end: str
+) -> None:
+    # Its manager killed, then its agent and shim (as a reboot does), then you add a filter to
+    # your global config (as `git lfs install` does): `swarm stop` blamed the agent for it,
+    # and every later run left your filtered files out of its checkpoints; `swarm resume`
+    # left them out of the task's own checkpoint before its guard took the filter as yours.
+    (repo / ".gitattributes").write_text("*.txt filter=x\n")
+    git(repo, "add", ".gitattributes")
+    git(repo, "commit", "-q", "-m", "attributes")
+    who = tmp_path / "who"
+    agent = [*write_agent(WORKS_AND_STAYS), str(who)]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    manager = _manager(repo, "run", manifest(repo, text))
+    wait_for(lambda: who.exists() and " " in who.read_text(), what="the agent")
+    _kill_group(manager)  # the agent, in its shim's session, goes on
+    shim, group = (int(n) for n in who.read_text().split())
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(shim, signal.SIGKILL)  # before the agent: it records no end
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+    wait_for(lambda: not _running(shim) and not _running(group), what="the agent's end")
+    git(repo, "config", "--global", "filter.x.clean", "tr a-z A-Z")
+    out = swarm(repo, end)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "filter.x.clean" not in out.stdout + out.stderr
+    (old,) = [p.name for p in (repo / ".git" / "swarm" / "runs").iterdir()]
+    assert "filter.x.clean" not in str(status_json(repo, "--run", old)["a"]["reason"])
+    assert git(repo, "show", "swarm/a:a.txt") == "WORK"  # its checkpoint ran your filter
+    writer = write_agent("import pathlib\npathlib.Path('b.txt').write_text('b\\n')\n")
+    text = f'[[task]]\nid = "b"\nprompt = "x"\nagent = {argv_toml(writer)}\n'
+    said = swarm(repo, "run", manifest(repo, text))
+    assert status_json(repo)["b"]["state"] == "done", said.stdout + said.stderr
+    assert git(repo, "show", "swarm/b:b.txt") == "B"  # your filter ran in its checkpoint
+
+
+def _running(pid: int) -> bool:
+    """Whether process *pid* runs (a zombie does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_filter_planted_in_your_global_config_while_no_manager_watched_fails_its_resume(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Its agent outlived the manager and planted it: judged before the resume's checkpoint.
+    (repo / ".gitattributes").write_text("*.txt filter=x\n")
+    git(repo, "add", ".gitattributes")
+    git(repo, "commit", "-q", "-m", "attributes")
+    ran = _killed_with_planting_agent(repo, tmp_path, PLANTS_A_GLOBAL_FILTER, write_agent)
+    _shim_recorded_end(repo)
+    out = swarm(repo, "resume")
+    assert "Traceback" not in out.stderr, out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", out.stdout + out.stderr
+    assert not ran.exists()
+    record = json.loads((repo / ".git" / "swarm" / "user-config.json").read_text())
+    assert record["planted"], out.stdout + out.stderr  # blamed: untrusted by later runs

@@ -80,13 +80,33 @@ class UserConfigChecks(Verdicts):
 
         A program-running setting in your user-level config that the run's record neither
         trusts nor names as planted already appeared while no manager watched: the violation of
-        *suspects* (the tasks whose agents ran on), untrusted by later runs while it is there.
+        *suspects* (the tasks whose agents outlived it), untrusted by later runs while it is
+        there; with none, yours (a change made after a reboot), trusted from now on.
         Returned with the rest of what the guard found, for the caller to record and apply.
         """
         new = self._untrusted(user_config.recorded_planted(self.repo.state_dir))
         if new and suspects:
             self._blame_user_config(new, tuple(sorted(suspects)), "while no manager watched")
+        elif new:
+            user_config.adopt(self.repo.state_dir, new)
         return self.drain()
+
+    def judge_user_config_resumed(self, suspects: Collection[str]) -> None:
+        """A resumed run, before its tasks' wind-up: what appeared while no manager watched.
+
+        Judged as `swarm stop` judges it (:meth:`judge_user_config_unwatched`): the violation
+        of *suspects* (drained by the run), or yours with none. Not judged again at the first scan.
+        """
+        watch = self._user_watch
+        if watch is None or watch.key is not None:  # a new run: it trusts what it found
+            return
+        watch.key = user_config.files_key()  # before reading: a later write is judged
+        new = self._untrusted(user_config.recorded_planted(self.repo.state_dir))
+        if new and suspects:
+            watch.reported.update(new)
+            self._blame_user_config(new, tuple(sorted(suspects)), "while no manager watched")
+        elif new:
+            user_config.adopt(self.repo.state_dir, new)
 
     def _untrusted(self, told: Collection[str]) -> dict[str, str]:
         """Program-running user-level settings untrusted and not in *told*: digest -> label."""

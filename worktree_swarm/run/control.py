@@ -246,10 +246,10 @@ def _stop_unmanaged(
     rows = {row.task_id: row for row in store.tasks(run_id)}
     # Cut short on record (timed out), its manager dead in what came after: it ends so.
     cuts = {t: unwatched.cut_on_record(rows[t], store.attempts(run_id, t)) for t in targets}
-    ended = _kill_left(repo, store, rows, targets, grace)
+    ended, outlived = _kill_left(repo, store, rows, targets, grace)
     put_back: tuple[str, ...] = ()
     if not announce:  # beside a live manager, its guard judges git's files
-        put_back = unwatched.judge_git_files(repo, store, run_id, tell)
+        put_back = unwatched.judge_git_files(repo, store, run_id, tell, outlived=outlived)
     # A suspect of an outside write its manager judged before it died (or the judgement
     # above) fails, stopped or not.
     verdicts, _ = retry.since_last_retry(
@@ -280,14 +280,16 @@ def _stop_unmanaged(
 
 def _kill_left(
     repo: git.Repo, store: Store, rows: Mapping[str, TaskRow], targets: Sequence[str], grace: float
-) -> dict[str, AgentResult | None]:
+) -> tuple[dict[str, AgentResult | None], set[str]]:
     """Kill what *targets* left running (agents, setup and checks); how each agent went.
 
     None for one that was stopped; its result for one that had ended by itself (unwatched, or
-    its end recorded by a manager that died after).
+    its end recorded by a manager that died after). And the tasks whose agents outlived their
+    manager: found running here, or their shims recorded an end no manager recorded.
     """
     began = time.time()
     ended: dict[str, AgentResult | None] = {}  # how an agent that ended unwatched went
+    outlived: set[str] = set()
     open_attempts: list[AttemptRow] = []
     for task_id in targets:
         task = task_from_json(rows[task_id].spec_json)
@@ -300,6 +302,8 @@ def _kill_left(
                 agent = attempt.agent or task.agent
                 ended[task_id] = unwatched.ended_by_itself(store, attempt, agent)
                 open_attempts.append(attempt)
+        if unwatched.outlived(repo, rows[task_id], attempts):  # before it is killed
+            outlived.add(task_id)
     # What they left, or all of them: at once, so that N agents take one grace, not N.
     # Each with its task's worktree: a leftover there is its tree's, its environment wiped.
     kills = [
@@ -325,11 +329,12 @@ def _kill_left(
             provision.unrecorded_agent(row.run_id, task_id, worktree) if worktree.is_dir() else None
         )
         if stray is not None:
+            outlived.add(task_id)
             proctree.kill_tree(stray, grace=grace, within=_worktree_of(row))
         agent = task_from_json(row.spec_json).agent
         by_itself = unwatched.record_launch(repo, store, row, stray, agent, since=began)
         ended[task_id] = ended[task_id] or by_itself
-    return ended
+    return ended, outlived
 
 
 def _worktree_of(row: TaskRow) -> tuple[Path, ...]:

@@ -21,6 +21,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from typing import NoReturn
 
 from worktree_swarm.core.errors import BadInputError, RunInterruptedError
@@ -40,7 +41,7 @@ from worktree_swarm.run.retry import settle_guard, since_last_retry
 from worktree_swarm.run.run_state import Observer
 from worktree_swarm.run.run_worker import Live, worktree_path
 from worktree_swarm.run.task_launch import STARVED_WAIT, TaskLaunch, port_slot
-from worktree_swarm.run.unwatched import may_have_run, ran_on
+from worktree_swarm.run.unwatched import may_have_run, outlived, ran_on
 
 __all__ = [
     "STOPPING_EVENT",
@@ -226,8 +227,23 @@ class Runner(TaskLaunch):
             if may_have_run(row, self.store.attempts(self.run_id, row.task_id)):
                 suspects.setdefault(row.task_id, worktree_path(self.spec, self._tasks[row.task_id]))
         self.guard.judge_unwatched_surface(suspects)  # what they did unwatched
+        if self._resumed:  # before the adopted tasks' checkpoints
+            self.guard.judge_user_config_resumed(self._outlived(suspects))
         self.guard.keep_base_for_resume()
         self.guard.watch_in_background()
+
+    def _outlived(self, suspects: Iterable[str]) -> list[str]:
+        """Those of *suspects* whose agents were seen alive after their manager died.
+
+        On a cluster's nodes no local process tells: all of them.
+        """
+        if self.spec.executor is Executor.RAY:
+            return list(suspects)
+        rows = {row.task_id: row for row in self.store.tasks(self.run_id)}
+        return [
+            t for t in suspects
+            if t in rows and outlived(self.repo, rows[t], self.store.attempts(self.run_id, t))
+        ]  # fmt: skip
 
     def _interrupted_before_start(self) -> None:
         """End the run as interrupted, its tasks as they were: none started, none stopped.

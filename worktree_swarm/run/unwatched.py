@@ -13,7 +13,7 @@ And how an agent that ended meanwhile went, read from its shim's record and its 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
@@ -25,7 +25,7 @@ from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra import shim_record, starts
+from worktree_swarm.infra import proctree, shim_record, starts
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow
@@ -63,8 +63,46 @@ def may_have_run(row: TaskRow, attempts: Sequence[AttemptRow]) -> bool:
     return ran_on(row, attempts) or (unrecorded and not row.state.is_final)
 
 
+def outlived(repo: git.Repo, row: TaskRow, attempts: Sequence[AttemptRow]) -> bool:
+    """Whether *row*'s agent was seen alive after its manager died (it may have written since).
+
+    Its open last attempt's agent, or the launch a killed manager did not record: running
+    still, its shim running, or its shim recorded an end (a live manager records it at once).
+    One killed with its shim (a reboot) did not: what changed since is not its doing.
+    """
+    last = attempts[-1] if attempts and attempts[-1].number > row.retry_base else None
+    if last is not None and last.ended_at is None:
+        agent = ProcessIdentity(pid=last.pid, create_time=last.create_time, pgid=last.pgid)
+        if (last.pid and proctree.is_alive(agent)) or _shim_outlived(Path(last.log_path)):
+            return True
+    number = row.launching
+    if number is None or number <= row.retry_base or number in {a.number for a in attempts}:
+        return False
+    return _shim_outlived(
+        repo.state_dir / "runs" / row.run_id / row.task_id / f"attempt-{number}.log"
+    )
+
+
+def _shim_outlived(log: Path) -> bool:
+    """Whether the shim of the agent logging to *log* runs, or recorded its agent's end."""
+    record = shim_record.read_record(shim_record.record_path(log))
+    if record is None:
+        return False
+    if record.ended_at is not None:
+        return True
+    ticks = record.start_ticks
+    born = record.started_at if ticks is None else starts.at_ticks(ticks)
+    shim = ProcessIdentity(pid=record.shim_pid, create_time=born, pgid=record.shim_pid)
+    return proctree.is_alive(shim)
+
+
 def judge_git_files(
-    repo: git.Repo, store: Store, run_id: str, tell: Callable[[str], None] | None = None
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    tell: Callable[[str], None] | None = None,
+    *,
+    outlived: Collection[str] | None = None,
 ) -> tuple[str, ...]:
     """Git's files changed since the killed manager of *run_id* last looked: put back, failed.
 
@@ -72,6 +110,8 @@ def judge_git_files(
     suspects are the tasks that :func:`may_have_run`. What changed is put back and recorded as their
     outside write (each fails once it ends, its work kept on its branch), and *tell* gets one
     line saying so. Not to be called beside another run's live manager: its guard judges them.
+    A setting new in your global config is blamed only on those of them *outlived* names (their
+    agents seen alive after the manager died; None: all); with none, it is yours, trusted.
     Returns the files put back.
     """
     run = store.get_run(run_id)
@@ -94,7 +134,8 @@ def judge_git_files(
     )
     try:
         found = guard.judge_ended_unwatched(suspects)
-        found += guard.judge_user_config_unwatched(suspects)  # a filter in your ~/.gitconfig
+        alive = [t for t in suspects if outlived is None or t in outlived]
+        found += guard.judge_user_config_unwatched(alive)  # a filter in your ~/.gitconfig
     finally:
         guard.stand_down()
     settle_guard(repo, store, run_id)
