@@ -24,17 +24,8 @@ started from one whose command still runs. Every process of the command's tree c
 ``SWARM_SHIM=FILE`` in its environment, which is how `swarm doctor` finds leftovers even when
 the shim itself was killed.
 
-``python -I -S -c LAUNCH --swarm-shim --grace SECONDS --serve`` is the shim server: a manager
-that starts many commands keeps one, and the server forks the shim of each command instead of
-starting an interpreter for it (~3 ms against ~12 ms of CPU per command). Its stdin and stdout
-are one socket, the manager's channel (a pipe could be opened again through /proc by any
-process of the user). A request on its stdin is its length, a newline, then NUL-separated
-fields: the token the manager wrote as the server's first line, then the request's own (see
-:func:`_answer`); the reply, one line on its stdout, is the forked shim's PID and start time
-once the command started, or ``!``, the errno and why it could not. The forked shim does what
-the shim of one command does, in a session of its own; its command line and environment are the
-server's (the command's carries ``SWARM_SHIM``). The server ends at the end of its stdin; the
-shims it forked carry on.
+With ``--swarm-shim --grace SECONDS --serve`` it is the shim server instead, which forks the
+shim of each command a manager asks for (:mod:`worktree_swarm.infra.shim_server_mode`).
 """
 
 # Only what starting a process needs: json, contextlib and pathlib would double the
@@ -51,6 +42,7 @@ import sys
 import time
 
 signal = __import__("_signal")
+TYPE_CHECKING = False  # typing's costs start-up time; mypy takes any TYPE_CHECKING as true
 
 MARKER = "--swarm-shim"
 SERVE = "--serve"
@@ -61,10 +53,9 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # ignored signal outlives exec: Python ignores SIGPIPE and SIGXFSZ, and a manager started
 # with SIGQUIT or SIGUSR1 ignored (`nohup`, a service manager) passed that on to every agent.
 _DEFAULTED = tuple(s for s in signal.valid_signals() if s not in {signal.SIGKILL, signal.SIGSTOP})
-_RESCAN = 0.02
+RESCAN = 0.02
 _USAGE = 2
-_NOT_STARTED = 127
-_KEPT_STATUSES = 4096
+NOT_STARTED = 127
 _PARENT_CHECK = 1.0  # seconds between checks that a ``--parent`` is still there
 
 
@@ -76,14 +67,25 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"swarm shim: {exc}\n")
         return _USAGE
     if record is None:
-        return serve(grace)
-    waited, base = _prepare(record)
-    return _supervise(record, grace, command, posix.environ, waited, base, parent=parent)
+        return _serve(grace)
+    waited, base = prepare(record)
+    return supervise(record, grace, command, posix.environ, waited, base, parent=parent)
 
 
-def _prepare(record: str) -> tuple[set[int], dict[str, object]]:
+def _serve(grace: float) -> int:
+    """Run the shim server: a module of its own, which no shim of one command loads."""
+    # Imported as the shim was: by its directory when launched, from the package otherwise
+    # (and for type checks, which take TYPE_CHECKING as true).
+    if TYPE_CHECKING or __package__:
+        from worktree_swarm.infra import shim_server_mode  # noqa: PLC0415
+    else:
+        import shim_server_mode  # noqa: PLC0415
+    return shim_server_mode.serve(grace)
+
+
+def prepare(record: str) -> tuple[set[int], dict[str, object]]:
     """Become a subreaper, block the signals waited for, write the first record."""
-    if not _become_subreaper():
+    if not become_subreaper():
         sys.stderr.write("swarm shim: no child subreaper on this platform\n")
     waited = {signal.SIGCHLD, *_STOP_SIGNALS}
     # Blocked and taken with sigtimedwait: no handler runs in the middle of a record write.
@@ -94,11 +96,11 @@ def _prepare(record: str) -> tuple[set[int], dict[str, object]]:
         "start_ticks": start_ticks(posix.getpid()),
         "started_at": time.time(),
     }
-    _write(record, {**base, "exit_code": None, "ended_at": None})
+    write_record(record, {**base, "exit_code": None, "ended_at": None})
     return waited, base
 
 
-def _supervise(
+def supervise(
     record: str,
     grace: float,
     command: list[str] | list[bytes],
@@ -122,37 +124,37 @@ def _supervise(
             setsigdef=_DEFAULTED,
         )
     except OSError as exc:
-        _write(record, {**base, "exit_code": _NOT_STARTED, "ended_at": time.time()})
+        write_record(record, {**base, "exit_code": NOT_STARTED, "ended_at": time.time()})
         if ready is not None:  # the server's manager raises the error, as Popen would
-            _tell(ready, _failure(exc))
-            return _NOT_STARTED
-        name = command[0] if isinstance(command[0], str) else _text(command[0])
+            tell(ready, failure(exc))
+            return NOT_STARTED
+        name = command[0] if isinstance(command[0], str) else fsdecode(command[0])
         sys.stderr.write(f"swarm shim: cannot start {name!r}: {exc.strerror or exc}\n")
-        return _NOT_STARTED
-    _tell(ready, b"started")
+        return NOT_STARTED
+    tell(ready, b"started")
     status = _wait_for(child, waited, parent)
     if status is None:  # asked to stop
         status = _kill_all(child, grace)
-        _write(record, {**_ended(base, status, stopped=True), "cleaned": True})
+        write_record(record, {**_ended(base, status, stopped=True), "cleaned": True})
     elif not _has_children():  # nothing left running: nothing to kill
-        _write(record, {**_ended(base, status, stopped=False), "cleaned": True})
+        write_record(record, {**_ended(base, status, stopped=False), "cleaned": True})
     else:
         # Written before the leftovers are killed: this is what the command itself did; then
         # again once they are, so that a shim killed in its grace leaves them to the manager.
         ended = _ended(base, status, stopped=False)
-        _write(record, ended)
+        write_record(record, ended)
         _kill_all(child, grace)
-        _write(record, {**ended, "cleaned": True})
-    code = _exit_code(status)
+        write_record(record, {**ended, "cleaned": True})
+    code = exit_code(status)
     return code if code >= 0 else 128 - code
 
 
-def _failure(exc: OSError) -> bytes:
+def failure(exc: OSError) -> bytes:
     """Why a command did not start, for the server's reply: errno, then its text."""
     return f"{exc.errno or 0} {exc.strerror or exc}".encode()
 
 
-def _tell(ready: int | None, what: bytes) -> None:
+def tell(ready: int | None, what: bytes) -> None:
     """Tell the server (if any) how the start went, and let go of its socket."""
     if ready is None:
         return
@@ -163,257 +165,9 @@ def _tell(ready: int | None, what: bytes) -> None:
     posix.close(ready)
 
 
-def serve(grace: float) -> int:
-    """Fork the shim of each command asked for on stdin (see the module's docstring).
-
-    The server is a child subreaper too: what a shim leaves when it is killed before it could
-    kill its command's tree (SIGKILLed by the OOM killer, or by an agent that wiped
-    ``SWARM_SHIM`` from its daemon's environment first) is re-parented to the server, which
-    kills it (see :func:`_kill_adopted`), within :data:`_ADOPT_SCAN` seconds.
-    """
-    _become_subreaper()
-    forked: dict[int, int | None] = {}  # PID -> start time of each shim not yet reaped
-    exited: dict[tuple[int, int | None], int] = {}  # (PID, start time) -> wait status
-    requests = _Requests(0, forked, exited)
-    replies = sys.stdout.buffer
-    token = requests.line().strip()  # the manager's first line; every request starts so
-    while header := requests.line():
-        _reap_exited(forked, exited)
-        try:
-            size = int(header)
-            fields = requests.read(size).split(b"\0")
-            if not token or fields[0] != token:
-                continue  # not the manager's: no fork, and no reply it would take for its own
-            reply = _answer(fields[1:], grace, forked, exited)
-        except (ValueError, IndexError) as exc:
-            reply = f"! bad request: {exc}"
-        replies.write(reply.replace("\n", " ").encode("utf-8", "backslashreplace") + b"\n")
-        replies.flush()
-    requests.look_after()  # the shims that ended, and strays; the others carry on without us
-    return 0
-
-
-_ADOPT_SCAN = 1.0  # seconds between the server's looks for processes re-parented to it
-
-
-class _Requests:
-    """The server's stdin, read a line or a byte count at a time, looking after its children.
-
-    Its children are looked after (:meth:`look_after`) at least every :data:`_ADOPT_SCAN`
-    seconds, also while no request comes.
-    """
-
-    def __init__(
-        self, fd: int, forked: dict[int, int | None], exited: dict[tuple[int, int | None], int]
-    ) -> None:
-        self._fd = fd
-        self._forked = forked
-        self._exited = exited
-        self._data = b""
-        self._looked = time.monotonic()
-        self._select = __import__("select").select
-
-    def look_after(self) -> None:
-        """Reap the shims that ended; kill the strays re-parented to the server."""
-        _reap_exited(self._forked, self._exited)
-        _kill_adopted(self._forked, self._exited)
-        self._looked = time.monotonic()
-
-    def line(self) -> bytes:
-        """The next line, its newline included (b"" at the end of the input)."""
-        while (end := self._data.find(b"\n")) < 0 and self._fill():
-            pass
-        return self._take(len(self._data) if end < 0 else end + 1)
-
-    def read(self, size: int) -> bytes:
-        """The next *size* bytes (fewer at the end of the input)."""
-        while len(self._data) < size and self._fill():
-            pass
-        return self._take(size)
-
-    def _take(self, size: int) -> bytes:
-        taken, self._data = self._data[:size], self._data[size:]
-        return taken
-
-    def _fill(self) -> bool:
-        """Read what comes next; False at the end of the input."""
-        while True:
-            if time.monotonic() - self._looked >= _ADOPT_SCAN:
-                self.look_after()
-            if self._select([self._fd], [], [], _ADOPT_SCAN)[0]:
-                break
-        chunk = posix.read(self._fd, 1 << 16)
-        self._data += chunk
-        return bool(chunk)
-
-
-def _answer(
-    fields: list[bytes],
-    grace: float,
-    forked: dict[int, int | None],
-    exited: dict[tuple[int, int | None], int],
-) -> str:
-    """The reply to one request: its fields, NUL-separated (no NUL can be in any of them).
-
-    ``start CWD LOG RECORD N ARGV[0..N-1] NAME=VALUE...`` forks the shim of a command;
-    ``exit PID TICKS`` asks for the exit code of a shim this server forked and reaped.
-    """
-    kind = fields[0]
-    if kind == b"exit" and len(fields) == 3:  # noqa: PLR2004
-        key = (int(fields[1]), None if fields[2] == b"None" else int(fields[2]))
-        return str(_exit_code(exited.pop(key))) if key in exited else "?"
-    if kind != b"start":
-        raise ValueError("unknown request")
-    cwd, log, record, count = fields[1:5]
-    command = fields[5 : 5 + int(count)]
-    if not command or len(command) != int(count):
-        raise ValueError("no command")
-    env = dict(item.split(b"=", 1) for item in fields[5 + int(count) :] if item)
-    return _fork_shim(command, cwd=cwd, env=env, log=log, record=_text(record), grace=grace,
-                      forked=forked)  # fmt: skip
-
-
-def _text(name: bytes) -> str:
+def fsdecode(name: bytes) -> str:
     """*name* as the str that os.fsdecode would give."""
     return name.decode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
-
-
-def _reap_exited(forked: dict[int, int | None], exited: dict[tuple[int, int | None], int]) -> None:
-    """Reap the forked shims that ended, keeping their statuses for the manager to ask.
-
-    Until then a shim's PID stays its own, as a zombie. The manager reads a command's exit
-    code from the shim's record; it asks the server only when the shim could not write it
-    (a full disk) or was killed first.
-    """
-    while True:
-        try:
-            pid, status = posix.waitpid(-1, posix.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        if pid in forked:  # else a stray re-parented to the server, killed
-            exited[(pid, forked.pop(pid))] = status
-        while len(exited) > _KEPT_STATUSES:  # asked for soon after the end, or never
-            del exited[next(iter(exited))]
-
-
-def _kill_adopted(forked: dict[int, int | None], exited: dict[tuple[int, int | None], int]) -> None:
-    """SIGKILL every child of the server's that is not a shim it forked, until none is left.
-
-    Such a child was re-parented to the server (a subreaper) when its shim died without
-    killing it; its own children come next, as they are re-parented in turn. Not given a grace:
-    its shim, whose grace it was, is gone.
-    """
-    killed: set[int] = set()
-    for _ in range(_MAX_DEPTH):
-        # Each once: one that does not die (in an uninterruptible sleep, or not ours to
-        # signal) is looked at again at the next look, not waited for here.
-        strays = [pid for pid in _children() if pid not in forked and pid not in killed]
-        if not strays:
-            return
-        for pid in strays:
-            killed.add(pid)
-            try:  # noqa: SIM105 - contextlib costs start-up time
-                posix.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(_RESCAN)  # for them to die, and their children to be re-parented
-        _reap_exited(forked, exited)
-
-
-def _children() -> list[int]:
-    """The children of the calling process (zombies included), from /proc."""
-    me = posix.getpid()
-    try:  # one file, where the kernel keeps it (CONFIG_PROC_CHILDREN; single-threaded here)
-        with open(f"/proc/{me}/task/{me}/children", "rb") as f:  # noqa: PTH123
-            return [int(pid) for pid in f.read().split()]
-    except OSError:
-        pass
-    try:
-        names = posix.listdir("/proc")
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        fields = _stat_fields(name) if name.isdigit() else None
-        if fields is not None and int(fields[1]) == me:
-            found.append(int(name))
-    return found
-
-
-def _fork_shim(
-    command: list[bytes],
-    *,
-    cwd: bytes,
-    env: dict[bytes, bytes],
-    log: bytes,
-    record: str,
-    grace: float,
-    forked: dict[int, int | None],
-) -> str:
-    """Fork the shim of *command*; the reply: its PID and start time, or ``!`` and why not."""
-    # A socket, not a pipe: a pipe could be opened again through /proc by an agent, to answer
-    # for another task's shim, or to hold the server at its read.
-    import _socket  # noqa: PLC0415 - the server's alone: a shim of its own never needs it
-
-    ends = _socket.socketpair()
-    ready_r, ready_w = ends[0].detach(), ends[1].detach()
-    pid = posix.fork()
-    if pid == 0:  # the shim of this command: never back into the server's loop
-        code = _NOT_STARTED
-        try:
-            posix.close(ready_r)
-            code = _forked(command, cwd=cwd, env=env, log=log, record=record, grace=grace,
-                           ready=ready_w)  # fmt: skip
-        finally:
-            _exit(code)
-    posix.close(ready_w)
-    ticks = forked[pid] = start_ticks(pid)  # ours until reaped: the PID cannot be reused
-    said = b""
-    while chunk := posix.read(ready_r, 512):
-        said += chunk
-    posix.close(ready_r)
-    if said == b"started":
-        return f"{pid} {ticks}"
-    return "! " + (said.decode("utf-8", "backslashreplace") or "the shim ended before starting")
-
-
-def _forked(
-    command: list[bytes],
-    *,
-    cwd: bytes,
-    env: dict[bytes, bytes],
-    log: bytes,
-    record: str,
-    grace: float,
-    ready: int,
-) -> int:
-    """In a child of the server: become the shim of *command* in its own session."""
-    posix.setsid()
-    # The record before the server's channel is let go: a manager that lost the server's
-    # reply waits for the end of the channel, and then finds the record if a shim was forked.
-    waited, base = _prepare(record)
-    try:
-        out = posix.open(log, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT, 0o666)
-        null = posix.open("/dev/null", posix.O_RDONLY)
-        posix.dup2(null, 0)
-        posix.dup2(out, 1)
-        posix.dup2(out, 2)
-        posix.close(null)
-        posix.close(out)
-        posix.chdir(cwd)
-    except OSError as exc:
-        _write(record, {**base, "exit_code": _NOT_STARTED, "ended_at": time.time()})
-        _tell(ready, _failure(exc))
-        return _NOT_STARTED
-    # posix_spawnp looks *command* up on this process's PATH: the command's.
-    path = env.get(b"PATH")
-    if path is None:
-        posix.unsetenv(b"PATH")
-    else:
-        posix.putenv(b"PATH", path)
-    return _supervise(record, grace, command, env, waited, base, ready)
 
 
 def _wait_for(child: int, waited: set[int], parent: int | None) -> int | None:
@@ -445,8 +199,8 @@ def _in_tree(pid: int) -> bool:
     too. The command itself is still there to look at: the shim has not reaped it yet.
     """
     me = posix.getpid()
-    for _ in range(_MAX_DEPTH):
-        fields = _stat_fields(pid) if pid > 1 else None
+    for _ in range(MAX_DEPTH):
+        fields = stat_fields(pid) if pid > 1 else None
         if fields is None:
             return False
         pid = int(fields[1])  # the parent
@@ -455,7 +209,7 @@ def _in_tree(pid: int) -> bool:
     return False
 
 
-_MAX_DEPTH = 256  # an ancestry walk's bound (a loop is impossible; a fork bomb is not)
+MAX_DEPTH = 256  # an ancestry walk's bound (a loop is impossible; a fork bomb is not)
 
 
 def _parse(argv: list[str]) -> tuple[str | None, float, int | None, list[str]]:
@@ -474,7 +228,8 @@ def _parse(argv: list[str]) -> tuple[str | None, float, int | None, list[str]]:
     return values["--record"], float(values["--grace"]), parent, command
 
 
-def _become_subreaper() -> bool:
+def become_subreaper() -> bool:
+    """Make this process a child subreaper (Linux); whether it is one."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -533,16 +288,16 @@ def _kill_all(child: int, grace: float) -> int:
                 except (ProcessLookupError, PermissionError):
                     pass  # it ended meanwhile
                 signalled.add(key)
-        signal.sigtimedwait({signal.SIGCHLD}, _RESCAN)
+        signal.sigtimedwait({signal.SIGCHLD}, RESCAN)
 
 
 def start_ticks(pid: int) -> int | None:
     """The kernel's start time of *pid* (clock ticks since boot): exact, unlike wall time."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return None if fields is None else int(fields[19])
 
 
-def _stat_fields(pid: int | str) -> list[bytes] | None:
+def stat_fields(pid: int | str) -> list[bytes] | None:
     """Fields of /proc/PID/stat from the state on (index 0), or None if unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:  # noqa: PTH123 - pathlib costs start-up
@@ -562,7 +317,7 @@ def _descendants() -> list[tuple[int, int]]:
     except OSError:
         names = []
     for name in names:
-        fields = _stat_fields(name) if name.isdigit() else None
+        fields = stat_fields(name) if name.isdigit() else None
         if fields is None or fields[0] == b"Z":
             continue
         children.setdefault(int(fields[1]), []).append((int(name), int(fields[19])))
@@ -576,16 +331,17 @@ def _descendants() -> list[tuple[int, int]]:
 
 
 def _ended(base: dict[str, object], status: int, *, stopped: bool) -> dict[str, object]:
-    code = _exit_code(status)
+    code = exit_code(status)
     return {**base, "exit_code": code, "ended_at": time.time(), "stopped": stopped}
 
 
-def _exit_code(status: int) -> int:
+def exit_code(status: int) -> int:
     """Like Popen.returncode: the exit code, or minus the signal that killed it."""
     return posix.waitstatus_to_exitcode(status)
 
 
-def _write(path: str, data: dict[str, object]) -> None:
+def write_record(path: str, data: dict[str, object]) -> None:
+    """Replace the record at *path* with *data*; on failure, say so on stderr and go on."""
     tmp = f"{path}.{posix.getpid()}.tmp"
     try:
         # Made anew, never opened through what is there: a link an agent planted under this
@@ -624,7 +380,7 @@ def _json(data: dict[str, object]) -> str:
     return "{" + ", ".join(items) + "}"
 
 
-def _exit(code: int) -> None:
+def exit_with(code: int) -> None:
     """Exit with the agent's code even when the log can no longer be flushed (a full disk).
 
     Python itself would exit 120 when flushing stderr fails, and the manager, reading the
@@ -642,7 +398,7 @@ def _exit(code: int) -> None:
 
 def run() -> None:
     """Run the shim on this process's arguments and exit with the command's code."""
-    _exit(main(sys.argv[1:]))
+    exit_with(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Shim servers: a process that forks the shim of each command a manager starts.
 
 Forking a warm interpreter costs a few milliseconds where starting one costs a dozen; the
-server's own side is in :mod:`worktree_swarm.infra.shim`. One server per grace period, on a
-socket pair only this manager holds, every request carrying its token.
+server's own side is in :mod:`worktree_swarm.infra.shim_server_mode`. One server per grace
+period, on a socket pair only this manager holds, every request carrying its token.
 """
 
 from __future__ import annotations
