@@ -6,6 +6,7 @@ commands are small programs, and escapes are looked for by the mark each one car
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -154,6 +155,32 @@ def test_the_leftovers_of_a_task_stop_a_live_forked_shim_by_its_record(
     proc_scan.kill_left_in(logs, grace=0.5, within=(tmp_path,))
     assert agent.wait(timeout=60) == -signal.SIGTERM
     assert not pid_alive(sleeper.pid)
+
+
+def test_what_a_killed_forked_shim_left_running_is_killed_by_its_server(
+    tmp_path: Path, shims: shim_server.ShimServer
+) -> None:
+    # The shim SIGKILLed before it could end its tree: its command, and the daemon the command
+    # started (which ignores SIGTERM), are re-parented to the server, a subreaper, which kills
+    # them, the daemon once it is re-parented in turn.
+    ready = tmp_path / "ready"
+    script = f"(trap '' TERM; exec sleep 600) & echo $! > {ready}.tmp; mv {ready}.tmp {ready}"
+    agent = supervisor.spawn(
+        ["sh", "-c", f"{script}; exec sleep 600"],
+        cwd=tmp_path, env=clean_env(), log_path=tmp_path / "a.log", shims=shims,
+    )  # fmt: skip
+    wait_for(ready.exists, what="the command")
+    command = psutil.Process(agent.identity.pid).children()[0]
+    daemon = psutil.Process(int(ready.read_text()))
+    os.kill(agent.identity.pid, signal.SIGKILL)
+    try:
+        assert agent.wait(timeout=60) == -signal.SIGKILL
+        wait_for(lambda: not pid_alive(command.pid) and not pid_alive(daemon.pid),
+                 what="the server to kill what the shim left")  # fmt: skip
+    finally:
+        for left in (command, daemon):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                left.kill()
 
 
 def test_a_command_that_cannot_start_where_asked_is_refused_as_popen_would(
