@@ -1366,7 +1366,7 @@ def test_an_option_s_value_or_an_unknown_option_holding_a_secret_is_redacted(
 ) -> None:
     key = "Zq8xV3mP9tL2wR7kJ4nB"
     monkeypatch.setenv("MY_API_KEY", key)
-    for args in (["run", "--jobs", key], ["runs", f"--{key}"], [key]):
+    for args in (["run", "-t", "a=x", "--jobs", key], ["runs", f"--{key}"], [key]):
         out = subprocess.run(
             [sys.executable, "-m", "worktree_swarm.cli", *args],
             cwd=repo, capture_output=True, text=True, check=False,
