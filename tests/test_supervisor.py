@@ -21,7 +21,7 @@ import worktree_swarm
 from tests.conftest import agent_python
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
-from worktree_swarm.infra import proc_scan, shim, shim_record, starts
+from worktree_swarm.infra import proc_scan, proctree, redact, shim, shim_record, starts
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.proc_scan import processes_in
 from worktree_swarm.infra.proctree import (
@@ -851,3 +851,26 @@ def test_a_process_that_ends_while_it_is_looked_at_is_taken_for_gone(
             kill_tree(identity, grace=5)
         monkeypatch.undo()
         assert sleeper.returncode == -signal.SIGKILL, ask  # ended by the wrapper, not swarm
+
+
+def test_a_live_shim_is_known_by_its_record_and_its_command_lends_its_secrets(
+    start, tmp_path: Path
+) -> None:
+    # What `swarm stop` trusts a record to name, and whose environment it learns secrets from.
+    if not SHIM_AVAILABLE:
+        pytest.skip("no shim on this platform")
+    value = f"Kq7v{os.getpid()}xR2m{time.monotonic_ns()}"
+    agent = start(
+        f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n",
+        env={"SUPERVISED_API_KEY": value},
+    )
+    read_pid(tmp_path / "ready")
+    assert agent.record is not None
+    assert proctree.is_shim_of(agent.identity, agent.record)
+    assert not proctree.is_shim_of(agent.identity, tmp_path / "elsewhere" / "a.exit.json")
+    assert value in redact.redact(f"token {value}")  # not known to this process yet
+    proctree.learn_secrets(agent.identity)
+    assert value not in redact.redact(f"token {value}")
+    agent.stop(grace=5)
+    assert agent.wait(timeout=30) is not None
+    assert not proctree.is_shim_of(agent.identity, agent.record)  # ended: names nothing
