@@ -1666,15 +1666,12 @@ def test_a_push_the_remote_refuses_fails_the_task_and_leaves_no_actor(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:
     repo, remote, _ = setup_repo(tmp_path, [])
-    # From the agent's start on, the remote refuses (a branch protected, a remote gone
-    # read-only): the node's checkpoint push fails.
-    refuse = tmp_path / "refuse"
-    hook = remote / "hooks" / "pre-receive"
-    hook.write_text(f"#!/bin/sh\n[ -e {refuse} ] || exit 0\necho 'refused by policy' >&2\nexit 1\n")
-    hook.chmod(0o755)
-    code = "import pathlib, sys; pathlib.Path('w.txt').write_text('w')\n"
-    code += "pathlib.Path(sys.argv[1]).touch()"
-    writer = [sys.executable, "-c", code, str(refuse)]
+    # From the agent's start on, the remote is gone (moved away, as a remote taken offline):
+    # the node's checkpoint push fails. (A refusing hook of a remote on a path no longer runs:
+    # swarm's push runs none of the receiving repository's programs.)
+    code = "import os, pathlib, sys; pathlib.Path('w.txt').write_text('w')\n"
+    code += "os.rename(sys.argv[1], sys.argv[2])"
+    writer = [sys.executable, "-c", code, str(remote), str(tmp_path / "remote-gone.git")]
     (tmp_path / "tasks.toml").write_text(
         '[defaults]\nexecutor = "ray"\nray_memory = "64M"\n\n'
         f'[[task]]\nid = "p"\nprompt = "p"\nagent = {json.dumps(writer)}\n'
@@ -1684,7 +1681,7 @@ def test_a_push_the_remote_refuses_fails_the_task_and_leaves_no_actor(
     row = status(repo)["p"]
     assert row["state"] == "failed", row
     reason = str(row["reason"])
-    assert "refused by policy" in reason, reason  # git's own words, not an internal error
+    assert "does not appear to be a git repository" in reason, reason  # git's own words
     assert "internal error" not in reason
     with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
         open_attempts = conn.execute("SELECT count(*) FROM attempts WHERE ended_at IS NULL")
